@@ -1,0 +1,418 @@
+"""Settings: nested frozen dataclasses, read from the environment or a TOML file.
+
+This module is the only place in ESF that reads ``os.environ``. Every field
+can be set as ``ESF_<FIELD>`` (top level) or ``ESF_<SECTION>_<FIELD>`` (one
+section per service), or in a TOML file named by ``ESF_SETTINGS`` with the
+same names (``[jobs]``, ``[flower]`` …). The environment wins over the file.
+Invalid or unknown settings raise :class:`~esf.errors.SettingsError` naming
+the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import SettingsError
+from .secrets import Secret
+
+__all__ = [
+    "ConfigSettings",
+    "EventSettings",
+    "FlowerSettings",
+    "JobSettings",
+    "Settings",
+    "TelemetrySettings",
+    "WorkerSettings",
+]
+
+#: Queue names: letters, digits, ``_ . -``; a name may not end in ``.dlq``.
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+BrokerKind = Literal["redis", "amqp", "embedded", "memory"]
+
+
+def validate_queue_name(name: object, setting: str = "queue") -> str:
+    """Return ``name`` when it is a valid queue name, else raise ``SettingsError``."""
+    if not isinstance(name, str) or not QUEUE_NAME_RE.match(name) or name.endswith(".dlq"):
+        raise SettingsError(
+            f"{setting}: {name!r} is not a valid queue name (letters, digits, '_', '.', '-'; "
+            "at most 100 characters; not ending in '.dlq')",
+            setting=setting,
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Jobs, queues, retries and delivery guarantees."""
+
+    #: Routed job queues; each gets a ``<queue>.dlq``.
+    queues: tuple[str, ...] = ("default",)
+    default_queue: str = "default"
+    default_retries: int = 3
+    default_backoff_s: float = 2.0
+    default_max_backoff_s: float = 600.0
+    default_timeout_s: float = 300.0
+    #: Seconds between a soft time limit and the hard kill.
+    hard_timeout_grace_s: float = 5.0
+    #: Redis broker: seconds before an unacknowledged job of a dead worker is
+    #: delivered again. Live workers keep a lease on their jobs, so a job may
+    #: run for longer than this without being delivered twice.
+    visibility_timeout_s: float = 60.0
+    #: Seconds between two sweeps that redeliver a dead worker's jobs.
+    restore_interval_s: float = 5.0
+    #: Deliveries of one attempt (a worker killed mid-job counts one) before
+    #: the job goes to the dead-letter queue.
+    max_deliveries: int = 5
+    result_expires_s: int = 86400
+    #: Largest JSON-encoded job arguments accepted by ``enqueue`` (bytes).
+    max_payload_bytes: int = 1_048_576
+    #: Warn or refuse at start when the Redis broker can evict keys or keeps nothing on disk.
+    redis_durability_check: Literal["warn", "error", "off"] = "warn"
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise SettingsError("jobs.queues: at least one queue is required", setting="jobs.queues")
+        for q in self.queues:
+            validate_queue_name(q, "jobs.queues")
+        if self.default_queue not in self.queues:
+            raise SettingsError(
+                f"jobs.default_queue: {self.default_queue!r} is not one of jobs.queues {list(self.queues)}",
+                setting="jobs.default_queue",
+            )
+        _non_negative(self, "jobs", ("default_retries", "default_backoff_s", "hard_timeout_grace_s"))
+        _positive(
+            self,
+            "jobs",
+            (
+                "default_max_backoff_s",
+                "default_timeout_s",
+                "visibility_timeout_s",
+                "restore_interval_s",
+                "max_deliveries",
+                "result_expires_s",
+                "max_payload_bytes",
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Defaults for ``esf worker``; profiles in ``esf.workers`` refine them."""
+
+    profile: str = "default"
+    concurrency: int | None = None
+    pool: Literal["prefork", "threads", "solo"] | None = None
+    soft_shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise SettingsError("workers.concurrency: must be at least 1", setting="workers.concurrency")
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """``esf flower``: address and basic-auth credentials."""
+
+    address: str = "127.0.0.1"
+    port: int = 5555
+    user: str | None = None
+    password: Secret | None = None
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """The event store."""
+
+    max_event_bytes: int = 1_048_576
+    #: Record job lifecycle events (enqueued, started, retried, …).
+    record_job_events: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "events", ("max_event_bytes",))
+
+
+@dataclass(frozen=True)
+class ConfigSettings:
+    """The configuration service."""
+
+    history_limit: int = 1000
+    max_value_bytes: int = 65_536
+
+    def __post_init__(self) -> None:
+        _positive(self, "config", ("history_limit", "max_value_bytes"))
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Telemetry and exporters."""
+
+    enabled: bool = True
+    exporters: tuple[str, ...] = ()
+    max_label_sets: int = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ESF needs to start. Build it with :meth:`from_env` or directly.
+
+    ``broker_url``: ``redis://…``, ``amqp://…`` or ``None`` for the embedded
+    broker (SQLite under ``data_dir``). ``database_url``: ``postgresql://…``
+    or ``None`` for SQLite under ``data_dir``. ``redis_url``: the Redis used
+    for locks, rate limits and delivery counters (defaults to the broker when
+    the broker is Redis).
+    """
+
+    data_dir: str = ".esf"
+    broker_url: str | None = None
+    result_backend: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    node: str = field(default_factory=socket.gethostname)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    flower: FlowerSettings = field(default_factory=FlowerSettings)
+    events: EventSettings = field(default_factory=EventSettings)
+    config: ConfigSettings = field(default_factory=ConfigSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+    #: Prefix of every environment variable.
+    ENV_PREFIX: typing.ClassVar[str] = "ESF_"
+    #: Environment variable naming a TOML settings file.
+    ENV_FILE: typing.ClassVar[str] = "ESF_SETTINGS"
+    #: Environment variables with the prefix that are not settings.
+    ENV_RESERVED: typing.ClassVar[frozenset[str]] = frozenset({"ESF_SETTINGS", "ESF_APP"})
+
+    def __post_init__(self) -> None:
+        if self.broker_url is not None:
+            _check_url("broker_url", self.broker_url, ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+", "memory"))
+        if self.database_url is not None:
+            _check_url("database_url", self.database_url, ("postgresql", "sqlite"))
+        if self.redis_url is not None:
+            _check_url("redis_url", self.redis_url, ("redis", "rediss"))
+        if not self.data_dir:
+            raise SettingsError("data_dir: must not be empty", setting="data_dir")
+
+    # -- derived values -------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def broker_kind(self) -> BrokerKind:
+        url = self.broker_url
+        if url is None or url.startswith("sqla+"):
+            return "embedded"
+        if url.startswith("memory"):
+            return "memory"
+        if url.startswith(("redis", "rediss")):
+            return "redis"
+        return "amqp"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url is not None:
+            return self.broker_url
+        return f"sqla+sqlite:///{self.data_path / 'broker.sqlite'}"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'esf.sqlite'}"
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        if self.redis_url is not None:
+            return self.redis_url
+        if self.broker_kind == "redis":
+            return self.broker_url
+        return None
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend is not None:
+            return self.result_backend
+        if self.broker_kind == "redis":
+            assert self.broker_url is not None
+            return self.broker_url
+        db = self.effective_database_url
+        if db.startswith("postgresql://"):
+            db = "postgresql+psycopg://" + db[len("postgresql://") :]
+        if self.broker_kind == "embedded" and self.database_url is None:
+            db = f"sqlite:///{self.data_path / 'results.sqlite'}"
+        return "db+" + db
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- loading --------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``ESF_*`` variables and the TOML file named by ``ESF_SETTINGS``.
+
+        Raises:
+            SettingsError: a value is invalid, a name is unknown, or the file is unreadable.
+        """
+        env = dict(os.environ if environ is None else environ)
+        data: dict[str, Any] = {}
+        path = env.get(cls.ENV_FILE)
+        if path:
+            data = _read_toml(path)
+        overrides = _env_overrides(cls, env)
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                section = data.setdefault(key, {})
+                if not isinstance(section, dict):
+                    raise SettingsError(f"{key}: must be a table in the settings file", setting=key)
+                section.update(value)
+            else:
+                data[key] = value
+        return cls.from_mapping(data)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
+        """Settings from a nested mapping (as read from TOML); values are converted and checked."""
+        return _build(cls, data, "")
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    if not isinstance(url, str) or not url.startswith(schemes):
+        raise SettingsError(
+            f"{name}: unsupported URL scheme in {_redact_url(url)!r}; expected one of {', '.join(schemes)}",
+            setting=name,
+        )
+
+
+def _redact_url(url: object) -> str:
+    text = str(url)
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1****@", text)
+
+
+def _non_negative(obj: Any, section: str, names: tuple[str, ...]) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise SettingsError(f"{section}.{n}: must not be negative", setting=f"{section}.{n}")
+
+
+def _positive(obj: Any, section: str, names: tuple[str, ...]) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise SettingsError(f"{section}.{n}: must be greater than zero", setting=f"{section}.{n}")
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"ESF_SETTINGS: file {path!r} does not exist", setting="ESF_SETTINGS") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"ESF_SETTINGS: cannot read {path!r}: {exc}", setting="ESF_SETTINGS") from None
+
+
+def _env_overrides(cls: type[Settings], env: Mapping[str, str]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    sections = {f.name: f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+    plain = {f.name for f in dataclasses.fields(cls) if f.name not in sections}
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(cls.ENV_PREFIX) or key in cls.ENV_RESERVED:
+            continue
+        name = key[len(cls.ENV_PREFIX) :].lower()
+        if name in plain:
+            out[name] = raw
+            continue
+        for section in sections:
+            if name.startswith(section + "_"):
+                sub_fields = {f.name for f in dataclasses.fields(hints[section])}
+                sub = name[len(section) + 1 :]
+                if sub in sub_fields:
+                    out.setdefault(section, {})[sub] = raw
+                    break
+        else:
+            raise SettingsError(f"{key}: unknown setting", setting=key)
+    return out
+
+
+def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{prefix.rstrip('.') or 'settings'}: must be a table", setting=prefix.rstrip("."))
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SettingsError(
+            f"{prefix}{unknown[0]}: unknown setting", setting=f"{prefix}{unknown[0]}", unknown=unknown
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except SettingsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{prefix.rstrip('.') or 'settings'}: {exc}", setting=prefix.rstrip(".")) from None
+
+
+def _convert(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, name + ".")
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        return _convert(non_none[0], value, name)
+    if origin is Literal:
+        if value not in args:
+            raise SettingsError(f"{name}: {value!r} is not one of {list(args)}", setting=name)
+        return value
+    if origin is tuple:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise SettingsError(f"{name}: expected a list", setting=name)
+        return tuple(_convert(args[0], v, name) for v in items)
+    if tp is Secret:
+        if isinstance(value, Secret):
+            return value
+        if not isinstance(value, str):
+            raise SettingsError(f"{name}: expected a string", setting=name)
+        return Secret(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}: {value!r} is not a boolean (true/false)", setting=name)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(f"{name}: expected a number, got a boolean", setting=name)
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: {value!r} is not a valid {tp.__name__}", setting=name) from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{name}: expected a string, got {type(value).__name__}", setting=name)
+        return value
+    return value

@@ -1,0 +1,1 @@
+"""ESF package."""

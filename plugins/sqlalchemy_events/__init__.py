@@ -1,0 +1,1 @@
+"""SQLAlchemy event store backend (PostgreSQL, SQLite)."""

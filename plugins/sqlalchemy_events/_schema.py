@@ -1,0 +1,99 @@
+"""Tables of the SQLAlchemy event store (PostgreSQL and SQLite).
+
+``position`` is assigned inside the appending transaction from the single
+row of ``esf_event_head``, which every append locks: positions are gap-free
+and commit-ordered, so a reader that has seen position N never later finds
+a committed event at or below N that it had not seen.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+#: JSONB on PostgreSQL (GIN-indexed), JSON text on SQLite.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+events = Table(
+    "esf_events",
+    metadata,
+    Column("position", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("stream_id", String(200), nullable=False),
+    Column("stream_version", BigInteger, nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("monotonic_ns", BigInteger, nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("correlation_id", String(200), nullable=True),
+    Column("parent_id", String(200), nullable=True),
+    Column("data", JsonType, nullable=False),
+    Column("metadata", JsonType, nullable=False),
+    #: sha256 of the canonical JSON of the content, to tell a retry from a clash.
+    Column("content_hash", String(64), nullable=False),
+    UniqueConstraint("stream_id", "stream_version", name="uq_esf_events_stream_version"),
+    Index("ix_esf_events_type", "event_type"),
+    Index("ix_esf_events_recorded_at", "recorded_at"),
+    Index("ix_esf_events_correlation", "correlation_id"),
+    Index("ix_esf_events_data_gin", "data", postgresql_using="gin", postgresql_ops={"data": "jsonb_path_ops"}),
+)
+
+#: One row (id = 1): the last assigned position. Appends lock it.
+event_head = Table(
+    "esf_event_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("position", BigInteger, nullable=False),
+)
+
+#: Last version of each stream (for expected_version checks without a scan).
+streams = Table(
+    "esf_streams",
+    metadata,
+    Column("stream_id", String(200), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
+#: Jobs written in the caller's transaction, dispatched after it commits.
+outbox = Table(
+    "esf_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(50), nullable=False),
+    Column("payload", JsonType, nullable=False),
+)
+
+#: Idempotency ledger: keys whose effect has committed.
+ledger = Table(
+    "esf_ledger",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("job_id", String(200), nullable=True),
+)
+
+#: Durable subscription checkpoints.
+checkpoints = Table(
+    "esf_checkpoints",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+

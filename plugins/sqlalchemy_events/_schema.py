@@ -18,7 +18,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB

@@ -244,6 +244,8 @@ class Settings:
     def effective_result_backend(self) -> str:
         if self.result_backend is not None:
             return self.result_backend
+        if self.redis_url is not None:
+            return self.redis_url
         if self.broker_kind == "redis":
             assert self.broker_url is not None
             return self.broker_url
@@ -286,7 +288,8 @@ class Settings:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
         """Settings from a nested mapping (as read from TOML); values are converted and checked."""
-        return _build(cls, data, "")
+        settings: Settings = _build(cls, data, "")
+        return settings
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -6,8 +6,10 @@ CI (``CI=true``): CI never skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,16 +64,14 @@ def pg_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def redis_db() -> Iterator[int]:
+@contextlib.contextmanager
+def lease_redis_db() -> Iterator[int]:
     """An exclusive, flushed Redis database number (1-15), leased across processes."""
     require_port(REDIS_PORT, "Redis")
     import redis
 
     admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
     token = uuid.uuid4().hex
-    import time
-
     deadline = time.monotonic() + 300
     while True:
         for db in range(1, 16):
@@ -90,6 +90,13 @@ def redis_db() -> Iterator[int]:
         if time.monotonic() > deadline:
             pytest.fail("no free Redis test database (1-15) within 300 s")
         time.sleep(0.5)
+
+
+@pytest.fixture
+def redis_db() -> Iterator[int]:
+    """An exclusive, flushed Redis database for one test."""
+    with lease_redis_db() as db:
+        yield db
 
 
 @pytest.fixture

@@ -1,0 +1,126 @@
+"""``esf worker``, ``esf flower``, ``esf health`` and ``esf up``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ._common import CommandError, load_foundation, print_json
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("worker", help="run a worker")
+    p.add_argument("--profile", default=None, help="worker profile (default: settings workers.profile)")
+    p.add_argument("--queues", default=None, help="comma-separated queues (default: the profile's, else all)")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--pool", choices=["prefork", "threads", "solo"], default=None)
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("flower", help="run Flower (basic auth from settings) against the same broker")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--address", default=None)
+    p.add_argument("--no-auth", action="store_true", help="run without authentication (never on a network)")
+    p.set_defaults(handler=_flower)
+
+    p = sub.add_parser("health", help="report the health of every service")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_health)
+
+    p = sub.add_parser("up", help="run a worker and beat together (Ctrl-C stops both)")
+    p.add_argument("--demo", action="store_true", help="also run the demo workload")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(handler=_up)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from esf.workers import get_profile, run_worker
+
+    fnd = load_foundation(args.app)
+    profile = get_profile(args.profile or fnd.settings.workers.profile)
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    profile = profile.with_overrides(queues=queues, pool=args.pool or fnd.settings.workers.pool,
+                                     concurrency=args.concurrency or fnd.settings.workers.concurrency)
+    run_worker(fnd, profile, loglevel=args.loglevel)
+    return 0
+
+
+def flower_argv(fnd: Any, *, port: int | None, address: str | None, no_auth: bool) -> tuple[list[str], dict[str, str]]:
+    """Flower's arguments and environment; refuses to run without credentials unless ``no_auth``."""
+    fs = fnd.settings.flower
+    argv = ["flower", f"--port={port or fs.port}", f"--address={address or fs.address}"]
+    env: dict[str, str] = {}
+    if not no_auth:
+        if not fs.user or fs.password is None or not fs.password.reveal():
+            raise CommandError(
+                "Flower needs credentials: set ESF_FLOWER_USER and ESF_FLOWER_PASSWORD "
+                "(or pass --no-auth to run it without authentication, never on a network)"
+            )
+        # Through the environment, so the password is not visible in the process list.
+        env["FLOWER_BASIC_AUTH"] = f"{fs.user}:{fs.password.reveal()}"
+    return argv, env
+
+
+def _flower(args: argparse.Namespace) -> int:
+    fnd = load_foundation(args.app)
+    argv, env = flower_argv(fnd, port=args.port, address=args.address, no_auth=args.no_auth)
+    os.environ.update(env)
+    fnd.celery.start(argv)
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    fnd = load_foundation(args.app)
+    report = fnd.health()
+    if args.json:
+        print_json(report)
+    else:
+        print(f"status: {report['status']}")
+        for name, item in report["services"].items():
+            print(f"  {name:<10} {item.get('status')}  {json.dumps({k: v for k, v in item.items() if k != 'status'})}")
+    return 0 if report["status"] != "down" else 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    app = args.app or os.environ.get("ESF_APP") or ("esf.demo:fnd" if args.demo else None)
+    if app is None:
+        raise CommandError("esf up needs --app pkg.module[:attribute] (or --demo)")
+    base = [sys.executable, "-m", "esf.cli", "--app", app]
+    procs = [
+        subprocess.Popen([*base, "worker", "--loglevel=WARNING"]),
+        subprocess.Popen([*base, "beat"]),
+    ]
+    stop = {"now": False}
+
+    def _stop(_sig: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    started = time.monotonic()
+    try:
+        if args.demo:
+            from esf.demo import run_demo
+
+            run_demo(load_foundation(app), should_stop=lambda: stop["now"], duration=args.duration)
+        while not stop["now"] and all(p.poll() is None for p in procs):
+            if args.duration is not None and time.monotonic() - started > args.duration:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        print("esf: stopped")
+    return 0

@@ -1,0 +1,250 @@
+"""The Foundation: the composition root that owns the Celery app and every service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from .errors import HookError
+from .hooks import JobHooks
+from .settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+    from celery.canvas import Signature
+
+    from .jobs import Job, JobService, Workflow
+    from .jobs._celery import EsfCelery
+
+log = logging.getLogger("esf")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
+
+
+class Foundation:
+    """One ESF deployment's services, built from :class:`~esf.Settings`.
+
+    Parameters:
+        settings: the settings; ``Settings()`` (embedded, no server) when omitted.
+        hooks: job lifecycle hooks, run in order (``after_*`` in reverse).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = ()) -> None:
+        self.settings = settings or Settings()
+        self._hooks: list[JobHooks] = list(hooks)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._lease: Any = None
+        _instances.add(self)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Foundation:
+        """A Foundation from ``ESF_*`` variables and ``ESF_SETTINGS`` (see :class:`~esf.Settings`)."""
+        return cls(Settings.from_env(environ))
+
+    @staticmethod
+    def instances() -> list[Foundation]:
+        """Every live Foundation of this process."""
+        return list(_instances)
+
+    def __repr__(self) -> str:
+        return f"<Foundation broker={self.settings.broker_kind} node={self.settings.node}>"
+
+    # -- jobs ----------------------------------------------------------------
+
+    @cached_property
+    def celery(self) -> EsfCelery:
+        """The Celery app (JSON only, late acknowledgement, routed queues with DLQs)."""
+        from esf.workers import signals
+
+        from .jobs._celery import create_celery_app
+
+        signals.connect()
+        return create_celery_app(self)
+
+    @cached_property
+    def jobs(self) -> JobService:
+        """Declared jobs, their status, and the dead-letter queues (``fnd.jobs.dlq``)."""
+        from .jobs import JobService
+
+        return JobService(self)
+
+    @overload
+    def job(self, fn: F, /) -> Job[Any, Any]: ...
+
+    @overload
+    def job(self, fn: None = None, /, **options: Any) -> Callable[[F], Job[Any, Any]]: ...
+
+    def job(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Declare a job: ``@fnd.job`` or ``@fnd.job(name=, queue=, retries=, backoff=, max_backoff=,
+        jitter=, retry_on=, timeout=, unique_for=, rate_limit=, rate_limit_key=, priority=)``.
+
+        ``backoff`` is the first retry delay in seconds; each retry doubles it up to
+        ``max_backoff``; ``jitter`` picks a delay between half and all of it.
+        ``retry_on`` lists the exceptions worth retrying; any other goes to the DLQ at once.
+        ``timeout`` is the soft time limit in seconds (the hard limit adds ``jobs.hard_timeout_grace_s``).
+        ``unique_for`` drops a repeated enqueue of the same arguments (or idempotency key) for that
+        many seconds. ``rate_limit`` (``"10/s"``) is global across workers and hosts, optionally per
+        ``rate_limit_key`` (a keyword argument name, or a function of ``(args, kwargs)``).
+
+        Raises:
+            ValidationError: an option is invalid (every bad option is named).
+        """
+        if fn is not None:
+            return self.jobs.declare(fn)
+
+        def decorator(f: Callable[..., Any]) -> Job[Any, Any]:
+            return self.jobs.declare(f, **options)
+
+        return decorator
+
+    def chain(self, *steps: Signature, correlation_id: str | None = None) -> Workflow:
+        """Run ``steps`` one after the other, each getting the previous result."""
+        from celery import chain
+
+        return self.jobs.run_workflow(chain(*steps), correlation_id=correlation_id)
+
+    def group(self, *steps: Signature, correlation_id: str | None = None) -> Workflow:
+        """Run ``steps`` in parallel; ``wait()`` returns their results as a list."""
+        from celery import group
+
+        return self.jobs.run_workflow(group(*steps), correlation_id=correlation_id)
+
+    def chord(self, header: Sequence[Signature], body: Signature, *, correlation_id: str | None = None) -> Workflow:
+        """Run ``header`` in parallel, then ``body`` with the list of their results."""
+        from celery import chord
+
+        return self.jobs.run_workflow(chord(list(header), body), correlation_id=correlation_id)
+
+    # -- hooks -----------------------------------------------------------------
+
+    def add_hooks(self, hooks: JobHooks) -> None:
+        """Register lifecycle hooks (after those already registered)."""
+        self._hooks.append(hooks)
+
+    @property
+    def hooks(self) -> tuple[JobHooks, ...]:
+        return tuple(self._hooks)
+
+    def run_hooks(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Run hook ``name`` on every registered hook object; only HookError propagates."""
+        ordered: Iterator[JobHooks] = iter(self._hooks) if name.startswith("before_") else reversed(self._hooks)
+        for hooks in ordered:
+            try:
+                getattr(hooks, name)(*args, **kwargs)
+            except HookError:
+                raise
+            except Exception:
+                log.exception("hook %s.%s failed; continuing", type(hooks).__name__, name)
+
+    # -- shared clients ----------------------------------------------------------
+
+    @property
+    def redis(self) -> redis.Redis[bytes]:
+        """The Redis client for coordination (locks, rate limits, delivery counters); one per process."""
+        client = self.__dict__.get("_redis")
+        if client is None or self.__dict__.get("_redis_pid") != os.getpid():
+            import redis as _redis
+
+            url = self.settings.effective_redis_url
+            if url is None:
+                from .errors import SettingsError
+
+                raise SettingsError("redis_url: this needs Redis; set ESF_REDIS_URL", setting="redis_url")
+            client = _redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                           health_check_interval=10)
+            self.__dict__["_redis"] = client
+            self.__dict__["_redis_pid"] = os.getpid()
+        return client
+
+    # -- health ------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"|"degraded"|"down", "services": {name: {...}}}`` for every started service."""
+        services: dict[str, dict[str, Any]] = {"broker": self._broker_health()}
+        for name in ("events", "config", "telemetry"):
+            service = self.__dict__.get(name)
+            if service is not None and hasattr(service, "health"):
+                try:
+                    services[name] = dict(service.health())
+                except Exception as exc:
+                    services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+        states = {s.get("status") for s in services.values()}
+        status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
+        return {"status": status, "node": self.settings.node, "pid": os.getpid(), "services": services}
+
+    def _broker_health(self) -> dict[str, Any]:
+        try:
+            conn = self.celery.connection_for_write()
+            try:
+                conn.ensure_connection(max_retries=1, timeout=5)
+            finally:
+                conn.release()
+        except Exception as exc:
+            return {"status": "down", "kind": self.settings.broker_kind, "error": type(exc).__name__}
+        return {"status": "ok", "kind": self.settings.broker_kind}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def check_broker(self) -> list[str]:
+        """Start-up checks of the broker; returns the problems found (warned or raised per settings)."""
+        if self.settings.broker_kind != "redis":
+            return []
+        import redis as _redis
+
+        from .jobs._checks import check_redis_broker
+
+        assert self.settings.broker_url is not None
+        client = _redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)
+        try:
+            return check_redis_broker(client, self.settings.jobs.redis_durability_check)
+        finally:
+            client.close()
+
+    def worker_started(self) -> None:
+        """Called in a worker's main process once it consumes: starts the job leases on Redis."""
+        if self.settings.broker_kind == "redis" and self._lease is None:
+            from esf.workers._lease import LeaseKeeper
+
+            assert self.settings.broker_url is not None
+            self._lease = LeaseKeeper(self.settings.broker_url, self.settings.jobs.visibility_timeout_s)
+            self._lease.start()
+
+    def worker_stopped(self) -> None:
+        """Called when the worker shuts down."""
+        if self._lease is not None:
+            self._lease.stop()
+            self._lease = None
+
+    def after_fork(self) -> None:
+        """Drop connections inherited from the parent process."""
+        self.__dict__.pop("_redis", None)
+        jobs = self.__dict__.get("jobs")
+        if jobs is not None:
+            jobs.__dict__.pop("coordinator", None)
+
+    def close(self) -> None:
+        """Release connections and stop background threads."""
+        self.worker_stopped()
+        client = self.__dict__.pop("_redis", None)
+        if client is not None:
+            client.close()
+        jobs = self.__dict__.get("jobs")
+        if jobs is not None and "coordinator" in jobs.__dict__:
+            jobs.coordinator.close()
+        app = self.__dict__.get("celery")
+        if app is not None:
+            app.close()
+
+    def __enter__(self) -> Foundation:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

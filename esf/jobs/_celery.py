@@ -1,0 +1,137 @@
+"""The Celery app of a Foundation: reliability settings, routed queues and their DLQs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from ._deadletter import dlq_name
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from ..settings import Settings
+
+#: The exchange RabbitMQ dead-letters into; each ``<queue>.dlq`` is bound to it.
+DLX_EXCHANGE = "esf.dlx"
+
+
+class EsfCelery(Celery):
+    """A Celery app that knows the Foundation that owns it."""
+
+    foundation: Foundation
+
+
+def job_queue(settings: Settings, name: str) -> Queue:
+    """The kombu Queue of a routed job queue, with dead-lettering on RabbitMQ."""
+    if settings.broker_kind == "amqp":
+        return Queue(
+            name,
+            Exchange(name, type="direct", durable=True),
+            routing_key=name,
+            durable=True,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": DLX_EXCHANGE,
+                "x-dead-letter-routing-key": dlq_name(name),
+                "x-delivery-limit": settings.jobs.max_deliveries,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def dead_letter_queue(settings: Settings, name: str) -> Queue:
+    """The kombu Queue of ``<queue>.dlq`` (``name`` is the DLQ's own name)."""
+    if settings.broker_kind == "amqp":
+        return Queue(
+            name,
+            Exchange(DLX_EXCHANGE, type="direct", durable=True),
+            routing_key=name,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dict[str, Any]:
+    """Celery settings for at-least-once delivery on the configured broker."""
+    jobs = settings.jobs
+    timeout = max_timeout_s or jobs.default_timeout_s
+    conf: dict[str, Any] = {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A failed or timed-out job is dead-lettered by ESF itself, then acknowledged.
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": settings.workers.soft_shutdown_timeout_s,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_consumer": "esf.workers._consumer:EsfConsumer",
+        "worker_hijack_root_logger": False,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_time_limit": timeout + jobs.hard_timeout_grace_s,
+        "task_soft_time_limit": timeout,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 5, "interval_start": 0, "interval_step": 0.5,
+                                      "interval_max": 3},
+        "result_expires": jobs.result_expires_s,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_default_queue": jobs.default_queue,
+        "task_default_exchange": jobs.default_queue,
+        "task_default_routing_key": jobs.default_queue,
+        "task_create_missing_queues": False,
+        "task_queues": [job_queue(settings, q) for q in jobs.queues],
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+    kind = settings.broker_kind
+    if kind == "redis":
+        transport = {
+            "visibility_timeout": jobs.visibility_timeout_s,
+            "unacked_restore_interval": jobs.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "fanout_prefix": True,
+            "fanout_patterns": True,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "retry_on_timeout": True,
+            "health_check_interval": 10,
+        }
+        conf["broker_transport_options"] = transport
+        conf["result_backend_transport_options"] = {"visibility_timeout": jobs.visibility_timeout_s}
+        conf["visibility_timeout"] = jobs.visibility_timeout_s
+    elif kind == "amqp":
+        conf["broker_transport_options"] = {"confirm_publish": True}
+        conf["task_default_queue_type"] = "quorum"
+        conf["worker_detect_quorum_queues"] = True
+        conf["broker_heartbeat"] = 30
+    elif kind == "embedded":
+        conf["broker_transport_options"] = {"polling_interval": 0.2}
+        conf["broker_pool_limit"] = 4
+        conf["worker_cancel_long_running_tasks_on_connection_loss"] = False
+    return conf
+
+
+def create_celery_app(foundation: Foundation, name: str = "esf") -> EsfCelery:
+    """A Celery app configured from the Foundation's settings."""
+    settings = foundation.settings
+    if settings.broker_kind == "embedded":
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+    app = EsfCelery(name, set_as_current=False, fixups=[])
+    app.foundation = foundation
+    app.conf.update(celery_config(settings))
+    return app

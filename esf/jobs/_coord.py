@@ -1,0 +1,247 @@
+"""Cross-process coordination: claims, counters, token buckets and leases.
+
+Redis in production (shared by every worker and host); SQLite under
+``data_dir`` on one machine. Both implementations are atomic across
+processes: Redis through single commands and Lua scripts, SQLite through
+``BEGIN IMMEDIATE`` transactions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    import redis
+
+
+class Coordinator(Protocol):
+    """Atomic primitives shared by every process of a deployment."""
+
+    def claim(self, key: str, value: str, ttl_s: float) -> str | None:
+        """Store ``value`` at ``key`` for ``ttl_s`` unless present. Returns the existing value, or None if claimed."""
+
+    def get(self, key: str) -> str | None:
+        """The live value at ``key``, or None."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``."""
+
+    def incr(self, key: str, ttl_s: float) -> int:
+        """Increment a counter (created with ``ttl_s``) and return its new value."""
+
+    def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        """Take one token from a bucket refilled at ``rate_per_s``. Returns 0 when taken, else seconds to wait."""
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease held by ``owner``; False when another live owner holds it."""
+
+    def release_lease(self, key: str, owner: str) -> None:
+        """Give up a lease if ``owner`` holds it."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+_TOKEN_LUA = """  # noqa: S105 (a Lua script, not a password)
+local key = KEYS[1]
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', key, 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil then tokens = burst; ts = now end
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', key, math.ceil((burst / rate) * 1000) + 60000)
+return tostring(wait)
+"""
+
+_LEASE_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisCoordinator:
+    """Coordination on Redis; keys live under ``prefix``."""
+
+    def __init__(self, client: redis.Redis[bytes], prefix: str = "esf:") -> None:
+        self._r = client
+        self._prefix = prefix
+        self._token = client.register_script(_TOKEN_LUA)
+        self._lease = client.register_script(_LEASE_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+
+    def _k(self, key: str) -> str:
+        return self._prefix + key
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        import redis as _redis
+
+        try:
+            return fn(*args, **kwargs)
+        except _redis.RedisError as exc:
+            raise ServiceUnavailable(f"Redis coordination failed: {type(exc).__name__}: {exc}") from exc
+
+    def claim(self, key: str, value: str, ttl_s: float) -> str | None:
+        ok = self._call(self._r.set, self._k(key), value, nx=True, px=max(1, int(ttl_s * 1000)))
+        if ok:
+            return None
+        existing = self._call(self._r.get, self._k(key))
+        if existing is None:  # expired in between: try once more
+            return self.claim(key, value, ttl_s)
+        return existing.decode() if isinstance(existing, bytes) else str(existing)
+
+    def get(self, key: str) -> str | None:
+        v = self._call(self._r.get, self._k(key))
+        return v.decode() if isinstance(v, bytes) else v
+
+    def delete(self, key: str) -> None:
+        self._call(self._r.delete, self._k(key))
+
+    def incr(self, key: str, ttl_s: float) -> int:
+        pipe = self._r.pipeline()
+        pipe.incr(self._k(key))
+        pipe.pexpire(self._k(key), max(1, int(ttl_s * 1000)))
+        value, _ = self._call(pipe.execute)
+        return int(value)
+
+    def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        wait = self._call(self._token, keys=[self._k(key)], args=[rate_per_s, burst, time.time()])
+        return float(wait)
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        return bool(self._call(self._lease, keys=[self._k(key)], args=[owner, max(1, int(ttl_s * 1000))]))
+
+    def release_lease(self, key: str, owner: str) -> None:
+        self._call(self._release, keys=[self._k(key)], args=[owner])
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class SqliteCoordinator:
+    """Coordination in one SQLite file, for the embedded deployment (one machine)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS esf_coord (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
+                       " expires REAL NOT NULL)")
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+            self._local.pid = os.getpid()
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: object, *_: object) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> SqliteCoordinator._Tx:
+        try:
+            return self._Tx(self._db())
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"SQLite coordination store {self._path} failed: {exc}") from exc
+
+    def _live(self, db: sqlite3.Connection, key: str, now: float) -> str | None:
+        row = db.execute("SELECT value, expires FROM esf_coord WHERE key = ?", (key,)).fetchone()
+        if row is None or row[1] <= now:
+            return None
+        return str(row[0])
+
+    def _put(self, db: sqlite3.Connection, key: str, value: str, expires: float) -> None:
+        db.execute("INSERT INTO esf_coord(key, value, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE"
+                   " SET value = excluded.value, expires = excluded.expires", (key, value, expires))
+
+    def claim(self, key: str, value: str, ttl_s: float) -> str | None:
+        now = time.time()
+        with self._tx() as db:
+            existing = self._live(db, key, now)
+            if existing is not None:
+                return existing
+            self._put(db, key, value, now + ttl_s)
+            return None
+
+    def get(self, key: str) -> str | None:
+        with self._tx() as db:
+            return self._live(db, key, time.time())
+
+    def delete(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM esf_coord WHERE key = ?", (key,))
+
+    def incr(self, key: str, ttl_s: float) -> int:
+        now = time.time()
+        with self._tx() as db:
+            value = int(self._live(db, key, now) or 0) + 1
+            self._put(db, key, str(value), now + ttl_s)
+            return value
+
+    def take_token(self, key: str, rate_per_s: float, burst: int) -> float:
+        now = time.time()
+        with self._tx() as db:
+            raw = self._live(db, key, now)
+            tokens, ts = (float(burst), now) if raw is None else map(float, raw.split(":"))
+            tokens = min(float(burst), tokens + (now - ts) * rate_per_s)
+            wait = 0.0
+            if tokens >= 1:
+                tokens -= 1
+            else:
+                wait = (1 - tokens) / rate_per_s
+            self._put(db, key, f"{tokens}:{now}", now + math.ceil(burst / rate_per_s) + 60)
+            return wait
+
+    def acquire_lease(self, key: str, owner: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._tx() as db:
+            current = self._live(db, key, now)
+            if current is not None and current != owner:
+                return False
+            self._put(db, key, owner, now + ttl_s)
+            return True
+
+    def release_lease(self, key: str, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM esf_coord WHERE key = ? AND value = ?", (key, owner))
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,210 @@
+"""Declared jobs and the handles ``enqueue`` returns."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+
+from .._json import check_json, check_size, dumps
+from ..errors import JobFailed, Timeout, UnknownQueue, ValidationError
+from ..hooks import JobContext
+from ._meta import JobMeta, current_job
+from ._options import JobOptions
+
+if TYPE_CHECKING:
+    from celery.canvas import Signature
+
+    from ..foundation import Foundation
+    from ._task import EsfTask
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+JobStatus = Literal["pending", "running", "retrying", "succeeded", "failed", "revoked", "unknown"]
+
+_STATES: dict[str, JobStatus] = {
+    "PENDING": "pending",
+    "RECEIVED": "pending",
+    "STARTED": "running",
+    "RETRY": "retrying",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "REVOKED": "revoked",
+}
+
+#: Keyword arguments of ``enqueue`` that are options, not job arguments.
+ENQUEUE_OPTIONS = frozenset({"correlation_id", "idempotency_key", "countdown", "eta", "queue", "priority"})
+
+
+class JobHandle:
+    """A handle on one enqueued job: its ``id``, ``status()`` and ``wait()``."""
+
+    def __init__(self, foundation: Foundation, job_id: str, name: str, *, duplicate: bool = False,
+                 correlation_id: str | None = None) -> None:
+        self._fnd = foundation
+        self.id = job_id
+        self.name = name
+        #: True when ``unique_for`` dropped this enqueue and returned the first job's handle.
+        self.duplicate = duplicate
+        self.correlation_id = correlation_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.name}[{self.id}]>"
+
+    def status(self) -> JobStatus:
+        """``pending``, ``running``, ``retrying``, ``succeeded``, ``failed`` or ``revoked``."""
+        return self._fnd.jobs.status(self.id)
+
+    def wait(self, timeout: float | None = 30.0) -> Any:
+        """Block until the job finished and return its result.
+
+        Raises:
+            Timeout: the job did not finish within ``timeout`` seconds.
+            JobFailed: the job failed (``remote_type``/``remote_message`` say why).
+        """
+        return self._fnd.jobs.wait(self.id, timeout=timeout)
+
+
+class Job(Generic[P, R]):
+    """A declared job. Call it to run the handler in-process; ``enqueue`` to run it on a worker."""
+
+    def __init__(self, foundation: Foundation, fn: Callable[P, R], options: JobOptions, task: EsfTask) -> None:
+        self._fnd = foundation
+        self.fn = fn
+        self.options = options
+        self.task = task
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", options.name)
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name} queue={self.options.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> JobHandle:
+        """Send the job to its queue. Returns a :class:`JobHandle`.
+
+        Options (not passed to the handler): ``correlation_id``, ``idempotency_key``,
+        ``countdown`` (seconds) or ``eta`` (datetime), ``queue``, ``priority``.
+
+        Raises:
+            SerializationError: an argument is not JSON (nothing is sent).
+            PayloadTooLarge: the encoded arguments exceed ``jobs.max_payload_bytes``.
+            UnknownQueue: ``queue`` is not configured.
+            ServiceUnavailable: the broker cannot be reached.
+        """
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in ENQUEUE_OPTIONS}
+        return self.enqueue_with(args, kwargs, **options)
+
+    def enqueue_with(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """Like :meth:`enqueue`, with the handler's arguments given explicitly."""
+        kwargs = dict(kwargs or {})
+        prepared = self.prepare(args, kwargs, correlation_id=correlation_id, idempotency_key=idempotency_key,
+                                countdown=countdown, eta=eta, queue=queue)
+        return self._fnd.jobs.send(self, prepared, countdown=countdown, eta=eta, priority=priority)
+
+    def prepare(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
+                correlation_id: str | None, idempotency_key: str | None, countdown: float | None,
+                eta: datetime | None, queue: str | None) -> PreparedJob:
+        """Validate arguments and options; build the message metadata. Sends nothing."""
+        if not isinstance(args, tuple | list):
+            raise ValidationError(f"{self.name}: args must be a list or tuple, got {type(args).__name__}")
+        check_json(list(args), f"{self.name} args")
+        check_json(kwargs, f"{self.name} kwargs")
+        check_size(dumps([list(args), kwargs]), self._fnd.settings.jobs.max_payload_bytes, f"{self.name} arguments")
+        for label, value in (("correlation_id", correlation_id), ("idempotency_key", idempotency_key)):
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+                raise ValidationError(f"{label}: must be a non-empty string of at most 200 characters",
+                                      errors={label: "invalid"})
+        if countdown is not None and eta is not None:
+            raise ValidationError("give countdown or eta, not both")
+        if countdown is not None and (not isinstance(countdown, int | float) or countdown < 0):
+            raise ValidationError(f"countdown: must be seconds >= 0, got {countdown!r}")
+        if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
+            raise ValidationError("eta: must be a timezone-aware datetime")
+        target = queue or self.options.queue
+        if target not in self._fnd.settings.jobs.queues:
+            raise UnknownQueue(f"unknown queue {target!r}; configured queues: "
+                               f"{', '.join(self._fnd.settings.jobs.queues)}")
+        parent = current_job.get()
+        if correlation_id is None:
+            correlation_id = parent.correlation_id if parent and parent.correlation_id else str(uuid.uuid4())
+        job_id = str(uuid.uuid4())
+        meta = JobMeta(
+            queue=target,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            enqueued_at=time.time(),
+            parent_id=parent.job_id if parent else None,
+        )
+        return PreparedJob(job_id=job_id, args=tuple(args), kwargs=kwargs, meta=meta)
+
+    def unique_key(self, prepared: PreparedJob) -> str:
+        """The key ``unique_for`` deduplicates on: the idempotency key, or the job and its arguments."""
+        if prepared.meta.idempotency_key:
+            return f"{self.name}:key:{prepared.meta.idempotency_key}"
+        digest = hashlib.sha256(dumps([list(prepared.args), prepared.kwargs]).encode()).hexdigest()
+        return f"{self.name}:args:{digest}"
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A Celery signature of this job, for chains, groups and chords (see ``Foundation.chain``)."""
+        check_json(list(args), f"{self.name} args")
+        check_json(kwargs, f"{self.name} kwargs")
+        return self.task.s(*args, **kwargs).set(queue=self.options.queue)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: the previous step's result is not passed in."""
+        check_json(list(args), f"{self.name} args")
+        check_json(kwargs, f"{self.name} kwargs")
+        return self.task.si(*args, **kwargs).set(queue=self.options.queue)
+
+    def context(self, prepared: PreparedJob) -> JobContext:
+        return JobContext(job_id=prepared.job_id, job_name=self.name, queue=prepared.meta.queue,
+                          args=prepared.args, kwargs=prepared.kwargs,
+                          correlation_id=prepared.meta.correlation_id,
+                          idempotency_key=prepared.meta.idempotency_key, enqueued_at=prepared.meta.enqueued_at,
+                          parent_id=prepared.meta.parent_id)
+
+
+class PreparedJob:
+    """A validated job message, not yet sent."""
+
+    __slots__ = ("args", "job_id", "kwargs", "meta")
+
+    def __init__(self, job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], meta: JobMeta) -> None:
+        self.job_id = job_id
+        self.args = args
+        self.kwargs = kwargs
+        self.meta = meta
+
+
+def failure_from_result(job_id: str, result: Any, state: str) -> JobFailed:
+    rtype = type(result).__name__ if isinstance(result, BaseException) else state
+    return JobFailed(f"job {job_id} failed: {rtype}: {result}", job_id=job_id, remote_type=rtype,
+                     remote_message=str(result))
+
+
+def raise_timeout(job_id: str, timeout: float | None) -> Timeout:
+    return Timeout(f"job {job_id} did not finish within {timeout} s; it may still be queued or running",
+                   job_id=job_id)

@@ -1,0 +1,312 @@
+"""The jobs service: declaring, sending, observing and dead-lettering jobs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ServiceUnavailable, UnknownJob, ValidationError
+from ._celery import dead_letter_queue
+from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
+from ._deadletter import DeadLetter, DeadLetterQueues
+from ._job import (
+    _STATES,
+    Job,
+    JobHandle,
+    JobStatus,
+    PreparedJob,
+    failure_from_result,
+    raise_timeout,
+)
+from ._meta import JobMeta
+from ._options import JobOptions, RateKey, RateLimit, validate_options
+from ._task import EsfTask, run_job
+
+if TYPE_CHECKING:
+    from celery.canvas import Signature
+    from kombu import Connection
+
+    from ..foundation import Foundation
+
+log = logging.getLogger("esf.jobs")
+
+#: Seconds a delivery counter is kept.
+DELIVERY_COUNTER_TTL_S = 7 * 86400
+
+
+class JobService:
+    """Jobs of one Foundation (``fnd.jobs``)."""
+
+    def __init__(self, foundation: Foundation) -> None:
+        self._fnd = foundation
+        self._jobs: dict[str, Job[Any, Any]] = {}
+
+    # -- declaring ---------------------------------------------------------
+
+    def declare(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
+        jitter: bool = True,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        timeout: float | None = None,
+        unique_for: float | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | RateKey | None = None,
+        priority: int | None = None,
+    ) -> Job[Any, Any]:
+        """Declare ``fn`` as a job (see ``Foundation.job``). Raises ValidationError for bad options."""
+        defaults = self._fnd.settings.jobs
+        job_name = name or f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>.", ".")
+        q = queue or defaults.default_queue
+        n_retries = defaults.default_retries if retries is None else retries
+        b = defaults.default_backoff_s if backoff is None else backoff
+        mb = defaults.default_max_backoff_s if max_backoff is None else max_backoff
+        t = defaults.default_timeout_s if timeout is None else timeout
+        validate_options(name=job_name, queue=q, queues=defaults.queues, retries=n_retries, backoff=b,
+                         max_backoff=mb, timeout=t, retry_on=retry_on, unique_for=unique_for,
+                         rate_limit=rate_limit, priority=priority)
+        if job_name in self._jobs:
+            raise ValidationError(f"a job named {job_name!r} is already declared", errors={"name": "duplicate"})
+        options = JobOptions(
+            name=job_name,
+            queue=q,
+            retries=n_retries,
+            backoff_s=float(b),
+            max_backoff_s=float(mb),
+            jitter=jitter,
+            retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
+            timeout_s=float(t),
+            unique_for_s=unique_for,
+            rate_limit=RateLimit.parse(rate_limit) if rate_limit is not None else None,
+            rate_limit_key=rate_limit_key,
+            priority=priority,
+        )
+        app = self._fnd.celery
+
+        def runner(task: EsfTask, *args: Any, **kwargs: Any) -> Any:
+            return run_job(task, args, kwargs)
+
+        runner.__name__ = getattr(fn, "__name__", "job")
+        runner.__doc__ = fn.__doc__
+        task = app.task(
+            runner,
+            bind=True,
+            base=EsfTask,
+            name=job_name,
+            queue=options.queue,
+            soft_time_limit=options.timeout_s,
+            time_limit=options.timeout_s + defaults.hard_timeout_grace_s,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            max_retries=None,
+            priority=priority,
+        )
+        task.foundation = self._fnd
+        job: Job[Any, Any] = Job(self._fnd, fn, options, task)
+        task.esf_job = job
+        self._jobs[job_name] = job
+        return job
+
+    def get(self, name: str) -> Job[Any, Any]:
+        """The declared job ``name``. Raises UnknownJob."""
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise UnknownJob(f"no job named {name!r} is declared (declared: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._jobs.values()))
+
+    # -- sending -------------------------------------------------------------
+
+    def enqueue(self, name: str, *args: Any, **kwargs: Any) -> JobHandle:
+        """Enqueue the declared job ``name`` (same options as ``Job.enqueue``)."""
+        return self.get(name).enqueue(*args, **kwargs)
+
+    def send(self, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None = None,
+             eta: datetime | None = None, priority: int | None = None) -> JobHandle:
+        """Send a prepared job (deduplicating with ``unique_for``)."""
+        meta = prepared.meta
+        if job.options.unique_for_s:
+            existing = self.coordinator.claim(f"unique:{job.unique_key(prepared)}", prepared.job_id,
+                                              job.options.unique_for_s)
+            if existing is not None:
+                return JobHandle(self._fnd, existing, job.name, duplicate=True, correlation_id=meta.correlation_id)
+        ctx = job.context(prepared)
+        self._fnd.run_hooks("before_enqueue", ctx)
+        self._publish(job.task, prepared.job_id, list(prepared.args), prepared.kwargs, meta,
+                      countdown=countdown, eta=eta, priority=priority if priority is not None else job.options.priority)
+        self._fnd.run_hooks("after_enqueue", ctx)
+        return JobHandle(self._fnd, prepared.job_id, job.name, correlation_id=meta.correlation_id)
+
+    def _publish(self, task: EsfTask, job_id: str, args: list[Any], kwargs: dict[str, Any], meta: JobMeta, *,
+                 countdown: float | None = None, eta: datetime | None = None, priority: int | None = None) -> None:
+        options: dict[str, Any] = {"task_id": job_id, "queue": meta.queue, "headers": meta.headers()}
+        if countdown is not None:
+            options["countdown"] = countdown
+        if eta is not None:
+            options["eta"] = eta
+        if priority is not None:
+            options["priority"] = priority
+        try:
+            task.apply_async(args, kwargs, **options)
+        except Exception as exc:
+            from kombu.exceptions import OperationalError
+
+            if isinstance(exc, OperationalError | ConnectionError | OSError):
+                raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
+            raise
+
+    # -- observing ---------------------------------------------------------
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's status as the result backend knows it."""
+        state = self._fnd.celery.AsyncResult(job_id).state
+        return _STATES.get(state, "unknown")
+
+    def wait(self, job_id: str, timeout: float | None = 30.0) -> Any:
+        """Wait for a job's result (see ``JobHandle.wait``)."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self._fnd.celery.AsyncResult(job_id)
+        try:
+            value = result.get(timeout=timeout, propagate=False, interval=0.1, disable_sync_subtasks=False)
+        except CeleryTimeout:
+            raise raise_timeout(job_id, timeout) from None
+        if result.state == "FAILURE":
+            raise failure_from_result(job_id, value, result.state)
+        return value
+
+    # -- worker side ---------------------------------------------------------
+
+    @cached_property
+    def coordinator(self) -> Coordinator:
+        """Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
+        if self._fnd.settings.effective_redis_url:
+            return RedisCoordinator(self._fnd.redis)
+        return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
+
+    def count_delivery(self, job_id: str, meta: JobMeta) -> int:
+        """Count one delivery of this attempt; brokers without a delivery count need it."""
+        if self._fnd.settings.broker_kind == "amqp":
+            return 0  # the quorum queue's x-delivery-limit does it
+        key = f"deliveries:{job_id}:{meta.replay}:{meta.attempt}"
+        try:
+            return self.coordinator.incr(key, DELIVERY_COUNTER_TTL_S)
+        except ServiceUnavailable:
+            log.warning("delivery counter unavailable for job %s; running it without the cap", job_id)
+            return 0
+
+    def rate_limit_wait(self, options: JobOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        """Seconds to wait before the job may run under its global rate limit (0: run now)."""
+        assert options.rate_limit is not None
+        key = f"rate:{options.name}:{options.partition(args, kwargs)}"
+        return self.coordinator.take_token(key, options.rate_limit.rate_per_s, options.rate_limit.burst)
+
+    # -- dead letters ----------------------------------------------------------
+
+    @cached_property
+    def dlq(self) -> DeadLetterQueues:
+        """The dead-letter queues (list, show, replay, purge)."""
+        settings = self._fnd.settings
+        return DeadLetterQueues(
+            connect=self._connection,
+            queues=settings.jobs.queues,
+            declare=lambda name: dead_letter_queue(settings, name),
+            resend=self._resend,
+            on_publish=lambda entry: self._fnd.run_hooks("after_dead_letter", entry),
+            on_replay=lambda entry, job_id: self._fnd.run_hooks("after_replay", entry, job_id=job_id),
+        )
+
+    def _connection(self) -> Connection:
+        conn: Connection = self._fnd.celery.connection_for_write()
+        conn.ensure_connection(max_retries=3)
+        return conn
+
+    def dead_letter(self, entry: DeadLetter) -> None:
+        """Publish ``entry`` to its queue's DLQ (from the worker)."""
+        self.dlq.publish(entry)
+        log.error("job %s[%s] dead-lettered to %s.dlq: %s (%s: %s)", entry.job, entry.job_id, entry.queue,
+                  entry.reason, entry.exception_type, entry.exception_message)
+
+    def _resend(self, entry: DeadLetter, args: list[Any], kwargs: dict[str, Any], corrected: bool) -> str:
+        job = self._jobs.get(entry.job)
+        meta = JobMeta(
+            queue=entry.queue,
+            correlation_id=entry.correlation_id,
+            idempotency_key=entry.idempotency_key,
+            enqueued_at=time.time(),
+            replay=entry.replay + 1,
+            replayed_from=entry.id,
+            args_corrected=corrected,
+        )
+        if job is not None:
+            self._publish(job.task, entry.job_id, args, kwargs, meta)
+        else:
+            self._fnd.celery.send_task(entry.job, args, kwargs, task_id=entry.job_id, queue=entry.queue,
+                                       headers=meta.headers())
+        return entry.job_id
+
+    # -- workflows -------------------------------------------------------------
+
+    def _apply(self, sig: Signature, correlation_id: str | None) -> Any:
+        from ._meta import H_CORRELATION, current_job
+
+        parent = current_job.get()
+        cid = correlation_id or (parent.correlation_id if parent else None)
+        import uuid
+
+        cid = cid or str(uuid.uuid4())
+        headers = JobMeta(queue=self._fnd.settings.jobs.default_queue, correlation_id=cid).headers()
+        headers.pop("esf_queue", None)
+        result = sig.apply_async(headers=headers)
+        result.esf_correlation_id = cid
+        assert headers[H_CORRELATION] == cid
+        return result
+
+    def run_workflow(self, sig: Signature, *, correlation_id: str | None = None) -> Workflow:
+        """Send a chain, group or chord; every step carries ``correlation_id``."""
+        return Workflow(self._fnd, self._apply(sig, correlation_id))
+
+
+class Workflow:
+    """A running chain, group or chord of jobs."""
+
+    def __init__(self, foundation: Foundation, result: Any) -> None:
+        self._fnd = foundation
+        self.result = result
+        self.id: str = result.id
+        self.correlation_id: str = result.esf_correlation_id
+
+    def wait(self, timeout: float | None = 60.0) -> Any:
+        """The final result (a list for a group). Raises JobFailed naming the failing step, or Timeout."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            value = self.result.get(timeout=timeout, propagate=True, interval=0.1, disable_sync_subtasks=False)
+        except CeleryTimeout:
+            raise raise_timeout(self.id, timeout) from None
+        except Exception as exc:
+            from ..errors import JobFailed
+
+            raise JobFailed(f"workflow {self.id} failed: {type(exc).__name__}: {exc}", job_id=self.id,
+                            remote_type=type(exc).__name__, remote_message=str(exc)) from exc
+        return value
+
+
+def ensure_sequence(items: Sequence[Any] | Any) -> list[Any]:
+    return list(items) if isinstance(items, list | tuple) else [items]

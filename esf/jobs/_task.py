@@ -1,0 +1,162 @@
+"""The Celery task behind every ESF job, and what it does around the handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ..errors import EsfError, Retry, SkipJob
+from ..hooks import JobContext
+from ._deadletter import DeadLetter
+from ._meta import ALL_HEADERS, Current, JobMeta, current_job
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from ._job import Job
+
+log = logging.getLogger("esf.jobs")
+
+
+class JobDeadLettered(EsfError):
+    """The job was moved to its dead-letter queue instead of running (again)."""
+
+    code = "dead_lettered"
+
+
+def request_headers(request: Any) -> dict[str, Any]:
+    """ESF's headers of the running request (Celery exposes custom headers as attributes)."""
+    out: dict[str, Any] = {}
+    custom = getattr(request, "headers", None) or {}
+    for name in ALL_HEADERS:
+        value = custom.get(name) if isinstance(custom, dict) else None
+        if value is None:
+            value = getattr(request, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class EsfTask(Task):  # type: ignore[misc]
+    """Base class of ESF job tasks: retries, dead-lettering, delivery limits and hooks."""
+
+    #: Set when the job is declared.
+    esf_job: Job[Any, Any]
+    foundation: Foundation
+    #: ESF counts attempts itself; Celery's own cap is off.
+    max_retries = None
+    typing = False
+    Request = "esf.workers._request:EsfRequest"
+
+    def meta(self) -> JobMeta:
+        return JobMeta.from_headers(request_headers(self.request), self.esf_job.options.queue)
+
+    def context(self, meta: JobMeta, args: tuple[Any, ...], kwargs: dict[str, Any],
+                started_at: float | None = None) -> JobContext:
+        return JobContext(
+            job_id=str(self.request.id),
+            job_name=self.name,
+            queue=meta.queue,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            correlation_id=meta.correlation_id,
+            idempotency_key=meta.idempotency_key,
+            attempt=meta.attempt,
+            enqueued_at=meta.enqueued_at,
+            started_at=started_at,
+            parent_id=meta.parent_id,
+        )
+
+    def dead_letter_entry(self, meta: JobMeta, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str,
+                          exc: BaseException | None, tb: str | None = None) -> DeadLetter:
+        now = time.time()
+        return DeadLetter(
+            id=str(uuid.uuid4()),
+            job_id=str(self.request.id),
+            job=self.name,
+            queue=meta.queue,
+            args=list(args),
+            kwargs=dict(kwargs),
+            correlation_id=meta.correlation_id,
+            idempotency_key=meta.idempotency_key,
+            reason=reason,
+            exception_type=type(exc).__name__ if exc is not None else None,
+            exception_message=str(exc)[:4000] if exc is not None else None,
+            traceback=tb,
+            attempts=meta.attempt,
+            first_attempt_at=meta.first_attempt_at or now,
+            last_attempt_at=now,
+            dead_lettered_at=now,
+            replay=meta.replay,
+        )
+
+
+def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one attempt of a job inside the worker."""
+    job = task.esf_job
+    fnd = task.foundation
+    jobs = fnd.jobs
+    opts = job.options
+    meta = task.meta()
+    now = time.time()
+    if meta.first_attempt_at is None:
+        meta = replace(meta, first_attempt_at=now)
+
+    deliveries = jobs.count_delivery(str(task.request.id), meta)
+    if deliveries > fnd.settings.jobs.max_deliveries:
+        exc = JobDeadLettered(
+            f"job {task.name}[{task.request.id}] was delivered {deliveries} times without finishing "
+            f"(its worker died each time); moved to {meta.queue}.dlq"
+        )
+        jobs.dead_letter(task.dead_letter_entry(meta, args, kwargs, "delivery_limit", exc))
+        raise exc
+
+    if opts.rate_limit is not None:
+        wait = jobs.rate_limit_wait(opts, args, kwargs)
+        if wait > 0:
+            raise task.retry(countdown=wait, headers=meta.headers())
+
+    ctx = task.context(meta, args, kwargs, started_at=now)
+    fnd.run_hooks("before_process", ctx)
+    token = current_job.set(Current(job_id=ctx.job_id, correlation_id=meta.correlation_id))
+    started = time.perf_counter()
+    try:
+        result = job.fn(*args, **kwargs)
+    except SkipJob:
+        result = None
+    except Retry as exc:
+        _fail(task, meta, ctx, args, kwargs, exc, started, retryable=True, delay=exc.delay)
+    except SoftTimeLimitExceeded as exc:
+        _fail(task, meta, ctx, args, kwargs, exc, started, retryable=False, reason="time_limit")
+    except Exception as exc:
+        _fail(task, meta, ctx, args, kwargs, exc, started, retryable=opts.retryable(exc))
+    finally:
+        current_job.reset(token)
+    fnd.run_hooks("after_process", ctx, result=result, runtime_s=time.perf_counter() - started)
+    return result
+
+
+def _fail(task: EsfTask, meta: JobMeta, ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any],
+          exc: BaseException, started: float, *, retryable: bool, delay: float | None = None,
+          reason: str | None = None) -> None:
+    """Retry the job or dead-letter it; always raises."""
+    fnd = task.foundation
+    opts = task.esf_job.options
+    runtime = time.perf_counter() - started
+    fnd.run_hooks("after_process", ctx, exc=exc, runtime_s=runtime)
+    if retryable and meta.attempt <= opts.retries:
+        wait = opts.delay_for(meta.attempt) if delay is None else max(0.0, float(delay))
+        fnd.run_hooks("after_retry", ctx, exc=exc, delay_s=wait)
+        log.warning("job %s[%s] attempt %d failed (%s: %s); retrying in %.1fs", task.name, ctx.job_id,
+                    meta.attempt, type(exc).__name__, exc, wait)
+        raise task.retry(exc=exc, countdown=wait, headers=replace(meta, attempt=meta.attempt + 1).headers())
+    why = reason or ("retries_exhausted" if retryable else "non_retryable")
+    tb = "".join(traceback.format_exception(exc))
+    fnd.jobs.dead_letter(task.dead_letter_entry(meta, args, kwargs, why, exc, tb))
+    raise exc

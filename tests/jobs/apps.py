@@ -1,0 +1,93 @@
+"""The application the job tests run in worker subprocesses (settings from ESF_* variables)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+import esf
+from esf.foundation import Foundation
+
+
+class PermanentError(Exception):
+    pass
+
+
+def build(settings: esf.Settings | None = None) -> Foundation:
+    fnd = Foundation(settings or esf.Settings.from_env())
+    coord = fnd.jobs.coordinator
+
+    @fnd.job(name="t.add", retries=0)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @fnd.job(name="t.flaky", retries=3, backoff=0.2, max_backoff=0.5)
+    def flaky(key: str, fail_times: int) -> str:
+        n = coord.incr(f"flaky:{key}", 600)
+        if n <= fail_times:
+            raise ConnectionError(f"transient failure {n} of {fail_times}")
+        return f"ok after {n}"
+
+    @fnd.job(name="t.always_fail", retries=2, backoff=0.1, max_backoff=0.2)
+    def always_fail(value: int) -> None:
+        if value < 0:
+            raise ValueError(f"value must not be negative, got {value}")
+        coord.incr("fixed", 600)
+
+    @fnd.job(name="t.non_retryable", retries=5, retry_on=(ConnectionError,))
+    def non_retryable(x: int) -> None:
+        raise PermanentError(f"cannot handle {x}")
+
+    @fnd.job(name="t.stubborn", retries=0, timeout=1)
+    def stubborn(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except SoftTimeLimitExceeded:
+                continue
+
+    @fnd.job(name="t.record", retries=0, timeout=120)
+    def record(key: str, seconds: float) -> int:
+        coord.incr(f"exec:{key}", 600)
+        time.sleep(seconds)
+        return coord.incr(f"done:{key}", 600)
+
+    @fnd.job(name="t.crash", retries=0)
+    def crash(key: str) -> None:
+        coord.incr(f"crash:{key}", 600)
+        os._exit(1)
+
+    @fnd.job(name="t.spawn", retries=0)
+    def spawn(x: int) -> str:
+        return add.enqueue(x, 1).id
+
+    @fnd.job(name="t.unique", retries=0, unique_for=30)
+    def unique(x: int) -> int:
+        return x
+
+    @fnd.job(name="t.limited", retries=0, rate_limit="5/s", rate_limit_key="tenant")
+    def limited(tenant: str, i: int) -> float:
+        return time.time()
+
+    @fnd.job(name="t.echo_cid", retries=0)
+    def echo_cid(previous: object = None) -> list[object]:
+        from esf.jobs._meta import current_job
+
+        cur = current_job.get()
+        return [previous, cur.correlation_id if cur else None]
+
+    @fnd.job(name="t.total", retries=0)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    return fnd
+
+
+fnd = None
+
+
+def make() -> Foundation:
+    return build()

@@ -1,0 +1,97 @@
+"""Worker subprocesses for job tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(broker_url: str, *, queues: tuple[str, ...] = ("default",), redis_url: str | None = None,
+                 data_dir: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "ESF_JOBS_QUEUES": ",".join(queues),
+        "ESF_JOBS_DEFAULT_QUEUE": queues[0],
+        "ESF_JOBS_VISIBILITY_TIMEOUT_S": "6",
+        "ESF_JOBS_RESTORE_INTERVAL_S": "1",
+        "ESF_JOBS_MAX_DELIVERIES": "3",
+        "ESF_JOBS_HARD_TIMEOUT_GRACE_S": "1",
+        "ESF_JOBS_REDIS_DURABILITY_CHECK": "off",
+    }
+    if broker_url:
+        env["ESF_BROKER_URL"] = broker_url
+    if redis_url:
+        env["ESF_REDIS_URL"] = redis_url
+    if data_dir:
+        env["ESF_DATA_DIR"] = data_dir
+    env.update(extra or {})
+    return env
+
+
+class Worker:
+    """An `esf worker` subprocess for tests.jobs.apps."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, concurrency: int = 2, pool: str = "prefork",
+                 app: str = "tests.jobs.apps:make") -> None:
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_") or k.startswith("ESF_TEST_")}
+        full_env.update(env)
+        full_env["PYTHONPATH"] = str(ROOT)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "esf.cli", "--app", app, "worker", f"--concurrency={concurrency}",
+             f"--pool={pool}", "--loglevel=INFO"],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log_path.read_bytes():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (warm shutdown); SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")

@@ -1,0 +1,66 @@
+"""The one place where ESF connects Celery signals; they are forwarded to the Foundation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from celery._state import get_current_worker_task
+
+from esf.jobs._meta import H_CORRELATION, H_PARENT
+from esf.jobs._task import EsfTask, request_headers
+
+log = logging.getLogger("esf.workers")
+
+_connected = False
+
+
+def connect() -> None:
+    """Connect ESF's signal handlers (idempotent)."""
+    global _connected
+    if _connected:
+        return
+    signals.before_task_publish.connect(_propagate_correlation, weak=False)
+    signals.worker_ready.connect(_on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+    signals.worker_process_init.connect(_on_process_init, weak=False)
+    _connected = True
+
+
+def _propagate_correlation(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """A message sent while a job runs (a chain's next step, a chord body…) keeps its correlation id."""
+    if headers is None or headers.get(H_CORRELATION):
+        return
+    task = get_current_worker_task()
+    if not isinstance(task, EsfTask):
+        return
+    current = request_headers(task.request)
+    if current.get(H_CORRELATION):
+        headers[H_CORRELATION] = current[H_CORRELATION]
+        headers.setdefault(H_PARENT, str(task.request.id))
+
+
+def _foundation(sender: Any) -> Any:
+    app = getattr(sender, "app", None)
+    return getattr(app, "foundation", None)
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    fnd = _foundation(sender)
+    if fnd is None:
+        return
+    fnd.worker_started()
+
+
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    fnd = _foundation(sender)
+    if fnd is not None:
+        fnd.worker_stopped()
+
+
+def _on_process_init(sender: Any = None, **_: Any) -> None:
+    from esf.foundation import Foundation
+
+    for fnd in Foundation.instances():
+        fnd.after_fork()

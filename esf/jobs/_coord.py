@@ -51,7 +51,7 @@ class Coordinator(Protocol):
         """Release connections."""
 
 
-_TOKEN_LUA = """  # noqa: S105 (a Lua script, not a password)
+_BUCKET_LUA = """
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -89,7 +89,7 @@ class RedisCoordinator:
     def __init__(self, client: redis.Redis[bytes], prefix: str = "esf:") -> None:
         self._r = client
         self._prefix = prefix
-        self._token = client.register_script(_TOKEN_LUA)
+        self._token = client.register_script(_BUCKET_LUA)
         self._lease = client.register_script(_LEASE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
 

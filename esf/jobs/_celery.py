@@ -120,7 +120,7 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
         conf["worker_detect_quorum_queues"] = True
         conf["broker_heartbeat"] = 30
     elif kind == "embedded":
-        conf["broker_transport_options"] = {"polling_interval": 0.2}
+        conf["broker_transport"] = "esf.jobs._embedded:Transport"
         conf["broker_pool_limit"] = 4
         conf["worker_cancel_long_running_tasks_on_connection_loss"] = False
     return conf

@@ -1,0 +1,163 @@
+"""Fault injection with real worker processes: SIGKILL, crash loops, leases, a Redis restart."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import esf
+from esf.foundation import Foundation
+from tests.conftest import REDIS_HOST, REDIS_PORT, lease_redis_db
+
+from . import apps
+from .conftest import Broker
+from .harness import Worker, settings_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def counter(fnd: Foundation, key: str) -> int:
+    return int(fnd.jobs.coordinator.get(key) or 0)
+
+
+def test_a_worker_killed_mid_job_loses_nothing_and_the_job_completes_once_elsewhere(
+    broker: Broker, fnd: Foundation, tmp_path: Path
+) -> None:
+    # Given a worker running a long job
+    first = Worker(broker.env, tmp_path / "a.log", concurrency=1)
+    first.wait_ready()
+    key = uuid.uuid4().hex
+    handle = fnd.jobs.enqueue("t.record", key, 4)
+    wait_for(lambda: counter(fnd, f"exec:{key}") == 1, timeout=60, message="job started")
+    # When the whole worker is killed with SIGKILL mid-job
+    first.kill()
+    assert counter(fnd, f"done:{key}") == 0
+    # Then another worker picks it up and it completes exactly once
+    second = Worker(broker.env, tmp_path / "b.log", concurrency=1)
+    try:
+        second.wait_ready()
+        assert handle.wait(90) == 1
+        assert counter(fnd, f"exec:{key}") == 2
+        assert counter(fnd, f"done:{key}") == 1
+    finally:
+        second.stop()
+
+
+def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drains(
+    broker: Broker, fnd: Foundation, tmp_path: Path
+) -> None:
+    # Given a job whose handler kills its pool process every time
+    worker = Worker(broker.env, tmp_path / "w.log", concurrency=1)
+    try:
+        worker.wait_ready()
+        key = uuid.uuid4().hex
+        handle = fnd.jobs.enqueue("t.crash", key)
+        # Then after max_deliveries (3) it is dead-lettered instead of looping
+        entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None),
+                         timeout=120, interval=0.5, message="crash-looping job in the DLQ")
+        assert entry.reason == "delivery_limit"
+        assert 3 <= counter(fnd, f"crash:{key}") <= 4
+        # And the worker is still alive and drains other jobs
+        assert fnd.jobs.enqueue("t.add", 1, 1).wait(60) == 2
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_job_longer_than_the_visibility_timeout_runs_once_while_its_worker_lives(
+    broker: Broker, fnd: Foundation, tmp_path: Path
+) -> None:
+    # Given a visibility timeout of 6 s and two workers
+    workers = [Worker(broker.env, tmp_path / f"w{i}.log", concurrency=1) for i in range(2)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        key = uuid.uuid4().hex
+        # When a job runs for 14 s (more than twice the visibility timeout)
+        handle = fnd.jobs.enqueue("t.record", key, 14)
+        assert handle.wait(90) == 1
+        # Then it ran exactly once: the lease kept it from being delivered again
+        assert counter(fnd, f"exec:{key}") == 1
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, with AOF on, that the test may stop and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.dir = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._up, timeout=30, message="private redis up")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_redis_restart_mid_run_loses_no_job_and_workers_reconnect(private_redis: PrivateRedis,
+                                                                     tmp_path: Path) -> None:
+    with lease_redis_db() as db:
+        # Given a worker on a Redis broker with AOF, counters on another Redis
+        queue = f"q-{uuid.uuid4().hex[:8]}"
+        env = settings_env(f"redis://127.0.0.1:{private_redis.port}/0", queues=(queue,),
+                           redis_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", data_dir=str(tmp_path))
+        fnd = apps.build(esf.Settings.from_env(env))
+        worker = Worker(env, tmp_path / "w.log", concurrency=2)
+        try:
+            worker.wait_ready()
+            keys = [f"{uuid.uuid4().hex}" for _ in range(30)]
+            for k in keys:
+                fnd.jobs.enqueue("t.record", k, 0.3)
+            wait_for(lambda: sum(counter(fnd, f"done:{k}") > 0 for k in keys) >= 3, timeout=60,
+                     message="a few jobs done")
+            # When the broker restarts mid-run
+            private_redis.stop()
+            time.sleep(2)
+            private_redis.start()
+            # Then the worker reconnects by itself and every job completes
+            wait_for(lambda: all(counter(fnd, f"done:{k}") > 0 for k in keys), timeout=180, interval=1,
+                     message="every job done after the restart")
+            assert fnd.jobs.enqueue("t.add", 2, 2).wait(60) == 4
+        finally:
+            worker.stop()
+            fnd.close()

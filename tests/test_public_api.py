@@ -1,0 +1,22 @@
+"""The facade exports exactly its public names."""
+
+from __future__ import annotations
+
+import esf
+
+
+def test_all_lists_every_public_name_of_the_facade() -> None:
+    public = {n for n in vars(esf) if not n.startswith("_")}
+    modules = {"annotations", "errors", "events", "foundation", "hooks", "jobs", "secrets", "settings", "demo", "cli"}
+    assert set(esf.__all__) == public - (modules - {"errors"})
+
+
+def test_every_error_has_a_stable_unique_code() -> None:
+    from esf import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.EsfError)]
+    codes = [c.code for c in classes]
+    assert len(codes) == len(set(codes))
+    assert all(isinstance(c, str) and c for c in codes)
+    err = errors.error_from_code("duplicate_event_id", "x")
+    assert isinstance(err, errors.DuplicateEventId)

@@ -108,6 +108,11 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     if meta.first_attempt_at is None:
         meta = replace(meta, first_attempt_at=now)
 
+    # A job deferred by its rate limit is re-published before it counts as a delivery.
+    if opts.rate_limit is not None:
+        wait = jobs.rate_limit_wait(opts, args, kwargs)
+        if wait > 0:
+            raise task.retry(countdown=wait, headers=meta.headers())
     deliveries = jobs.count_delivery(str(task.request.id), meta)
     if deliveries > fnd.settings.jobs.max_deliveries:
         exc = JobDeadLettered(
@@ -116,11 +121,6 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         )
         jobs.dead_letter(task.dead_letter_entry(meta, args, kwargs, "delivery_limit", exc))
         raise exc
-
-    if opts.rate_limit is not None:
-        wait = jobs.rate_limit_wait(opts, args, kwargs)
-        if wait > 0:
-            raise task.retry(countdown=wait, headers=meta.headers())
 
     ctx = task.context(meta, args, kwargs, started_at=now)
     fnd.run_hooks("before_process", ctx)

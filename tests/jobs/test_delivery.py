@@ -148,3 +148,17 @@ def test_chain_group_and_chord_carry_the_correlation_id_through_every_step(fnd: 
     with pytest.raises(JobFailed) as failed:
         fnd.chain(add.s(1, 1), fnd.jobs.get("t.non_retryable").s(), correlation_id="corr-fail").wait(60)
     assert failed.value.remote_type == "PermanentError"
+
+
+def test_a_global_rate_limit_spaces_jobs_per_partition(fnd: Foundation, worker: Worker) -> None:
+    # Given a job limited to 5 per second per tenant (bursts of 5)
+    tenant = f"t-{uuid.uuid4().hex[:6]}"
+    # When 12 jobs of one tenant are enqueued at once
+    handles = [fnd.jobs.enqueue("t.limited", tenant=tenant, i=i) for i in range(12)]
+    started = sorted(h.wait(90) for h in handles)
+    # Then no more than the burst ran before tokens had to refill: the last
+    # 7 needed at least 7/5 s of refill (a lower bound, whatever the machine's speed)
+    assert started[-1] - started[0] >= (12 - 5) / 5 * 0.9
+    # And the bucket is kept per tenant, shared by every worker
+    client = fnd.redis
+    assert client.exists(f"esf:rate:t.limited:{tenant}")

@@ -161,3 +161,18 @@ def test_a_redis_restart_mid_run_loses_no_job_and_workers_reconnect(private_redi
         finally:
             worker.stop()
             fnd.close()
+
+
+def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(broker: Broker, fnd: Foundation,
+                                                                   tmp_path: Path) -> None:
+    worker = Worker(broker.env, tmp_path / "w.log", concurrency=1)
+    worker.wait_ready()
+    key = uuid.uuid4().hex
+    handle = fnd.jobs.enqueue("t.record", key, 3)
+    wait_for(lambda: counter(fnd, f"exec:{key}") == 1, timeout=60, message="job started")
+    # When the worker gets SIGTERM mid-job (warm shutdown)
+    code = worker.stop(timeout=60)
+    # Then the job finished before the worker exited, once
+    assert code == 0
+    assert counter(fnd, f"done:{key}") == 1
+    assert handle.status() == "succeeded"

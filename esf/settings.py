@@ -52,6 +52,10 @@ def validate_queue_name(name: object, setting: str = "queue") -> str:
     return name
 
 
+#: The routed queues of ESF's own services; always declared, each with its ``.dlq``.
+SERVICE_QUEUES: tuple[str, ...] = ("esf.events", "esf.config", "esf.telemetry")
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """Jobs, queues, retries and delivery guarantees."""
@@ -90,6 +94,9 @@ class JobSettings:
                 f"jobs.default_queue: {self.default_queue!r} is not one of jobs.queues {list(self.queues)}",
                 setting="jobs.default_queue",
             )
+        for q in self.queues:
+            if q in SERVICE_QUEUES:
+                raise SettingsError(f"jobs.queues: {q!r} is reserved for ESF's own services", setting="jobs.queues")
         _non_negative(self, "jobs", ("default_retries", "default_backoff_s", "hard_timeout_grace_s"))
         _positive(
             self,
@@ -104,6 +111,12 @@ class JobSettings:
                 "max_payload_bytes",
             ),
         )
+
+
+    @property
+    def all_queues(self) -> tuple[str, ...]:
+        """The application's queues followed by ESF's service queues."""
+        return self.queues + SERVICE_QUEUES
 
 
 @dataclass(frozen=True)

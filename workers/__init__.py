@@ -17,13 +17,13 @@ __all__ = ["PROFILES", "WorkerProfile", "get_profile", "run_worker", "worker_arg
 def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str = "INFO",
                 hostname: str | None = None) -> list[str]:
     """The ``celery worker`` arguments for ``profile``."""
-    queues = profile.queues or foundation.settings.jobs.queues
-    unknown = [q for q in queues if q not in foundation.settings.jobs.queues]
+    queues = profile.queues or foundation.settings.jobs.all_queues
+    unknown = [q for q in queues if q not in foundation.settings.jobs.all_queues]
     if unknown:
         from esf.errors import UnknownQueue
 
         raise UnknownQueue(f"unknown queue(s) {', '.join(unknown)}; configured: "
-                           f"{', '.join(foundation.settings.jobs.queues)}")
+                           f"{', '.join(foundation.settings.jobs.all_queues)}")
     name = hostname or f"esf-{profile.name}-{os.getpid()}-{uuid.uuid4().hex[:4]}@%h"
     argv = [
         "worker",

@@ -28,7 +28,7 @@ class EsfConsumer(Consumer):  # type: ignore[misc]
             return
         info = getattr(message, "delivery_info", None) or {}
         queue = str(info.get("routing_key") or foundation.settings.jobs.default_queue)
-        if queue not in foundation.settings.jobs.queues:
+        if queue not in foundation.settings.jobs.all_queues:
             queue = foundation.settings.jobs.default_queue
         try:
             body = message.body

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from ..settings import SERVICE_QUEUES
 from ._deadletter import dlq_name
 
 if TYPE_CHECKING:
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 
 #: The exchange RabbitMQ dead-letters into; each ``<queue>.dlq`` is bound to it.
 DLX_EXCHANGE = "esf.dlx"
+#: RabbitMQ delivery limit of ESF's own service queues.
+SERVICE_DELIVERY_LIMIT = 5
 
 
 class EsfCelery(Celery):
@@ -35,7 +38,9 @@ def job_queue(settings: Settings, name: str) -> Queue:
                 "x-queue-type": "quorum",
                 "x-dead-letter-exchange": DLX_EXCHANGE,
                 "x-dead-letter-routing-key": dlq_name(name),
-                "x-delivery-limit": settings.jobs.max_deliveries,
+                # Queue arguments cannot change once declared: ESF's shared service queues
+                # keep a fixed limit, so deployments with other settings can share a vhost.
+                "x-delivery-limit": SERVICE_DELIVERY_LIMIT if name in SERVICE_QUEUES else settings.jobs.max_deliveries,
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             },
@@ -94,7 +99,7 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
         "task_default_exchange": jobs.default_queue,
         "task_default_routing_key": jobs.default_queue,
         "task_create_missing_queues": False,
-        "task_queues": [job_queue(settings, q) for q in jobs.queues],
+        "task_queues": [job_queue(settings, q) for q in jobs.all_queues],
         "worker_redirect_stdouts": False,
         "enable_utc": True,
     }

@@ -144,9 +144,9 @@ class Job(Generic[P, R]):
         if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
             raise ValidationError("eta: must be a timezone-aware datetime")
         target = queue or self.options.queue
-        if target not in self._fnd.settings.jobs.queues:
+        if target not in self._fnd.settings.jobs.all_queues:
             raise UnknownQueue(f"unknown queue {target!r}; configured queues: "
-                               f"{', '.join(self._fnd.settings.jobs.queues)}")
+                               f"{', '.join(self._fnd.settings.jobs.all_queues)}")
         parent = current_job.get()
         if correlation_id is None:
             correlation_id = parent.correlation_id if parent and parent.correlation_id else str(uuid.uuid4())

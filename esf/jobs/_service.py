@@ -72,7 +72,7 @@ class JobService:
         b = defaults.default_backoff_s if backoff is None else backoff
         mb = defaults.default_max_backoff_s if max_backoff is None else max_backoff
         t = defaults.default_timeout_s if timeout is None else timeout
-        validate_options(name=job_name, queue=q, queues=defaults.queues, retries=n_retries, backoff=b,
+        validate_options(name=job_name, queue=q, queues=defaults.all_queues, retries=n_retries, backoff=b,
                          max_backoff=mb, timeout=t, retry_on=retry_on, unique_for=unique_for,
                          rate_limit=rate_limit, priority=priority)
         if job_name in self._jobs:
@@ -225,7 +225,7 @@ class JobService:
         settings = self._fnd.settings
         return DeadLetterQueues(
             connect=self._connection,
-            queues=settings.jobs.queues,
+            queues=settings.jobs.all_queues,
             declare=lambda name: dead_letter_queue(settings, name),
             resend=self._resend,
             on_publish=lambda entry: self._fnd.run_hooks("after_dead_letter", entry),

@@ -21,7 +21,9 @@ def test_the_sql_store_satisfies_the_event_store_protocol(store):
 def test_a_batch_gets_consecutive_positions_and_stream_versions(store):
     # Given an empty store
     # When two batches are appended to two streams
-    first = store.append([Event("order.created", {"n": 1}, stream_id="order-1"), Event("order.paid", {}, stream_id="order-1")])
+    first = store.append(
+        [Event("order.created", {"n": 1}, stream_id="order-1"), Event("order.paid", {}, stream_id="order-1")]
+    )
     second = store.append(Event("order.created", {"n": 2}, stream_id="order-2"))
     # Then positions are 1, 2, 3 and versions count per stream
     assert [(e.position, e.stream_id, e.stream_version) for e in [*first, *second]] == [
@@ -105,8 +107,13 @@ def test_a_batch_repeating_one_id_stores_it_once_or_refuses_conflicting_content(
     result = store.append([Event("a.b", {"x": 1}, event_id=eid), Event("a.b", {"x": 1}, event_id=eid)])
     assert [e.position for e in result] == [1, 1]
     with pytest.raises(DuplicateEventId):
-        store.append([Event("a.c", {"x": 1}, event_id=None), Event("a.b", {"x": 1}, event_id=str(uuid.uuid4())),
-                      Event("a.b", {"x": 2}, event_id=result[0].event_id)])
+        store.append(
+            [
+                Event("a.c", {"x": 1}, event_id=None),
+                Event("a.b", {"x": 1}, event_id=str(uuid.uuid4())),
+                Event("a.b", {"x": 2}, event_id=result[0].event_id),
+            ]
+        )
     assert store.head() == 1
 
 
@@ -116,7 +123,9 @@ def test_a_batch_is_all_or_nothing(store):
     store.append(Event("a.b", {"x": 1}, event_id=eid))
     # When a batch whose last event clashes with it is appended
     with pytest.raises(DuplicateEventId):
-        store.append([Event("a.c", {}, stream_id="s-1"), Event("a.d", {}, stream_id="s-1"), Event("a.b", {"x": 2}, event_id=eid)])
+        store.append(
+            [Event("a.c", {}, stream_id="s-1"), Event("a.d", {}, stream_id="s-1"), Event("a.b", {"x": 2}, event_id=eid)]
+        )
     # Then none of the batch is stored
     assert store.head() == 1
     assert store.read_stream("s-1") == []
@@ -169,7 +178,9 @@ def test_get_of_an_unknown_or_malformed_id_raises(store):
 
 
 def test_read_correlation_returns_every_event_of_a_request(store):
-    store.append([Event("a.b", correlation_id="c-1"), Event("a.c", correlation_id="c-2"), Event("a.d", correlation_id="c-1")])
+    store.append(
+        [Event("a.b", correlation_id="c-1"), Event("a.c", correlation_id="c-2"), Event("a.d", correlation_id="c-1")]
+    )
     assert [e.event_type for e in store.read_correlation("c-1")] == ["a.b", "a.d"]
 
 

@@ -71,8 +71,9 @@ def render_timeline(correlation_id: str, events: Sequence[StoredEvent]) -> str:
         at = event_time(e)
         offset = (at - start).total_seconds()
         stream = e.stream_id if len(e.stream_id) <= stream_width else e.stream_id[: stream_width - 1] + "…"
+        since = f"+{offset:.3f}s"
         lines.append(
-            f"  +{offset:9.3f}s  {at.strftime('%H:%M:%S.%f')[:-3]}  {e.event_type:<{type_width}}  "
+            f"  {since:>10}  {at.strftime('%H:%M:%S.%f')[:-3]}  {e.event_type:<{type_width}}  "
             f"{stream:<{stream_width}}  {_summary(e)}".rstrip()
         )
     return "\n".join(lines)

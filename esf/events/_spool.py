@@ -61,8 +61,7 @@ class Spool:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        self._connection().executescript(_SCHEMA)  # autocommit; CREATE … IF NOT EXISTS is idempotent
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,15 @@ class Event:
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """An event as stored: immutable, with its global position and stream version."""
+    """An event as stored: immutable, with its global position and stream version.
+
+    ``data`` and ``metadata`` are deep-frozen on construction: mappings become
+    :class:`FrozenDict` and lists :class:`FrozenList`. Both are ``dict`` and
+    ``list`` subclasses, so they compare equal to plain values and
+    ``json.dumps`` accepts them, but every mutating method raises ``TypeError``.
+    ``recorded_at`` is timezone-aware UTC; ``monotonic_ns`` is the appending
+    process's ``time.monotonic_ns()`` (comparable only within one ``node``/``pid``).
+    """
 
     position: int
     event_id: str
@@ -48,6 +56,14 @@ class StoredEvent:
     parent_id: str | None
     data: Mapping[str, Any]
     metadata: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        # Deep-freeze so that a returned event cannot be changed by accident;
+        # already-frozen values are kept as they are (no copy).
+        if not isinstance(self.data, FrozenDict):
+            object.__setattr__(self, "data", freeze_json(self.data))
+        if not isinstance(self.metadata, FrozenDict):
+            object.__setattr__(self, "metadata", freeze_json(self.metadata))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (``recorded_at`` as ISO 8601)."""
@@ -74,3 +90,81 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_thaw(v) for v in value]
     return value
+
+
+def _immutable(self: object, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(f"{type(self).__name__} is immutable (stored event data cannot be changed)")
+
+
+class FrozenDict(dict[str, Any]):
+    """A ``dict`` whose mutating methods raise ``TypeError`` (JSON-serialisable, equal to plain dicts)."""
+
+    __slots__ = ()
+
+    __setitem__ = _immutable
+    __delitem__ = _immutable
+    __ior__ = _immutable  # type: ignore[assignment]
+    clear = _immutable
+    pop = _immutable
+    popitem = _immutable
+    setdefault = _immutable
+    update = _immutable
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return self
+
+
+class FrozenList(list[Any]):
+    """A ``list`` whose mutating methods raise ``TypeError`` (JSON-serialisable, equal to plain lists)."""
+
+    __slots__ = ()
+
+    __setitem__ = _immutable
+    __delitem__ = _immutable
+    __iadd__ = _immutable  # type: ignore[assignment]
+    __imul__ = _immutable  # type: ignore[assignment]
+    append = _immutable
+    extend = _immutable
+    insert = _immutable
+    remove = _immutable
+    pop = _immutable
+    clear = _immutable
+    sort = _immutable
+    reverse = _immutable
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+    def __copy__(self) -> FrozenList:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenList:
+        return self
+
+
+def freeze_json(value: Any) -> Any:
+    """Deep-freeze a JSON value: mappings become :class:`FrozenDict`, lists/tuples :class:`FrozenList`."""
+    if isinstance(value, FrozenDict | FrozenList):
+        return value
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return FrozenList(_frozen_items(value))
+    return value
+
+
+def _frozen_items(values: Iterable[Any]) -> list[Any]:
+    return [freeze_json(v) for v in values]
+

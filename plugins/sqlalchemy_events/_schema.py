@@ -31,7 +31,7 @@ events = Table(
     "esf_events",
     metadata,
     Column("position", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False),
-    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_id", String(36), nullable=False),
     Column("stream_id", String(200), nullable=False),
     Column("stream_version", BigInteger, nullable=False),
     Column("event_type", String(200), nullable=False),
@@ -45,6 +45,7 @@ events = Table(
     Column("metadata", JsonType, nullable=False),
     #: sha256 of the canonical JSON of the content, to tell a retry from a clash.
     Column("content_hash", String(64), nullable=False),
+    UniqueConstraint("event_id", name="uq_esf_events_event_id"),
     UniqueConstraint("stream_id", "stream_version", name="uq_esf_events_stream_version"),
     Index("ix_esf_events_type", "event_type"),
     Index("ix_esf_events_recorded_at", "recorded_at"),

@@ -1,0 +1,225 @@
+"""The event store contract: what every backend promises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._model import Event, StoredEvent
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["AppendResult", "EventStore", "PendingAppend"]
+
+#: ``waiter(pending, timeout_s)`` blocks until the spooled events are stored and returns them.
+Waiter = Callable[["PendingAppend", "float | None"], list[StoredEvent]]
+
+
+@dataclass(frozen=True)
+class PendingAppend:
+    """Events held in the node's durable local spool because the database was unreachable.
+
+    They are written, in the order they were appended, by the store's
+    background flusher as soon as the database answers again. Their ids make
+    the write idempotent: nothing is lost and nothing is stored twice.
+
+    Attributes:
+        event_ids: the ids of the spooled events, in append order.
+        spool_id: the entry in the local spool file.
+    """
+
+    event_ids: tuple[str, ...]
+    spool_id: int
+    _waiter: Waiter = field(repr=False, compare=False)
+
+    def wait(self, timeout: float | None = None) -> list[StoredEvent]:
+        """Block until the events are stored and return them (in append order).
+
+        Parameters:
+            timeout: seconds to wait at most; ``None`` waits for ever.
+
+        Raises:
+            Timeout: the events are still in the spool after ``timeout`` seconds.
+            DuplicateEventId: the flusher found an id stored with other content
+                (the entry is kept aside in the spool's ``dead`` table).
+        """
+        return self._waiter(self, timeout)
+
+
+class AppendResult(list[StoredEvent]):
+    """What :meth:`EventStore.append` returns: a ``list`` of the stored events, plus two flags.
+
+    - Normally the list holds one :class:`StoredEvent` per event passed (same
+      order), ``pending`` is ``None`` and :meth:`wait` returns at once.
+    - ``already_stored`` holds the ids that were stored before this call with
+      the same content (an idempotent retry): nothing was written for them.
+    - When the database was unreachable and the events were spooled, the list
+      is **empty** (no position exists yet), ``pending`` is a
+      :class:`PendingAppend` and ``is_pending`` is true. Call :meth:`wait` to
+      block until they are written, or ignore it: they will be written.
+    """
+
+    __slots__ = ("already_stored", "pending")
+
+    def __init__(
+        self,
+        events: Iterable[StoredEvent] = (),
+        *,
+        pending: PendingAppend | None = None,
+        already_stored: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(events)
+        self.pending = pending
+        self.already_stored = already_stored
+
+    @property
+    def is_pending(self) -> bool:
+        """True when the events are in the local spool, not yet in the database."""
+        return self.pending is not None
+
+    def wait(self, timeout: float | None = None) -> list[StoredEvent]:
+        """The stored events; for a pending result, block until written (see :meth:`PendingAppend.wait`)."""
+        if self.pending is None:
+            return list(self)
+        return self.pending.wait(timeout)
+
+    def __repr__(self) -> str:
+        if self.pending is not None:
+            return f"AppendResult(pending={self.pending!r})"
+        return f"AppendResult({list.__repr__(self)}, already_stored={sorted(self.already_stored)!r})"
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """An append-only store of events with global, gap-free, commit-ordered positions.
+
+    Guarantees every backend keeps:
+
+    - **Positions** start at 1 and increase by one per stored event, in commit
+      order: a reader that has seen position N never later finds a committed
+      event at or below N that it had not seen (pruning aside).
+    - **Stream versions** start at 1 in each stream and increase by one.
+    - **Idempotency**: an event id already stored with the same content is not
+      stored again; its stored form is returned. Same id, other content:
+      :class:`~esf.errors.DuplicateEventId`.
+    - **Atomic batches**: all events of one call are stored, or none.
+    """
+
+    def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        session: Session | None = None,
+    ) -> AppendResult:
+        """Append one event or a batch, atomically.
+
+        Parameters:
+            events: an :class:`Event` or a non-empty sequence of them. Validated
+                here, before anything is written (rules in ``esf.events._validation``).
+            expected_version: the version the stream must be at before this
+                append (0: the stream must not exist yet). Every event of the
+                batch must then be in the same stream. ``None`` skips the check.
+            session: a SQLAlchemy ``Session`` whose transaction the events are
+                written in. The store does not commit: the caller's commit
+                stores them, the caller's rollback discards them. Positions are
+                locked until the caller's transaction ends, so keep it short.
+
+        Returns:
+            An :class:`AppendResult` (a list of :class:`StoredEvent`, one per
+            input, in input order). When the database is unreachable and
+            ``expected_version`` and ``session`` are ``None``, the events are
+            spooled locally and the result is pending (empty list,
+            ``.pending`` set): see :class:`AppendResult`.
+
+        Raises:
+            ValidationError: bad event type, stream id, event id, refs or arguments.
+            SerializationError: data or metadata is not a JSON object.
+            PayloadTooLarge: an event exceeds ``settings.events.max_event_bytes``.
+            DuplicateEventId: an event id is stored (or repeated in the batch) with other content.
+            ConcurrencyConflict: ``expected_version`` did not match (``.expected``, ``.actual``).
+            ServiceUnavailable: the database is unreachable and the append cannot be spooled
+                (``expected_version`` or ``session`` given, or no spool configured).
+        """
+        ...
+
+    def get(self, event_id: str) -> StoredEvent:
+        """The stored event with this id.
+
+        Raises:
+            NotFound: no event has this id (or it was pruned).
+            ValidationError: ``event_id`` is not a UUID.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def read_stream(self, stream_id: str, *, from_version: int = 1, limit: int | None = None) -> list[StoredEvent]:
+        """Events of one stream with ``stream_version >= from_version``, in version order.
+
+        Returns:
+            Up to ``limit`` events (all when ``None``); empty for an unknown stream.
+
+        Raises:
+            ValidationError: bad stream id or arguments.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Events with ``position > after_position``, in position order, at most ``limit``.
+
+        Resuming from the last position returned never skips a committed event.
+
+        Raises:
+            ValidationError: negative ``after_position`` or ``limit`` < 1.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def read_correlation(self, correlation_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
+        """Events with this correlation id, in position order (at most ``limit``).
+
+        Raises:
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def head(self) -> int:
+        """The position of the last committed event (0 when empty).
+
+        Raises:
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def prune(self, *, older_than: timedelta, types: Sequence[str] | None = None) -> int:
+        """Delete events recorded more than ``older_than`` ago, optionally only of ``types``.
+
+        Never deleted (the retention rule): the latest event of each stream
+        (so ``expected_version`` and stream versions keep working), and any
+        event at a position above the lowest subscription checkpoint
+        (``esf_checkpoints``), which some subscription has not processed yet.
+
+        Returns:
+            The number of events deleted.
+
+        Raises:
+            ValidationError: ``older_than`` is negative or a type name is invalid.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded" | "down", "backend": …, "head": …, "spool_depth": …}``.
+
+        ``degraded``: events are waiting in the local spool (``spool_depth`` > 0)
+        or the circuit breaker is open. Never raises.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop background threads and release connections. Spooled events stay on disk for the next start."""
+        ...

@@ -1,0 +1,292 @@
+"""Job history as events: every lifecycle step of every job, without slowing the job path.
+
+:class:`JobHistoryHooks` turns job hooks into events (types in
+:data:`JOB_EVENT_TYPES`), in the stream ``job-<job_id>``, with the job's
+correlation id. The hook only builds the event and puts it in a bounded
+in-process buffer; a background thread appends the buffer in batches (one
+transaction per batch). When the database is unreachable the store spools
+the batch locally (see :class:`~esf.events.AppendResult`), so nothing is
+lost. When the buffer is full (``max_buffer`` events waiting), the hook
+blocks until there is room: memory stays bounded and nothing is dropped.
+
+Event data (all JSON): ``job`` (name), ``queue``, ``attempt``, ``at`` (Unix
+time of the step, seconds), and per type: ``runtime_s``; ``error_type``,
+``error_message``, ``error_code``; ``delay_s``, ``next_attempt``;
+``reason``, ``attempts``; ``new_job_id``. Job arguments are never recorded
+(they may hold personal data or secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EsfError, Retry, SkipJob, ValidationError
+from ..hooks import JobContext, JobHooks
+from ._model import Event
+from ._validation import MAX_STREAM_ID_CHARS, STREAM_ID_RE
+
+if TYPE_CHECKING:
+    from ._contract import EventStore
+
+__all__ = ["JOB_EVENT_TYPES", "JobHistoryHooks", "job_stream_id"]
+
+log = logging.getLogger("esf.events.jobs")
+
+#: Event types written by :class:`JobHistoryHooks`.
+JOB_EVENT_TYPES: tuple[str, ...] = (
+    "job.enqueued",
+    "job.started",
+    "job.retried",
+    "job.succeeded",
+    "job.failed",
+    "job.dead_lettered",
+    "job.replayed",
+)
+#: Longest error message kept in an event, in characters.
+MAX_ERROR_MESSAGE_CHARS = 2000
+_STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/+=$\-]")
+
+
+def job_stream_id(job_id: str) -> str:
+    """The stream of a job's history: ``job-<job_id>`` (unsafe characters replaced by ``_``)."""
+    stream = "job-" + _STREAM_UNSAFE.sub("_", str(job_id))
+    stream = stream[:MAX_STREAM_ID_CHARS]
+    return stream if STREAM_ID_RE.match(stream) else "job-invalid"
+
+
+def _clean(text: object, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    value = str(text).replace("\x00", "")
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _ref(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    value = re.sub(r"[\x00-\x1f\x7f]", "", value)[:200]
+    return value or None
+
+
+def _error(exc: BaseException | None) -> dict[str, Any]:
+    if exc is None:
+        return {}
+    info: dict[str, Any] = {"error_type": type(exc).__name__, "error_message": _clean(exc)}
+    if isinstance(exc, EsfError):
+        info["error_code"] = exc.code
+    return info
+
+
+class JobHistoryHooks(JobHooks):
+    """Job hooks that record each job's lifecycle as events (see the module docstring).
+
+    Parameters:
+        store: the event store to append to.
+        max_buffer: events waiting at most before a hook blocks.
+        batch_size: events appended per transaction at most.
+        flush_interval_s: longest time an event waits in the buffer, in seconds.
+        max_backoff_s: longest pause between two attempts when an append fails.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_buffer: int = 10_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_backoff_s = max_backoff_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid = -1
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=max_buffer)
+        self._thread: threading.Thread | None = None
+
+    # -- hooks ------------------------------------------------------------
+
+    def after_enqueue(self, ctx: JobContext) -> None:
+        """Records ``job.enqueued``."""
+        self._job_event("job.enqueued", ctx, {"enqueued_at": ctx.enqueued_at})
+
+    def before_process(self, ctx: JobContext) -> None:
+        """Records ``job.started``."""
+        extra: dict[str, Any] = {"started_at": ctx.started_at}
+        if ctx.started_at is not None and ctx.enqueued_at is not None:
+            extra["wait_s"] = round(max(0.0, ctx.started_at - ctx.enqueued_at), 6)
+        self._job_event("job.started", ctx, extra)
+
+    def after_process(
+        self, ctx: JobContext, *, result: Any = None, exc: BaseException | None = None, runtime_s: float = 0.0
+    ) -> None:
+        """Records ``job.succeeded`` (also for ``SkipJob``) or ``job.failed``; a ``Retry`` request records nothing."""
+        runtime = {"runtime_s": round(float(runtime_s), 6)}
+        if exc is None:
+            self._job_event("job.succeeded", ctx, runtime)
+        elif isinstance(exc, SkipJob):
+            self._job_event("job.succeeded", ctx, {**runtime, "skipped": True, "reason": _clean(exc)})
+        elif isinstance(exc, Retry):
+            return  # not a failure: after_retry records the retry
+        else:
+            self._job_event("job.failed", ctx, {**runtime, **_error(exc)})
+
+    def after_retry(self, ctx: JobContext, *, exc: BaseException, delay_s: float) -> None:
+        """Records ``job.retried`` with the error and the delay."""
+        self._job_event(
+            "job.retried",
+            ctx,
+            {"delay_s": round(float(delay_s), 6), "next_attempt": ctx.attempt + 1, **_error(exc)},
+        )
+
+    def after_dead_letter(self, entry: Any) -> None:
+        """Records ``job.dead_lettered`` (``entry``'s attributes are read defensively)."""
+        job_id = str(getattr(entry, "job_id", "") or "unknown")
+        attempts = getattr(entry, "attempts", None)
+        data: dict[str, Any] = {
+            "job": _opt_str(getattr(entry, "job", None) or getattr(entry, "job_name", None)),
+            "queue": _opt_str(getattr(entry, "queue", None)),
+            "reason": _opt_str(getattr(entry, "reason", None)),
+            "error_type": _opt_str(getattr(entry, "exception_type", None)),
+            "error_message": _opt_str(getattr(entry, "exception_message", None)),
+            "attempts": attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None,
+        }
+        self._emit("job.dead_lettered", job_id, _ref(getattr(entry, "correlation_id", None)), None, data)
+
+    def after_replay(self, entry: Any, *, job_id: str) -> None:
+        """Records ``job.replayed`` in the dead-lettered job's stream, naming the new job id."""
+        old_id = str(getattr(entry, "job_id", "") or "unknown")
+        data = {
+            "job": _opt_str(getattr(entry, "job", None) or getattr(entry, "job_name", None)),
+            "queue": _opt_str(getattr(entry, "queue", None)),
+            "new_job_id": _clean(job_id, 200),
+        }
+        self._emit("job.replayed", old_id, _ref(getattr(entry, "correlation_id", None)), None, data)
+
+    # -- buffering ----------------------------------------------------------
+
+    def _job_event(self, event_type: str, ctx: JobContext, extra: Mapping[str, Any]) -> None:
+        data = {"job": _clean(ctx.job_name, 200), "queue": _clean(ctx.queue, 200), "attempt": ctx.attempt, **extra}
+        self._emit(event_type, ctx.job_id, _ref(ctx.correlation_id), _ref(ctx.parent_id), data)
+
+    def _emit(
+        self, event_type: str, job_id: str, correlation_id: str | None, parent_id: str | None, data: dict[str, Any]
+    ) -> None:
+        data = {"job_id": _clean(job_id, 200), "at": time.time(), **data}
+        event = Event(
+            event_type,
+            data,
+            correlation_id=correlation_id,
+            parent_id=parent_id,
+            stream_id=job_stream_id(job_id),
+            metadata={"source": "esf.jobs"},
+        )
+        self._ensure_thread()
+        self._queue.put(event)  # blocks only when max_buffer events wait: bounded, never dropped
+
+    def _ensure_thread(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid and self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid != pid:
+                # A forked child (prefork worker) inherits no thread: start afresh.
+                self._queue = queue.Queue(maxsize=self.max_buffer)
+                self._thread = None
+                self._stop = threading.Event()
+                self._pid = pid
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="esf-job-history", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        q = self._queue
+        stop = self._stop
+        while True:
+            try:
+                first = q.get(timeout=self.flush_interval_s)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(batch, stop)
+            finally:
+                for _ in batch:
+                    q.task_done()
+
+    def _write(self, batch: list[Event], stop: threading.Event) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                self.store.append(batch)  # spooled (pending) when the database is unreachable
+                return
+            except ValidationError:
+                self._write_one_by_one(batch)
+                return
+            except Exception as exc:
+                if stop.is_set():
+                    log.error(
+                        "job history: %d event(s) could not be written before shutdown (%s: %s)",
+                        len(batch),
+                        type(exc).__name__,
+                        exc,
+                    )
+                    return
+                log.warning("job history: append failed (%s); retrying in %.2f s", type(exc).__name__, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _write_one_by_one(self, batch: list[Event]) -> None:
+        for event in batch:
+            try:
+                self.store.append(event)
+            except ValidationError as exc:
+                log.error("job history: event %s refused by the store: %s", event.type, exc)
+            except Exception:
+                log.exception("job history: event %s could not be written", event.type)
+
+    # -- control ------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Events buffered and not yet handed to the store."""
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Block until every buffered event was handed to the store (True) or ``timeout`` passed (False)."""
+        q = self._queue
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                q.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is buffered (up to ``timeout`` seconds), then stop the thread."""
+        self.flush(timeout)
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _clean(value, 2000)

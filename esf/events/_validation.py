@@ -1,0 +1,338 @@
+"""Call-site validation of events, before anything is sent or written.
+
+Rules (every backend applies the same ones, so an event accepted on SQLite is
+accepted on PostgreSQL):
+
+- ``type`` matches :data:`EVENT_TYPE_RE` (dotted identifiers such as
+  ``order.created`` or ``job.dead_lettered``), at most
+  :data:`MAX_EVENT_TYPE_CHARS` characters.
+- ``stream_id`` matches :data:`STREAM_ID_RE` (letters, digits and
+  ``_ . : @ / + = - $``, not starting with a punctuation mark other than
+  ``_``/``$``), at most :data:`MAX_STREAM_ID_CHARS` characters; absent means
+  :data:`DEFAULT_STREAM_ID`.
+- ``event_id`` is a UUID in any form ``uuid.UUID`` accepts; it is stored in
+  its canonical lower-case hyphenated form. Generated (UUID4) when absent.
+- ``correlation_id`` / ``parent_id``: strings of at most
+  :data:`MAX_REF_CHARS` characters without control characters. They are
+  stored verbatim (they are always bound parameters, never SQL text).
+- ``data`` and ``metadata`` are JSON objects: ``str`` keys; values ``None``,
+  ``bool``, ``int``, finite ``float``, ``str``, lists/tuples and mappings of
+  those, nested at most :data:`MAX_JSON_DEPTH` levels. NaN and ±Infinity,
+  ``bytes``, sets, dates and other objects raise
+  :class:`~esf.errors.SerializationError`. The NUL character is refused in
+  strings and keys (PostgreSQL cannot store it in JSONB).
+- The canonical JSON encoding of the whole event (type, stream, ids, data,
+  metadata) is at most ``max_event_bytes`` bytes
+  (``settings.events.max_event_bytes``, default 1 MiB), else
+  :class:`~esf.errors.PayloadTooLarge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import DuplicateEventId, PayloadTooLarge, SerializationError, ValidationError
+from ._model import Event
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_STREAM_ID",
+    "EVENT_TYPE_RE",
+    "MAX_EVENT_TYPE_CHARS",
+    "MAX_JSON_DEPTH",
+    "MAX_REF_CHARS",
+    "MAX_STREAM_ID_CHARS",
+    "STREAM_ID_RE",
+    "PreparedEvent",
+    "canonical_json",
+    "check_json_object",
+    "prepare_events",
+]
+
+#: Dotted identifiers: ``order.created``, ``job.dead_lettered``, ``Billing.v2.charged``.
+EVENT_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+#: Longest event type, in characters.
+MAX_EVENT_TYPE_CHARS = 200
+#: Stream ids: ``order-42``, ``job-<uuid>``, ``tenant:7/cart``, ``$global``.
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9_$][A-Za-z0-9_.:@/+=$\-]*$")
+#: Longest stream id, in characters.
+MAX_STREAM_ID_CHARS = 200
+#: Stream of events appended without a ``stream_id``.
+DEFAULT_STREAM_ID = "$global"
+#: Longest correlation id / parent id, in characters.
+MAX_REF_CHARS = 200
+#: Deepest nesting accepted in ``data`` / ``metadata``.
+MAX_JSON_DEPTH = 64
+#: Default largest event (canonical JSON, UTF-8), in bytes.
+DEFAULT_MAX_EVENT_BYTES = 1_048_576
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event that passed validation, with everything the store writes except position and version.
+
+    ``data``/``metadata`` are plain ``dict``/``list`` copies (safe to hand to a
+    driver). ``content_hash`` is the SHA-256 of the canonical JSON of the
+    content (type, stream, correlation, parent, data, metadata): the same id
+    with the same hash is a retry; with another hash it is a clash.
+    """
+
+    event_id: str
+    stream_id: str
+    event_type: str
+    correlation_id: str | None
+    parent_id: str | None
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    content_hash: str
+    recorded_at: datetime
+    monotonic_ns: int
+    pid: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (for the local spool)."""
+        return {
+            "event_id": self.event_id,
+            "stream_id": self.stream_id,
+            "event_type": self.event_type,
+            "correlation_id": self.correlation_id,
+            "parent_id": self.parent_id,
+            "data": self.data,
+            "metadata": self.metadata,
+            "content_hash": self.content_hash,
+            "recorded_at": self.recorded_at.isoformat(),
+            "monotonic_ns": self.monotonic_ns,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PreparedEvent:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            event_id=raw["event_id"],
+            stream_id=raw["stream_id"],
+            event_type=raw["event_type"],
+            correlation_id=raw["correlation_id"],
+            parent_id=raw["parent_id"],
+            data=dict(raw["data"]),
+            metadata=dict(raw["metadata"]),
+            content_hash=raw["content_hash"],
+            recorded_at=datetime.fromisoformat(raw["recorded_at"]),
+            monotonic_ns=int(raw["monotonic_ns"]),
+            pid=int(raw["pid"]),
+        )
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, no NaN: the encoding hashed and measured."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def check_json_object(value: Any, what: str) -> dict[str, Any]:
+    """Return a plain-``dict`` deep copy of ``value`` if it is a JSON object, else raise.
+
+    Raises:
+        SerializationError: ``value`` is not a mapping, or holds a non-JSON value
+            (the message names the path, e.g. ``data.items[2]``).
+    """
+    if not isinstance(value, Mapping):
+        raise SerializationError(
+            f"{what}: must be a JSON object (a dict), got {type(value).__name__}", errors={what: "not an object"}
+        )
+    result = _copy_json(value, what, 0)
+    assert isinstance(result, dict)
+    return result
+
+
+def _copy_json(value: Any, path: str, depth: int) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise SerializationError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels", errors={path: "too deep"})
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise SerializationError(f"{path}: strings may not contain the NUL character", errors={path: "NUL"})
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(
+                f"{path}: {value!r} is not valid JSON (NaN and Infinity are refused)", errors={path: "not finite"}
+            )
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{path}: keys must be strings, got {type(key).__name__} {key!r}", errors={path: "non-string key"}
+                )
+            if "\x00" in key:
+                raise SerializationError(f"{path}: keys may not contain the NUL character", errors={path: "NUL"})
+            out[key] = _copy_json(item, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_copy_json(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    kind = type(value).__name__
+    hint = " (decode bytes to str, e.g. base64)" if isinstance(value, bytes | bytearray | memoryview) else ""
+    raise SerializationError(f"{path}: {kind} is not a JSON value{hint}", errors={path: f"not JSON: {kind}"})
+
+
+def _check_ref(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what}: must be a non-empty string or None", errors={what: "not a string"})
+    if len(value) > MAX_REF_CHARS or _CONTROL.search(value):
+        raise ValidationError(
+            f"{what}: at most {MAX_REF_CHARS} characters, no control characters", errors={what: "invalid"}
+        )
+    return value
+
+
+def check_event_type(value: Any) -> str:
+    """Return ``value`` if it is a valid event type (see :data:`EVENT_TYPE_RE`), else raise ``ValidationError``."""
+    if not isinstance(value, str) or len(value) > MAX_EVENT_TYPE_CHARS or not EVENT_TYPE_RE.match(value):
+        raise ValidationError(
+            f"event type {value!r} is not valid: dotted identifiers such as 'order.created' "
+            f"(letters, digits, '_', dots between parts; at most {MAX_EVENT_TYPE_CHARS} characters)",
+            errors={"type": "invalid"},
+        )
+    return value
+
+
+def check_stream_id(value: Any) -> str:
+    """Return ``value`` if it is a valid stream id (see :data:`STREAM_ID_RE`), else raise ``ValidationError``."""
+    if not isinstance(value, str) or len(value) > MAX_STREAM_ID_CHARS or not STREAM_ID_RE.match(value):
+        raise ValidationError(
+            f"stream id {value!r} is not valid: letters, digits and '_ . : @ / + = - $', "
+            f"at most {MAX_STREAM_ID_CHARS} characters (example: 'order-42')",
+            errors={"stream_id": "invalid"},
+        )
+    return value
+
+
+def check_event_id(value: Any) -> str:
+    """The canonical form of a UUID event id, else ``ValidationError``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    try:
+        return str(uuid.UUID(value))
+    except (TypeError, ValueError, AttributeError):
+        raise ValidationError(
+            f"event id {value!r} is not a UUID (leave it out to have one generated)", errors={"event_id": "not a UUID"}
+        ) from None
+
+
+def prepare_events(
+    events: Event | Sequence[Event],
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    expected_version: int | None = None,
+) -> list[PreparedEvent]:
+    """Validate ``events`` and compute ids, hashes and timestamps.
+
+    Parameters:
+        events: one event or a non-empty sequence of events.
+        max_event_bytes: largest canonical JSON encoding of one event.
+        expected_version: when given, every event must be in the same stream.
+
+    Returns:
+        One :class:`PreparedEvent` per input event, in order. An event id that
+        appears twice with the same content yields two equal entries.
+
+    Raises:
+        ValidationError: bad type, stream id, event id, refs, empty batch,
+            several streams with ``expected_version``, negative ``expected_version``,
+            or one id twice in the batch with different content.
+        SerializationError: ``data``/``metadata`` not a JSON object.
+        PayloadTooLarge: an event is larger than ``max_event_bytes``.
+    """
+    batch = [events] if isinstance(events, Event) else list(events)
+    if not batch:
+        raise ValidationError("append: no events given")
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0
+    ):
+        raise ValidationError(
+            f"expected_version: must be an integer >= 0 (0 = the stream must be empty), got {expected_version!r}",
+            errors={"expected_version": "invalid"},
+        )
+    now = datetime.now(UTC)
+    mono = time.monotonic_ns()
+    pid = os.getpid()
+    prepared: list[PreparedEvent] = []
+    seen: dict[str, str] = {}
+    for index, event in enumerate(batch):
+        if not isinstance(event, Event):
+            raise ValidationError(
+                f"append: item {index} is a {type(event).__name__}, not an esf.Event", errors={str(index): "not Event"}
+            )
+        p = _prepare_one(event, max_event_bytes, now, mono, pid)
+        previous = seen.get(p.event_id)
+        if previous is not None and previous != p.content_hash:
+            raise DuplicateEventId(
+                f"event id {p.event_id} appears twice in one batch with different content", event_id=p.event_id
+            )
+        seen[p.event_id] = p.content_hash
+        prepared.append(p)
+    if expected_version is not None and len({p.stream_id for p in prepared}) > 1:
+        raise ValidationError(
+            "expected_version applies to one stream: every event of the batch must have the same stream_id",
+            errors={"expected_version": "several streams"},
+        )
+    return prepared
+
+
+def _prepare_one(event: Event, max_bytes: int, now: datetime, mono: int, pid: int) -> PreparedEvent:
+    event_type = check_event_type(event.type)
+    stream_id = check_stream_id(DEFAULT_STREAM_ID if event.stream_id is None else event.stream_id)
+    event_id = str(uuid.uuid4()) if event.event_id is None else check_event_id(event.event_id)
+    correlation_id = _check_ref(event.correlation_id, "correlation_id")
+    parent_id = _check_ref(event.parent_id, "parent_id")
+    data = check_json_object(event.data, "data")
+    metadata = check_json_object(event.metadata, "metadata")
+    content = {
+        "type": event_type,
+        "stream_id": stream_id,
+        "correlation_id": correlation_id,
+        "parent_id": parent_id,
+        "data": data,
+        "metadata": metadata,
+    }
+    try:
+        encoded = canonical_json(content).encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as exc:  # lone surrogates and the like
+        raise SerializationError(f"event {event_type}: cannot be encoded as UTF-8 JSON ({exc})") from None
+    size = len(encoded) + len(event_id)
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"event {event_type} is {size} bytes of JSON; the limit is {max_bytes} bytes "
+            "(settings.events.max_event_bytes): store large blobs elsewhere and reference them",
+            size=size,
+            limit=max_bytes,
+        )
+    return PreparedEvent(
+        event_id=event_id,
+        stream_id=stream_id,
+        event_type=event_type,
+        correlation_id=correlation_id,
+        parent_id=parent_id,
+        data=data,
+        metadata=metadata,
+        content_hash=hashlib.sha256(encoded).hexdigest(),
+        recorded_at=now,
+        monotonic_ns=mono,
+        pid=pid,
+    )

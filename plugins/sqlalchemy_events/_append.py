@@ -1,0 +1,197 @@
+"""The append transaction: lock the head row, check ids and versions, insert.
+
+Everything is checked before the first write, so a refused append
+(``DuplicateEventId``, ``ConcurrencyConflict``) leaves the caller's
+transaction usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from esf.errors import ConcurrencyConflict, DuplicateEventId
+from esf.events._model import StoredEvent
+from esf.events._validation import PreparedEvent
+
+from ._schema import event_head, events, streams
+
+__all__ = ["append_in", "row_to_event", "select_events"]
+
+#: Bound parameters per ``IN (…)`` list (SQLite caps the number of variables).
+IN_CHUNK = 500
+
+
+def select_events() -> sa.Select[Any]:
+    """``SELECT`` of every column :func:`row_to_event` reads."""
+    return sa.select(
+        events.c.position,
+        events.c.event_id,
+        events.c.stream_id,
+        events.c.stream_version,
+        events.c.event_type,
+        events.c.recorded_at,
+        events.c.monotonic_ns,
+        events.c.node,
+        events.c.pid,
+        events.c.correlation_id,
+        events.c.parent_id,
+        events.c.data,
+        events.c.metadata,
+        events.c.content_hash,
+    )
+
+
+def row_to_event(row: Any) -> StoredEvent:
+    """A :class:`StoredEvent` from a row of :func:`select_events` (``recorded_at`` made UTC-aware)."""
+    m: Mapping[str, Any] = row._mapping
+    recorded_at: datetime = m["recorded_at"]
+    if recorded_at.tzinfo is None:  # SQLite keeps no offset; ESF always writes UTC
+        recorded_at = recorded_at.replace(tzinfo=UTC)
+    return StoredEvent(
+        position=int(m["position"]),
+        event_id=m["event_id"],
+        stream_id=m["stream_id"],
+        stream_version=int(m["stream_version"]),
+        event_type=m["event_type"],
+        recorded_at=recorded_at,
+        monotonic_ns=int(m["monotonic_ns"]),
+        node=m["node"],
+        pid=int(m["pid"]),
+        correlation_id=m["correlation_id"],
+        parent_id=m["parent_id"],
+        data=m["data"],
+        metadata=m["metadata"],
+    )
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), IN_CHUNK):
+        yield items[i : i + IN_CHUNK]
+
+
+def _lock_head(conn: Connection) -> int:
+    if conn.dialect.name == "sqlite" and not conn.get_execution_options().get("esf_write"):
+        # In a caller's deferred SQLite transaction, write first so that the
+        # write lock is taken before anything is read (a read-then-write
+        # upgrade fails with SQLITE_BUSY when another writer committed).
+        conn.execute(sa.update(event_head).where(event_head.c.id == 1).values(position=event_head.c.position))
+    stmt = sa.select(event_head.c.position).where(event_head.c.id == 1).with_for_update()
+    return int(conn.execute(stmt).scalar_one())
+
+
+def append_in(
+    conn: Connection,
+    prepared: Sequence[PreparedEvent],
+    expected_version: int | None,
+    node: str,
+) -> tuple[list[StoredEvent], frozenset[str]]:
+    """Append ``prepared`` inside the transaction open on ``conn`` (no commit).
+
+    Returns:
+        The stored events, one per input in input order, and the ids that were
+        already stored with the same content.
+
+    Raises:
+        DuplicateEventId: an id is stored with other content.
+        ConcurrencyConflict: ``expected_version`` does not match the stream's version.
+    """
+    head = _lock_head(conn)
+    unique: dict[str, PreparedEvent] = {}
+    for p in prepared:
+        unique.setdefault(p.event_id, p)
+    stored: dict[str, StoredEvent] = {}
+    ids = list(unique)
+    for chunk in _chunks(ids):
+        for row in conn.execute(select_events().where(events.c.event_id.in_(chunk))):
+            p = unique[row.event_id]
+            if row.content_hash != p.content_hash:
+                raise DuplicateEventId(
+                    f"event id {p.event_id} is already stored (position {row.position}, type {row.event_type}) "
+                    "with different content; use a new id for a new event",
+                    event_id=p.event_id,
+                    position=int(row.position),
+                )
+            stored[p.event_id] = row_to_event(row)
+    already = frozenset(stored)
+    new = [p for eid, p in unique.items() if eid not in stored]
+    if new:
+        stream_ids = list(dict.fromkeys(p.stream_id for p in new))
+        versions: dict[str, int] = {}
+        for chunk in _chunks(stream_ids):
+            stmt = sa.select(streams.c.stream_id, streams.c.version).where(streams.c.stream_id.in_(chunk))
+            versions.update({r.stream_id: int(r.version) for r in conn.execute(stmt)})
+        if expected_version is not None:
+            stream_id = new[0].stream_id
+            actual = versions.get(stream_id, 0)
+            if actual != expected_version:
+                raise ConcurrencyConflict(
+                    f"stream {stream_id!r} is at version {actual}, not the expected {expected_version}: "
+                    "re-read the stream and retry",
+                    expected=expected_version,
+                    actual=actual,
+                    stream_id=stream_id,
+                )
+        rows: list[dict[str, Any]] = []
+        position = head
+        for p in new:
+            position += 1
+            version = versions.get(p.stream_id, 0) + 1
+            versions[p.stream_id] = version
+            values: dict[str, Any] = {
+                "position": position,
+                "event_id": p.event_id,
+                "stream_id": p.stream_id,
+                "stream_version": version,
+                "event_type": p.event_type,
+                "recorded_at": p.recorded_at,
+                "monotonic_ns": p.monotonic_ns,
+                "node": node,
+                "pid": p.pid,
+                "correlation_id": p.correlation_id,
+                "parent_id": p.parent_id,
+                "data": p.data,
+                "metadata": p.metadata,
+                "content_hash": p.content_hash,
+            }
+            rows.append(values)
+            stored[p.event_id] = StoredEvent(
+                position=position,
+                event_id=p.event_id,
+                stream_id=p.stream_id,
+                stream_version=version,
+                event_type=p.event_type,
+                recorded_at=p.recorded_at,
+                monotonic_ns=p.monotonic_ns,
+                node=node,
+                pid=p.pid,
+                correlation_id=p.correlation_id,
+                parent_id=p.parent_id,
+                data=p.data,
+                metadata=p.metadata,
+            )
+        conn.execute(sa.insert(events), rows)
+        _upsert_versions(conn, {s: versions[s] for s in stream_ids})
+        conn.execute(sa.update(event_head).where(event_head.c.id == 1).values(position=position))
+    return [stored[p.event_id] for p in prepared], already
+
+
+def _upsert_versions(conn: Connection, versions: Mapping[str, int]) -> None:
+    values = [{"stream_id": s, "version": v} for s, v in versions.items()]
+    if conn.dialect.name == "postgresql":
+        pg = postgresql.insert(streams)
+        conn.execute(
+            pg.on_conflict_do_update(index_elements=[streams.c.stream_id], set_={"version": pg.excluded.version}),
+            values,
+        )
+    else:
+        lite = sqlite.insert(streams)
+        conn.execute(
+            lite.on_conflict_do_update(index_elements=[streams.c.stream_id], set_={"version": lite.excluded.version}),
+            values,
+        )

@@ -1,0 +1,139 @@
+"""Engines for the event store: PostgreSQL (psycopg 3) and SQLite (file, WAL)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from esf.errors import ServiceUnavailable, ValidationError
+
+__all__ = ["connect_write", "is_unreachable", "make_engine", "normalize_url", "redact", "unavailable"]
+
+#: Seconds to wait for a PostgreSQL connection before the server counts as unreachable.
+PG_CONNECT_TIMEOUT_S = 5
+#: Milliseconds SQLite waits on a locked database before failing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option that makes the SQLite ``begin`` take the write lock at once.
+WRITE_OPTION = "esf_write"
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` → ``postgresql+psycopg://`` (psycopg 3); SQLite and explicit drivers unchanged.
+
+    Raises:
+        ValidationError: not a PostgreSQL or SQLite URL.
+    """
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    if url.startswith(("postgresql+", "sqlite:")):
+        return url
+    raise ValidationError(f"event store URL {redact(url)!r}: expected postgresql://… or sqlite:///…")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``****``."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for ``url``; on SQLite, WAL mode and explicit ``BEGIN``/``BEGIN IMMEDIATE``.
+
+    Raises:
+        ValidationError: unsupported URL, or an in-memory SQLite database (not shareable between connections).
+    """
+    url = normalize_url(url)
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            raise ValidationError("the event store needs a SQLite file, not an in-memory database")
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=10,
+        )
+        _sqlite_listeners(engine)
+        return engine
+    return sa.create_engine(
+        parsed,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "esf-events"},
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_pre_ping=True,
+    )
+
+
+def _sqlite_listeners(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's implicit
+        # BEGIN is deferred and cannot take the write lock up front).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # BEGIN IMMEDIATE takes the single writer lock now: the head row read
+        # and the inserts then happen under one lock, in commit order.
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextlib.contextmanager
+def connect_write(engine: Engine) -> Iterator[Connection]:
+    """A connection in a write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+#: SQLSTATE classes/codes meaning "the server is not reachable / not serving".
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database server cannot be reached (as opposed to a SQL error)."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate:
+            return str(sqlstate).startswith(_UNREACHABLE_SQLSTATES)
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - psycopg is a dependency
+            return False
+        return isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None
+
+
+def unavailable(exc: BaseException, url: str) -> ServiceUnavailable:
+    """The ``ServiceUnavailable`` to raise ``from exc`` (the URL's password is never included)."""
+    return ServiceUnavailable(
+        f"event store database {redact(url)} is unreachable ({type(exc).__name__}); "
+        "check that the server is running and reachable",
+        backend="sqlalchemy",
+    )

@@ -1,0 +1,143 @@
+"""Transactional outbox: messages written in the caller's transaction, dispatched after it commits.
+
+``outbox_put(session, kind, payload)`` adds a row in the caller's SQLAlchemy
+transaction: a rolled-back transaction leaves nothing to send. An
+:class:`OutboxRelay` drains the rows in insertion order, calls ``dispatch``
+for each and deletes the rows it dispatched. Delivery is at least once: a
+relay that dies after dispatching but before its commit dispatches those
+rows again, so receivers must be idempotent (jobs get a stable id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from esf.errors import PayloadTooLarge, ValidationError
+from esf.events._validation import canonical_json, check_json_object
+
+from ._engine import connect_write
+from ._schema import outbox
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["MAX_OUTBOX_PAYLOAD_BYTES", "Dispatch", "OutboxRelay", "outbox_put"]
+
+log = logging.getLogger("esf.events.outbox")
+
+#: ``dispatch(kind, payload)``: send one message; raise to stop the drain (the row is kept).
+Dispatch = Callable[[str, dict[str, Any]], None]
+#: Largest payload (canonical JSON) accepted, in bytes.
+MAX_OUTBOX_PAYLOAD_BYTES = 1_048_576
+#: Key of the PostgreSQL advisory lock that lets one relay drain at a time (keeps the order).
+RELAY_LOCK_KEY = 0x65_73_66_6F_75_74_62_78  # "esfoutbx"
+
+
+def outbox_put(session: Session, kind: str, payload: Mapping[str, Any]) -> int:
+    """Add a message to the outbox inside the caller's transaction (not committed here).
+
+    Parameters:
+        session: the caller's SQLAlchemy session; its commit makes the message
+            visible to the relay, its rollback discards it.
+        kind: what the message is, e.g. ``"job"`` (1-50 characters).
+        payload: a JSON object (same rules as event data).
+
+    Returns:
+        The outbox row id (increasing in insertion order).
+
+    Raises:
+        ValidationError: bad ``kind``.
+        SerializationError: ``payload`` is not a JSON object.
+        PayloadTooLarge: ``payload`` is larger than :data:`MAX_OUTBOX_PAYLOAD_BYTES`.
+    """
+    if not isinstance(kind, str) or not 1 <= len(kind) <= 50:
+        raise ValidationError(f"outbox kind {kind!r}: must be a string of 1 to 50 characters")
+    data = check_json_object(payload, "payload")
+    size = len(canonical_json(data).encode("utf-8"))
+    if size > MAX_OUTBOX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"outbox payload is {size} bytes; the limit is {MAX_OUTBOX_PAYLOAD_BYTES}")
+    result = session.execute(
+        sa.insert(outbox).values(created_at=datetime.now(UTC), kind=kind, payload=data).returning(outbox.c.id)
+    )
+    return int(result.scalar_one())
+
+
+class OutboxRelay:
+    """Drains the outbox in order, at least once.
+
+    Parameters:
+        engine: the engine of the database holding ``esf_outbox``.
+        dispatch: called as ``dispatch(kind, payload)`` for each message, in
+            insertion order. If it raises, the rows dispatched before are
+            deleted (committed), the failing row and the rest stay, and the
+            exception propagates from :meth:`drain`.
+    """
+
+    def __init__(self, engine: Engine, dispatch: Dispatch) -> None:
+        self.engine = engine
+        self.dispatch = dispatch
+        self._stop = threading.Event()
+
+    def pending(self) -> int:
+        """Messages waiting in the outbox."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one())
+
+    def drain(self, limit: int = 100) -> int:
+        """Dispatch up to ``limit`` messages, oldest first; returns how many were dispatched.
+
+        Only one relay drains at a time (a PostgreSQL advisory lock, or SQLite's
+        write lock); a relay that finds another one draining returns 0.
+
+        Raises:
+            Exception: whatever ``dispatch`` raised (after committing the progress made).
+        """
+        if limit < 1:
+            raise ValidationError("limit: must be at least 1")
+        done = 0
+        failure: BaseException | None = None
+        with connect_write(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                got = conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_KEY}).scalar()
+                if not got:
+                    return 0
+            rows = conn.execute(
+                sa.select(outbox.c.id, outbox.c.kind, outbox.c.payload).order_by(outbox.c.id).limit(limit)
+            ).all()
+            sent: list[int] = []
+            for row in rows:
+                try:
+                    self.dispatch(row.kind, dict(row.payload))
+                except BaseException as exc:
+                    failure = exc
+                    break
+                sent.append(int(row.id))
+            if sent:
+                conn.execute(sa.delete(outbox).where(outbox.c.id.in_(sent)))
+            done = len(sent)
+        if failure is not None:
+            log.warning("outbox dispatch failed after %d message(s): %s", done, type(failure).__name__)
+            raise failure
+        return done
+
+    def run(self, *, interval_s: float = 0.5, batch: int = 100) -> None:
+        """Drain until :meth:`stop` is called, sleeping ``interval_s`` when the outbox is empty or on errors."""
+        while not self._stop.is_set():
+            try:
+                n = self.drain(batch)
+            except Exception:
+                log.exception("outbox relay: drain failed; retrying in %.1f s", interval_s)
+                n = 0
+            if n < batch:
+                self._stop.wait(interval_s)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current drain."""
+        self._stop.set()

@@ -1,0 +1,233 @@
+"""Spool appends while the database is unreachable, and flush them in order when it is back.
+
+- :class:`Breaker`: after ``failure_threshold`` consecutive "unreachable"
+  errors the circuit opens for a cool-down (doubling up to
+  ``max_cooldown_s``); while open, appends go straight to the spool instead
+  of waiting for a connect timeout, and appends that cannot be spooled fail
+  fast with :class:`~esf.errors.CircuitOpen`.
+- :class:`Spooler`: once one append of this process went to the spool, the
+  following ones do too until the spool is empty again, so that each
+  stream's events are written in the order they were appended. A daemon
+  thread drains the spool (one entry = one original batch = one
+  transaction), backing off exponentially (bounded by ``max_backoff_s``)
+  while the database stays unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from esf.errors import DuplicateEventId, EsfError, ServiceUnavailable, Timeout, ValidationError
+from esf.events._contract import AppendResult, PendingAppend
+from esf.events._model import StoredEvent
+from esf.events._spool import Spool
+from esf.events._validation import PreparedEvent
+
+__all__ = ["Breaker", "Spooler"]
+
+log = logging.getLogger("esf.events.spool")
+
+#: Write one spooled batch; raises ServiceUnavailable when the database is unreachable.
+WriteBatch = Callable[[Sequence[PreparedEvent]], object]
+#: Fetch stored events by id, in the given order.
+FetchEvents = Callable[[Sequence[str]], list[StoredEvent]]
+
+
+class Breaker:
+    """A small consecutive-failure circuit breaker (thread-safe)."""
+
+    def __init__(self, *, failure_threshold: int = 3, cooldown_s: float = 1.0, max_cooldown_s: float = 30.0) -> None:
+        self.failure_threshold = failure_threshold
+        self.base_cooldown_s = cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._cooldown_s = cooldown_s
+        self._open_until = 0.0
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` (failing fast) or ``half_open`` (the next call is a probe)."""
+        with self._lock:
+            if self._failures < self.failure_threshold:
+                return "closed"
+            return "open" if time.monotonic() < self._open_until else "half_open"
+
+    def is_open(self) -> bool:
+        """True while calls should not even be tried."""
+        return self.state == "open"
+
+    def success(self) -> None:
+        """Record a successful call: closes the circuit."""
+        with self._lock:
+            self._failures = 0
+            self._cooldown_s = self.base_cooldown_s
+
+    def failure(self) -> None:
+        """Record an "unreachable" failure: opens the circuit after the threshold."""
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._open_until = time.monotonic() + self._cooldown_s
+                self._cooldown_s = min(self._cooldown_s * 2, self.max_cooldown_s)
+
+
+class Spooler:
+    """Owns the spool file of one store and its flusher thread."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        write: WriteBatch,
+        fetch: FetchEvents,
+        *,
+        breaker: Breaker | None = None,
+        min_backoff_s: float = 0.05,
+        max_backoff_s: float = 5.0,
+        batch_entries: int = 100,
+    ) -> None:
+        self.spool = spool
+        self.breaker = breaker or Breaker()
+        self._write = write
+        self._fetch = fetch
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.batch_entries = batch_entries
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._active = spool.depth() > 0
+        if self._active:
+            log.warning("event spool %s holds %d events from an earlier run; flushing", spool.path, spool.depth())
+            with self._cond:
+                self._start_locked()
+
+    # -- appending --------------------------------------------------------
+
+    def should_spool(self) -> bool:
+        """True when an append must go to the spool (spool not drained yet, or circuit open)."""
+        return self._active or self.breaker.is_open()
+
+    def put(self, prepared: Sequence[PreparedEvent], cause: BaseException | None = None) -> AppendResult:
+        """Spool one batch durably and return its pending result."""
+        with self._cond:
+            entry = self.spool.put(list(prepared))
+            self._active = True
+            self._start_locked()
+            self._cond.notify_all()
+        log.warning(
+            "event store unreachable%s: %d event(s) spooled locally (entry %d); they will be written when it is back",
+            f" ({type(cause).__name__})" if cause else "",
+            len(prepared),
+            entry,
+        )
+        ids = tuple(dict.fromkeys(p.event_id for p in prepared))
+        return AppendResult(pending=PendingAppend(ids, entry, self._wait))
+
+    def depth(self) -> int:
+        """Events waiting in the spool file (all processes of the node)."""
+        return self.spool.depth()
+
+    # -- waiting ----------------------------------------------------------
+
+    def _wait(self, pending: PendingAppend, timeout: float | None) -> list[StoredEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.spool.contains(pending.spool_id):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(
+                    f"{len(pending.event_ids)} spooled event(s) not written within {timeout} s; "
+                    "the database is still unreachable (they stay spooled)",
+                    spool_id=pending.spool_id,
+                )
+            with self._cond:
+                self._cond.wait(0.2 if remaining is None else min(remaining, 0.2))
+        error = self.spool.dead_error(pending.spool_id)
+        if error is not None:
+            raise DuplicateEventId(f"spooled events could not be written: {error}", spool_id=pending.spool_id)
+        return self._fetch(pending.event_ids)
+
+    # -- flushing ---------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="esf-events-spool", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = self.min_backoff_s
+        while not self._stop.is_set():
+            with self.spool.drain_lock() as mine:
+                status = self._drain_once() if mine else "busy"
+            if status == "progress":
+                backoff = self.min_backoff_s
+                continue
+            if status == "empty":
+                with self._cond:
+                    if self.spool.depth() == 0:
+                        self._active = False
+                        self._thread = None  # a later put() starts a new flusher
+                        self._cond.notify_all()
+                        return
+                continue
+            # unreachable, busy (another process drains) or unexpected error: back off.
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _drain_once(self) -> str:
+        entries = self.spool.peek(self.batch_entries)
+        if not entries:
+            return "empty"
+        for entry in entries:
+            if self._stop.is_set():
+                return "progress"
+            try:
+                self._write(entry.events)
+            except ServiceUnavailable:
+                self.breaker.failure()
+                return "unreachable"
+            except (DuplicateEventId, ValidationError) as exc:
+                # Can never succeed: keep it aside (never drop it) and say so loudly.
+                log.error("spooled entry %d can never be written and was moved to the dead table: %s", entry.id, exc)
+                self.spool.bury(entry.id, f"[{exc.code}] {exc}")
+            except EsfError:
+                log.exception("spooled entry %d could not be written; will retry", entry.id)
+                return "error"
+            except Exception:
+                log.exception("unexpected error while flushing spooled entry %d; will retry", entry.id)
+                return "error"
+            else:
+                self.breaker.success()
+                self.spool.remove(entry.id)
+            with self._cond:
+                self._cond.notify_all()
+        return "progress"
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until the spool is empty (True) or ``timeout`` seconds passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.spool.depth() > 0:
+            with self._cond:
+                if self._thread is None or not self._thread.is_alive():
+                    self._start_locked()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            with self._cond:
+                self._cond.wait(0.2 if remaining is None else min(remaining, 0.2))
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the flusher thread (spooled events stay on disk)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.spool.close()

@@ -122,8 +122,22 @@ def test_using_and_or_not_on_filters_instead_of_operators_is_an_error():
 
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), -float("inf"), b"x", object(), {"a": 1}, [1], (1,), 2**63, -(2**63) - 1, "a\x00b",
-     "\ud800", datetime.now(UTC), 1j],
+    [
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        b"x",
+        object(),
+        {"a": 1},
+        [1],
+        (1,),
+        2**63,
+        -(2**63) - 1,
+        "a\x00b",
+        "\ud800",
+        datetime.now(UTC),
+        1j,
+    ],
 )
 def test_a_value_that_is_not_a_json_scalar_is_rejected(value):
     with pytest.raises(QueryError):

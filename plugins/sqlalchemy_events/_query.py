@@ -23,14 +23,19 @@ both backends, as in :meth:`esf.events._query.Filter.matches`.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
     Connection,
+    Engine,
     Integer,
+    Interval,
+    Numeric,
     String,
     Text,
     and_,
@@ -47,11 +52,14 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement, FromClause, Select
 
-from esf.errors import QueryError
+from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
 from esf.events._query import (
+    AGGREGATES,
+    SEQUENCE_KEYS,
     And,
     CorrelationIs,
     FieldCompare,
@@ -63,6 +71,7 @@ from esf.events._query import (
     Or,
     Page,
     Path,
+    Per,
     PositionAfter,
     Query,
     Scalar,
@@ -70,13 +79,28 @@ from esf.events._query import (
     TimeBetween,
     TypeIs,
     as_query,
+    check_datetime,
     check_limit,
+    check_per,
     parse_cursor,
+    parse_field,
 )
 
 from ._schema import events
 
-__all__ = ["EVENT_COLUMNS", "compile_filter", "event_columns", "fetch", "fetch_page", "row_to_event"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "SqlQueryMixin",
+    "aggregate",
+    "compile_filter",
+    "count",
+    "event_columns",
+    "fetch",
+    "fetch_page",
+    "followed_by",
+    "not_followed_by",
+    "row_to_event",
+]
 
 #: The columns that make a StoredEvent, in field order.
 EVENT_COLUMNS = (
@@ -379,11 +403,350 @@ def fetch_page(
 
 
 def to_number(value: Any) -> int | float | None:
-    """A SQL number as ``int`` when integral, else ``float`` (``None`` stays)."""
+    """A SQL number as ``int`` when integral, else ``float`` (``None`` stays ``None``)."""
     if value is None:
         return None
-    if isinstance(value, Decimal | float):
-        if value == value.to_integral_value() if isinstance(value, Decimal) else value.is_integer():
-            return int(value)
-        return float(value)
-    return int(value)
+    number = float(value)
+    if number.is_integer() and (not isinstance(value, Decimal) or value == value.to_integral_value()):
+        return int(value)
+    return number
+
+
+# ---------------------------------------------------------------- aggregations
+
+_SQLITE_SCALARS = ("null", "true", "false", "integer", "real", "text")
+_SQLITE_BUCKET_CHARS = {"day": 10, "hour": 13, "minute": 16}
+_SQLITE_BUCKET_PAD = {"day": " 00:00", "hour": ":00", "minute": ""}
+
+
+def _bucket(dialect: str, per: Per) -> Cond:
+    if dialect == "postgresql":
+        return func.date_trunc(literal(per, String), func.timezone(literal("UTC", String), events.c.recorded_at))
+    # SQLite holds recorded_at as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): a prefix is the bucket.
+    return func.substr(events.c.recorded_at, 1, _SQLITE_BUCKET_CHARS[per], type_=String)
+
+
+def _bucket_iso(value: Any, per: Per) -> str:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC).isoformat()
+    moment = datetime.strptime(str(value) + _SQLITE_BUCKET_PAD[per], "%Y-%m-%d %H:%M")
+    return moment.replace(tzinfo=UTC).isoformat()
+
+
+def _group_columns(dialect: str, group: str | Path) -> tuple[list[Cond], list[Cond]]:
+    """(labelled key columns, WHERE guards) for ``count(by=...)``."""
+    if isinstance(group, str):
+        return [events.c[group].label("k")], []
+    if dialect == "postgresql":
+        x = _pg_at(events.c.data, group)
+        return [x.label("k")], [func.jsonb_typeof(x).in_(["string", "number", "boolean", "null"])]
+    kind = _sl_type(events.c.data, group)
+    return [kind.label("kt"), _sl_value(events.c.data, group).label("k")], [kind.in_(_SQLITE_SCALARS)]
+
+
+def _group_key(row: Any, dialect: str, group: str | Path) -> Any:
+    if dialect == "sqlite" and not isinstance(group, str):
+        kind, value = row.kt, row.k
+        return {"true": True, "false": False, "null": None}.get(kind, value)
+    return row.k
+
+
+def count(
+    conn: Connection,
+    filter: Query | Filter | None = None,
+    *,
+    by: str | None = None,
+    per: Per | None = None,
+) -> Any:
+    """Count matching events, optionally grouped by a field and/or per time bucket.
+
+    Parameters:
+        filter: a Filter, a Query (its position bounds apply) or ``None`` for every event.
+        by: ``event_type``, ``stream_id``, ``correlation_id`` or ``data.<path>``. A data field
+            groups by its JSON scalar value (numbers by value, so 1 and 1.0 are one group);
+            events where it is missing, an object or an array are not counted.
+        per: ``minute``, ``hour`` or ``day`` (UTC buckets).
+    Raises:
+        QueryError: an invalid filter, field or period.
+    Returns:
+        ``int`` with neither; ``{key: n}`` with ``by``; ``{bucket_start_iso: n}`` with ``per``;
+        ``{bucket_start_iso: {key: n}}`` with both. Keys equal as Python dict keys
+        (``True`` and ``1``) are added together.
+    """
+    q = as_query(filter)
+    group = None if by is None else parse_field(by)
+    period = check_per(per)
+    dialect = dialect_of(conn)
+    conds = where_clause(q, dialect)
+    if group is None and period is None:
+        return conn.execute(select(func.count()).select_from(events).where(*conds)).scalar_one()
+    cols: list[Cond] = []
+    if period is not None:
+        cols.append(_bucket(dialect, period).label("b"))
+    if group is not None:
+        keys, guards = _group_columns(dialect, group)
+        cols.extend(keys)
+        conds.extend(guards)
+    sub = select(*cols).where(*conds).subquery()
+    stmt = select(*sub.c, func.count().label("n")).group_by(*sub.c)
+    if period is not None:
+        stmt = stmt.order_by(sub.c.b)
+    rows = list(conn.execute(stmt))
+    if period is None:
+        assert group is not None
+        return _sum_by_key((_group_key(r, dialect, group), r.n) for r in rows)
+    if group is None:
+        return {_bucket_iso(r.b, period): r.n for r in rows}
+    per_bucket: dict[str, list[tuple[Any, int]]] = {}
+    for r in rows:
+        per_bucket.setdefault(_bucket_iso(r.b, period), []).append((_group_key(r, dialect, group), r.n))
+    return {bucket: _sum_by_key(pairs) for bucket, pairs in per_bucket.items()}
+
+
+def _sum_by_key(pairs: Iterable[tuple[Any, int]]) -> dict[Any, int]:
+    out: dict[Any, int] = {}
+    for key, n in pairs:
+        out[key] = out.get(key, 0) + n
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def aggregate(
+    conn: Connection,
+    fn: str,
+    field: str,
+    filter: Query | Filter | None = None,
+    *,
+    per: Per | None = None,
+) -> Any:
+    """``min``, ``max``, ``avg`` or ``sum`` of a numeric data field over matching events.
+
+    Only events whose field holds a JSON number take part (strings such as ``"5"`` do not).
+
+    Parameters:
+        fn: ``min``, ``max``, ``avg`` or ``sum``.
+        field: ``data.<path>``.
+        filter: a Filter, a Query or ``None``.
+        per: ``minute``, ``hour`` or ``day`` (UTC buckets), or ``None``.
+    Raises:
+        QueryError: an invalid function, field, filter or period.
+    Returns:
+        A number (``int`` when integral, ``avg`` always ``float``), ``None`` when no event has a
+        numeric value; with ``per``, ``{bucket_start_iso: number}`` for buckets that have one.
+        ``sum``/``avg`` are exact decimals on PostgreSQL and doubles on SQLite, so they agree to
+        float rounding; ``min``/``max`` agree exactly.
+    """
+    if fn not in AGGREGATES:
+        raise QueryError(f"fn must be one of {', '.join(AGGREGATES)}, not {str(fn)[:40]!r}", errors={"fn": "invalid"})
+    path = parse_field(field, "field", columns=())
+    assert not isinstance(path, str)
+    period = check_per(per)
+    dialect = dialect_of(conn)
+    conds = where_clause(as_query(filter), dialect)
+    if dialect == "postgresql":
+        x = _pg_at(events.c.data, path)
+        conds.append(func.jsonb_typeof(x) == "number")
+        number: Cond = cast(x, Numeric)
+    else:
+        conds.append(_sl_type(events.c.data, path).in_(_SQLITE_KINDS["number"]))
+        number = _sl_value(events.c.data, path)
+    agg = getattr(func, fn)
+    convert = (lambda v: None if v is None else float(v)) if fn == "avg" else to_number
+    if period is None:
+        return convert(conn.execute(select(agg(number)).where(*conds)).scalar_one())
+    sub = select(_bucket(dialect, period).label("b"), number.label("v")).where(*conds).subquery()
+    stmt = select(sub.c.b, agg(sub.c.v).label("r")).group_by(sub.c.b).order_by(sub.c.b)
+    return {_bucket_iso(r.b, period): convert(r.r) for r in conn.execute(stmt)}
+
+
+# ---------------------------------------------------------------- sequences
+
+#: Longest window a sequence query accepts.
+MAX_WITHIN = timedelta(days=3650)
+
+
+def _check_sequence(first: object, then: object, within: object, by: object) -> tuple[Filter, Filter, str]:
+    for name, value in (("first", first), ("then", then)):
+        if not isinstance(value, Filter):
+            raise QueryError(f"{name} must be a Filter built with Q", errors={name: "not a filter"})
+    if not isinstance(within, timedelta) or not timedelta(0) < within <= MAX_WITHIN:
+        raise QueryError("within must be a positive timedelta of at most 10 years", errors={"within": "invalid"})
+    if not isinstance(by, str) or by not in SEQUENCE_KEYS:
+        raise QueryError(f"by must be one of {', '.join(SEQUENCE_KEYS)}", errors={"by": "invalid"})
+    assert isinstance(first, Filter) and isinstance(then, Filter)
+    return first, then, by
+
+
+def _epoch_us(column: Cond) -> Cond:
+    """SQLite: microseconds since the epoch of a stored 'YYYY-MM-DD HH:MM:SS.ffffff' (exact integer)."""
+    seconds = cast(func.strftime(literal("%s", String), func.substr(column, 1, 19)), Integer)
+    return seconds * 1_000_000 + cast(func.substr(column, 21, 6), Integer)
+
+
+def _later_within(dialect: str, a: FromClause, b: FromClause, within: timedelta, key: str, then: Filter) -> Cond:
+    """``b`` follows ``a``: same non-NULL key, a later position, recorded at most ``within`` after ``a``."""
+    if dialect == "postgresql":
+        in_window = b.c.recorded_at <= a.c.recorded_at + literal(within, Interval)
+    else:
+        in_window = _epoch_us(b.c.recorded_at) <= _epoch_us(a.c.recorded_at) + within // timedelta(microseconds=1)
+    return and_(
+        b.c[key] == a.c[key],
+        b.c.position > a.c.position,
+        in_window,
+        compile_filter(then, dialect, b),
+    )
+
+
+def followed_by(
+    conn: Connection,
+    first: Filter,
+    then: Filter,
+    *,
+    within: timedelta,
+    by: str = "correlation_id",
+    limit: int | None = None,
+) -> list[tuple[StoredEvent, StoredEvent]]:
+    """Each ``first`` event paired with the earliest ``then`` event that follows it.
+
+    "Follows" means: the same ``by`` value (never NULL), a greater position, and recorded at
+    most ``within`` after the first event (microsecond precision on both backends).
+
+    Parameters:
+        first, then: filters for the two events.
+        within: the window (positive timedelta).
+        by: ``correlation_id`` or ``stream_id``.
+        limit: at most this many pairs.
+    Raises:
+        QueryError: an invalid filter, window, key or limit.
+    Returns:
+        (first, then) pairs ordered by the first event's position. One SQL statement.
+    """
+    first, then, key = _check_sequence(first, then, within, by)
+    dialect = dialect_of(conn)
+    a, b, nxt = events.alias("a"), events.alias("b"), events.alias("nxt")
+    earliest = (
+        select(func.min(nxt.c.position)).where(_later_within(dialect, a, nxt, within, key, then)).scalar_subquery()
+    )
+    stmt = (
+        select(*event_columns(a), *event_columns(b))
+        .select_from(a.join(b, b.c.position == earliest))
+        .where(compile_filter(first, dialect, a), a.c[key].is_not(None))
+        .order_by(a.c.position)
+    )
+    if limit is not None:
+        stmt = stmt.limit(check_limit(limit))
+    n = len(EVENT_COLUMNS)
+    return [(row_to_event(row), row_to_event(row, n)) for row in conn.execute(stmt)]
+
+
+def not_followed_by(
+    conn: Connection,
+    first: Filter,
+    then: Filter,
+    *,
+    within: timedelta,
+    by: str = "correlation_id",
+    now: datetime | None = None,
+    limit: int | None = None,
+) -> list[StoredEvent]:
+    """``first`` events whose window has passed with no ``then`` event following them.
+
+    Only first events recorded at or before ``now - within`` are considered (their window is
+    over); "following" is as in :func:`followed_by`. A first event whose ``by`` value is NULL
+    can never be followed, so it is reported once its window is over.
+
+    Parameters:
+        first, then: filters; within: the window; by: ``correlation_id`` or ``stream_id``.
+        now: timezone-aware "now" (default: the current UTC time).
+        limit: at most this many events.
+    Raises:
+        QueryError: invalid arguments.
+    Returns:
+        The unfollowed first events, by position. One SQL statement (``NOT EXISTS``).
+    """
+    first, then, key = _check_sequence(first, then, within, by)
+    moment = datetime.now(UTC) if now is None else check_datetime(now, "now")
+    dialect = dialect_of(conn)
+    a, b = events.alias("a"), events.alias("b")
+    follower = exists(select(literal(1)).select_from(b).where(_later_within(dialect, a, b, within, key, then)))
+    stmt = (
+        select(*event_columns(a))
+        .where(compile_filter(first, dialect, a), a.c.recorded_at <= moment - within, ~follower)
+        .order_by(a.c.position)
+    )
+    if limit is not None:
+        stmt = stmt.limit(check_limit(limit))
+    return [row_to_event(row) for row in conn.execute(stmt)]
+
+
+# ---------------------------------------------------------------- the store mixin
+
+
+class SqlQueryMixin:
+    """Query methods for a store class holding an ``sqlalchemy.Engine`` as ``self._engine``.
+
+    Each call opens one connection, runs one statement and maps database failures to
+    :class:`esf.errors.ServiceUnavailable`; invalid queries raise QueryError before connecting.
+    """
+
+    _engine: Engine
+
+    @contextmanager
+    def _query_connection(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise ServiceUnavailable(
+                f"the event store database cannot be reached ({type(exc.orig).__name__}); check it is running"
+            ) from exc
+
+    def query(self, query: Query | Filter | None = None) -> list[StoredEvent]:
+        """Events matching ``query`` by position; see :func:`fetch`."""
+        q = as_query(query)
+        with self._query_connection() as conn:
+            return fetch(conn, q)
+
+    def query_page(self, query: Query | Filter | None = None, limit: int = 100, cursor: str | None = None) -> Page:
+        """One page of events; see :func:`fetch_page`."""
+        q, size, _ = as_query(query), check_limit(limit), parse_cursor(cursor)
+        with self._query_connection() as conn:
+            return fetch_page(conn, q, size, cursor)
+
+    def count(self, filter: Query | Filter | None = None, *, by: str | None = None, per: Per | None = None) -> Any:
+        """Count events, optionally by a field and/or per time bucket; see :func:`count`."""
+        with self._query_connection() as conn:
+            return count(conn, filter, by=by, per=per)
+
+    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
+        """``min``/``max``/``avg``/``sum`` of a numeric data field; see :func:`aggregate`."""
+        with self._query_connection() as conn:
+            return aggregate(conn, fn, field, filter, per=per)
+
+    def followed_by(
+        self,
+        first: Filter,
+        then: Filter,
+        *,
+        within: timedelta,
+        by: str = "correlation_id",
+        limit: int | None = None,
+    ) -> list[tuple[StoredEvent, StoredEvent]]:
+        """Pairs "A followed by B within D"; see :func:`followed_by`."""
+        _check_sequence(first, then, within, by)
+        with self._query_connection() as conn:
+            return followed_by(conn, first, then, within=within, by=by, limit=limit)
+
+    def not_followed_by(
+        self,
+        first: Filter,
+        then: Filter,
+        *,
+        within: timedelta,
+        by: str = "correlation_id",
+        now: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """ "A not followed by B within D" once D has passed; see :func:`not_followed_by`."""
+        _check_sequence(first, then, within, by)
+        with self._query_connection() as conn:
+            return not_followed_by(conn, first, then, within=within, by=by, now=now, limit=limit)

@@ -32,6 +32,7 @@ T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
 STATUSES = ["paid", "pending", 'it\'s "quoted"', "Ünïcødé ✓", "", "100%_off", "a\\b", "PAID", "1"]
 TAG_SETS = [["a", "b"], ["b"], [], [1, 2, 3], ["a", 1, True, None], [["a"]], [{"a": 1}], [1.5, "x"]]
 TYPES = ["order.created", "payment.received", "order.shipped", "user.signup", "audit.note"]
+FLOW_NEXT = {"order.created": "payment.received", "payment.received": "order.shipped", "user.signup": "order.created"}
 
 
 def make_data(rng: random.Random, i: int) -> dict[str, Any]:
@@ -63,18 +64,30 @@ def make_rows(n: int = 90, seed: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []
     t = T0
+    open_flows: list[str] = []
+    last_type: dict[str, str] = {}
     for i in range(1, n + 1):
         # Mostly small steps, some hours; a rare step back (clock skew between nodes).
         t += timedelta(seconds=rng.choice([0.5, 3, 29.999999, 61, 450, 3600 * 2.5]), microseconds=rng.randint(0, 999))
         recorded = t - timedelta(seconds=5) if i % 23 == 0 else t
-        corr = rng.choice([None, *[f"c-{k}" for k in range(12)]])
+        # Correlation ids come in flows of nearby events (order -> payment -> shipping ...).
+        if open_flows and rng.random() < 0.6:
+            corr = rng.choice(open_flows[-3:])
+            event_type = FLOW_NEXT.get(last_type[corr], rng.choice(TYPES)) if rng.random() < 0.6 else rng.choice(TYPES)
+        else:
+            corr = rng.choice([None, f"c-{i}", f"c-{i}"])
+            event_type = rng.choice(TYPES)
+            if corr is not None:
+                open_flows.append(corr)
+        if corr is not None:
+            last_type[corr] = event_type
         rows.append(
             {
                 "position": i,
                 "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
                 "stream_id": f"s-{rng.randint(1, 4)}",
                 "stream_version": i,
-                "event_type": rng.choice(TYPES),
+                "event_type": event_type,
                 "recorded_at": recorded,
                 "monotonic_ns": i * 1000,
                 "node": "n1",
@@ -569,3 +582,358 @@ def test_the_table_and_schema_are_intact_after_hostile_queries(sqlite_engine, po
     for engine in (sqlite_engine, postgresql_engine):
         with engine.connect() as conn:
             assert fetch(conn, None) == MODEL
+
+
+# ---------------------------------------------------------------- aggregations
+
+from esf.plugins.sqlalchemy_events._query import aggregate, count  # noqa: E402
+
+from esf.events._query import bucket_start, json_kind, parse_field, resolve  # noqa: E402
+
+
+def model_key(e: StoredEvent, by: str) -> Any:
+    field = parse_field(by)
+    if isinstance(field, str):
+        return getattr(e, field)
+    value = resolve(e.data, field)
+    return value if json_kind(value) in ("null", "boolean", "number", "string") else NOTHING
+
+
+def model_count(f: Any = None, by: str | None = None, per: str | None = None) -> Any:
+    chosen = [e for e in MODEL if f is None or f.matches(e)]
+    if by is not None:
+        chosen = [e for e in chosen if model_key(e, by) is not NOTHING]
+    if by is None and per is None:
+        return len(chosen)
+
+    def tally(items: list[StoredEvent]) -> dict[Any, int]:
+        out: dict[Any, int] = {}
+        for e in items:
+            out[model_key(e, by)] = out.get(model_key(e, by), 0) + 1  # type: ignore[arg-type]
+        return out
+
+    if per is None:
+        return tally(chosen)
+    buckets: dict[str, list[StoredEvent]] = {}
+    for e in chosen:
+        buckets.setdefault(bucket_start(e.recorded_at, per), []).append(e)  # type: ignore[arg-type]
+    if by is None:
+        return {k: len(v) for k, v in sorted(buckets.items())}
+    return {k: tally(v) for k, v in sorted(buckets.items())}
+
+
+COUNT_CASES = [
+    (None, None, None),
+    (Q.type("order.created"), None, None),
+    (None, "event_type", None),
+    (None, "stream_id", None),
+    (None, "correlation_id", None),
+    (~Q.type("audit.note"), "data.status", None),
+    (None, "data.flag", None),  # true, 1, "true", null and 0/false side by side
+    (None, "data.user.id", None),
+    (None, "data.mixed", None),  # objects and arrays are left out
+    (None, "data.amount", None),
+    (None, "data.items.0.qty", None),
+    (None, None, "minute"),
+    (None, None, "hour"),
+    (Q.data("user_id") > 0, None, "day"),
+    (None, "event_type", "hour"),
+    (Q.data("amount").exists(), "data.flag", "day"),
+]
+
+
+@pytest.mark.parametrize(
+    ("f", "by", "per"), COUNT_CASES, ids=[f"{c[1]}-{c[2]}-{c[0] is not None}" for c in COUNT_CASES]
+)
+def test_counts_by_field_and_time_bucket_match_the_model(engine, f, by, per):
+    with engine.connect() as conn:
+        got = count(conn, f, by=by, per=per)
+    want = model_count(f, by, per)
+    assert got == want
+    if per is not None:
+        assert list(got) == sorted(got), "buckets come in time order"
+
+
+def test_count_keys_keep_json_types_apart_where_python_can(engine):
+    # "1" (a string) and 1 (a number) are different groups; 1 and 1.0 are one group.
+    with engine.connect() as conn:
+        got = count(conn, by="data.user.id")
+    assert got["1"] == sum(1 for e in MODEL if get(e, "user", "id") == "1")
+    assert got[1] == sum(1 for e in MODEL if same(get(e, "user", "id"), 1))
+
+
+@pytest.mark.parametrize("by", ["position", "data", "data.a'b", "recorded_at; drop table esf_events", 3])
+def test_count_by_an_unknown_field_is_a_query_error(engine, by):
+    with engine.connect() as conn, pytest.raises(QueryError):
+        count(conn, by=by)
+
+
+def test_count_per_an_unknown_period_is_a_query_error(engine):
+    with engine.connect() as conn, pytest.raises(QueryError):
+        count(conn, per="week")
+
+
+def model_aggregate(fn: str, field: str, f: Any = None) -> Any:
+    path = parse_field(field, columns=())
+    values = [resolve(e.data, path) for e in MODEL if f is None or f.matches(e)]
+    numbers = [v for v in values if json_kind(v) == "number"]
+    if not numbers:
+        return None
+    return {"min": min, "max": max, "sum": sum, "avg": lambda xs: sum(xs) / len(xs)}[fn](numbers)
+
+
+AGG_CASES = [
+    (fn, field, f)
+    for fn in ("min", "max", "sum", "avg")
+    for field, f in (
+        ("data.amount", None),
+        ("data.user_id", Q.type("order.created")),
+        ("data.flag", None),  # booleans are not numbers
+        ("data.items.0.qty", None),
+        ("data.status", None),  # never a number: None
+    )
+]
+
+
+def close(got: Any, want: Any, exact: bool) -> bool:
+    if got is None or want is None:
+        return got is None and want is None
+    return got == want if exact else got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize(("fn", "field", "f"), AGG_CASES, ids=[f"{c[0]}-{c[1]}" for c in AGG_CASES])
+def test_aggregates_of_numeric_fields_match_the_model(engine, fn, field, f):
+    with engine.connect() as conn:
+        got = aggregate(conn, fn, field, f)
+    assert close(got, model_aggregate(fn, field, f), exact=fn in ("min", "max"))
+    if fn == "avg" and got is not None:
+        assert isinstance(got, float)
+
+
+@pytest.mark.parametrize("fn", ["min", "max", "sum", "avg"])
+@pytest.mark.parametrize("per", ["hour", "day"])
+def test_aggregates_per_time_bucket_match_the_model(engine, fn, per):
+    want: dict[str, Any] = {}
+    for e in MODEL:
+        if json_kind(get(e, "amount")) == "number":
+            want.setdefault(bucket_start(e.recorded_at, per), [])
+    for bucket in want:
+        values = [
+            get(e, "amount")
+            for e in MODEL
+            if bucket_start(e.recorded_at, per) == bucket and json_kind(get(e, "amount")) == "number"
+        ]
+        want[bucket] = {"min": min, "max": max, "sum": sum, "avg": lambda xs: sum(xs) / len(xs)}[fn](values)
+    with engine.connect() as conn:
+        got = aggregate(conn, fn, "data.amount", per=per)
+    assert list(got) == sorted(want)
+    assert all(close(got[k], want[k], exact=fn in ("min", "max")) for k in want)
+
+
+@pytest.mark.parametrize(
+    ("fn", "field"), [("median", "data.amount"), ("sum", "event_type"), ("sum", "data.a b"), (None, "data.x")]
+)
+def test_an_unknown_aggregate_or_field_is_a_query_error(engine, fn, field):
+    with engine.connect() as conn, pytest.raises(QueryError):
+        aggregate(conn, fn, field)
+
+
+# ---------------------------------------------------------------- sequences
+
+from esf.plugins.sqlalchemy_events._query import followed_by, not_followed_by  # noqa: E402
+
+
+def follows(a: StoredEvent, b: StoredEvent, then: Any, within: timedelta, by: str) -> bool:
+    key = getattr(a, by)
+    return (
+        key is not None
+        and getattr(b, by) == key
+        and b.position > a.position
+        and b.recorded_at - a.recorded_at <= within
+        and then.matches(b)
+    )
+
+
+def model_followed_by(first: Any, then: Any, within: timedelta, by: str) -> list[tuple[int, int]]:
+    pairs = []
+    for a in MODEL:
+        if first.matches(a) and getattr(a, by) is not None:
+            later = [b for b in MODEL if follows(a, b, then, within, by)]
+            if later:
+                pairs.append((a.position, later[0].position))
+    return pairs
+
+
+def model_not_followed_by(first: Any, then: Any, within: timedelta, by: str, now: datetime) -> list[int]:
+    return [
+        a.position
+        for a in MODEL
+        if first.matches(a)
+        and a.recorded_at <= now - within
+        and not any(follows(a, b, then, within, by) for b in MODEL)
+    ]
+
+
+SEQUENCES = [
+    (Q.type("order.created"), Q.type("payment.received"), timedelta(minutes=10), "correlation_id"),
+    (Q.type("order.created"), Q.type("payment.received"), timedelta(hours=3), "correlation_id"),
+    (Q.type("order.created"), Q.type("payment.received"), timedelta(days=30), "correlation_id"),
+    (Q.type("order.created"), Q.type("order.created"), timedelta(hours=6), "correlation_id"),
+    (Q.data("user_id") == 42, Q.data("amount") > 1, timedelta(hours=12), "correlation_id"),
+    (Q.types("order.created", "user.signup"), ~Q.type("audit.note"), timedelta(seconds=30), "correlation_id"),
+    (Q.type("order.shipped"), Q.type("audit.note"), timedelta(hours=4), "stream_id"),
+]
+
+
+@pytest.mark.parametrize(("first", "then", "within", "by"), SEQUENCES)
+def test_followed_by_pairs_each_first_event_with_its_earliest_follower(engine, first, then, within, by):
+    want = model_followed_by(first, then, within, by)
+    with engine.connect() as conn:
+        got = followed_by(conn, first, then, within=within, by=by)
+    assert [(a.position, b.position) for a, b in got] == want
+    assert all(isinstance(b, StoredEvent) for _, b in got)
+
+
+def test_the_sequences_exercise_both_outcomes():
+    outcomes = [len(model_followed_by(*s)) for s in SEQUENCES]
+    assert all(n > 0 for n in outcomes[1:]) and any(
+        len(model_not_followed_by(*s, now=T0 + timedelta(days=99))) > 0 for s in SEQUENCES
+    )
+
+
+@pytest.mark.parametrize(("first", "then", "within", "by"), SEQUENCES)
+@pytest.mark.parametrize("days", [1, 2, 99])
+def test_not_followed_by_reports_first_events_whose_window_passed_unanswered(engine, first, then, within, by, days):
+    now = T0 + timedelta(days=days, microseconds=1)
+    want = model_not_followed_by(first, then, within, by, now)
+    with engine.connect() as conn:
+        got = not_followed_by(conn, first, then, within=within, by=by, now=now)
+    assert [a.position for a in got] == want
+
+
+def test_the_window_is_inclusive_to_the_microsecond(engine):
+    # Given two events of one correlation id exactly delta apart
+    a, b = next(
+        (a, b)
+        for a in MODEL
+        for b in MODEL
+        if a.correlation_id
+        and b.correlation_id == a.correlation_id
+        and b.position > a.position
+        and b.recorded_at > a.recorded_at
+    )
+    delta = b.recorded_at - a.recorded_at
+    first, then = Q.after_position(a.position - 1) & ~Q.after_position(a.position), Q.after_position(b.position - 1)
+    then = then & ~Q.after_position(b.position)
+    with engine.connect() as conn:
+        # When the window is exactly delta, Then b follows a; one microsecond less, Then it does not.
+        assert [(x.position, y.position) for x, y in followed_by(conn, first, then, within=delta)] == [
+            (a.position, b.position)
+        ]
+        assert followed_by(conn, first, then, within=delta - timedelta(microseconds=1)) == []
+        late = b.recorded_at + timedelta(days=1)
+        assert not_followed_by(conn, first, then, within=delta - timedelta(microseconds=1), now=late) == [a]
+        assert not_followed_by(conn, first, then, within=delta, now=late) == []
+
+
+def test_not_followed_by_waits_for_the_window_to_close(engine):
+    first, then, within = Q.type("order.created"), Q.type("payment.received"), timedelta(minutes=10)
+    a = next(e for e in MODEL if first.matches(e))
+    with engine.connect() as conn:
+        before = not_followed_by(
+            conn, first, then, within=within, now=a.recorded_at + within - timedelta(microseconds=1)
+        )
+        at = not_followed_by(conn, first, then, within=within, now=a.recorded_at + within)
+    assert a.position not in [e.position for e in before]
+    assert (a.position in [e.position for e in at]) == (
+        a.position in model_not_followed_by(first, then, within, "correlation_id", a.recorded_at + within)
+    )
+
+
+def test_default_now_is_the_current_time(engine):
+    first, then, within = Q.type("order.created"), Q.type("payment.received"), timedelta(minutes=10)
+    with engine.connect() as conn:
+        got = not_followed_by(conn, first, then, within=within)
+    assert [e.position for e in got] == model_not_followed_by(first, then, within, "correlation_id", datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"within": timedelta(0)},
+        {"within": -timedelta(seconds=1)},
+        {"within": 600},
+        {"within": timedelta(minutes=1), "by": "event_type"},
+        {"within": timedelta(minutes=1), "by": "data.user_id"},
+        {"within": timedelta(minutes=1), "limit": 0},
+    ],
+)
+def test_invalid_sequence_arguments_are_query_errors(engine, kwargs):
+    with engine.connect() as conn:
+        with pytest.raises(QueryError):
+            followed_by(conn, Q.type("a"), Q.type("b"), **kwargs)
+        with pytest.raises(QueryError):
+            not_followed_by(conn, Q.type("a"), Q.type("b"), **kwargs)
+        with pytest.raises(QueryError):
+            followed_by(conn, "order.created", Q.type("b"), within=timedelta(minutes=1))
+        with pytest.raises(QueryError):
+            not_followed_by(conn, Q.type("a"), Q.type("b"), within=timedelta(minutes=1), now=datetime(2026, 1, 1))
+
+
+def test_sequence_limits_cut_the_ordered_result(engine):
+    first, then, within = Q.type("order.created"), ~Q.type("audit.note"), timedelta(days=30)
+    with engine.connect() as conn:
+        pairs = followed_by(conn, first, then, within=within, limit=3)
+        lonely = not_followed_by(conn, first, Q.type("nothing"), within=within, limit=2)
+    assert [(a.position, b.position) for a, b in pairs] == model_followed_by(first, then, within, "correlation_id")[:3]
+    assert [e.position for e in lonely] == [e.position for e in MODEL if first.matches(e)][:2]
+
+
+# ---------------------------------------------------------------- the store mixin
+
+from esf.plugins.sqlalchemy_events._query import SqlQueryMixin  # noqa: E402
+
+from esf.errors import ServiceUnavailable  # noqa: E402
+
+
+class MixinStore(SqlQueryMixin):
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+
+def test_the_store_mixin_answers_like_the_executors(engine):
+    store = MixinStore(engine)
+    f = Q.type("order.created")
+    assert positions(store.query(f)) == expected(f.matches)
+    assert positions(store.query(f.query(order="desc", limit=2))) == expected(f.matches)[::-1][:2]
+    page = store.query_page(f, limit=5)
+    assert positions(list(page.events)) == expected(f.matches)[:5] and page.next_cursor is not None
+    assert store.count(f) == len(expected(f.matches))
+    assert store.count(by="event_type", per="day") == model_count(None, "event_type", "day")
+    assert store.aggregate("max", "data.amount", f) == model_aggregate("max", "data.amount", f)
+    within = timedelta(hours=3)
+    pairs = store.followed_by(f, Q.type("payment.received"), within=within)
+    assert [(a.position, b.position) for a, b in pairs] == model_followed_by(
+        f, Q.type("payment.received"), within, "correlation_id"
+    )
+    now = T0 + timedelta(days=9)
+    assert positions(store.not_followed_by(f, Q.type("payment.received"), within=within, now=now)) == (
+        model_not_followed_by(f, Q.type("payment.received"), within, "correlation_id", now)
+    )
+
+
+def test_an_invalid_query_fails_before_the_mixin_connects():
+    # The engine points nowhere: a QueryError proves that nothing tried to connect.
+    store = MixinStore(create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none"))
+    with pytest.raises(QueryError):
+        store.query_page(None, limit=0)
+    with pytest.raises(QueryError):
+        store.followed_by(Q.type("a"), Q.type("b"), within=timedelta(0))
+
+
+def test_an_unreachable_database_is_service_unavailable():
+    store = MixinStore(create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"))
+    with pytest.raises(ServiceUnavailable):
+        store.query(Q.type("a"))
+    with pytest.raises(ServiceUnavailable):
+        store.count()

@@ -507,7 +507,8 @@ def _sum_by_key(pairs: Iterable[tuple[Any, int]]) -> dict[Any, int]:
     out: dict[Any, int] = {}
     for key, n in pairs:
         out[key] = out.get(key, 0) + n
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    # Largest first; ties in the order of the key's JSON text, so both backends list them alike.
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], json.dumps(kv[0]))))
 
 
 def aggregate(

@@ -53,6 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import ColumnElement, FromClause, Select
 
 from esf.errors import QueryError, ServiceUnavailable
@@ -135,14 +136,37 @@ def event_columns(table: FromClause = events) -> list[ColumnElement[Any]]:
 
 
 def row_to_event(row: Any, offset: int = 0) -> StoredEvent:
-    """A StoredEvent from a result row whose StoredEvent columns start at ``offset``."""
-    values = tuple(row)[offset : offset + len(EVENT_COLUMNS)]
-    fields = dict(zip(EVENT_COLUMNS, values, strict=True))
-    fields["recorded_at"] = as_utc(fields["recorded_at"])
-    for name in ("data", "metadata"):
-        if isinstance(fields[name], str):  # a driver that hands back JSON text
-            fields[name] = json.loads(fields[name])
-    return StoredEvent(**fields)
+    """A StoredEvent from a result row whose StoredEvent columns (``EVENT_COLUMNS``) start at ``offset``."""
+    (
+        position,
+        event_id,
+        stream_id,
+        stream_version,
+        event_type,
+        recorded_at,
+        monotonic_ns,
+        node,
+        pid,
+        correlation_id,
+        parent_id,
+        data,
+        metadata,
+    ) = tuple(row[offset : offset + len(EVENT_COLUMNS)])
+    return StoredEvent(
+        position,
+        event_id,
+        stream_id,
+        stream_version,
+        event_type,
+        as_utc(recorded_at),
+        monotonic_ns,
+        node,
+        pid,
+        correlation_id,
+        parent_id,
+        json.loads(data) if isinstance(data, str) else data,  # a driver that hands back JSON text
+        json.loads(metadata) if isinstance(metadata, str) else metadata,
+    )
 
 
 def as_utc(value: datetime) -> datetime:
@@ -217,8 +241,15 @@ def _kind(value: Scalar) -> str:
 # PostgreSQL ------------------------------------------------------------------
 
 
+# Built once: SQLAlchemy spends more time creating a custom operator than the rest of a leaf.
+_JSONB = JSONB()
+_ARROW = operators.custom_op("->", return_type=JSONB)
+_CONTAINS = operators.custom_op("@>", return_type=Boolean)
+
+
 def _pg_jsonb(value: Any) -> Cond:
-    return cast(literal(value, type_=JSONB), JSONB)
+    """A JSONB bound parameter (the psycopg dialect renders it as ``%(p)s::JSONB``)."""
+    return literal(value, type_=_JSONB)
 
 
 def _pg_key(seg: str | int) -> Cond:
@@ -226,9 +257,9 @@ def _pg_key(seg: str | int) -> Cond:
 
 
 def _pg_at(data: Cond, path: Path) -> Cond:
-    expr: Cond = type_coerce(data, JSONB)
+    expr: Cond = type_coerce(data, _JSONB)
     for seg in path:
-        step = expr.op("->", return_type=JSONB)(_pg_key(seg))
+        step = expr.operate(_ARROW, _pg_key(seg))
         # PostgreSQL treats a scalar as a one-element array for ``-> 0``; an index only descends into arrays.
         expr = case((func.jsonb_typeof(expr) == "array", step), else_=null()) if isinstance(seg, int) else step
     return expr
@@ -243,7 +274,7 @@ def _pg_contains(data: Cond, path: Path, leaf: Any) -> Cond:
     doc = leaf
     for seg in reversed(path):
         doc = {seg: doc}
-    return type_coerce(data, JSONB).op("@>", return_type=Boolean)(_pg_jsonb(doc))
+    return type_coerce(data, _JSONB).operate(_CONTAINS, _pg_jsonb(doc))
 
 
 def _pg_if_kind(x: Cond, kind: str, then: Cond) -> Cond:
@@ -282,7 +313,7 @@ def _pg_leaf(node: Filter, data: Cond) -> Cond:
             element = _pg_contains(data, node.path, [node.value])
         else:
             x = _pg_at(data, node.path)
-            element = _pg_if_kind(x, "array", x.op("@>", return_type=Boolean)(_pg_jsonb([node.value])))
+            element = _pg_if_kind(x, "array", x.operate(_CONTAINS, _pg_jsonb([node.value])))
         if not isinstance(node.value, str):
             return element
         found = func.strpos(_pg_text(data, node.path), cast(literal(node.value, String), Text)) > 0
@@ -623,14 +654,21 @@ def followed_by(
     """
     first, then, key = _check_sequence(first, then, within, by)
     dialect = dialect_of(conn)
-    a, b, nxt = events.alias("a"), events.alias("b"), events.alias("nxt")
-    earliest = (
-        select(func.min(nxt.c.position)).where(_later_within(dialect, a, nxt, within, key, then)).scalar_subquery()
+    # Pairs first (a join on the indexed key, grouped to the earliest follower), then the two
+    # rows by primary key. PostgreSQL hash-joins the pairs like hand-written SQL would; the
+    # LATERAL and "= (correlated subquery)" shapes were 1.6-3x slower on 1M events.
+    first_a, nxt = events.alias("first_a"), events.alias("nxt")
+    pairs = (
+        select(first_a.c.position.label("ap"), func.min(nxt.c.position).label("bp"))
+        .select_from(first_a.join(nxt, _later_within(dialect, first_a, nxt, within, key, then)))
+        .where(compile_filter(first, dialect, first_a), first_a.c[key].is_not(None))
+        .group_by(first_a.c.position)
+        .subquery("pairs")
     )
+    a, b = events.alias("a"), events.alias("b")
     stmt = (
         select(*event_columns(a), *event_columns(b))
-        .select_from(a.join(b, b.c.position == earliest))
-        .where(compile_filter(first, dialect, a), a.c[key].is_not(None))
+        .select_from(pairs.join(a, a.c.position == pairs.c.ap).join(b, b.c.position == pairs.c.bp))
         .order_by(a.c.position)
     )
     if limit is not None:

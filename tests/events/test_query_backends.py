@@ -16,13 +16,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from esf.plugins.sqlalchemy_events._query import fetch, fetch_page, row_to_event
+from esf.plugins.sqlalchemy_events._query import (
+    SqlQueryMixin,
+    aggregate,
+    count,
+    fetch,
+    fetch_page,
+    followed_by,
+    not_followed_by,
+    row_to_event,
+)
 from esf.plugins.sqlalchemy_events._schema import events, metadata
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, func, insert, select
 
-from esf.errors import QueryError
+from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
-from esf.events._query import Q, Query
+from esf.events._query import Q, Query, bucket_start, json_kind, parse_field, resolve
 
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
@@ -446,8 +457,6 @@ def test_the_table_is_intact_after_the_matrix(engine):
 
 # ---------------------------------------------------------------- hostile input (property)
 
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 NASTY = [
     "'",
@@ -585,10 +594,6 @@ def test_the_table_and_schema_are_intact_after_hostile_queries(sqlite_engine, po
 
 
 # ---------------------------------------------------------------- aggregations
-
-from esf.plugins.sqlalchemy_events._query import aggregate, count  # noqa: E402
-
-from esf.events._query import bucket_start, json_kind, parse_field, resolve  # noqa: E402
 
 
 def model_key(e: StoredEvent, by: str) -> Any:
@@ -740,8 +745,6 @@ def test_an_unknown_aggregate_or_field_is_a_query_error(engine, fn, field):
 
 # ---------------------------------------------------------------- sequences
 
-from esf.plugins.sqlalchemy_events._query import followed_by, not_followed_by  # noqa: E402
-
 
 def follows(a: StoredEvent, b: StoredEvent, then: Any, within: timedelta, by: str) -> bool:
     key = getattr(a, by)
@@ -890,10 +893,6 @@ def test_sequence_limits_cut_the_ordered_result(engine):
 
 
 # ---------------------------------------------------------------- the store mixin
-
-from esf.plugins.sqlalchemy_events._query import SqlQueryMixin  # noqa: E402
-
-from esf.errors import ServiceUnavailable  # noqa: E402
 
 
 class MixinStore(SqlQueryMixin):

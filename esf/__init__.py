@@ -18,7 +18,7 @@ from .errors import (
     Timeout,
     ValidationError,
 )
-from .events._model import Event, StoredEvent
+from .events import Event, EventStore, Q, Query, StoredEvent
 from .foundation import Foundation
 from .hooks import JobContext, JobHooks
 from .jobs import DeadLetter, Job, JobHandle
@@ -40,6 +40,9 @@ __all__ = [
     "JobHooks",
     # events
     "Event",
+    "EventStore",
+    "Q",
+    "Query",
     "StoredEvent",
     # values
     "Secret",

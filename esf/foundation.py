@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .errors import HookError
 from .hooks import JobHooks
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import redis
     from celery.canvas import Signature
 
+    from .events import EventStore
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
 
@@ -26,6 +27,9 @@ log = logging.getLogger("esf")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
+
+#: Services a Foundation creates on first use, in start-up order.
+SERVICES = ("events", "config", "telemetry")
 
 
 class Foundation:
@@ -43,6 +47,10 @@ class Foundation:
         self._lock = threading.Lock()
         self._lease: Any = None
         _instances.add(self)
+        if self.settings.events.record_job_events:
+            from .events import JobHistoryHooks
+
+            self._hooks.append(JobHistoryHooks(cast("EventStore", _DeferredEvents(self))))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Foundation:
@@ -123,6 +131,15 @@ class Foundation:
 
         return self.jobs.run_workflow(chord(list(header), body), correlation_id=correlation_id)
 
+    # -- events ----------------------------------------------------------------
+
+    @cached_property
+    def events(self) -> EventStore:
+        """The event store (PostgreSQL, or SQLite under ``data_dir``); created on first use."""
+        from .events import create_event_store
+
+        return create_event_store(self.settings)
+
     # -- hooks -----------------------------------------------------------------
 
     def add_hooks(self, hooks: JobHooks) -> None:
@@ -169,7 +186,7 @@ class Foundation:
     def health(self) -> dict[str, Any]:
         """``{"status": "ok"|"degraded"|"down", "services": {name: {...}}}`` for every started service."""
         services: dict[str, dict[str, Any]] = {"broker": self._broker_health()}
-        for name in ("events", "config", "telemetry"):
+        for name in SERVICES:
             service = self.__dict__.get(name)
             if service is not None and hasattr(service, "health"):
                 try:
@@ -229,6 +246,11 @@ class Foundation:
         jobs = self.__dict__.get("jobs")
         if jobs is not None:
             jobs.__dict__.pop("coordinator", None)
+        for name in SERVICES:
+            service = self.__dict__.get(name)
+            engine = getattr(service, "engine", None)
+            if engine is not None and hasattr(engine, "dispose"):
+                engine.dispose(close=False)  # the parent keeps its connections
 
     def close(self) -> None:
         """Release connections and stop background threads."""
@@ -239,6 +261,17 @@ class Foundation:
         jobs = self.__dict__.get("jobs")
         if jobs is not None and "coordinator" in jobs.__dict__:
             jobs.coordinator.close()
+        for hooks in self._hooks:
+            closer = getattr(hooks, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:
+                    log.exception("closing hooks %s failed", type(hooks).__name__)
+        for name in SERVICES:
+            service = self.__dict__.pop(name, None)
+            if service is not None and hasattr(service, "close"):
+                service.close()
         app = self.__dict__.get("celery")
         if app is not None:
             app.close()
@@ -248,3 +281,13 @@ class Foundation:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _DeferredEvents:
+    """Stands for ``foundation.events`` until first used, so hooks do not open the database early."""
+
+    def __init__(self, foundation: Foundation) -> None:
+        self._foundation = foundation
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._foundation.events, name)

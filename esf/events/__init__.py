@@ -21,6 +21,7 @@ from ..errors import MissingDependency
 from ._contract import AppendResult, EventStore, PendingAppend
 from ._job_history import JOB_EVENT_TYPES, JobHistoryHooks, job_stream_id
 from ._model import Event, FrozenDict, FrozenList, StoredEvent
+from ._query import Filter, Page, Q, Query
 from ._timeline import render_timeline, timeline
 from ._validation import (
     DEFAULT_STREAM_ID,
@@ -45,6 +46,10 @@ __all__ = [
     "AppendResult",
     "Event",
     "EventStore",
+    "Filter",
+    "Page",
+    "Q",
+    "Query",
     "FrozenDict",
     "FrozenList",
     "JobHistoryHooks",

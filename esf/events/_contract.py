@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._model import Event, StoredEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from ._query import Filter, Page, Per, Query
 
 __all__ = ["AppendResult", "EventStore", "PendingAppend"]
 
@@ -218,6 +220,32 @@ class EventStore(Protocol):
         ``degraded``: events are waiting in the local spool (``spool_depth`` > 0)
         or the circuit breaker is open. Never raises.
         """
+        ...
+
+    def query(self, query: Query | Filter | None = None) -> list[StoredEvent]:
+        """Events matching ``query`` (``esf.Q`` filters), by position. Raises QueryError, ServiceUnavailable."""
+        ...
+
+    def query_page(self, query: Query | Filter | None = None, limit: int = 100, cursor: str | None = None) -> Page:
+        """One page of matching events and the cursor of the next. Raises QueryError, ServiceUnavailable."""
+        ...
+
+    def count(self, filter: Query | Filter | None = None, *, by: str | None = None, per: Per | None = None) -> Any:
+        """How many events match, optionally ``by`` a field (``event_type``, ``data.<path>``) and ``per`` bucket."""
+        ...
+
+    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
+        """``min``, ``max``, ``avg`` or ``sum`` of a numeric ``data.<path>`` over the matching events."""
+        ...
+
+    def followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
+                    limit: int | None = None) -> list[tuple[StoredEvent, StoredEvent]]:
+        """Pairs (A, B): B matched ``then`` after A matched ``first``, same ``by`` value, within ``within``."""
+        ...
+
+    def not_followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
+                        now: datetime | None = None, limit: int | None = None) -> list[StoredEvent]:
+        """Events A with no matching B within ``within`` (only A older than ``within``)."""
         ...
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
 from ._engine import connect_write, is_unreachable, make_engine, normalize_url, redact, unavailable
 from ._outbox import Dispatch, OutboxRelay
+from ._query import SqlQueryMixin
 from ._schema import checkpoints, event_head, events, streams
 from ._spooler import Breaker, Spooler
 
@@ -43,7 +44,7 @@ __all__ = ["SqlEventStore"]
 log = logging.getLogger("esf.events")
 
 
-class SqlEventStore:
+class SqlEventStore(SqlQueryMixin):
     """The event store on SQLAlchemy (see :class:`esf.events.EventStore` for the contract).
 
     Parameters:
@@ -74,6 +75,7 @@ class SqlEventStore:
     ) -> None:
         self.url = normalize_url(url)
         self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size)
+        self._engine = self.engine
         self.backend: str = self.engine.dialect.name
         self.max_event_bytes = max_event_bytes
         self.node = node or socket.gethostname()

@@ -162,3 +162,25 @@ def test_a_global_rate_limit_spaces_jobs_per_partition(fnd: Foundation, worker: 
     # And the bucket is kept per tenant, shared by every worker
     client = fnd.redis
     assert client.exists(f"esf:rate:t.limited:{tenant}")
+
+
+def _types(fnd: Foundation, correlation_id: str) -> list[str]:
+    return [e.event_type for e in fnd.events.read_correlation(correlation_id)]
+
+
+def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: Worker) -> None:
+    # Given a job that fails once, then succeeds
+    cid = f"hist-{uuid.uuid4().hex[:8]}"
+    assert fnd.jobs.enqueue("t.flaky", uuid.uuid4().hex, 1, correlation_id=cid).wait(60) == "ok after 2"
+    # Then its history holds each step, correlated
+    expected = ["job.enqueued", "job.started", "job.retried", "job.started", "job.succeeded"]
+    wait_for(lambda: all(t in _types(fnd, cid) for t in expected), timeout=30, message="job history")
+    types = _types(fnd, cid)
+    assert types.count("job.started") == 2 and types.count("job.succeeded") == 1
+    # And a dead-lettered then replayed job records both
+    cid2 = f"hist-{uuid.uuid4().hex[:8]}"
+    handle = fnd.jobs.enqueue("t.non_retryable", 1, correlation_id=cid2)
+    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None), timeout=60)
+    fnd.jobs.dlq.replay([entry.id])
+    wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=30,
+             message="dead-letter and replay events")

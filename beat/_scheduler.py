@@ -9,6 +9,7 @@ beats that both believe they lead still fire an occurrence once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -48,7 +49,10 @@ class Fire:
 
 
 def occurrence_id(name: str, due: datetime) -> str:
-    """The id of one occurrence: also the correlation id and idempotency key of the job it sends."""
+    """The id of one occurrence (at most 200 characters): also the correlation id and idempotency key of
+    the job it sends, so a handler can tell a repeated delivery of one occurrence from the next one."""
+    if len(name) > 160:  # keep it within the 200 characters a correlation id may have
+        name = f"{name[:120]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     return f"schedule:{name}:{round(due.timestamp() * 1000)}"
 
 

@@ -47,8 +47,8 @@ __all__ = [
     "schedule_service",
 ]
 
-#: Schedule names: dotted identifiers (like job names), at most 100 characters.
-MAX_SCHEDULE_NAME = 100
+#: Schedule names: dotted identifiers (like job names), at most 200 characters.
+MAX_SCHEDULE_NAME = 200
 #: Fields ``ScheduleService.update`` may change.
 UPDATABLE = frozenset({"job", "cron", "every", "args", "kwargs", "queue", "enabled"})
 _TIMING = ("cron", "every")
@@ -120,7 +120,7 @@ class Schedule:
     """A job fired on a crontab (``cron``) or every ``every`` seconds; all times are UTC.
 
     Parameters:
-        name: the schedule's name (dotted identifiers, at most 100 characters).
+        name: the schedule's name (dotted identifiers, at most 200 characters; default: the job's name).
         job: the name of the job to enqueue.
         cron: a 5-field crontab (``"*/5 * * * *"``); give ``cron`` or ``every``.
         every: seconds between fires (> 0), or a ``timedelta``; stored as seconds.
@@ -254,7 +254,9 @@ def _ts(dt: datetime | None) -> float | None:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now in UTC, to the millisecond (so interval grids and occurrence ids are exact milliseconds)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -560,7 +562,7 @@ class ScheduleService:
                 return self.get(schedule.name)
         raise ConcurrencyConflict(f"schedule {schedule.name!r} kept changing; try again")
 
-    def update(self, name: str, **changes: Any) -> Schedule:
+    def update(self, name: str, /, **changes: Any) -> Schedule:
         """Change fields of a stored schedule (``job``, ``cron``, ``every``, ``args``, ``kwargs``, ``queue``,
         ``enabled``). Giving ``cron`` clears ``every`` and the other way round.
 

@@ -19,18 +19,21 @@ from . import app
 
 
 def beat_env(kind: str, *, redis_url: str | None, data_dir: Path) -> dict[str, str]:
-    """ESF_* settings: ``redis`` (Redis broker, store and coordinator) or ``sqlite`` (embedded, no server)."""
+    """ESF_* settings: ``redis`` (Redis broker, store and coordinator) or ``sqlite`` (SQLite store and
+    coordinator under ``data_dir``, no server; the in-memory broker, since the tests count fires at enqueue)."""
     env = {"ESF_DATA_DIR": str(data_dir), "ESF_JOBS_QUEUES": "default,other",
            "ESF_JOBS_DEFAULT_QUEUE": "default", "ESF_JOBS_REDIS_DURABILITY_CHECK": "off"}
     if kind == "redis":
         assert redis_url
         env["ESF_BROKER_URL"] = redis_url
+    else:
+        env["ESF_BROKER_URL"] = "memory://"
     return env
 
 
 @pytest.fixture(params=["redis", "sqlite"])
 def env(request: pytest.FixtureRequest, data_dir: Path) -> dict[str, str]:
-    """Settings for each store: Redis, and SQLite with the embedded broker."""
+    """Settings for each store: Redis, and SQLite."""
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return beat_env(request.param, redis_url=redis_url, data_dir=data_dir)
 

@@ -37,7 +37,7 @@ def read_fires(path: str | os.PathLike[str]) -> list[dict[str, object]]:
 
 def build(settings: esf.Settings | None = None, *, fire_log: str | None = None, declare: bool = False) -> Foundation:
     fnd = Foundation(settings or esf.Settings.from_env())
-    path = fire_log or os.environ.get("ESF_TEST_BEAT_LOG")
+    path = fire_log or os.environ.get("BEAT_TEST_FIRE_LOG")
     if path:
         fnd.add_hooks(FireLog(path))
 
@@ -49,7 +49,15 @@ def build(settings: esf.Settings | None = None, *, fire_log: str | None = None, 
     def other(label: str = "") -> str:
         return label
 
-    if declare or os.environ.get("ESF_TEST_BEAT_DECLARE"):
+    @fnd.job(name="b.count", retries=0)
+    def count() -> int:
+        from esf.jobs._meta import current_job
+
+        cur = current_job.get()
+        fnd.jobs.coordinator.incr(f"ran:{cur.correlation_id if cur else 'none'}", 600)
+        return fnd.jobs.coordinator.incr("ran-total", 600)
+
+    if declare or os.environ.get("BEAT_TEST_DECLARE"):
 
         @schedule_decorator(fnd, "b.hourly", every=3600, args=(7,))
         def hourly(n: int) -> int:

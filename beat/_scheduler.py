@@ -84,6 +84,7 @@ class Beat:
         self.owner = f"{foundation.settings.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
         self._synced = False
+        self._next_due: datetime | None = None
 
     # -- one tick -------------------------------------------------------------
 
@@ -106,16 +107,22 @@ class Beat:
             return []
         now = now or utcnow()
         fires: list[Fire] = []
-        for schedule in self.service.list():
+        upcoming: list[datetime] = []
+        for schedule in self.service.readable():
             if not schedule.enabled:
                 continue
             if schedule.next_run_at is None:
-                self.service.record_run(schedule, schedule.last_run_at, schedule.first_run_after(now))
-                continue
-            if schedule.next_run_at <= now:
+                first = schedule.first_run_after(now)
+                self.service.record_run(schedule, schedule.last_run_at, first)
+                upcoming.append(first)
+            elif schedule.next_run_at <= now:
                 fire = self._fire(schedule, schedule.next_run_at, now)
                 if fire is not None:
                     fires.append(fire)
+                upcoming.append(schedule.following(schedule.next_run_at, now))
+            else:
+                upcoming.append(schedule.next_run_at)
+        self._next_due = min(upcoming, default=None)
         return fires
 
     def _fire(self, schedule: Schedule, due: datetime, now: datetime) -> Fire | None:
@@ -187,29 +194,35 @@ class Beat:
 
     def sleep_s(self, now: datetime | None = None) -> float:
         """Seconds until the next tick: ``tick_s``, or less when the leader has an earlier due time."""
-        if not self.leader:
+        if not self.leader or self._next_due is None:
             return self.tick_s
         now = now or utcnow()
+        return max(0.01, min(self.tick_s, (self._next_due - now) / timedelta(seconds=1)))
+
+    def _warm_up(self) -> None:
+        """Load the result backend and the producer pool now, not at the first fire (~1 s of imports)."""
         try:
-            dues = [s.next_run_at for s in self.service.list() if s.enabled and s.next_run_at is not None]
-        except EsfError:
-            return self.tick_s
-        if not dues:
-            return self.tick_s
-        return max(0.01, min(self.tick_s, (min(dues) - now) / timedelta(seconds=1)))
+            _ = self._fnd.celery.backend
+            with self._fnd.celery.producer_or_acquire():
+                pass
+        except Exception as exc:
+            log.warning("beat: could not prepare the broker connection yet (%s)", exc)
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set; then give up the lease so another beat takes over at once."""
+        self._warm_up()
         log.info("beat %s: started (tick %.2f s, lease %.1f s)", self.owner, self.tick_s, self.lease_ttl_s)
         try:
             while not stop.is_set():
                 try:
                     self.tick()
                 except ServiceUnavailable as exc:
-                    if self.leader:
-                        log.warning("beat %s: lost the leadership: %s", self.owner, exc)
                     self.leader = False
                     log.warning("beat: store or coordinator unavailable (%s); retrying", exc)
+                    stop.wait(self.tick_s)
+                    continue
+                except Exception:  # beat must outlive one bad tick; the lease lapses if this repeats
+                    log.exception("beat: tick failed; retrying")
                     stop.wait(self.tick_s)
                     continue
                 stop.wait(self.sleep_s())

@@ -40,6 +40,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_add)
 
+    p = ssub.add_parser("update", help="change a schedule (beat follows it from its next tick)")
+    p.add_argument("name")
+    p.add_argument("--job", default=None)
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument("--cron", default=None, help="5-field crontab, UTC (replaces --every)")
+    timing.add_argument("--every", type=float, default=None, help="seconds between fires (replaces --cron)")
+    p.add_argument("--args", default=None, help="JSON list of positional arguments")
+    p.add_argument("--kwargs", default=None, help="JSON object of keyword arguments")
+    p.add_argument("--queue", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_update)
+
     for verb, helptext in (("remove", "remove a schedule"), ("enable", "enable a schedule"),
                            ("disable", "disable a schedule (kept, not fired)")):
         p = ssub.add_parser(verb, help=helptext)
@@ -84,15 +96,20 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add(args: argparse.Namespace) -> int:
-    from ..jobs._schedules import Schedule
-
-    pos: Any = parse_json_arg(args.args, "--args")
-    kw: Any = parse_json_arg(args.kwargs, "--kwargs")
+def _arguments(args_text: str, kwargs_text: str) -> tuple[list[Any], dict[str, Any]]:
+    pos: Any = parse_json_arg(args_text, "--args")
+    kw: Any = parse_json_arg(kwargs_text, "--kwargs")
     if not isinstance(pos, list):
         raise CommandError("--args must be a JSON list")
     if not isinstance(kw, dict):
         raise CommandError("--kwargs must be a JSON object")
+    return pos, kw
+
+
+def _add(args: argparse.Namespace) -> int:
+    from ..jobs._schedules import Schedule
+
+    pos, kw = _arguments(args.args, args.kwargs)
     schedule = Schedule(name=args.name, job=args.job, cron=args.cron, every=args.every, args=tuple(pos), kwargs=kw,
                         queue=args.queue, enabled=not args.disabled)
     stored = _service(args).add(schedule)
@@ -101,6 +118,26 @@ def _add(args: argparse.Namespace) -> int:
     else:
         nxt = stored.next_run_at.isoformat(timespec="seconds") if stored.next_run_at else "-"
         print(f"added {stored.name}: next run {nxt}")
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {k: getattr(args, k) for k in ("job", "cron", "every", "queue")
+                               if getattr(args, k) is not None}
+    if args.args is not None or args.kwargs is not None:
+        pos, kw = _arguments(args.args or "[]", args.kwargs or "{}")
+        if args.args is not None:
+            changes["args"] = pos
+        if args.kwargs is not None:
+            changes["kwargs"] = kw
+    if not changes:
+        raise CommandError("nothing to change: give --job, --cron, --every, --args, --kwargs or --queue")
+    stored = _service(args).update(args.name, **changes)
+    if args.json:
+        print_json(stored.to_dict())
+    else:
+        nxt = stored.next_run_at.isoformat(timespec="seconds") if stored.next_run_at else "-"
+        print(f"updated {stored.name}: next run {nxt}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .._json import check_json, dumps
 from ..errors import ConcurrencyConflict, Conflict, NotFound, ServiceUnavailable, UnknownQueue, ValidationError
 from ._options import JOB_NAME_RE
+
+log = logging.getLogger("esf.beat")
 
 if TYPE_CHECKING:
     import redis
@@ -332,12 +335,23 @@ return n
 class RedisScheduleStore:
     """Schedules in Redis: hashes ``esf:schedules:defs``, ``…:revs`` and ``…:runs``, keyed by name."""
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str = "esf:schedules:") -> None:
-        self._r = client
+    def __init__(self, client: redis.Redis[bytes] | Callable[[], redis.Redis[bytes]],
+                 prefix: str = "esf:schedules:") -> None:
+        # A callable is asked for the client on every call, so a forked process uses its own connection.
+        self._client: Callable[[], redis.Redis[bytes]] = client if callable(client) else (lambda: client)
         self._keys = [prefix + "defs", prefix + "revs", prefix + "runs", prefix + "rev-seq"]
-        self._put = client.register_script(_PUT_LUA)
-        self._run = client.register_script(_RUN_LUA)
-        self._del = client.register_script(_DEL_LUA)
+        self._scripts: dict[str, Any] = {}
+
+    @property
+    def _r(self) -> redis.Redis[bytes]:
+        return self._client()
+
+    def _script(self, text: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._r
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = client.register_script(text)
+        return self._call(script, keys=keys, args=args, client=client)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import redis as _redis
@@ -349,13 +363,13 @@ class RedisScheduleStore:
 
     def put(self, name: str, definition: str, expected: int, run: tuple[float | None, float | None] | None) -> int:
         run_text = "" if run is None else json.dumps(list(run))
-        return int(self._call(self._put, keys=self._keys, args=[name, definition, expected, run_text]))
+        return int(self._script(_PUT_LUA, self._keys, [name, definition, expected, run_text]))
 
     def record_run(self, name: str, revision: int, last: float | None, next_: float | None) -> bool:
-        return bool(self._call(self._run, keys=self._keys[1:3], args=[name, revision, json.dumps([last, next_])]))
+        return bool(self._script(_RUN_LUA, self._keys[1:3], [name, revision, json.dumps([last, next_])]))
 
     def delete(self, name: str) -> bool:
-        return bool(self._call(self._del, keys=self._keys[:3], args=[name]))
+        return bool(self._script(_DEL_LUA, self._keys[:3], [name]))
 
     def _record(self, name: str, definition: bytes | None, rev: bytes | None, run: bytes | None) -> StoredRecord | None:
         if definition is None or rev is None:
@@ -406,10 +420,10 @@ class SqliteScheduleStore:
         return db
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         try:
             db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"the schedule store {self._path} failed: {exc}") from exc
         try:
@@ -449,13 +463,13 @@ class SqliteScheduleStore:
             return db.execute("DELETE FROM esf_schedules WHERE name = ?", (name,)).rowcount == 1
 
     def get(self, name: str) -> StoredRecord | None:
-        with self._tx() as db:
+        with self._tx(write=False) as db:
             row = db.execute("SELECT name, definition, revision, last_run_at, next_run_at FROM esf_schedules"
                              " WHERE name = ?", (name,)).fetchone()
         return None if row is None else StoredRecord(*row)
 
     def load(self) -> list[StoredRecord]:
-        with self._tx() as db:
+        with self._tx(write=False) as db:
             rows = db.execute("SELECT name, definition, revision, last_run_at, next_run_at FROM esf_schedules"
                               " ORDER BY name").fetchall()
         return [StoredRecord(*row) for row in rows]
@@ -491,7 +505,8 @@ class ScheduleService:
     def store(self) -> ScheduleStore:
         if self._store is None:
             if self._fnd.settings.effective_redis_url:
-                self._store = RedisScheduleStore(self._fnd.redis)
+                fnd = self._fnd
+                self._store = RedisScheduleStore(lambda: fnd.redis)
             else:
                 self._store = SqliteScheduleStore(self._fnd.settings.data_path / "schedules.sqlite")
         return self._store
@@ -522,8 +537,28 @@ class ScheduleService:
         return Schedule.from_record(record)
 
     def list(self) -> list[Schedule]:
-        """Every stored schedule, by name."""
+        """Every stored schedule, by name.
+
+        Raises:
+            ValidationError: a stored record is not a valid schedule (edited by hand?); see :meth:`readable`.
+        """
         return sorted((Schedule.from_record(r) for r in self.store.load()), key=lambda s: s.name)
+
+    def readable(self) -> builtins.list[Schedule]:
+        """Every stored schedule that is valid; an invalid record is logged and skipped (the scheduler's view)."""
+        out: builtins.list[Schedule] = []
+        for record in self.store.load():
+            try:
+                out.append(Schedule.from_record(record))
+            except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                log.error("schedule %r is stored with an invalid definition and is skipped: %s", record.name, exc)
+        return sorted(out, key=lambda s: s.name)
+
+    def close(self) -> None:
+        """Release the store's connections (a Redis client is the Foundation's and stays open)."""
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
 
     # -- writing ------------------------------------------------------------
 

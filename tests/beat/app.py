@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import esf
 from esf.foundation import Foundation
@@ -19,7 +20,8 @@ class FireLog(JobHooks):
 
     def after_enqueue(self, ctx: JobContext) -> None:
         line = json.dumps({"pid": os.getpid(), "job": ctx.job_name, "key": ctx.idempotency_key,
-                           "job_id": ctx.job_id, "args": list(ctx.args), "queue": ctx.queue}) + "\n"
+                           "job_id": ctx.job_id, "args": list(ctx.args), "queue": ctx.queue,
+                           "at": time.time()}) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())  # one write of a short line with O_APPEND: lines never interleave

@@ -39,6 +39,11 @@ def test_schedules_can_be_added_listed_disabled_enabled_and_removed(cli) -> None
     code, out, _ = cli("schedules", "list")
     assert "fast  job=b.tick every=5s disabled" in out and "nightly  job=b.other cron='0 3 * * *' enabled" in out
     assert cli("schedules", "enable", "fast")[0] == 0
+    code, out, _ = cli("schedules", "update", "fast", "--cron", "*/10 * * * *", "--args", "[2]", "--json")
+    assert code == 0 and json.loads(out)["cron"] == "*/10 * * * *" and json.loads(out)["every"] is None
+    assert json.loads(out)["args"] == [2]
+    code, _, err = cli("schedules", "update", "fast", "--every", "0")
+    assert code == 1 and "[validation_failed]" in err
     assert cli("schedules", "remove", "fast")[0] == 0
     code, out, _ = cli("schedules", "list", "--json")
     assert [s["name"] for s in json.loads(out)] == ["nightly"]

@@ -11,6 +11,7 @@ is still current, so a change made at run time always wins over a fire in flight
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import json
 import logging
@@ -500,6 +501,7 @@ class ScheduleService:
         self._fnd = foundation
         self._store = store
         self._declared: dict[str, Schedule] = {}
+        self._parsed: dict[str, tuple[int, str, Schedule]] = {}
 
     @property
     def store(self) -> ScheduleStore:
@@ -545,13 +547,28 @@ class ScheduleService:
         return sorted((Schedule.from_record(r) for r in self.store.load()), key=lambda s: s.name)
 
     def readable(self) -> builtins.list[Schedule]:
-        """Every stored schedule that is valid; an invalid record is logged and skipped (the scheduler's view)."""
+        """Every stored schedule that is valid; an invalid record is logged and skipped (the scheduler's view).
+
+        Definitions already parsed at the same revision are reused, so a tick over many unchanged
+        schedules costs little more than reading them.
+        """
         out: builtins.list[Schedule] = []
+        parsed: dict[str, tuple[int, str, Schedule]] = {}
         for record in self.store.load():
-            try:
-                out.append(Schedule.from_record(record))
-            except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                log.error("schedule %r is stored with an invalid definition and is skipped: %s", record.name, exc)
+            cached = self._parsed.get(record.name)
+            if cached is not None and cached[0] == record.revision and cached[1] == record.definition:
+                schedule = copy.copy(cached[2])  # same definition: only the run state differs
+                object.__setattr__(schedule, "last_run_at", _dt(record.last_run_at))
+                object.__setattr__(schedule, "next_run_at", _dt(record.next_run_at))
+            else:
+                try:
+                    schedule = Schedule.from_record(record)
+                except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                    log.error("schedule %r is stored with an invalid definition and is skipped: %s", record.name, exc)
+                    continue
+            parsed[record.name] = (record.revision, record.definition, schedule)
+            out.append(schedule)
+        self._parsed = parsed
         return sorted(out, key=lambda s: s.name)
 
     def close(self) -> None:

@@ -158,3 +158,19 @@ def test_tick_and_lease_ttl_are_validated(fnd: Foundation) -> None:
         Beat(fnd, tick_s=0)
     with pytest.raises(ValidationError):
         Beat(fnd, tick_s=1, lease_ttl_s=1.5)
+
+
+def test_a_stored_record_that_is_not_a_valid_schedule_is_skipped_and_the_others_still_fire(
+    fnd: Foundation, fire_log: Path
+) -> None:
+    # Given a hand-edited record with an invalid cron next to a good schedule
+    service = schedule_service(fnd)
+    good = service.add(Schedule(name="s.good", job="b.tick", every=60))
+    assert service.store.put("s.broken", json.dumps({"job": "b.tick", "cron": "99 * * * *"}), 0, (None, 0.0))
+    assert [s.name for s in service.readable()] == ["s.good"]
+    with pytest.raises(ValidationError):
+        service.list()
+    # When beat ticks after the good one is due; Then the good one fires
+    assert good.next_run_at is not None
+    fired = Beat(fnd, tick_s=0.1, lease_ttl_s=2).tick(now=good.next_run_at + timedelta(seconds=1))
+    assert [f.schedule for f in fired] == ["s.good"]

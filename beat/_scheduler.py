@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,8 @@ DEFAULT_TICK_S = 1.0
 #: Bounds of how long a fire claim is kept (10 periods of the schedule, within these bounds).
 MIN_FIRE_CLAIM_TTL_S = 600.0
 MAX_FIRE_CLAIM_TTL_S = 7 * 86400.0
+#: Seconds between two warnings while the store or the coordinator stays unreachable.
+OUTAGE_LOG_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +174,6 @@ class Beat:
         return handle.id
 
     def _send_by_name(self, schedule: Schedule, occurrence: str) -> str:
-        import time
-
         from esf.jobs._meta import JobMeta
 
         queue = schedule.queue or self._fnd.settings.jobs.default_queue
@@ -212,19 +213,27 @@ class Beat:
         """Tick until ``stop`` is set; then give up the lease so another beat takes over at once."""
         self._warm_up()
         log.info("beat %s: started (tick %.2f s, lease %.1f s)", self.owner, self.tick_s, self.lease_ttl_s)
+        outage_logged: float | None = None
         try:
             while not stop.is_set():
                 try:
                     self.tick()
                 except ServiceUnavailable as exc:
                     self.leader = False
-                    log.warning("beat: store or coordinator unavailable (%s); retrying", exc)
+                    now = time.monotonic()
+                    if outage_logged is None or now - outage_logged >= OUTAGE_LOG_INTERVAL_S:
+                        log.warning("beat: store or coordinator unavailable (%s); retrying every %.2f s",
+                                    exc, self.tick_s)
+                        outage_logged = now
                     stop.wait(self.tick_s)
                     continue
                 except Exception:  # beat must outlive one bad tick; the lease lapses if this repeats
                     log.exception("beat: tick failed; retrying")
                     stop.wait(self.tick_s)
                     continue
+                if outage_logged is not None:
+                    log.warning("beat: store and coordinator reachable again")
+                    outage_logged = None
                 stop.wait(self.sleep_s())
         finally:
             try:

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     p.add_argument("--queue", default=None)
     p.add_argument("--disabled", action="store_true", help="store it disabled")
+    p.add_argument("--no-job-check", action="store_true",
+                   help="accept a job this application does not declare (declared by the workers' application)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_add)
 
@@ -112,7 +114,7 @@ def _add(args: argparse.Namespace) -> int:
     pos, kw = _arguments(args.args, args.kwargs)
     schedule = Schedule(name=args.name, job=args.job, cron=args.cron, every=args.every, args=tuple(pos), kwargs=kw,
                         queue=args.queue, enabled=not args.disabled)
-    stored = _service(args).add(schedule)
+    stored = _service(args).add(schedule, require_job=not args.no_job_check)
     if args.json:
         print_json(stored.to_dict())
     else:

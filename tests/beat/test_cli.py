@@ -72,3 +72,10 @@ def test_unknown_schedules_and_a_non_list_args_are_reported(cli) -> None:  # typ
     assert code == 1 and "[not_found]" in err
     code, _, err = cli("schedules", "add", "x", "--job", "b.tick", "--every", "5", "--args", '{"a": 1}')
     assert code == 2 and "--args must be a JSON list" in err
+
+
+def test_a_job_declared_only_by_the_workers_can_be_scheduled_with_no_job_check(cli) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("schedules", "add", "remote", "--job", "workers.only", "--every", "5")
+    assert code == 1 and "[unknown_job]" in err
+    code, out, _ = cli("schedules", "add", "remote", "--job", "workers.only", "--every", "5", "--no-job-check")
+    assert code == 0 and out.startswith("added remote")

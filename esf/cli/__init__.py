@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_run",
     "_jobs",
     "_dlq",
+    "_beat",
     "_events",
     "_config",
     "_metrics",

@@ -1,0 +1,99 @@
+"""Beat outlives its Redis going away and coming back (a private redis-server, killed and restarted)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from esf.beat import run_beat
+
+import esf
+from esf.jobs._schedules import Schedule, schedule_service
+from tests.jobs.harness import wait_for
+
+from . import app
+from .app import read_fires
+from .conftest import beat_env
+
+pytestmark = pytest.mark.slow
+
+
+class PrivateRedis:
+    """A redis-server of this test only, persisting to its own directory (AOF), on a fixed free port."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._up, timeout=30, message="private redis-server up")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_beat_keeps_running_through_a_redis_outage_and_resumes_firing(
+    private_redis: PrivateRedis, data_dir: Path, fire_log: Path
+) -> None:
+    # Given a beat on a private Redis (broker, store and lease) firing an every-second schedule
+    url = f"redis://127.0.0.1:{private_redis.port}/0"
+    fnd = app.build(esf.Settings.from_env(beat_env("redis", redis_url=url, data_dir=data_dir)),
+                    fire_log=str(fire_log))
+    stop = threading.Event()
+    thread = threading.Thread(target=run_beat, args=(fnd,), kwargs={"tick_s": 0.2, "stop": stop,
+                                                                     "lease_ttl_s": 2.0}, daemon=True)
+    try:
+        schedule_service(fnd).add(Schedule(name="s.outage", job="b.tick", every=1))
+        thread.start()
+        wait_for(lambda: len(read_fires(fire_log)) >= 2, timeout=60, message="two fires")
+        # When Redis dies for a while, then comes back with its data
+        private_redis.kill()
+        before = len(read_fires(fire_log))
+        time.sleep(2)
+        assert thread.is_alive()
+        private_redis.start()
+        # Then beat fires again, and no occurrence was sent twice
+        wait_for(lambda: len(read_fires(fire_log)) >= before + 2, timeout=90, message="fires after the outage")
+        keys = [f["key"] for f in read_fires(fire_log)]
+        assert len(keys) == len(set(keys))
+    finally:
+        stop.set()
+        thread.join(60)
+        fnd.close()
+    assert not thread.is_alive()

@@ -40,9 +40,7 @@ def build(settings: Settings | None = None) -> Foundation:
     def tick() -> int:
         return coord.incr("demo:ticks", 86400)
 
-    schedule = getattr(fnd, "schedule_job", None)
-    if schedule is not None:
-        schedule(tick, name="demo.tick-every-2s", every=2.0)
+    fnd.jobs.schedule("demo.tick_every_2s", job="demo.tick", every=2.0)
     return fnd
 
 
@@ -77,7 +75,7 @@ def run_demo(fnd: Foundation, *, should_stop: Callable[[], bool], duration: floa
     while not should_stop() and (duration is None or time.monotonic() - started < duration):
         ticks = int(fnd.jobs.coordinator.get("demo:ticks") or 0)
         if ticks > seen:
-            say(f"schedule demo.tick-every-2s fired (run {ticks})")
+            say(f"schedule demo.tick_every_2s fired (run {ticks})")
             seen = ticks
         time.sleep(0.5)
 

@@ -6,7 +6,8 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
@@ -112,6 +113,22 @@ class Foundation:
             return self.jobs.declare(f, **options)
 
         return decorator
+
+    def schedule(self, name: str | None = None, *, cron: str | None = None,
+                 every: float | timedelta | None = None, args: Sequence[Any] = (),
+                 kwargs: Mapping[str, Any] | None = None,
+                 queue: str | None = None) -> Callable[[Callable[..., Any]], Job[Any, Any]]:
+        """Declare a schedule of the decorated job, run by ``esf beat``: ``@fnd.schedule(cron="*/5 * * * *")``
+        or ``@fnd.schedule(every=60)`` (UTC). A plain function is declared as a job first (on ``queue``).
+        The schedule is written to the schedule store when beat starts.
+
+        Raises:
+            ValidationError: a malformed cron, an interval not > 0, or non-JSON arguments.
+            UnknownQueue: ``queue`` is not configured.
+        """
+        from .jobs._schedules import schedule_decorator
+
+        return schedule_decorator(self, name, cron=cron, every=every, args=args, kwargs=kwargs, queue=queue)
 
     def chain(self, *steps: Signature, correlation_id: str | None = None) -> Workflow:
         """Run ``steps`` one after the other, each getting the previous result."""
@@ -261,6 +278,8 @@ class Foundation:
         jobs = self.__dict__.get("jobs")
         if jobs is not None and "coordinator" in jobs.__dict__:
             jobs.coordinator.close()
+        if jobs is not None and "schedules" in jobs.__dict__:
+            jobs.schedules.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):

@@ -205,6 +205,8 @@ class Settings:
     ENV_FILE: typing.ClassVar[str] = "ESF_SETTINGS"
     #: Environment variables with the prefix that are not settings.
     ENV_RESERVED: typing.ClassVar[frozenset[str]] = frozenset({"ESF_SETTINGS", "ESF_APP"})
+    #: Prefix of variables ESF's own test suite reads; never settings.
+    ENV_TEST_PREFIX: typing.ClassVar[str] = "ESF_TEST_"
 
     def __post_init__(self) -> None:
         if self.broker_url is not None:
@@ -346,7 +348,7 @@ def _env_overrides(cls: type[Settings], env: Mapping[str, str]) -> dict[str, Any
     plain = {f.name for f in dataclasses.fields(cls) if f.name not in sections}
     out: dict[str, Any] = {}
     for key, raw in env.items():
-        if not key.startswith(cls.ENV_PREFIX) or key in cls.ENV_RESERVED:
+        if not key.startswith(cls.ENV_PREFIX) or key in cls.ENV_RESERVED or key.startswith(cls.ENV_TEST_PREFIX):
             continue
         name = key[len(cls.ENV_PREFIX) :].lower()
         if name in plain:

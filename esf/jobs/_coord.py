@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     import redis
 
 
+#: Seconds between two deletions of expired rows in the SQLite coordinator.
+SWEEP_INTERVAL_S = 60.0
+
+
 class Coordinator(Protocol):
     """Atomic primitives shared by every process of a deployment."""
 
@@ -179,6 +183,13 @@ class SqliteCoordinator:
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"SQLite coordination store {self._path} failed: {exc}") from exc
 
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete expired rows, at most once a minute per process."""
+        if now - getattr(self._local, "swept", 0.0) < SWEEP_INTERVAL_S:
+            return
+        db.execute("DELETE FROM esf_coord WHERE expires <= ?", (now,))
+        self._local.swept = now
+
     def _live(self, db: sqlite3.Connection, key: str, now: float) -> str | None:
         row = db.execute("SELECT value, expires FROM esf_coord WHERE key = ?", (key,)).fetchone()
         if row is None or row[1] <= now:
@@ -192,6 +203,7 @@ class SqliteCoordinator:
     def claim(self, key: str, value: str, ttl_s: float) -> str | None:
         now = time.time()
         with self._tx() as db:
+            self._sweep(db, now)
             existing = self._live(db, key, now)
             if existing is not None:
                 return existing

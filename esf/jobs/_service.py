@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kombu import Connection
 
     from ..foundation import Foundation
+    from ._schedules import Schedule, ScheduleService
 
 log = logging.getLogger("esf.jobs")
 
@@ -130,6 +131,19 @@ class JobService:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._jobs.values()))
+
+    @cached_property
+    def schedules(self) -> ScheduleService:
+        """Schedules: add, change and remove them at run time (``esf beat`` fires them)."""
+        from ._schedules import ScheduleService
+
+        return ScheduleService(self._fnd)
+
+    def schedule(self, name: str | None = None, *, job: str, cron: str | None = None,
+                 every: float | timedelta | None = None, args: Sequence[Any] = (),
+                 kwargs: Mapping[str, Any] | None = None, queue: str | None = None) -> Schedule:
+        """Declare a schedule of the job named ``job`` in code (see ``ScheduleService.declare``)."""
+        return self.schedules.declare(name, job=job, cron=cron, every=every, args=args, kwargs=kwargs, queue=queue)
 
     # -- sending -------------------------------------------------------------
 

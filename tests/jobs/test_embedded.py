@@ -19,7 +19,7 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def test_make_run_demo_shows_jobs_a_retry_a_dead_letter_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def test_make_run_demo_shows_jobs_a_retry_a_dead_letter_a_schedule_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     # Given no server: the embedded default in a fresh directory
     out = tmp_path / "demo.log"
     with open(out, "wb") as log:
@@ -27,7 +27,8 @@ def test_make_run_demo_shows_jobs_a_retry_a_dead_letter_and_stops_cleanly_on_ctr
             tmp_path / ".esf"), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             # When the demo runs
-            wait_for(lambda: b"dead-lettered to default.dlq" in out.read_bytes(), timeout=120,
+            wait_for(lambda: b"dead-lettered to default.dlq" in out.read_bytes()
+                     and b"schedule demo.tick_every_2s fired" in out.read_bytes(), timeout=120,
                      message=f"the demo's dead letter; output so far:\n{out.read_text(errors='replace')[-3000:]}")
         finally:
             # Then Ctrl-C stops worker and beat cleanly

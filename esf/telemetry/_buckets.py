@@ -101,14 +101,13 @@ class ExponentialBuckets:
     def bounds(self, index: int) -> tuple[float, float]:
         if index == ZERO_INDEX:
             return (0.0, MIN_TRACKED_VALUE)
-        g = self.gamma
-        return (g ** (index - 1), g**index)
+        k = self.per_doubling
+        return (2.0 ** ((index - 1) / k), 2.0 ** (index / k))
 
     def estimate(self, index: int, fraction: float) -> float:
         if index == ZERO_INDEX:
             return 0.0
-        g = self.gamma
-        return 2.0 * g**index / (g + 1.0)
+        return float(2.0 * 2.0 ** (index / self.per_doubling) / (self.gamma + 1.0))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ the Prometheus alphabet plus ``.`` as a namespace separator
 (``esf.jobs.enqueued``). Exporters that do not accept dots (Prometheus)
 replace each ``.`` with ``_``. A label name is ``^[a-zA-Z_][a-zA-Z0-9_]*$``,
 at most 100 characters, and may not start with ``__`` (reserved, as in
-Prometheus). Label values are strings of at most 500 characters.
+Prometheus); ``le`` and ``quantile`` are refused too, since Prometheus
+histograms and summaries use them. Label values are strings of at most 500
+characters.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ MAX_LABEL_VALUE_CHARS = 500
 OVERFLOW_LABEL_VALUE = "__overflow__"
 
 LabelTuple = tuple[tuple[str, str], ...]
+
+_RESERVED_LABELS = frozenset({"le", "quantile"})
 
 
 def check_metric_name(name: object) -> str:
@@ -72,10 +76,12 @@ def check_labels(labels: Mapping[str, str] | None) -> LabelTuple:
             not isinstance(key, str)
             or not LABEL_NAME_RE.match(key)
             or key.startswith("__")
+            or key in _RESERVED_LABELS
             or len(key) > MAX_LABEL_NAME_CHARS
         ):
             raise ValidationError(
-                f"label name {key!r} is not valid: use letters, digits and '_', not starting with a digit or '__'",
+                f"label name {key!r} is not valid: use letters, digits and '_', not starting with a digit or '__', "
+                "and not 'le' or 'quantile'",
                 errors={f"labels.{key}": "invalid label name"},
             )
         if not isinstance(value, str):

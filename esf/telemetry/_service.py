@@ -18,6 +18,7 @@ from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, r
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
 from ._exporting import DEFAULT_BUFFER_BATCHES, ExporterFactory, ExporterRunner, canonical_name, discover_exporters
+from ._instruments import DEFAULT_RULES, Instruments
 from ._metrics import Child, Counter, Family, Gauge, Histogram, Kind
 from ._model import MAX_WINDOW_S, AggregationRule, MetricBatch, SeriesState, parse_rule
 from ._names import check_labels, check_metric_name
@@ -110,6 +111,10 @@ class Telemetry:
         self._families: dict[str, Family] = {}
         self._families_lock = threading.Lock()
         self.rules = Rules()
+        for prefix, rule in DEFAULT_RULES.items():
+            self.rules.set(prefix, rule)
+        #: Recording helpers for ESF services (event appends, config updates, DLQ depth, …).
+        self.instruments = Instruments(self)
         self._events = EventBus()
         self._factories: dict[str, ExporterFactory] = dict(discover_exporters())
         self._factories.update({canonical_name(k): v for k, v in (exporter_factories or {}).items()})

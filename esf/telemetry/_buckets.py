@@ -17,6 +17,7 @@ so that processes only ever add counts of identical buckets:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -141,11 +142,8 @@ class ExplicitBuckets:
         return None
 
     def index(self, value: float) -> int:
-        # Few bounds: a linear scan beats bisect's call overhead.
-        for i, bound in enumerate(self.upper_bounds):
-            if value <= bound:
-                return i
-        return len(self.upper_bounds)
+        # First bound >= value (so value <= bound, Prometheus's "le"); len(bounds) is +Inf.
+        return bisect.bisect_left(self.upper_bounds, value)
 
     def bounds(self, index: int) -> tuple[float, float]:
         ub = self.upper_bounds

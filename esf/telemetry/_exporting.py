@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import CircuitOpen, ValidationError
-from ..resilience import CircuitBreaker
+from ..errors import CircuitOpen, EsfError, ValidationError
+from ..resilience import BreakerState, CircuitBreaker
 from ._model import MetricBatch
 
 log = logging.getLogger("esf.telemetry")
@@ -187,3 +187,111 @@ class ExporterRunner:
             self.exporter.shutdown()
         except Exception:
             log.exception("telemetry exporter %s: shutdown failed", self.name)
+
+
+class ExporterSet:
+    """The running exporters of one Telemetry: configured as a whole, each on its own runner."""
+
+    def __init__(
+        self,
+        factories: Mapping[str, ExporterFactory],
+        *,
+        buffer_batches: int,
+        breaker_failures: int,
+        breaker_reset_s: float,
+        stuck_after_s: float,
+        on_drop: Callable[[str], None],
+        on_breaker_change: Callable[[str, BreakerState], None],
+    ) -> None:
+        self.factories: dict[str, ExporterFactory] = dict(factories)
+        self._buffer = buffer_batches
+        self._breaker_failures = breaker_failures
+        self._breaker_reset_s = breaker_reset_s
+        self._stuck_after_s = stuck_after_s
+        self._on_drop = on_drop
+        self._on_breaker_change = on_breaker_change
+        self._lock = threading.Lock()
+        self.runners: dict[str, ExporterRunner] = {}
+
+    def configure(self, mapping: Mapping[str, Any], *, start: bool = True) -> None:
+        """See ``Telemetry.configure_exporters``; ``start=False`` only validates names and stops exporters."""
+        wanted: dict[str, dict[str, Any]] = {}
+        for name, opts in mapping.items():
+            cname = canonical_name(str(name))
+            if opts is False or opts is None:
+                continue
+            options = {} if opts is True else dict(opts)
+            if not options.pop("enabled", True):
+                continue
+            if cname not in self.factories:
+                raise ValidationError(
+                    f"unknown exporter {name!r}; known: {sorted(self.factories)} "
+                    "(exporters register under the 'esf.plugins' entry-point group as 'telemetry.NAME')"
+                )
+            wanted[cname] = options
+        problems: dict[str, str] = {}
+        with self._lock:
+            for cname in list(self.runners):
+                if cname not in wanted or wanted[cname] != self.runners[cname].options:
+                    self.runners.pop(cname).stop()
+            for cname, options in wanted.items():
+                if cname in self.runners or not start:
+                    continue
+                try:
+                    exporter = self.factories[cname]()
+                    exporter.start(options)
+                except Exception as exc:
+                    problems[cname] = str(exc) if isinstance(exc, EsfError) else f"{type(exc).__name__}: {exc}"
+                    continue
+                breaker = CircuitBreaker(
+                    cname,
+                    failure_threshold=self._breaker_failures,
+                    reset_timeout_s=self._breaker_reset_s,
+                    on_state_change=self._on_breaker_change,
+                )
+                self._on_breaker_change(cname, "closed")
+                self.runners[cname] = ExporterRunner(
+                    cname,
+                    exporter,
+                    options,
+                    buffer_batches=self._buffer,
+                    breaker=breaker,
+                    on_drop=self._on_drop,
+                    stuck_after_s=self._stuck_after_s,
+                )
+        if problems:
+            raise ValidationError(
+                "exporters not started: " + "; ".join(f"{k}: {v}" for k, v in problems.items()), errors=problems
+            )
+
+    def get(self, name: str) -> Any:
+        runner = self.runners.get(canonical_name(name))
+        return runner.exporter if runner else None
+
+    def offer(self, batch_for: Callable[[str], MetricBatch]) -> int:
+        """Offer a batch to every runner (``batch_for(scope)`` builds one per scope). Returns how many queued it."""
+        with self._lock:
+            runners = list(self.runners.values())
+        batches: dict[str, MetricBatch] = {}
+        accepted = 0
+        for runner in runners:
+            if runner.scope not in batches:
+                batches[runner.scope] = batch_for(runner.scope)
+            accepted += runner.offer(batches[runner.scope])
+        return accepted
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: r.health() for name, r in self.runners.items()}
+
+    def stop_all(self, timeout_s: float) -> None:
+        with self._lock:
+            runners = list(self.runners.values())
+            self.runners = {}
+        for runner in runners:
+            runner.stop(timeout_s)
+
+    def after_fork(self) -> None:
+        # The parent's runner threads do not exist here, and its exporters (sockets) stay the parent's.
+        self._lock = threading.Lock()
+        self.runners = {}

@@ -9,13 +9,15 @@ thread.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import threading
 from collections.abc import Callable
 from typing import Literal
 
 from ..errors import ValidationError
-from ._buckets import MIN_TRACKED_VALUE, ZERO_INDEX, BucketLayout, ExponentialBuckets
+from ._buckets import MIN_TRACKED_VALUE, ZERO_INDEX, BucketLayout, ExplicitBuckets, ExponentialBuckets
 from ._names import OVERFLOW_LABEL_VALUE, LabelTuple
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -135,7 +137,11 @@ class Histogram:
         self._sum: float = 0.0
         # Exponential layouts are inlined in observe(); others call their index().
         self._k = layout.inv_log_gamma if isinstance(layout, ExponentialBuckets) else 0.0
-        self._index: Callable[[float], int] = layout.index
+        self._index: Callable[[float], int] = (
+            functools.partial(bisect.bisect_left, layout.upper_bounds)
+            if isinstance(layout, ExplicitBuckets)
+            else layout.index
+        )
 
     def observe(self, value: float) -> None:
         """Record one observation of ``value`` (seconds, bytes, …).

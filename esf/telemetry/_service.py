@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import EsfError, ValidationError
-from ..resilience import STATE_VALUES, BreakerState, CircuitBreaker
+from ..resilience import STATE_VALUES, BreakerState
 from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, render
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
-from ._exporting import DEFAULT_BUFFER_BATCHES, ExporterFactory, ExporterRunner, canonical_name, discover_exporters
+from ._exporting import DEFAULT_BUFFER_BATCHES, ExporterFactory, ExporterSet, canonical_name, discover_exporters
 from ._instruments import DEFAULT_RULES, Instruments
 from ._metrics import Child, Counter, Family, Gauge, Histogram, Kind
 from ._model import MAX_WINDOW_S, AggregationRule, MetricBatch, SeriesState, parse_rule
@@ -116,11 +116,17 @@ class Telemetry:
         #: Recording helpers for ESF services (event appends, config updates, DLQ depth, …).
         self.instruments = Instruments(self)
         self._events = EventBus()
-        self._factories: dict[str, ExporterFactory] = dict(discover_exporters())
-        self._factories.update({canonical_name(k): v for k, v in (exporter_factories or {}).items()})
-        self._exporter_options: dict[str, dict[str, Any]] = {}
-        self._runners: dict[str, ExporterRunner] = {}
-        self._exporters_lock = threading.Lock()
+        factories = dict(discover_exporters())
+        factories.update({canonical_name(k): v for k, v in (exporter_factories or {}).items()})
+        self._exporters = ExporterSet(
+            factories,
+            buffer_batches=exporter_buffer,
+            breaker_failures=breaker_failures,
+            breaker_reset_s=breaker_reset_s,
+            stuck_after_s=stuck_after_s,
+            on_drop=self._count_drop,
+            on_breaker_change=self._breaker_changed,
+        )
         self._init_process_state()
         _INSTANCES.add(self)
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -344,60 +350,9 @@ class Telemetry:
         ValidationError
             When a name is unknown or an exporter refuses its options; the others are still applied.
         """
-        wanted: dict[str, dict[str, Any]] = {}
-        for name, opts in mapping.items():
-            cname = canonical_name(str(name))
-            if opts is False or opts is None:
-                continue
-            options = {} if opts is True else dict(opts)
-            if not options.pop("enabled", True):
-                continue
-            if cname not in self._factories:
-                raise ValidationError(
-                    f"unknown exporter {name!r}; known: {sorted(self._factories)} "
-                    "(exporters register under the 'esf.plugins' entry-point group as 'telemetry.NAME')"
-                )
-            wanted[cname] = options
-        problems: dict[str, str] = {}
-        with self._exporters_lock:
-            for cname in list(self._runners):
-                if cname not in wanted or wanted[cname] != self._runners[cname].options:
-                    self._runners.pop(cname).stop()
-            for cname, options in wanted.items():
-                if cname in self._runners or not self.enabled:
-                    continue
-                try:
-                    exporter = self._factories[cname]()
-                    exporter.start(options)
-                except EsfError as exc:
-                    problems[cname] = str(exc)
-                    continue
-                except Exception as exc:
-                    problems[cname] = f"{type(exc).__name__}: {exc}"
-                    continue
-                breaker = CircuitBreaker(
-                    cname,
-                    failure_threshold=self.breaker_failures,
-                    reset_timeout_s=self.breaker_reset_s,
-                    on_state_change=self._breaker_changed,
-                )
-                self._breaker_changed(cname, "closed")
-                self._runners[cname] = ExporterRunner(
-                    cname,
-                    exporter,
-                    options,
-                    buffer_batches=self.exporter_buffer,
-                    breaker=breaker,
-                    on_drop=self._count_drop,
-                    stuck_after_s=self.stuck_after_s,
-                )
-            self._exporter_options = wanted
-        if self._runners:
+        self._exporters.configure(mapping, start=self.enabled)
+        if self._exporters.runners:
             self._ensure_running()
-        if problems:
-            raise ValidationError(
-                "exporters not started: " + "; ".join(f"{k}: {v}" for k, v in problems.items()), errors=problems
-            )
 
     def _count_drop(self, exporter: str) -> None:
         self.counter(DROPPED_METRIC, {"exporter": exporter}).inc()
@@ -407,23 +362,11 @@ class Telemetry:
 
     def exporter(self, name: str) -> Any:
         """The running exporter object named ``name`` (for tests and tools), or ``None``."""
-        runner = self._runners.get(canonical_name(name))
-        return runner.exporter if runner else None
+        return self._exporters.get(name)
 
     def export_now(self) -> int:
         """Offer one batch to every running exporter now; returns how many accepted it (queue not full)."""
-        with self._exporters_lock:
-            runners = list(self._runners.values())
-        if not runners:
-            return 0
-        batches: dict[str, MetricBatch] = {}
-        accepted = 0
-        for runner in runners:
-            scope = "cluster" if runner.scope == "cluster" and self._store is not None else "local"
-            if scope not in batches:
-                batches[scope] = self.batch(cluster=scope == "cluster")
-            accepted += runner.offer(batches[scope])
-        return accepted
+        return self._exporters.offer(lambda scope: self.batch(cluster=scope == "cluster"))
 
     # -- reading --------------------------------------------------------------
 
@@ -435,7 +378,8 @@ class Telemetry:
         now = time.time()
         span = max((w for r in self.rules.as_dict().values() for w in r.windows_s), default=300)
         if cluster and self._store is not None:
-            self.flush()
+            if self._families:
+                self.flush()  # include this process's latest increments (a reader with no metrics stays unlisted)
             try:
                 view = self._store.read(min(span, MAX_WINDOW_S))
             except EsfError as exc:
@@ -474,8 +418,7 @@ class Telemetry:
 
     def health(self) -> dict[str, Any]:
         """``{"ok": bool, "store": {...}, "exporters": {name: {...}}}`` for ``esf health``."""
-        with self._exporters_lock:
-            exporters = {name: r.health() for name, r in self._runners.items()}
+        exporters = self._exporters.health()
         store = {
             "kind": type(self._store).__name__ if self._store else None,
             "ok": self._store_error is None,
@@ -487,6 +430,15 @@ class Telemetry:
         return {"ok": ok, "process": self.proc_id, "store": store, "exporters": exporters}
 
     # -- background work --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread now (it also starts with the first metric lookup).
+
+        In a forked child (a Celery prefork child) the thread starts with the first lookup by name;
+        call ``start()`` from ``worker_process_init`` when the child may only use series resolved
+        before the fork, so that it pushes every interval rather than only at ``close()``.
+        """
+        self._ensure_running()
 
     def _ensure_running(self) -> None:
         if self._thread is not None or not self.enabled or self._closed:
@@ -546,11 +498,7 @@ class Telemetry:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
-        with self._exporters_lock:
-            runners = list(self._runners.values())
-            self._runners = {}
-        for runner in runners:
-            runner.stop(timeout_s)
+        self._exporters.stop_all(timeout_s)
         if self._store is not None:
             self.flush(final=True)
             self._store.close()
@@ -559,13 +507,14 @@ class Telemetry:
         # In a forked child: start from zero (the parent still pushes its own totals), new locks,
         # no threads, no exporters (the parent runs them), a fresh store connection.
         self._families_lock = threading.Lock()
-        self._exporters_lock = threading.Lock()
         for fam in self._families.values():
             fam._after_fork()
-        self._runners = {}
+        self._exporters.after_fork()
         self._init_process_state()
         if self._store is not None:
             self._store.reset_after_fork()
+        # No thread is started here (a fork handler should do as little as possible): the thread starts
+        # with the child's first metric lookup, or with start() (Celery: the worker_process_init signal).
 
 
 def _close_at_exit(ref: weakref.ref[Telemetry]) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
+import os
 import random
+import signal
+import sys
+import time
 
 from esf.telemetry import RedisSnapshotStore, SQLiteSnapshotStore, Telemetry
 
@@ -23,6 +28,8 @@ def samples_for(worker: int, child: int) -> list[float]:
 
 
 def _child(tel: Telemetry, worker: int, child: int) -> None:
+    # A hang can be diagnosed: the worker sends SIGUSR1 before killing a child that did not finish.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     # The objects resolved before the fork are used as they are: the fork reset zeroed them.
     c = tel.counter("test.jobs.done", {"queue": "q"})
     h = tel.histogram("test.jobs.seconds", {"queue": "q"})
@@ -44,6 +51,11 @@ def worker_main(kind: str, target: str, worker: int, children: int) -> None:
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(60)
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(2)
+            p.kill()
+            p.join()
         assert p.exitcode == 0, p.exitcode
     tel.close()

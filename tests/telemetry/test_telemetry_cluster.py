@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -27,9 +28,14 @@ def test_counts_add_up_exactly_across_two_workers_with_two_prefork_children_each
     workers = [ctx.Process(target=worker_main, args=(kind, target, w, 2)) for w in range(2)]
     for p in workers:
         p.start()
-    for p in workers:
-        p.join(180)
-        assert p.exitcode == 0
+    try:
+        for p in workers:
+            p.join(120)
+            assert p.exitcode == 0
+    finally:
+        for p in workers:
+            if p.is_alive():
+                p.kill()
     # When the cluster snapshot is read from another process
     reader = Telemetry(store=make_store(kind, target))
     try:
@@ -144,4 +150,32 @@ def test_an_unreachable_store_degrades_to_the_local_view_and_keeps_the_increment
         assert tel.flush() is True
         assert tel.snapshot()["metrics"]["t.kept"]["series"][0]["value"] == 4
     finally:
+        tel.close()
+
+
+def test_a_forked_child_starts_from_zero_with_its_own_process_id_and_thread():
+    # Given a process with a counter resolved and incremented before forking
+    tel = Telemetry(store=None)
+    counter = tel.counter("fork.count")
+    counter.inc(5)
+    parent_id = tel.proc_id
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            ok = counter.value == 0 and tel.proc_id != parent_id and tel._thread is None
+            counter.inc()
+            tel.counter("fork.other")  # the first lookup starts the child's own thread
+            ok = ok and counter.value == 1 and tel._thread is not None and tel._thread.is_alive()
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        os.waitpid(pid, 0)
+        # Then the child saw zeroed series, a new process id and a running thread; the parent kept its count
+        assert os.read(r, 1) == b"1"
+        assert counter.value == 5
+    finally:
+        os.close(r)
         tel.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ._buckets import BucketLayout, ExplicitBuckets, ExponentialBuckets, parse_buckets
 from ._events import EventHandler
 from ._exporting import Exporter, discover_exporters
-from ._factory import create_store, create_telemetry, exporter_options
+from ._factory import create_store, create_telemetry, exporter_defaults, exporter_options
 from ._instruments import DEFAULT_RULES, Instruments, TelemetryHooks
 from ._metrics import Counter, Gauge, Histogram
 from ._model import AggregationRule, MetricBatch, MetricSample
@@ -52,6 +52,7 @@ __all__ = [
     "create_store",
     "create_telemetry",
     "discover_exporters",
+    "exporter_defaults",
     "exporter_options",
     "iter_job_events",
     "job_slos",

@@ -202,8 +202,10 @@ class ExporterSet:
         stuck_after_s: float,
         on_drop: Callable[[str], None],
         on_breaker_change: Callable[[str, BreakerState], None],
+        defaults: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.factories: dict[str, ExporterFactory] = dict(factories)
+        self.defaults: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (defaults or {}).items()}
         self._buffer = buffer_batches
         self._breaker_failures = breaker_failures
         self._breaker_reset_s = breaker_reset_s
@@ -220,7 +222,7 @@ class ExporterSet:
             cname = canonical_name(str(name))
             if opts is False or opts is None:
                 continue
-            options = {} if opts is True else dict(opts)
+            options = {**self.defaults.get(cname, {}), **({} if opts is True else dict(opts))}
             if not options.pop("enabled", True):
                 continue
             if cname not in self.factories:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SettingsError
@@ -17,9 +16,13 @@ if TYPE_CHECKING:
 SQLITE_FILE = "telemetry.sqlite3"
 
 
-def exporter_options(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
-    """Options of each exporter named in ``ts.exporters``, taken from the settings."""
-    known: Mapping[str, dict[str, Any]] = {
+def exporter_defaults(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
+    """Options of the built-in exporters taken from the settings (credentials included, as Secrets).
+
+    ``configure_exporters`` lays the options it is given over these, so the configuration service can
+    enable Prometheus without holding its password.
+    """
+    return {
         "telemetry.prometheus": {
             "address": ts.prometheus_address,
             "port": ts.prometheus_port,
@@ -30,7 +33,12 @@ def exporter_options(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
         "telemetry.statsd": {"host": ts.statsd_host, "port": ts.statsd_port, "prefix": ts.statsd_prefix},
         "telemetry.log": {"level": ts.log_level},
     }
-    return {canonical_name(n): dict(known.get(canonical_name(n), {})) for n in ts.exporters}
+
+
+def exporter_options(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
+    """The exporters named in ``ts.exporters``, each with its options from the settings."""
+    defaults = exporter_defaults(ts)
+    return {canonical_name(n): dict(defaults.get(canonical_name(n), {})) for n in ts.exporters}
 
 
 def create_store(settings: Settings, redis_url: str | None = None) -> SnapshotStore | None:
@@ -95,6 +103,7 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
         export_interval_s=ts.export_interval_s,
         exporter_buffer=ts.exporter_buffer,
         exporter_options=exporter_options(ts),
+        exporter_defaults=exporter_defaults(ts),
         breaker_failures=ts.breaker_failures,
         breaker_reset_s=ts.breaker_reset_s,
         enabled=ts.enabled,

@@ -70,6 +70,10 @@ class Telemetry:
         Periods of the background thread (seconds).
     exporter_buffer:
         Batches queued per exporter before batches are dropped.
+    exporter_options:
+        Exporters to start now (name → options).
+    exporter_defaults:
+        Options per exporter that ``configure_exporters`` lays its options over (from settings).
     exporter_factories:
         Extra exporters by name, added to those found through entry points.
     enabled:
@@ -87,6 +91,7 @@ class Telemetry:
         export_interval_s: float = 10.0,
         exporter_buffer: int = DEFAULT_BUFFER_BATCHES,
         exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
+        exporter_defaults: Mapping[str, Mapping[str, Any]] | None = None,
         exporter_factories: Mapping[str, ExporterFactory] | None = None,
         breaker_failures: int = 3,
         breaker_reset_s: float = 30.0,
@@ -126,6 +131,7 @@ class Telemetry:
             stuck_after_s=stuck_after_s,
             on_drop=self._count_drop,
             on_breaker_change=self._breaker_changed,
+            defaults={canonical_name(k): dict(v) for k, v in (exporter_defaults or {}).items()},
         )
         self._init_process_state()
         _INSTANCES.add(self)
@@ -340,7 +346,8 @@ class Telemetry:
     def configure_exporters(self, mapping: Mapping[str, Any]) -> None:
         """Make the running exporters match ``mapping`` (name → options, or ``False`` to disable).
 
-        Names are entry-point names (``telemetry.prometheus``) or short ones (``prometheus``).
+        Names are entry-point names (``telemetry.prometheus``) or short ones (``prometheus``); the
+        options given are laid over the defaults from settings (``exporter_defaults``).
         Exporters not in ``mapping`` are stopped; those whose options are unchanged keep running.
         An option ``enabled: false`` disables one. In a forked child, exporters of the parent are
         not running: call this again in the child if it should export.

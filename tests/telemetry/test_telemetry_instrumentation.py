@@ -215,3 +215,22 @@ def test_create_telemetry_refuses_prometheus_without_credentials(data_dir):
                                                                                "prometheus_port": 0}})
     with pytest.raises(ValidationError, match="basic auth is required"):
         create_telemetry(settings)
+
+
+def test_configuration_can_enable_prometheus_with_the_credentials_from_settings(data_dir):
+    # Given settings holding the credentials, and no exporter enabled at start
+    settings = Settings.from_mapping({
+        "data_dir": str(data_dir),
+        "telemetry": {"store": "none", "prometheus_port": 0, "prometheus_user": "prom",
+                      "prometheus_password": "pw-123"},
+    })
+    t = create_telemetry(settings)
+    try:
+        # When the configuration service enables it without credentials
+        t.apply_config({"telemetry.exporters": {"prometheus": {"enabled": True}}})
+        # Then it runs with the settings' credentials
+        exporter = t.exporter("prometheus")
+        assert exporter is not None and exporter.port > 0
+        assert "pw-123" not in repr(t._exporters.runners["telemetry.prometheus"].options)
+    finally:
+        t.close()

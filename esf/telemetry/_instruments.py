@@ -31,6 +31,7 @@ esf.telemetry.label_overflow                    counter    metric             la
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Retry, SkipJob
@@ -95,14 +96,27 @@ def _job_labels(ctx: JobContext) -> dict[str, str]:
 class TelemetryHooks(JobHooks):
     """Job metrics from the lifecycle hooks (register with ``Foundation.add_hooks``).
 
+    ``telemetry`` may be the service or a callable returning it (resolved at the first hook call).
     Counts every step by job and queue; observes ``runtime_s`` and the queue
     wait (``started_at - enqueued_at``, for every attempt) in histograms.
     A ``Retry`` request is neither a success nor a failure (``after_retry``
     counts it); ``SkipJob`` counts as a success.
     """
 
-    def __init__(self, telemetry: Telemetry) -> None:
-        self._t = telemetry
+    def __init__(self, telemetry: Telemetry | Callable[[], Telemetry]) -> None:
+        # A callable defers building the service until the first hook runs (Foundation registers
+        # its hooks before it creates its services).
+        self._source = telemetry
+        self._resolved: Telemetry | None = None
+
+    @property
+    def _t(self) -> Telemetry:
+        tel = self._resolved
+        if tel is None:
+            source = self._source
+            tel = source() if callable(source) else source
+            self._resolved = tel
+        return tel
 
     def after_enqueue(self, ctx: JobContext) -> None:
         """Count ``esf.jobs.enqueued``."""
@@ -141,7 +155,7 @@ class TelemetryHooks(JobHooks):
 
 
 def _entry_labels(entry: Any) -> dict[str, str]:
-    job = getattr(entry, "job_name", None) or getattr(entry, "name", None) or "unknown"
+    job = getattr(entry, "job", None) or getattr(entry, "job_name", None) or "unknown"
     queue = getattr(entry, "queue", None) or "unknown"
     if isinstance(queue, str) and queue.endswith(".dlq"):
         queue = queue[: -len(".dlq")]

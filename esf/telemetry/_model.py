@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import ValidationError
 from ._buckets import BucketLayout, ExponentialBuckets, parse_buckets
 from ._metrics import Kind
 from ._names import LabelTuple
@@ -69,8 +70,6 @@ def parse_rule(spec: Mapping[str, Any], base: AggregationRule) -> AggregationRul
     ValidationError
         When a key is unknown or a value is invalid.
     """
-    from ..errors import ValidationError
-
     unknown = set(spec) - {"buckets", "windows", "gauge_merge"}
     if unknown:
         raise ValidationError(f"aggregation: unknown key(s) {sorted(unknown)}; use buckets, windows, gauge_merge")
@@ -88,8 +87,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 
 
 def _parse_window(value: object) -> int:
-    from ..errors import ValidationError
-
     seconds: float
     if isinstance(value, str):
         m = _DURATION.match(value)

@@ -424,7 +424,11 @@ class Telemetry:
         return collect(families)
 
     def health(self) -> dict[str, Any]:
-        """``{"ok": bool, "store": {...}, "exporters": {name: {...}}}`` for ``esf health``."""
+        """``{"status": "ok"|"degraded", "ok": bool, "process": id, "store": {...}, "exporters": {name: {...}}}``.
+
+        Degraded when the shared store cannot be reached (metrics are kept and pushed later) or an
+        exporter's breaker is not closed or an export is stuck. Metrics are still recorded either way.
+        """
         exporters = self._exporters.health()
         store = {
             "kind": type(self._store).__name__ if self._store else None,
@@ -433,8 +437,14 @@ class Telemetry:
             "pending_batch": self._pending is not None,
             "last_push": self._last_push,
         }
-        ok = store["ok"] and all(e["ok"] for e in exporters.values())
-        return {"ok": ok, "process": self.proc_id, "store": store, "exporters": exporters}
+        ok = bool(store["ok"]) and all(e["ok"] for e in exporters.values())
+        return {
+            "status": "ok" if ok else "degraded",
+            "ok": ok,
+            "process": self.proc_id,
+            "store": store,
+            "exporters": exporters,
+        }
 
     # -- background work --------------------------------------------------------
 

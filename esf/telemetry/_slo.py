@@ -13,6 +13,7 @@ the rows of the event store (``StoredEvent`` objects or mappings) with
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -105,8 +106,6 @@ def job_slos(
         raise ValidationError("job_slos: window must be positive")
     if not all(0 <= q <= 1 for q in (*quantiles, slow_quantile)):
         raise ValidationError("job_slos: quantiles must be between 0 and 1")
-    import time
-
     end = time.time() if now is None else now
     start = end - seconds
     jobs: dict[str, dict[str, Any]] = {}

@@ -31,7 +31,7 @@ def values(tel, name):
 
 
 def test_job_hooks_count_every_step_and_time_runs_and_queue_waits(tel):
-    hooks = TelemetryHooks(tel)
+    hooks = TelemetryHooks(lambda: tel)  # deferred, as the Foundation registers it
     ctx = JobContext("j1", "charge", "billing", enqueued_at=100.0, started_at=100.25)
     # Given a job that is enqueued, fails once (retried), then succeeds, and one that is skipped
     hooks.after_enqueue(ctx)
@@ -44,9 +44,9 @@ def test_job_hooks_count_every_step_and_time_runs_and_queue_waits(tel):
     hooks.after_process(ctx, exc=Retry(), runtime_s=0.1)
 
     @dataclass
-    class Entry:
-        job_name: str = "charge"
-        queue: str = "billing.dlq"
+    class Entry:  # the attributes of esf.jobs.DeadLetter that the hooks read
+        job: str = "charge"
+        queue: str = "billing"
 
     hooks.after_dead_letter(Entry())
     hooks.after_replay(Entry(), job_id="j2")

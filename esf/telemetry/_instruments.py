@@ -19,7 +19,7 @@ esf.config.propagation_lag_seconds              histogram  —                  
 esf.dlq.depth                                   gauge      queue (max)        ``set_dlq_depth``
 esf.cache.hits / misses                         counter    cache              ``record_cache``
 esf.flags.evaluations                           counter    flag, result       ``record_flag``
-esf.breaker.state                               gauge      breaker (max)      ``CircuitBreaker`` listener
+esf.breaker.state                               gauge      breaker (max)      ``record_breaker_state``
 esf.telemetry.dropped                           counter    exporter           exporter runners
 esf.telemetry.label_overflow                    counter    metric             label-set cap
 ==============================================  =========  =================  ===========================
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Retry, SkipJob
 from ..hooks import JobContext, JobHooks
+from ..resilience import STATE_VALUES, BreakerState
 from ._model import AggregationRule
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class Instruments:
     def record_cache(self, cache: str, hit: bool) -> None:
         """One cache lookup."""
         self._t.counter("esf.cache.hits" if hit else "esf.cache.misses", {"cache": cache}).inc()
+
+    def record_breaker_state(self, breaker: str, state: BreakerState) -> None:
+        """A circuit breaker changed state: pass this method as ``CircuitBreaker(on_state_change=…)``."""
+        self._t.gauge("esf.breaker.state", {"breaker": breaker}).set(STATE_VALUES[state])
 
     def record_flag(self, flag: str, result: bool | str) -> None:
         """One feature-flag evaluation and its result (``True``/``False`` or a variant name)."""

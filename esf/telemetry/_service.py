@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import EsfError, ValidationError
-from ..resilience import STATE_VALUES, BreakerState
+from ..resilience import BreakerState
 from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, render
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
@@ -365,7 +365,7 @@ class Telemetry:
         self.counter(DROPPED_METRIC, {"exporter": exporter}).inc()
 
     def _breaker_changed(self, name: str, state: BreakerState) -> None:
-        self.gauge(BREAKER_METRIC, {"breaker": name}).set(STATE_VALUES[state])
+        self.instruments.record_breaker_state(name, state)
 
     def exporter(self, name: str) -> Any:
         """The running exporter object named ``name`` (for tests and tools), or ``None``."""

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from _cluster_worker import PER_CHILD, PER_WORKER, make_store, samples_for, worker_main
+from _telemetry_cluster_worker import PER_CHILD, PER_WORKER, make_store, samples_for, worker_main
 
 from esf.telemetry import RedisSnapshotStore, SQLiteSnapshotStore, Telemetry
 from esf.telemetry._aggregate import PushBatch, Rules, render

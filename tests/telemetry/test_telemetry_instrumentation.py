@@ -14,6 +14,7 @@ from esf.cli import build_parser
 from esf.cli._metrics import show_job_slos, show_snapshot
 from esf.errors import Retry, SkipJob, ValidationError
 from esf.hooks import JobContext
+from esf.resilience import CircuitBreaker
 from esf.settings import Settings
 from esf.telemetry import Telemetry, TelemetryHooks, create_telemetry, iter_job_events, job_slos
 
@@ -72,6 +73,8 @@ def test_service_helpers_record_under_the_documented_names(tel):
     ins.record_cache("users", hit=True)
     ins.record_cache("users", hit=False)
     ins.record_flag("new_checkout", True)
+    breaker = CircuitBreaker("db", failure_threshold=1, on_state_change=ins.record_breaker_state)
+    breaker.record_failure()
     m = tel.snapshot(cluster=False)["metrics"]
     assert m["esf.events.appended"]["series"][0]["value"] == 3
     assert m["esf.events.spool_depth"]["series"][0]["value"] == 7
@@ -79,6 +82,7 @@ def test_service_helpers_record_under_the_documented_names(tel):
     assert m["esf.dlq.depth"]["series"][0] == {"labels": {"queue": "billing"}, "value": 4}
     assert m["esf.cache.hits"]["series"][0]["value"] == 1
     assert m["esf.flags.evaluations"]["series"][0]["labels"] == {"flag": "new_checkout", "result": "on"}
+    assert m["esf.breaker.state"]["series"][0] == {"labels": {"breaker": "db"}, "value": 1}
     # Shared-state gauges merge with max across processes
     assert tel.rules.for_name("esf.dlq.depth").gauge_merge == "max"
 

@@ -168,11 +168,53 @@ class ConfigSettings:
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """Telemetry and exporters."""
+    """Telemetry and exporters (see docs/architecture-telemetry.md)."""
 
+    #: ``False``: metrics stay in memory; no background thread, shared store or exporter.
     enabled: bool = True
+    #: Exporters to start: entry-point names (``telemetry.prometheus``) or short names (``prometheus``).
     exporters: tuple[str, ...] = ()
+    #: Label sets per metric before samples go to the ``__overflow__`` series.
     max_label_sets: int = 1000
+    #: Distinct metric names per process.
+    max_metrics: int = 5000
+    #: Shared store of the cluster-wide view: ``auto`` (Redis when one is configured, else SQLite under
+    #: ``data_dir``), ``redis``, ``sqlite`` or ``none`` (this process only).
+    store: Literal["auto", "redis", "sqlite", "none"] = "auto"
+    #: Prefix of every Redis key of the shared store.
+    key_prefix: str = "esf:telemetry:"
+    #: Seconds between two pushes of a process's increments to the shared store.
+    push_interval_s: float = 1.0
+    #: Seconds between two batches handed to the exporters.
+    export_interval_s: float = 10.0
+    #: Batches queued per exporter before new ones are dropped (and counted).
+    exporter_buffer: int = 8
+    #: Consecutive export failures that open an exporter's circuit breaker.
+    breaker_failures: int = 3
+    #: Seconds an open exporter breaker waits before a trial export.
+    breaker_reset_s: float = 30.0
+    prometheus_address: str = "127.0.0.1"
+    prometheus_port: int = 9464
+    #: Basic-auth credentials of ``/metrics``; required unless ``prometheus_auth`` is false.
+    prometheus_user: str | None = None
+    prometheus_password: Secret | None = None
+    prometheus_auth: bool = True
+    statsd_host: str = "127.0.0.1"
+    statsd_port: int = 8125
+    statsd_prefix: str = "esf"
+    #: Log level of the ``telemetry.log`` exporter.
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "telemetry",
+            ("max_label_sets", "max_metrics", "push_interval_s", "export_interval_s", "exporter_buffer",
+             "breaker_failures", "breaker_reset_s"),
+        )
+        for port in ("prometheus_port", "statsd_port"):
+            if not 0 <= getattr(self, port) <= 65535:
+                raise SettingsError(f"telemetry.{port}: must be between 0 and 65535", setting=f"telemetry.{port}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,543 @@
+"""The Telemetry service: metrics, events, aggregation rules, cluster view, exporters."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import EsfError, ValidationError
+from ..resilience import BreakerState
+from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, render
+from ._buckets import BucketLayout, parse_buckets
+from ._events import EventBus, EventHandler
+from ._exporting import DEFAULT_BUFFER_BATCHES, ExporterFactory, ExporterSet, canonical_name, discover_exporters
+from ._instruments import DEFAULT_RULES, Instruments
+from ._metrics import Child, Counter, Family, Gauge, Histogram, Kind
+from ._model import MAX_WINDOW_S, AggregationRule, MetricBatch, SeriesState, parse_rule
+from ._names import check_labels, check_metric_name
+from ._store import SnapshotStore
+from ._timer import Timer
+
+log = logging.getLogger("esf.telemetry")
+
+#: Counter of lookups that hit a metric's label-set cap (label ``metric``).
+OVERFLOW_METRIC = "esf.telemetry.label_overflow"
+#: Counter of batches an exporter dropped (queue full or breaker open); label ``exporter``.
+DROPPED_METRIC = "esf.telemetry.dropped"
+#: Gauge of each circuit breaker's state (0 closed, 1 open, 2 half-open); label ``breaker``.
+BREAKER_METRIC = "esf.breaker.state"
+
+# Telemetry objects alive in this process. A forked child must not push its
+# parent's totals again, so each object is reset in the child (see _after_fork);
+# this weak set exists only so that os.register_at_fork can find them.
+_INSTANCES: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for tel in list(_INSTANCES):
+        tel._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+class Telemetry:
+    """Metrics and events for one process, merged cluster-wide through a shared store.
+
+    Build it with :func:`esf.telemetry.create_telemetry`. Emitting never waits
+    on I/O: a background thread pushes deltas to the store every
+    ``push_interval_s`` and hands batches to exporters every ``export_interval_s``.
+
+    Parameters
+    ----------
+    store:
+        Shared store for the cluster-wide view (``None``: this process only).
+    node:
+        This host's name; with the pid and a random token it identifies the process in the store.
+    max_label_sets:
+        Label sets per metric; beyond it samples go to an ``__overflow__`` series.
+    max_metrics:
+        Distinct metric names; one more raises ``ValidationError``.
+    push_interval_s, export_interval_s:
+        Periods of the background thread (seconds).
+    exporter_buffer:
+        Batches queued per exporter before batches are dropped.
+    exporter_options:
+        Exporters to start now (name → options).
+    exporter_defaults:
+        Options per exporter that ``configure_exporters`` lays its options over (from settings).
+    exporter_factories:
+        Extra exporters by name, added to those found through entry points.
+    enabled:
+        ``False`` keeps metrics in memory only: no thread, no store, no exporters.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: SnapshotStore | None = None,
+        node: str = "local",
+        max_label_sets: int = 1000,
+        max_metrics: int = 5000,
+        push_interval_s: float = 1.0,
+        export_interval_s: float = 10.0,
+        exporter_buffer: int = DEFAULT_BUFFER_BATCHES,
+        exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
+        exporter_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+        exporter_factories: Mapping[str, ExporterFactory] | None = None,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 30.0,
+        stuck_after_s: float = 30.0,
+        enabled: bool = True,
+    ) -> None:
+        if max_label_sets < 1 or max_metrics < 1:
+            raise ValidationError("telemetry: max_label_sets and max_metrics must be at least 1")
+        if not push_interval_s > 0 or not export_interval_s > 0:
+            raise ValidationError("telemetry: push_interval_s and export_interval_s must be greater than zero")
+        self.node = node
+        self.enabled = enabled
+        self.max_label_sets = max_label_sets
+        self.max_metrics = max_metrics
+        self.push_interval_s = push_interval_s
+        self.export_interval_s = export_interval_s
+        self.exporter_buffer = exporter_buffer
+        self.breaker_failures = breaker_failures
+        self.breaker_reset_s = breaker_reset_s
+        self.stuck_after_s = stuck_after_s
+        self._store = store if enabled else None
+        self._families: dict[str, Family] = {}
+        self._families_lock = threading.Lock()
+        self.rules = Rules()
+        for prefix, rule in DEFAULT_RULES.items():
+            self.rules.set(prefix, rule)
+        #: Recording helpers for ESF services (event appends, config updates, DLQ depth, …).
+        self.instruments = Instruments(self)
+        self._events = EventBus()
+        factories = dict(discover_exporters())
+        factories.update({canonical_name(k): v for k, v in (exporter_factories or {}).items()})
+        self._exporters = ExporterSet(
+            factories,
+            buffer_batches=exporter_buffer,
+            breaker_failures=breaker_failures,
+            breaker_reset_s=breaker_reset_s,
+            stuck_after_s=stuck_after_s,
+            on_drop=self._count_drop,
+            on_breaker_change=self._breaker_changed,
+            defaults={canonical_name(k): dict(v) for k, v in (exporter_defaults or {}).items()},
+        )
+        self._init_process_state()
+        _INSTANCES.add(self)
+        atexit.register(_close_at_exit, weakref.ref(self))
+        if exporter_options:
+            self.configure_exporters(exporter_options)
+
+    def _init_process_state(self) -> None:
+        self.proc_id = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._flush_lock = threading.Lock()
+        self._tracker = DeltaTracker()
+        self._windows = LocalWindows()
+        self._seq = 0
+        self._pending: PushBatch | None = None
+        self._store_error: str | None = None
+        self._last_push: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- emitting -----------------------------------------------------------
+
+    def counter(self, name: str, labels: Mapping[str, str] | None = None) -> Counter:
+        """The counter series ``name{labels}``; keep it to make ``inc`` cheapest.
+
+        Raises
+        ------
+        ValidationError
+            When the name or labels are not valid, or ``name`` is another kind of metric.
+        """
+        fam = self._families.get(name)
+        if fam is not None and fam.kind == "counter":
+            child = fam.fast.get(tuple(labels.items()) if labels else ())
+            if child is not None:
+                return child  # type: ignore[return-value]
+        return self._resolve("counter", name, labels, None)  # type: ignore[return-value]
+
+    def gauge(self, name: str, labels: Mapping[str, str] | None = None) -> Gauge:
+        """The gauge series ``name{labels}`` (``set``, ``inc``, ``dec``). Raises like :meth:`counter`."""
+        fam = self._families.get(name)
+        if fam is not None and fam.kind == "gauge":
+            child = fam.fast.get(tuple(labels.items()) if labels else ())
+            if child is not None:
+                return child  # type: ignore[return-value]
+        return self._resolve("gauge", name, labels, None)  # type: ignore[return-value]
+
+    def histogram(
+        self, name: str, labels: Mapping[str, str] | None = None, buckets: object | None = None
+    ) -> Histogram:
+        """The histogram series ``name{labels}`` (``observe(value)``, values ≥ 0).
+
+        Parameters
+        ----------
+        buckets:
+            Pins this metric's layout (``"exp:8"``, ``"explicit:…"`` or a list of upper bounds) instead
+            of the layout configured for its prefix. Every process must pin the same layout.
+
+        Raises
+        ------
+        ValidationError
+            Like :meth:`counter`, or when ``buckets`` differs from the layout the metric already uses.
+        """
+        if buckets is None:
+            fam = self._families.get(name)
+            if fam is not None and fam.kind == "histogram":
+                child = fam.fast.get(tuple(labels.items()) if labels else ())
+                if child is not None:
+                    return child  # type: ignore[return-value]
+        layout = parse_buckets(buckets) if buckets is not None else None
+        return self._resolve("histogram", name, labels, layout)  # type: ignore[return-value]
+
+    def timer(self, name: str, labels: Mapping[str, str] | None = None, buckets: object | None = None) -> Timer:
+        """A :class:`Timer` observing seconds into the histogram ``name{labels}``."""
+        return Timer(self.histogram(name, labels, buckets))
+
+    def event(
+        self, name: str, measurements: Mapping[str, float], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Emit an event to the attached handlers (``:telemetry.execute``).
+
+        Raises
+        ------
+        ValidationError
+            When the name is not valid or a measurement is not a finite number.
+        """
+        self._events.emit(name, measurements, metadata)
+
+    def attach(self, handler_id: str, event_prefix: str, handler: EventHandler) -> None:
+        """Call ``handler(name, measurements, metadata)`` for events under ``event_prefix``; see EventBus."""
+        self._events.attach(handler_id, event_prefix, handler)
+
+    def detach(self, handler_id: str) -> bool:
+        """Remove an event handler; returns whether it was attached."""
+        return self._events.detach(handler_id)
+
+    def _resolve(self, kind: Kind, name: str, labels: Mapping[str, str] | None, layout: BucketLayout | None) -> Child:
+        label_tuple = check_labels(labels)
+        fam = self._families.get(name)
+        if fam is None:
+            check_metric_name(name)
+            with self._families_lock:
+                fam = self._families.get(name)
+                if fam is None:
+                    if len(self._families) >= self.max_metrics:
+                        raise ValidationError(
+                            f"metric {name!r} refused: this process already has {self.max_metrics} metrics "
+                            "(telemetry.max_metrics); put variable parts in labels, not in names"
+                        )
+                    fam_layout = layout or (self.rules.for_name(name).buckets if kind == "histogram" else None)
+                    fam = Family(kind, name, self.max_label_sets, self._count_overflow, fam_layout, layout is not None)
+                    self._families[name] = fam
+        if fam.kind != kind:
+            raise ValidationError(f"metric {name!r} is a {fam.kind}, not a {kind}", errors={"name": "kind mismatch"})
+        if layout is not None and fam.layout is not None and layout.spec != fam.layout.spec:
+            raise ValidationError(
+                f"histogram {name!r} uses buckets {fam.layout.spec!r}, not {layout.spec!r}",
+                errors={"buckets": "layout differs"},
+            )
+        child, overflowed = fam.child(label_tuple)
+        if not overflowed:
+            if len(fam.fast) >= 4 * self.max_label_sets:
+                fam.fast = {}
+            fam.fast[tuple(labels.items()) if labels else ()] = child
+        self._ensure_running()
+        return child
+
+    def _count_overflow(self, fam: Family) -> None:
+        if fam.name != OVERFLOW_METRIC:
+            self.counter(OVERFLOW_METRIC, {"metric": fam.name}).inc()
+
+    # -- aggregation settings --------------------------------------------------
+
+    def configure(
+        self,
+        prefix: str,
+        *,
+        buckets: object | None = None,
+        windows: object | None = None,
+        gauge_merge: str | None = None,
+    ) -> AggregationRule:
+        """Set how metrics whose names start with ``prefix`` (``""``: all) are aggregated.
+
+        A new bucket layout applies at once to the matching histograms of this
+        process (what was recorded under the old layout is kept and still
+        counts). Set the same rules in every process (the configuration
+        service does) so their buckets merge exactly.
+
+        Raises
+        ------
+        ValidationError
+            When a value is invalid (see :class:`AggregationRule`).
+
+        Returns
+        -------
+        The rule now in force for ``prefix``.
+        """
+        spec: dict[str, Any] = {}
+        if buckets is not None:
+            spec["buckets"] = buckets
+        if windows is not None:
+            spec["windows"] = windows
+        if gauge_merge is not None:
+            spec["gauge_merge"] = gauge_merge
+        rule = parse_rule(spec, self.rules.for_name(prefix) if prefix else self.rules.as_dict()[""])
+        self.rules.set(prefix, rule)
+        self._relayout()
+        return rule
+
+    def _relayout(self) -> None:
+        with self._families_lock:
+            families = list(self._families.values())
+        for fam in families:
+            if fam.kind == "histogram" and not fam.pinned:
+                wanted = self.rules.for_name(fam.name).buckets
+                if fam.layout is None or fam.layout.spec != wanted.spec:
+                    fam.relayout(wanted)
+
+    def apply_config(self, mapping: Mapping[str, Any]) -> None:
+        """Apply telemetry configuration (as the configuration service holds it).
+
+        Accepts ``{"aggregation": {prefix: {"buckets": …, "windows": […], "gauge_merge": …}},
+        "exporters": {name: options}}``, or the same under flat keys ``telemetry.aggregation`` and
+        ``telemetry.exporters``; other keys are ignored. Everything is validated before anything changes.
+
+        Raises
+        ------
+        ValidationError
+            When a rule or an exporter's options are invalid.
+        """
+        agg = mapping.get("aggregation", mapping.get("telemetry.aggregation"))
+        exporters = mapping.get("exporters", mapping.get("telemetry.exporters"))
+        rules: dict[str, AggregationRule] = {}
+        if agg is not None:
+            if not isinstance(agg, Mapping):
+                raise ValidationError("telemetry.aggregation: expected a mapping of prefix to settings")
+            base = AggregationRule()
+            for prefix, spec in agg.items():
+                if not isinstance(spec, Mapping):
+                    raise ValidationError(f"telemetry.aggregation.{prefix}: expected a mapping")
+                rules[str(prefix)] = parse_rule(spec, base)
+        if exporters is not None and not isinstance(exporters, Mapping):
+            raise ValidationError("telemetry.exporters: expected a mapping of exporter name to options")
+        for prefix, rule in rules.items():
+            self.rules.set(prefix, rule)
+        if rules:
+            self._relayout()
+        if exporters is not None:
+            self.configure_exporters(exporters)
+
+    # -- exporters ------------------------------------------------------------
+
+    def configure_exporters(self, mapping: Mapping[str, Any]) -> None:
+        """Make the running exporters match ``mapping`` (name → options, or ``False`` to disable).
+
+        Names are entry-point names (``telemetry.prometheus``) or short ones (``prometheus``); the
+        options given are laid over the defaults from settings (``exporter_defaults``).
+        Exporters not in ``mapping`` are stopped; those whose options are unchanged keep running.
+        An option ``enabled: false`` disables one. In a forked child, exporters of the parent are
+        not running: call this again in the child if it should export.
+
+        Raises
+        ------
+        ValidationError
+            When a name is unknown or an exporter refuses its options; the others are still applied.
+        """
+        self._exporters.configure(mapping, start=self.enabled)
+        if self._exporters.runners:
+            self._ensure_running()
+
+    def _count_drop(self, exporter: str) -> None:
+        self.counter(DROPPED_METRIC, {"exporter": exporter}).inc()
+
+    def _breaker_changed(self, name: str, state: BreakerState) -> None:
+        self.instruments.record_breaker_state(name, state)
+
+    def exporter(self, name: str) -> Any:
+        """The running exporter object named ``name`` (for tests and tools), or ``None``."""
+        return self._exporters.get(name)
+
+    def export_now(self) -> int:
+        """Offer one batch to every running exporter now; returns how many accepted it (queue not full)."""
+        return self._exporters.offer(lambda scope: self.batch(cluster=scope == "cluster"))
+
+    # -- reading --------------------------------------------------------------
+
+    def batch(self, prefix: str | None = None, cluster: bool = True) -> MetricBatch:
+        """Every series as :class:`MetricSample` values (cluster-wide when a store is set and ``cluster``).
+
+        When the store cannot be read the batch is local (``scope == "local"``) and ``health()`` says why.
+        """
+        now = time.time()
+        span = max((w for r in self.rules.as_dict().values() for w in r.windows_s), default=300)
+        if cluster and self._store is not None:
+            if self._families:
+                self.flush()  # include this process's latest increments (a reader with no metrics stays unlisted)
+            try:
+                view = self._store.read(min(span, MAX_WINDOW_S))
+            except EsfError as exc:
+                self._store_error = str(exc)
+            else:
+                samples = render(view.states, view.windows, self.rules, now, prefix)
+                return MetricBatch("cluster", now, tuple(samples), processes=max(1, len(view.processes)))
+        states = self._local_states()
+        samples = render(states, self._windows.copy(), self.rules, now, prefix)
+        return MetricBatch("local", now, tuple(samples), processes=1)
+
+    def snapshot(self, prefix: str | None = None, cluster: bool = True) -> dict[str, Any]:
+        """Current values as a JSON-safe dict.
+
+        Returns
+        -------
+        ``{"scope": "cluster"|"local", "time": unix_s, "processes": n, "metrics": {name: {"kind": …,
+        "series": [{"labels": {…}, "value": …, "rates": {"1m": …, "5m": …}}, …]}}}``; histogram series carry
+        ``count``, ``sum``, ``p50``, ``p90``, ``p99``, ``buckets`` ([upper, count] pairs), ``layouts`` and
+        ``relative_error``.
+        """
+        b = self.batch(prefix, cluster)
+        metrics: dict[str, Any] = {}
+        for s in b.samples:
+            entry = metrics.setdefault(s.name, {"kind": s.kind, "series": []})
+            entry["series"].append(s.to_dict())
+        out: dict[str, Any] = {"scope": b.scope, "time": b.time, "processes": b.processes, "metrics": metrics}
+        if cluster and b.scope == "local" and self._store is not None:
+            out["degraded"] = self._store_error
+        return out
+
+    def _local_states(self) -> dict[str, SeriesState]:
+        with self._families_lock:
+            families = list(self._families.values())
+        return collect(families)
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"|"degraded", "ok": bool, "process": id, "store": {...}, "exporters": {name: {...}}}``.
+
+        Degraded when the shared store cannot be reached (metrics are kept and pushed later) or an
+        exporter's breaker is not closed or an export is stuck. Metrics are still recorded either way.
+        """
+        exporters = self._exporters.health()
+        store = {
+            "kind": type(self._store).__name__ if self._store else None,
+            "ok": self._store_error is None,
+            "error": self._store_error,
+            "pending_batch": self._pending is not None,
+            "last_push": self._last_push,
+        }
+        ok = bool(store["ok"]) and all(e["ok"] for e in exporters.values())
+        return {
+            "status": "ok" if ok else "degraded",
+            "ok": ok,
+            "process": self.proc_id,
+            "store": store,
+            "exporters": exporters,
+        }
+
+    # -- background work --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread now (it also starts with the first metric lookup).
+
+        In a forked child (a Celery prefork child) the thread starts with the first lookup by name;
+        call ``start()`` from ``worker_process_init`` when the child may only use series resolved
+        before the fork, so that it pushes every interval rather than only at ``close()``.
+        """
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None or not self.enabled or self._closed:
+            return
+        with self._flush_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="esf-telemetry", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        next_export = time.monotonic() + self.export_interval_s
+        while not self._stop.wait(self.push_interval_s):
+            try:
+                self.flush()
+                if time.monotonic() >= next_export:
+                    next_export = time.monotonic() + self.export_interval_s
+                    self.export_now()
+            except Exception:  # the loop must survive anything
+                log.exception("telemetry: background flush failed")
+
+    def flush(self, *, final: bool = False) -> bool:
+        """Push this process's increments to the store now. Returns whether everything was pushed."""
+        with self._flush_lock:
+            for _ in range(2):  # a pending (retried) batch first, then a fresh one
+                if self._pending is None:
+                    states = self._local_states()
+                    batch = self._tracker.take(states, self.proc_id, self._seq + 1, time.time(), final)
+                    self._windows.add(batch.window_start, batch.counters)
+                    if self._store is None:
+                        self._seq = batch.seq
+                        return True
+                    self._pending = batch
+                    fresh = True
+                else:
+                    fresh = False
+                assert self._store is not None
+                try:
+                    self._store.push(self._pending)
+                except EsfError as exc:
+                    if self._store_error is None:
+                        log.warning("telemetry: cannot push to the store, will retry: %s", exc)
+                    self._store_error = str(exc)
+                    return False
+                self._seq = self._pending.seq
+                self._pending = None
+                self._store_error = None
+                self._last_push = time.time()
+                if fresh:
+                    return True
+            return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the thread and exporters, push a final batch (the process's gauges are removed)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._exporters.stop_all(timeout_s)
+        if self._store is not None:
+            self.flush(final=True)
+            self._store.close()
+
+    def _after_fork(self) -> None:
+        # In a forked child: start from zero (the parent still pushes its own totals), new locks,
+        # no threads, no exporters (the parent runs them), a fresh store connection.
+        self._families_lock = threading.Lock()
+        for fam in self._families.values():
+            fam._after_fork()
+        self._exporters.after_fork()
+        self._init_process_state()
+        if self._store is not None:
+            self._store.reset_after_fork()
+        # No thread is started here (a fork handler should do as little as possible): the thread starts
+        # with the child's first metric lookup, or with start() (Celery: the worker_process_init signal).
+
+
+def _close_at_exit(ref: weakref.ref[Telemetry]) -> None:
+    tel = ref()
+    if tel is not None and not tel._closed:
+        try:
+            tel.close(timeout_s=1.0)
+        except Exception:
+            log.exception("telemetry: close at exit failed")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .events import EventStore
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
+    from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
 
@@ -52,6 +53,10 @@ class Foundation:
             from .events import JobHistoryHooks
 
             self._hooks.append(JobHistoryHooks(cast("EventStore", _DeferredEvents(self))))
+        if self.settings.telemetry.enabled:
+            from .telemetry import TelemetryHooks
+
+            self._hooks.append(TelemetryHooks(lambda: self.telemetry))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Foundation:
@@ -157,6 +162,15 @@ class Foundation:
 
         return create_event_store(self.settings)
 
+    # -- telemetry ---------------------------------------------------------------
+
+    @cached_property
+    def telemetry(self) -> Telemetry:
+        """Metrics, events and exporters; figures add up across processes and hosts."""
+        from .telemetry import create_telemetry
+
+        return create_telemetry(self.settings)
+
     # -- hooks -----------------------------------------------------------------
 
     def add_hooks(self, hooks: JobHooks) -> None:
@@ -241,6 +255,32 @@ class Foundation:
             return check_redis_broker(client, self.settings.jobs.redis_durability_check)
         finally:
             client.close()
+
+    def preload(self) -> None:
+        """Import every backend the services load lazily, in the calling thread.
+
+        A worker's main process forks pool processes at any time (a hard time
+        limit replaces a killed one); a fork while a background thread is half-way
+        through importing a module leaves that module broken in the child. The
+        worker calls this before its pool starts.
+        """
+        import importlib
+
+        from .events import _backend_class
+
+        _backend_class()
+        for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                log.debug("preload: %s not importable", name)
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="esf.plugins"):
+            try:
+                ep.load()
+            except Exception:
+                log.warning("plugin %s could not be loaded", ep.name, exc_info=True)
 
     def worker_started(self) -> None:
         """Called in a worker's main process once it consumes: starts the job leases on Redis."""

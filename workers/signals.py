@@ -22,9 +22,11 @@ def connect() -> None:
     if _connected:
         return
     signals.before_task_publish.connect(_propagate_correlation, weak=False)
+    signals.worker_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
     _connected = True
 
 
@@ -46,6 +48,12 @@ def _foundation(sender: Any) -> Any:
     return getattr(app, "foundation", None)
 
 
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    fnd = _foundation(sender)
+    if fnd is not None:
+        fnd.preload()
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is None:
@@ -64,3 +72,14 @@ def _on_process_init(sender: Any = None, **_: Any) -> None:
 
     for fnd in Foundation.instances():
         fnd.after_fork()
+
+
+def _on_process_shutdown(sender: Any = None, **_: Any) -> None:
+    """A pool process is exiting (it skips ``atexit``): flush buffered events and metrics."""
+    from esf.foundation import Foundation
+
+    for fnd in Foundation.instances():
+        try:
+            fnd.close()
+        except Exception:
+            log.exception("closing the Foundation in a pool process failed")

@@ -215,7 +215,11 @@ _ABSENT: Any = object()
 
 
 def leaf_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(path, old, new)`` for every leaf that differs, sorted by path; absent is ``DELETE``."""
+    """``(path, old, new)`` for every leaf that differs, sorted by path; absent is ``DELETE``.
+
+    A subtree that appeared is reported leaf by leaf; one that vanished, or a
+    mapping replaced by a scalar (or the reverse), is one change at its root.
+    """
     out: list[tuple[str, Any, Any]] = []
     _diff(old, new, "", out)
     out.sort(key=lambda item: item[0])
@@ -238,13 +242,10 @@ def _diff(old: Mapping[str, Any], new: Mapping[str, Any], path: str, out: list[t
 
 
 def _add(old: Any, new: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
-    """A subtree appeared or vanished: report each of its leaves."""
+    """A subtree appeared (each of its leaves is reported), vanished or changed kind (reported at its root)."""
     if isinstance(new, Mapping) and new and old is DELETE:
         for sub, value in iter_leaves(new, path):
             out.append((sub, DELETE, value))
-    elif isinstance(old, Mapping) and old and new is DELETE:
-        for sub, value in iter_leaves(old, path):
-            out.append((sub, value, DELETE))
     else:
         out.append((path, old, new))
 

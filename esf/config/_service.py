@@ -631,7 +631,7 @@ class ConfigService:
     def _deliver(self, old: Snapshot, new: Snapshot) -> None:
         changes = [Change(p, o, n) for p, o, n in leaf_diff(old.tree, new.tree)]
         for prefix, callback in list(self._subscribers.values()):
-            mine = tuple(c for c in changes if is_under(c.path, prefix))
+            mine = tuple(c for c in changes if overlaps(c.path, prefix))
             if not mine:
                 continue
             try:

@@ -152,7 +152,7 @@ class NodeStatus:
 class ChangeEvent:
     """What a subscriber receives, once per applied version, after the snapshot swap.
 
-    ``changes`` holds only the paths under the subscribed prefix; values are
+    ``changes`` holds the changes at, under or above (a removed parent) the prefix; values are
     read-only, as ``get`` returns them (secrets as :class:`~esf.Secret`). A
     process that catches up over several versions at once (a lost
     notification) delivers one event covering all of them, with

@@ -192,7 +192,7 @@ class RedisConfigStore:
                 delay = 0.1
                 _call(callback, None)  # messages sent while we were away are lost: resync
                 while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
+                    message = pubsub.get_message(timeout=0.25)
                     if message is None or message.get("type") != "message":
                         continue
                     try:

@@ -398,3 +398,43 @@ def test_a_closed_node_leaves_the_node_list(make_service):
     eventually(lambda: len(a.nodes()) == 2, what="two nodes")
     b.close()
     assert [n.node_id for n in a.nodes()] == ["node-a"]
+
+
+def test_a_notification_after_a_gap_applies_each_missed_batch_in_order(make_service):
+    # Given a reader with no periodic reconciliation to speak of, deaf to two versions
+    slow = FAST.__class__(**{**FAST.__dict__, "reconcile_interval_s": 3600.0})
+    writer = make_service()
+    reader = make_service(slow)
+    seen = []
+    reader.subscribe("", lambda event: seen.append((event.version, event.paths)))
+    reader.test_hooks.drop_notifications = True
+    writer.update("a", 1)
+    writer.update("b", 2)
+    reader.test_hooks.drop_notifications = False
+    # When the next notification arrives (version 3, two ahead of the reader)
+    writer.update("c", 3)
+    eventually(lambda: reader.version == 3, what="reader applies version 3")
+    # Then the reader saw the gap, reloaded, and its subscriber got one call per batch
+    assert seen == [(1, ("a",)), (2, ("b",)), (3, ("c",))]
+    assert reader.get() == {"a": 1, "b": 2, "c": 3}
+
+
+def test_the_factory_picks_sqlite_without_redis_and_redis_with_it(tmp_path, redis_url):
+    from esf import Settings
+    from esf.config import create_config_service
+
+    embedded = create_config_service(Settings(data_dir=str(tmp_path)), node_id="n1")
+    try:
+        assert embedded._store.kind == "sqlite" and (tmp_path / "config.sqlite").exists()
+        assert embedded.get("esf.config.history_limit") == 1000
+    finally:
+        embedded.close()
+    settings = Settings(data_dir=str(tmp_path), redis_url=redis_url)
+    with create_config_service(settings, node_id="n2") as served:
+        assert served._store.kind == "redis"
+        served.update("a", 1)
+        assert served.history()[0].node == "n2"
+        # ESF's settings are published read-only, without URLs or credentials
+        assert "redis://" not in repr(served.get("esf"))
+        with pytest.raises(PermissionDenied):
+            served.update("esf.node", "x")

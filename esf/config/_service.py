@@ -385,7 +385,7 @@ class ConfigService:
             Timeout: some live process has not applied it in time; the message names them.
             ServiceUnavailable: the store cannot be reached.
         """
-        self._request_beat()
+        self._beat()  # our own heartbeat shows the new version before we look at the others'
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:

@@ -55,24 +55,33 @@ def _wrap_secrets(tree: Mapping[str, Any], prefixes: frozenset[str], path: str) 
 NOT_FOUND: Any = object()
 
 
-class PathCache(dict[Any, Any]):
-    """``path -> value`` for one snapshot; ``get`` reads it first, so a hot path costs one dict lookup."""
+class PathCache:
+    """``path -> value`` of one snapshot: ``values`` holds paths that exist, ``missing`` those that do not.
 
-    __slots__ = ("snapshot",)
+    ``values`` is an exact ``dict`` (the interpreter's fast path for ``d[k]``);
+    ``get`` reads it first. Both are bounded by ``MAX_CACHED_PATHS``; past
+    that, lookups are computed each time.
+    """
+
+    __slots__ = ("missing", "snapshot", "values")
 
     def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__()
         self.snapshot = snapshot
-        self[None] = snapshot.tree
+        self.values: dict[str | None, Any] = {None: snapshot.tree}
+        self.missing: set[str] = set()
 
     def resolve(self, path: str, parts: tuple[str, ...]) -> Any:
         """Look ``path`` up in the snapshot and remember the answer (``NOT_FOUND`` when absent)."""
+        if path in self.missing:
+            return NOT_FOUND
         try:
             value = lookup(self.snapshot.tree, parts)
         except KeyError:
-            value = NOT_FOUND
-        if len(self) < MAX_CACHED_PATHS:
-            self[path] = value
+            if len(self.missing) < MAX_CACHED_PATHS:
+                self.missing.add(path)
+            return NOT_FOUND
+        if len(self.values) < MAX_CACHED_PATHS:
+            self.values[path] = value
         return value
 
 

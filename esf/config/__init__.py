@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ._factory import create_config_service, esf_defaults, load_store_class
 from ._paths import DELETE, MAX_PATH_CHARS, MAX_SEGMENTS, parse_path, path_error
-from ._service import MISSING, AuditSink, ConfigService, Subscription, TestHooks
+from ._replica import MISSING, Subscription, TestHooks
+from ._service import AuditSink, ConfigService
 from ._types import (
     REDACTED,
     Change,

@@ -123,6 +123,8 @@ class ConfigService(Replica):
         Returns:
             The new version.
         """
+        if wait not in (None, "all"):
+            raise ValidationError(f"wait must be None or 'all', not {wait!r}", errors={"wait": "unsupported"})
         deadline = time.monotonic() + timeout
         try:
             prepared, secret_paths = check_batch(changes, self._rules, actor, self._settings.max_value_bytes)
@@ -136,8 +138,6 @@ class ConfigService(Replica):
         version = self._write(build, list(prepared), expected_version, actor, None, deadline)
         if wait == "all":
             self.wait_applied(version, timeout=max(0.0, deadline - time.monotonic()))
-        elif wait is not None:
-            raise ValidationError(f"wait must be None or 'all', not {wait!r}", errors={"wait": "unsupported"})
         return version
 
     def rollback(self, version: int, *, actor: str | None = None, expected_version: int | None = None) -> int:

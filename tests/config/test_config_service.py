@@ -438,3 +438,10 @@ def test_the_factory_picks_sqlite_without_redis_and_redis_with_it(tmp_path, redi
         assert "redis://" not in repr(served.get("esf"))
         with pytest.raises(PermissionDenied):
             served.update("esf.node", "x")
+
+
+def test_an_unknown_wait_mode_is_rejected_before_anything_is_written(make_service):
+    svc = make_service()
+    with pytest.raises(ValidationError):
+        svc.update_batch({"a": 1}, wait="some")
+    assert svc.version == 0

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("set", help="set one path (VALUE is JSON, or else a string)")
     p.add_argument("path")
     p.add_argument("value")
+    p.add_argument("--secret", action="store_true", help="store VALUE (a string) as a secret: redacted everywhere")
     _write_options(p)
     p.set_defaults(handler=_handler(run_set))
 
@@ -120,7 +121,8 @@ def run_get(service: ConfigService, args: argparse.Namespace) -> int:
 
 
 def run_set(service: ConfigService, args: argparse.Namespace) -> int:
-    return _write(service, {args.path: parse_value(args.value)}, args)
+    value = Secret(args.value) if getattr(args, "secret", False) else parse_value(args.value)
+    return _write(service, {args.path: value}, args)
 
 
 def run_batch(service: ConfigService, args: argparse.Namespace) -> int:

@@ -55,7 +55,10 @@ def check_batch(
     denied = rules.denied_paths(paths, actor)
     if denied:
         raise Denied(
-            f"paths restricted to other actors than {actor!r}: {', '.join(denied)}", paths=denied, reason="restricted"
+            f"paths outside the writable allowlist or restricted to other actors than {actor!r}: "
+            f"{', '.join(denied)}",
+            paths=denied,
+            reason="restricted",
         )
     prepared: dict[str, Any] = {}
     secrets: set[str] = set()

@@ -37,6 +37,8 @@ class Rules:
     read_only: set[str] = field(default_factory=set)
     restricted: dict[str, frozenset[str]] = field(default_factory=dict)
     secret: set[str] = field(default_factory=set)
+    #: Allowlist of writable subtrees; ``None`` (no allowlist registered): everything not protected.
+    writable: set[str] | None = None
 
     def add(
         self,
@@ -47,6 +49,7 @@ class Rules:
         read_only: Iterable[str],
         restricted: Mapping[str, Collection[str]] | None,
         secret: Iterable[str],
+        writable: Iterable[str] | None = None,
     ) -> None:
         """Register one schema and its rules (see ``ConfigService.register_schema``)."""
         errors: dict[str, str] = {}
@@ -54,7 +57,8 @@ class Rules:
             problem = path_error(prefix)
             if problem:
                 errors["prefix"] = problem
-        all_paths = list(read_only) + list(restricted or {}) + list(secret)
+        writable = list(writable) if writable is not None else None
+        all_paths = list(read_only) + list(restricted or {}) + list(secret) + list(writable or [])
         for p in all_paths:
             problem = path_error(p)
             if problem:
@@ -78,6 +82,8 @@ class Rules:
         for p, actors in (restricted or {}).items():
             self.restricted[_join(prefix, p)] = frozenset(actors)
         self.secret.update(_join(prefix, p) for p in secret)
+        if writable is not None:
+            self.writable = (self.writable or set()) | {_join(prefix, p) for p in writable}
 
     # -- checks -----------------------------------------------------------
 
@@ -86,9 +92,12 @@ class Rules:
         return [p for p in paths if any(overlaps(p, ro) for ro in self.read_only)]
 
     def denied_paths(self, paths: Iterable[str], actor: str | None) -> list[str]:
-        """The paths of a batch restricted to other actors than ``actor``."""
+        """The paths of a batch outside the allowlist (if any), or restricted to other actors than ``actor``."""
         out = []
         for p in paths:
+            if self.writable is not None and not any(is_under(p, w) for w in self.writable):
+                out.append(p)
+                continue
             for pattern, actors in self.restricted.items():
                 if overlaps(p, pattern) and actor not in actors:
                     out.append(p)

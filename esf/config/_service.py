@@ -209,6 +209,7 @@ class ConfigService(Replica):
         read_only: Iterable[str] = (),
         restricted: Mapping[str, Collection[str]] | None = None,
         secret: Iterable[str] = (),
+        writable: Iterable[str] | None = None,
     ) -> None:
         """Register a schema (pydantic model class or JSON Schema) for the subtree at ``prefix``, and path rules.
 
@@ -223,13 +224,21 @@ class ConfigService(Replica):
             restricted: ``path -> actors`` allowed to change it; others get ``PermissionDenied``.
             read_only: paths nobody may change through the service (``esf`` always is).
             secret: paths whose values are redacted everywhere but the live document.
+            writable: an allowlist of subtrees that may be changed; once one is registered,
+                every other path is denied by default (``PermissionDenied``, audited).
 
         Raises:
             ValidationError: the schema or a path is invalid.
         """
         with self._lock:
             self._rules.add(
-                schema, prefix=prefix, defaults=defaults, read_only=read_only, restricted=restricted, secret=secret
+                schema,
+                prefix=prefix,
+                defaults=defaults,
+                read_only=read_only,
+                restricted=restricted,
+                secret=secret,
+                writable=writable,
             )
             self._install(self._snap.stored)
 

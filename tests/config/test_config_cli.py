@@ -114,3 +114,11 @@ def test_watch_stops_at_its_timeout(svc, capsys):
 def test_the_config_command_is_registered():
     args = build_parser().parse_args(["config", "get", "a.b", "--json"])
     assert args.path == "a.b" and args.json and callable(args.handler)
+
+
+@pytest.mark.parametrize("spec", ["sqlite"], indirect=True)
+def test_set_secret_stores_a_secret_that_is_never_printed(svc, capsys):
+    run(svc, ["set", "db.password", "hunter2", "--secret"], capsys)
+    assert svc.get("db.password").reveal() == "hunter2"
+    out = run(svc, ["get", "db"], capsys)[1] + run(svc, ["history"], capsys)[1]
+    assert "hunter2" not in out and "**********" in out

@@ -445,3 +445,15 @@ def test_an_unknown_wait_mode_is_rejected_before_anything_is_written(make_servic
     with pytest.raises(ValidationError):
         svc.update_batch({"a": 1}, wait="some")
     assert svc.version == 0
+
+
+def test_with_a_writable_allowlist_every_other_path_is_denied_and_audited(make_service):
+    events = []
+    svc = make_service(audit=events.append)
+    svc.register_schema(writable=["billing", "ui.theme"])
+    assert svc.update_batch({"billing.retries": 1, "ui.theme": "dark"}) == 1
+    for changes in ({"other": 1}, {"ui": {"theme": "x"}}, {"ui.font": "mono"}):
+        with pytest.raises(PermissionDenied):
+            svc.update_batch(changes)
+    assert [e["type"] for e in events].count("config.denied") == 3
+    assert svc.version == 1

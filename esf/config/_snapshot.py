@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -96,9 +97,18 @@ class LocalSnapshotFile:
     def __init__(self, directory: Path, identity: str) -> None:
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         self.path = directory / f"config-snapshot-{digest}.json"
+        self._lock = threading.Lock()
+        self._saved_version = -1
 
     def save(self, stored: StoredConfig, secret_prefixes: Collection[str]) -> None:
-        """Write ``stored`` without its secrets; errors are logged, never raised."""
+        """Write ``stored`` without its secrets, unless a newer version was saved; errors are logged."""
+        with self._lock:
+            if stored.version < self._saved_version:
+                return
+            self._save(stored, secret_prefixes)
+            self._saved_version = stored.version
+
+    def _save(self, stored: StoredConfig, secret_prefixes: Collection[str]) -> None:
         document = _drop(stored.document, frozenset(secret_prefixes) | stored.secrets, "")
         data = {"version": stored.version, "document": document, "saved_at": time.time()}
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +38,10 @@ __all__ = ["AuditSink", "ConfigService"]
 
 log = logging.getLogger("esf.config")
 
-#: Receives one JSON-safe dict per committed change (``type == "config.updated"``) or refused
-#: change (``type == "config.denied"``). Must not block; its errors are logged and ignored.
+#: Receives one JSON-safe dict per committed change (``type == "config.updated"``: version,
+#: previous_version, actor, node, at, changes (redacted), rollback_of, secrets, event_id) or refused
+#: change (``type == "config.denied"``: paths, actor, node, at, reason, event_id). ``event_id`` is
+#: stable per (store, version) for updates. Must not block; its errors are logged and ignored.
 AuditSink = Callable[[dict[str, Any]], None]
 
 
@@ -385,13 +388,22 @@ class ConfigService(Replica):
 
     def _audit_updated(self, entry: HistoryEntry, previous: int) -> None:
         payload = entry.to_dict(with_document=False)
-        payload.update(type="config.updated", previous_version=previous)
+        # A stable id per (store, version): appending the audit event twice stores it once.
+        event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"esf-config:{self._store.identity}#{entry.version}"))
+        payload.update(type="config.updated", previous_version=previous, event_id=event_id)
         self._emit(payload)
 
     def _audit_denied(self, paths: list[str], actor: str | None, reason: str) -> None:
         self._emit(
-            {"type": "config.denied", "paths": paths, "actor": actor, "node": self.node_id, "at": time.time(),
-             "reason": reason}
+            {
+                "type": "config.denied",
+                "event_id": str(uuid.uuid4()),
+                "paths": paths,
+                "actor": actor,
+                "node": self.node_id,
+                "at": time.time(),
+                "reason": reason,
+            }
         )
 
     def _emit(self, payload: dict[str, Any]) -> None:

@@ -28,12 +28,14 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)  # the machine is shared: no timing in tests
 @given(paths)
 def test_every_valid_path_round_trips_through_parse(path):
     assert path_error(path) is None
     assert ".".join(parse_path(path)) == path
 
 
+@settings(deadline=None)  # the machine is shared: no timing in tests
 @given(st.text(max_size=40))
 def test_parse_accepts_exactly_what_path_error_accepts(text):
     problem = path_error(text)
@@ -45,6 +47,7 @@ def test_parse_accepts_exactly_what_path_error_accepts(text):
         assert text == "" or "segment" in problem or "characters" in problem or "segments" in problem
 
 
+@settings(deadline=None)  # the machine is shared: no timing in tests
 @given(st.lists(st.tuples(paths, json_values), max_size=6))
 def test_set_then_lookup_returns_the_last_value_written(writes):
     tree: dict = {}
@@ -57,6 +60,7 @@ def test_set_then_lookup_returns_the_last_value_written(writes):
             assert lookup(tree, parse_path(path)) == value
 
 
+@settings(deadline=None)  # the machine is shared: no timing in tests
 @given(st.dictionaries(segments, json_values, max_size=4), st.dictionaries(segments, json_values, max_size=4))
 def test_applying_a_leaf_diff_to_the_old_tree_gives_the_new_tree(old, new):
     tree = copy.deepcopy(old)
@@ -65,6 +69,7 @@ def test_applying_a_leaf_diff_to_the_old_tree_gives_the_new_tree(old, new):
     assert leaf_diff(tree, new) == []
 
 
+@settings(deadline=None)  # the machine is shared: no timing in tests
 @given(json_values)
 def test_frozen_values_thaw_back_to_equal_json(value):
     assert thaw_plain(freeze(value)) == value

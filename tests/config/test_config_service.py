@@ -457,3 +457,16 @@ def test_with_a_writable_allowlist_every_other_path_is_denied_and_audited(make_s
             svc.update_batch(changes)
     assert [e["type"] for e in events].count("config.denied") == 3
     assert svc.version == 1
+
+
+def test_audit_payloads_are_json_with_a_stable_event_id_per_version(make_service):
+    events = []
+    svc = make_service(audit=events.append)
+    svc.update("a", 1, actor="alice")
+    payload = events[-1]
+    assert json.loads(json.dumps(payload)) == payload
+    assert payload["type"] == "config.updated" and payload["version"] == 1 and payload["previous_version"] == 0
+    assert payload["actor"] == "alice" and payload["changes"] == [{"path": "a", "new": 1}]
+    assert len(payload["event_id"]) == 36
+    svc.update("a", 2)
+    assert events[-1]["event_id"] != payload["event_id"]

@@ -28,14 +28,14 @@ json_values = st.recursive(
 )
 
 
-@settings(deadline=None)  # the machine is shared: no timing in tests
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # shared machine: no timing
 @given(paths)
 def test_every_valid_path_round_trips_through_parse(path):
     assert path_error(path) is None
     assert ".".join(parse_path(path)) == path
 
 
-@settings(deadline=None)  # the machine is shared: no timing in tests
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # shared machine: no timing
 @given(st.text(max_size=40))
 def test_parse_accepts_exactly_what_path_error_accepts(text):
     problem = path_error(text)
@@ -47,7 +47,7 @@ def test_parse_accepts_exactly_what_path_error_accepts(text):
         assert text == "" or "segment" in problem or "characters" in problem or "segments" in problem
 
 
-@settings(deadline=None)  # the machine is shared: no timing in tests
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # shared machine: no timing
 @given(st.lists(st.tuples(paths, json_values), max_size=6))
 def test_set_then_lookup_returns_the_last_value_written(writes):
     tree: dict = {}
@@ -60,7 +60,7 @@ def test_set_then_lookup_returns_the_last_value_written(writes):
             assert lookup(tree, parse_path(path)) == value
 
 
-@settings(deadline=None)  # the machine is shared: no timing in tests
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # shared machine: no timing
 @given(st.dictionaries(segments, json_values, max_size=4), st.dictionaries(segments, json_values, max_size=4))
 def test_applying_a_leaf_diff_to_the_old_tree_gives_the_new_tree(old, new):
     tree = copy.deepcopy(old)
@@ -69,7 +69,7 @@ def test_applying_a_leaf_diff_to_the_old_tree_gives_the_new_tree(old, new):
     assert leaf_diff(tree, new) == []
 
 
-@settings(deadline=None)  # the machine is shared: no timing in tests
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # shared machine: no timing
 @given(json_values)
 def test_frozen_values_thaw_back_to_equal_json(value):
     assert thaw_plain(freeze(value)) == value
@@ -93,7 +93,7 @@ def shared_service():
 bad_paths = st.sampled_from(["", ".", "a..b", "1x", "a.b c", "ä", "a." * 40 + "a", "x" * 300])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     good=st.dictionaries(segments.map(lambda s: "free." + s), scalars, min_size=1, max_size=3),
     bad=st.one_of(
@@ -157,5 +157,7 @@ class ConfigModel(RuleBasedStateMachine):
         shutil.rmtree(self.dir)
 
 
-ConfigModel.TestCase.settings = settings(max_examples=25, stateful_step_count=12, deadline=None)
+ConfigModel.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 TestTheServiceBehavesLikeAVersionedDict = ConfigModel.TestCase

@@ -93,7 +93,11 @@ def shared_service():
 bad_paths = st.sampled_from(["", ".", "a..b", "1x", "a.b c", "ä", "a." * 40 + "a", "x" * 300])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     good=st.dictionaries(segments.map(lambda s: "free." + s), scalars, min_size=1, max_size=3),
     bad=st.one_of(

@@ -92,6 +92,13 @@ class Replica:
         self.node_id = node_id or f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._started_at = time.time()
         self.test_hooks = TestHooks()
+        #: Event counts since start, for telemetry: ``notifications`` received, ``gaps`` seen
+        #: (a notification more than one version ahead), ``reloads`` of the document,
+        #: ``reconciled`` (reloads found by polling or reconciliation rather than a notification),
+        #: ``replayed`` versions from the history, ``store_errors``, ``commits``, ``conflicts`` retried.
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("notifications", "gaps", "reloads", "reconciled", "replayed", "store_errors", "commits", "conflicts"), 0
+        )
         self._local = LocalSnapshotFile(Path(data_dir), store.identity) if data_dir is not None else None
         self._lock = threading.RLock()  # guards swaps and subscriber delivery (in version order)
         self._subscribers: dict[int, tuple[str, Subscriber]] = {}
@@ -266,8 +273,11 @@ class Replica:
     def _on_notify(self, version: int | None) -> None:
         if self.test_hooks.drop_notifications:
             return
+        self.counters["notifications"] += 1
         if version is not None and version <= self._snap.version:
             return
+        if version is not None and version > self._snap.version + 1:
+            self.counters["gaps"] += 1
         self._sync(version)
 
     def _sync(self, hint: int | None) -> None:
@@ -289,6 +299,10 @@ class Replica:
             # (Older than a version applied *during* the read is just a race with a local write.)
             log.warning("config: the store is at version %d, behind this process (%d)", stored.version, before)
             return
+        if stored.version > before:
+            self.counters["reloads"] += 1
+            if hint is None:
+                self.counters["reconciled"] += 1
         self._catch_up(stored)
         self._apply(stored)
 
@@ -313,6 +327,7 @@ class Replica:
                 return
         for entry in entries:
             assert entry is not None
+            self.counters["replayed"] += 1
             document = copy_document(entry.document)
             restore_secrets(document, self._rules.secret | set(entry.secrets), stored.document)
             self._apply(StoredConfig(entry.version, document, frozenset(entry.secrets)))
@@ -322,6 +337,7 @@ class Replica:
             log.warning("config: store unreachable, serving the last snapshot: %s", exc)
         self._store_ok = False
         self._last_error = str(exc)
+        self.counters["store_errors"] += 1
 
     def _mark_up(self) -> None:
         if not self._store_ok and self._last_error is not None:

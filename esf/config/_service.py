@@ -372,6 +372,7 @@ class ConfigService(Replica):
             except ConcurrencyConflict as exc:
                 if expected_version is not None:
                     raise
+                self.counters["conflicts"] += 1
                 fresh = True
                 if time.monotonic() > deadline:
                     raise Timeout(f"gave up after {attempt + 1} attempts: other writers kept winning") from exc
@@ -380,6 +381,7 @@ class ConfigService(Replica):
             except ServiceUnavailable as exc:
                 self._mark_down(exc)
                 raise
+            self.counters["commits"] += 1
             self._apply(StoredConfig(version, document, secrets))
             log.info("config: version %d committed by %s (%d paths changed)", version, actor, len(diff))
             self._audit_updated(entry, base.version)

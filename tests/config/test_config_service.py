@@ -347,6 +347,7 @@ def test_a_lost_notification_is_caught_by_reconciliation(make_service):
     # Then periodic reconciliation catches up over the gap
     eventually(lambda: deaf.version == 3, what="reconciliation")
     assert deaf.get("n") == 2
+    assert deaf.counters["reconciled"] >= 1
 
 
 def test_cold_start_with_an_unreachable_store_serves_the_local_snapshot(make_service, tmp_path):
@@ -417,6 +418,8 @@ def test_a_notification_after_a_gap_applies_each_missed_batch_in_order(make_serv
     # Then the reader saw the gap, reloaded, and its subscriber got one call per batch
     assert seen == [(1, ("a",)), (2, ("b",)), (3, ("c",))]
     assert reader.get() == {"a": 1, "b": 2, "c": 3}
+    # (seen as a gap, or on the first poll after start, which always resynchronises)
+    assert reader.counters["replayed"] == 2, reader.counters
 
 
 def test_the_factory_picks_sqlite_without_redis_and_redis_with_it(tmp_path, redis_url):

@@ -77,7 +77,7 @@ def test_history_diff_and_rollback(svc, capsys):
 @pytest.mark.parametrize("spec", ["sqlite"], indirect=True)
 def test_nodes_and_health(svc, capsys):
     svc.update("a", 1)
-    from conftest import eventually
+    from .conftest import eventually
 
     eventually(lambda: svc.nodes() and svc.nodes()[0].version == 1)
     out = run(svc, ["nodes"], capsys)[1]
@@ -94,7 +94,7 @@ def test_watch_prints_each_new_version_until_count(make_service, capsys):
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", cli.run_watch(watcher, args)))
     thread.start()
-    from conftest import eventually
+    from .conftest import eventually
 
     eventually(lambda: watcher._subscribers, what="watch subscribed")
     writer.update("a", 1)

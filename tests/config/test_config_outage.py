@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import FAST, eventually
 from esf.plugins.redis_config import RedisConfigStore
 
 from esf.config import ConfigService
 from esf.errors import ServiceUnavailable
+
+from .conftest import FAST, eventually
 
 SETTINGS = dataclasses.replace(FAST, store_timeout_s=1.0)
 

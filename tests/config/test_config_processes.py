@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 
-import config_workers
 import pytest
-from conftest import eventually
 
 from esf.errors import Timeout
+
+from . import config_workers
+from .conftest import eventually
 
 PROCS = 4
 UPDATES = 25

@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 from esf.plugins.sqlite_config import SqliteConfigStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +16,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from esf.config import DELETE, ConfigService, parse_path, path_error
 from esf.config._paths import freeze, leaf_diff, lookup, set_path, thaw_plain
 from esf.errors import ValidationError
+
+from .conftest import FAST
 
 segments = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_\-]{0,10}\Z")
 paths = st.lists(segments, min_size=1, max_size=4).map(".".join)

@@ -6,11 +6,12 @@ import json
 import types
 
 import pytest
-from conftest import FAST, eventually
 
 from esf import Secret
 from esf.config import DELETE, REDACTED, ChangeEvent
 from esf.errors import ConcurrencyConflict, NotFound, PermissionDenied, ValidationError
+
+from .conftest import FAST, eventually
 
 BILLING_SCHEMA = {
     "type": "object",

@@ -44,7 +44,7 @@ def test_a_commit_on_a_stale_base_is_a_conflict_and_changes_nothing(store):
 
 
 def test_history_is_newest_first_and_bounded(spec):
-    from conftest import FAST
+    from .conftest import FAST
 
     store = spec.store(FAST.__class__(**{**FAST.__dict__, "history_limit": 2}))
     try:
@@ -57,7 +57,7 @@ def test_history_is_newest_first_and_bounded(spec):
 
 
 def test_notifications_carry_new_versions(spec, store):
-    from conftest import eventually
+    from .conftest import eventually
 
     seen = []
     store.watch(seen.append)

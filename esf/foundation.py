@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import redis
     from celery.canvas import Signature
 
-    from .events import EventStore
+    from .config import ConfigService
+    from .events import Event, EventStore
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
     from .telemetry import Telemetry
@@ -49,10 +50,12 @@ class Foundation:
         self._lock = threading.Lock()
         self._lease: Any = None
         _instances.add(self)
-        if self.settings.events.record_job_events:
-            from .events import JobHistoryHooks
+        from .events import JobHistoryHooks
 
-            self._hooks.append(JobHistoryHooks(cast("EventStore", _DeferredEvents(self))))
+        #: Buffered, batched writer of events nobody waits for (job history, audit events).
+        self._event_writer = JobHistoryHooks(cast("EventStore", _DeferredEvents(self)))
+        if self.settings.events.record_job_events:
+            self._hooks.append(self._event_writer)
         if self.settings.telemetry.enabled:
             from .telemetry import TelemetryHooks
 
@@ -162,6 +165,38 @@ class Foundation:
 
         return create_event_store(self.settings)
 
+    def record(self, event: Event) -> None:
+        """Append ``event`` in the background: never blocks on the database, batched, spooled when it is down.
+
+        Raises:
+            ValidationError: the event is invalid (checked here, before it is queued).
+        """
+        from .events._validation import prepare_events
+
+        prepare_events(event, max_event_bytes=self.settings.events.max_event_bytes)
+        self._event_writer.append_later(event)
+
+    # -- configuration -------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> ConfigService:
+        """Configuration: one snapshot per process, atomic batches, history; audit events go to the store."""
+        from .config import create_config_service
+        from .events import Event
+
+        def audit(payload: dict[str, Any]) -> None:
+            self.record(Event(str(payload["type"]), payload, stream_id="config",
+                              event_id=payload.get("event_id")))
+
+        service = create_config_service(self.settings, audit=audit)
+
+        def telemetry_changed(_change: Any) -> None:
+            if "telemetry" in self.__dict__:
+                self.telemetry.apply_config(service.get("telemetry", default={}))
+
+        service.subscribe("telemetry", telemetry_changed)
+        return service
+
     # -- telemetry ---------------------------------------------------------------
 
     @cached_property
@@ -221,7 +256,8 @@ class Foundation:
             service = self.__dict__.get(name)
             if service is not None and hasattr(service, "health"):
                 try:
-                    services[name] = dict(service.health())
+                    report = service.health()
+                    services[name] = report.to_dict() if hasattr(report, "to_dict") else dict(report)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
         states = {s.get("status") for s in services.values()}
@@ -303,6 +339,8 @@ class Foundation:
         jobs = self.__dict__.get("jobs")
         if jobs is not None:
             jobs.__dict__.pop("coordinator", None)
+        # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
+        self.__dict__.pop("config", None)
         for name in SERVICES:
             service = self.__dict__.get(name)
             engine = getattr(service, "engine", None)

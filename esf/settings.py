@@ -159,11 +159,48 @@ class EventSettings:
 class ConfigSettings:
     """The configuration service."""
 
+    #: Versions kept in the history (older ones are dropped; rollback reaches only those kept).
     history_limit: int = 1000
+    #: Largest JSON-encoded value of one changed path (bytes).
     max_value_bytes: int = 65_536
+    #: Prefix of every Redis key and channel of the configuration service.
+    redis_prefix: str = "esf:config:"
+    #: SQLite store: seconds between two checks of the version by each process.
+    poll_interval_s: float = 0.5
+    #: Seconds between two reconciliations (the version is read from the store even
+    #: when no notification arrived: pub/sub is at-most-once).
+    reconcile_interval_s: float = 5.0
+    #: Seconds between two heartbeats of a process (it also beats right after applying a version).
+    heartbeat_interval_s: float = 2.0
+    #: A process that has not beaten for this long is no longer live (seconds).
+    node_ttl_s: float = 10.0
+    #: A live process still on an older version this long after the next version was
+    #: committed is reported as diverged (seconds).
+    diverged_after_s: float = 30.0
+    #: Seconds a call to the store may take before it counts as unreachable.
+    store_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        _positive(self, "config", ("history_limit", "max_value_bytes"))
+        _positive(
+            self,
+            "config",
+            (
+                "history_limit",
+                "max_value_bytes",
+                "poll_interval_s",
+                "reconcile_interval_s",
+                "heartbeat_interval_s",
+                "node_ttl_s",
+                "diverged_after_s",
+                "store_timeout_s",
+            ),
+        )
+        if not self.redis_prefix:
+            raise SettingsError("config.redis_prefix: must not be empty", setting="config.redis_prefix")
+        if self.node_ttl_s <= self.heartbeat_interval_s:
+            raise SettingsError(
+                "config.node_ttl_s: must be greater than config.heartbeat_interval_s", setting="config.node_ttl_s"
+            )
 
 
 @dataclass(frozen=True)

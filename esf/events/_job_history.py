@@ -261,6 +261,11 @@ class JobHistoryHooks(JobHooks):
             except Exception:
                 log.exception("job history: event %s could not be written", event.type)
 
+    def append_later(self, event: Event) -> None:
+        """Queue any event for the background writer (same batching, retries and spooling)."""
+        self._ensure_thread()
+        self._queue.put(event)
+
     # -- control ------------------------------------------------------------
 
     def pending(self) -> int:

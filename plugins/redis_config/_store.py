@@ -1,0 +1,239 @@
+"""``RedisConfigStore``: atomic batches in one Lua script, propagation by pub/sub plus reconciliation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.exceptions import RedisError
+
+from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
+from esf.errors import ConcurrencyConflict, ServiceUnavailable
+
+__all__ = ["COMMIT_SCRIPT", "RedisConfigStore"]
+
+log = logging.getLogger("esf.config.redis")
+
+#: KEYS: state hash, history hash. ARGV: expected version, document, secrets, entry, history limit,
+#: channel, time. Checks the version, writes document + version + history entry, trims the
+#: history, publishes the new version: all or nothing, in one step.
+COMMIT_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then
+  return {0, current}
+end
+local new = current + 1
+redis.call('HSET', KEYS[1], 'version', new, 'document', ARGV[2], 'secrets', ARGV[3], 'updated_at', ARGV[7])
+redis.call('HSET', KEYS[2], tostring(new), ARGV[4])
+local oldest = new - tonumber(ARGV[5])
+if oldest > 0 then
+  redis.call('HDEL', KEYS[2], tostring(oldest))
+end
+redis.call('PUBLISH', ARGV[6], tostring(new))
+return {1, new}
+"""
+
+
+class RedisConfigStore:
+    """The configuration in Redis, under ``prefix``.
+
+    Keys: ``<prefix>state`` (hash: version, document, secrets, updated_at),
+    ``<prefix>history`` (hash: version -> entry), ``<prefix>node:<id>``
+    (heartbeat, with a TTL) indexed by the sorted set ``<prefix>nodes``;
+    channel ``<prefix>changes`` carries each new version.
+
+    Parameters:
+        url: ``redis://host:port/db``.
+        prefix: prefix of every key and of the channel.
+        history_limit: versions kept.
+        timeout_s: socket timeout of every call.
+    """
+
+    kind = "redis"
+
+    def __init__(
+        self, url: str, *, prefix: str = "esf:config:", history_limit: int = 1000, timeout_s: float = 5.0
+    ) -> None:
+        self.prefix = prefix
+        self.history_limit = history_limit
+        self.identity = f"redis:{_strip_credentials(url)}:{prefix}"
+        self._url = url
+        self._timeout_s = timeout_s
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0), health_check_interval=30
+        )
+        self._script = self._client.register_script(COMMIT_SCRIPT)
+        self.k_state = f"{prefix}state"
+        self.k_history = f"{prefix}history"
+        self.k_nodes = f"{prefix}nodes"
+        self.channel = f"{prefix}changes"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: Any = None
+
+    def _fail(self, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"Redis config store {_strip_credentials(self._url)}: {exc}")
+
+    # -- reading -------------------------------------------------------------
+
+    def read(self) -> StoredConfig:
+        try:
+            version, document, secrets = self._client.hmget(self.k_state, ["version", "document", "secrets"])
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        if version is None:
+            return StoredConfig(0, {}, frozenset())
+        return StoredConfig(int(version), json.loads(document or b"{}"), frozenset(json.loads(secrets or b"[]")))
+
+    def version(self) -> int:
+        try:
+            raw = self._client.hget(self.k_state, "version")
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        return int(raw) if raw is not None else 0
+
+    def entry(self, version: int) -> HistoryEntry | None:
+        try:
+            raw = self._client.hget(self.k_history, str(version))
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        return HistoryEntry.from_dict(json.loads(raw)) if raw is not None else None
+
+    def history(self, limit: int) -> list[HistoryEntry]:
+        try:
+            current = self.version()
+            first = max(1, current - limit + 1)
+            wanted = [str(v) for v in range(current, first - 1, -1)]
+            raws = self._client.hmget(self.k_history, wanted) if wanted else []
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        return [HistoryEntry.from_dict(json.loads(r)) for r in raws if r is not None]
+
+    # -- writing -------------------------------------------------------------
+
+    def commit(self, commit: Commit) -> int:
+        args = [
+            commit.base_version,
+            json.dumps(commit.document, separators=(",", ":")),
+            json.dumps(sorted(commit.secrets)),
+            json.dumps(commit.entry.to_dict(), separators=(",", ":")),
+            self.history_limit,
+            self.channel,
+            repr(commit.entry.at),
+        ]
+        try:
+            ok, version = self._script(keys=[self.k_state, self.k_history], args=args)
+        except RedisError as exc:
+            raise ServiceUnavailable(
+                f"Redis config store {_strip_credentials(self._url)}: {exc}; the batch may or may not be "
+                "applied: read the version to know"
+            ) from exc
+        if not ok:
+            raise ConcurrencyConflict(
+                f"expected version {commit.base_version}, the store is at {version}",
+                expected=commit.base_version,
+                actual=int(version),
+            )
+        return int(version)
+
+    # -- nodes ---------------------------------------------------------------
+
+    def beat(self, node: NodeStatus, ttl_s: float) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(f"{self.prefix}node:{node.node_id}", json.dumps(node.to_dict()), px=int(ttl_s * 1000))
+            pipe.zadd(self.k_nodes, {node.node_id: node.last_seen})
+            pipe.zremrangebyscore(self.k_nodes, "-inf", time.time() - 10 * ttl_s)
+            pipe.execute()
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def forget(self, node_id: str) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.delete(f"{self.prefix}node:{node_id}")
+            pipe.zrem(self.k_nodes, node_id)
+            pipe.execute()
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def nodes(self, ttl_s: float) -> list[NodeStatus]:
+        try:
+            ids = self._client.zrangebyscore(self.k_nodes, time.time() - ttl_s, "+inf")
+            if not ids:
+                return []
+            raws = self._client.mget([f"{self.prefix}node:{i.decode()}" for i in ids])
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        out = [NodeStatus.from_dict(json.loads(r)) for r in raws if r is not None]
+        return sorted(out, key=lambda n: n.node_id)
+
+    # -- notifications ---------------------------------------------------------
+
+    def watch(self, callback: NotifyCallback) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._listen, args=(callback,), name="esf-config-redis", daemon=True)
+        self._thread.start()
+
+    def _listen(self, callback: NotifyCallback) -> None:
+        """Subscriber loop: reconnects with backoff; after each (re)subscription asks for a full resync."""
+        delay = 0.1
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            try:
+                pubsub.subscribe(self.channel)
+                delay = 0.1
+                _call(callback, None)  # messages sent while we were away are lost: resync
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.25)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        version = int(message["data"])
+                    except (TypeError, ValueError):
+                        continue
+                    _call(callback, version)
+            except (RedisError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    break
+                log.debug("config pub/sub lost (%s); reconnecting in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                try:
+                    pubsub.close()
+                except (RedisError, OSError):
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisConfigStore({_strip_credentials(self._url)!r}, prefix={self.prefix!r})"
+
+
+def _call(callback: NotifyCallback, version: int | None) -> None:
+    try:
+        callback(version)
+    except Exception:
+        log.exception("config: notification callback failed")
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,7 @@
+"""SQLite configuration store: the embedded default (one file under ``data_dir``)."""
+
+from __future__ import annotations
+
+from ._store import SqliteConfigStore
+
+__all__ = ["SqliteConfigStore"]

@@ -1,0 +1,38 @@
+"""The Foundation's services work together: audit events, job metrics, health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import esf
+from esf.foundation import Foundation
+from tests.jobs.harness import wait_for
+
+
+def test_a_config_change_is_an_audit_event_in_the_store_without_blocking_the_update(tmp_path: Path) -> None:
+    # Given an embedded Foundation (SQLite everywhere)
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        # When configuration changes
+        version = fnd.config.update_batch({"billing.retries": 7, "billing.enabled": True}, actor="ops")
+        # Then the snapshot has it at once, and the audit event reaches the store
+        assert fnd.config.get("billing.retries") == 7
+        events = wait_for(lambda: fnd.events.query(esf.Q.type("config.updated")), timeout=30,
+                          message="config.updated event")
+        assert any(e.data.get("version") == version for e in events)
+
+
+def test_health_reports_every_started_service(tmp_path: Path) -> None:
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        fnd.config.get()
+        fnd.events.head()
+        fnd.telemetry.counter("demo.hits").inc()
+        report = fnd.health()
+        assert set(report["services"]) >= {"broker", "events", "config", "telemetry"}
+        assert report["status"] in ("ok", "degraded")
+
+
+def test_recording_an_invalid_event_fails_at_the_call_site(tmp_path: Path) -> None:
+    import pytest
+
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd, pytest.raises(esf.ValidationError):
+        fnd.record(esf.Event("not a type!", {}))

@@ -387,10 +387,16 @@ def where_clause(query: Query, dialect: str, table: FromClause = events) -> list
     return conds
 
 
+#: Built once (statements are immutable; each query derives its own).
+_SELECT_ASC = select(*event_columns()).order_by(events.c.position.asc())
+_SELECT_DESC = select(*event_columns()).order_by(events.c.position.desc())
+
+
 def select_events(query: Query, dialect: str, *, limit: int | None = None) -> Select[Any]:
     """The SELECT for a query, ordered by position."""
-    order = events.c.position.asc() if query.order == "asc" else events.c.position.desc()
-    stmt = select(*event_columns()).where(*where_clause(query, dialect)).order_by(order)
+    base = _SELECT_ASC if query.order == "asc" else _SELECT_DESC
+    conds = where_clause(query, dialect)
+    stmt = base.where(*conds) if conds else base
     limit = limit if limit is not None else query.limit
     return stmt.limit(limit) if limit is not None else stmt
 

@@ -314,9 +314,9 @@ def _explain(conn: Any) -> None:
 
     from esf.events._query import as_query
 
-    stmt = select_events(as_query(Q.data("user_id") == 4242), "postgresql")
+    stmt, values = select_events(as_query(Q.data("user_id") == 4242), "postgresql")
     compiled = stmt.compile(conn)
-    params = {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in compiled.params.items()}
+    params = {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in compiled.construct_params(values).items()}
     plan = conn.exec_driver_sql("EXPLAIN ANALYZE " + str(compiled), params).fetchall()
     print("\n".join(r[0] for r in plan), file=sys.stderr)
 

@@ -23,7 +23,7 @@ both backends, as in :meth:`esf.events._query.Filter.matches`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +39,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -185,47 +186,129 @@ def dialect_of(conn: Connection) -> str:
 # ---------------------------------------------------------------- compiling
 
 
-def compile_filter(node: Filter, dialect: str, table: FromClause = events) -> Cond:
+#: A value to bind and its SQL type (``None``: inferred from the value).
+Slot = tuple[Any, Any]
+#: Makes the bound parameter for one slot: a literal, or a named parameter of a cached template.
+Binder = Callable[[Any, Any], Cond]
+
+
+def _literal(value: Any, type_: Any) -> Cond:
+    return literal(value, type_)
+
+
+class _NamedBinder:
+    """Binds slots as ``q0, q1, …`` (a reusable statement) and records their values in order."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, type_: Any) -> Cond:
+        name = f"q{len(self.values)}"
+        self.values.append(value)
+        return bindparam(name, type_=type_)
+
+
+def compile_filter(node: Filter, dialect: str, table: FromClause = events, bind: Binder = _literal) -> Cond:
     """A boolean SQL expression (never NULL) equivalent to ``node.matches``.
 
     Parameters:
         node: the filter tree.
         dialect: ``"postgresql"`` or ``"sqlite"``.
         table: the events table or an alias of it (sequences use two).
+        bind: makes the bound parameter of each value (default: a literal bind).
     Raises:
-        QueryError: an unknown filter node.
+        QueryError: an unknown filter node or dialect.
     Returns:
         A Core expression with bound parameters only.
     """
-    c = table.c
     if isinstance(node, And):
-        return and_(*(compile_filter(p, dialect, table) for p in node.parts))
+        return and_(*(compile_filter(p, dialect, table, bind) for p in node.parts))
     if isinstance(node, Or):
-        return or_(*(compile_filter(p, dialect, table) for p in node.parts))
+        return or_(*(compile_filter(p, dialect, table, bind) for p in node.parts))
     if isinstance(node, Not):
-        return not_(compile_filter(node.part, dialect, table))
+        return not_(compile_filter(node.part, dialect, table, bind))
+    p = [bind(value, type_) for value, type_ in leaf_slots(node, dialect)]
+    c = table.c
     if isinstance(node, TypeIs):
-        return c.event_type == node.types[0] if len(node.types) == 1 else c.event_type.in_(node.types)
+        return c.event_type == p[0] if len(p) == 1 else c.event_type.in_(p)
     if isinstance(node, StreamIs):
-        return c.stream_id == node.stream_id
+        return c.stream_id == p[0]
     if isinstance(node, CorrelationIs):
         # ``= :c`` alone is NULL for a NULL column; the AND makes it false and keeps the index usable.
-        return and_(c.correlation_id == node.correlation_id, c.correlation_id.is_not(None))
+        return and_(c.correlation_id == p[0], c.correlation_id.is_not(None))
     if isinstance(node, TimeBetween):
+        bounds = iter(p)
         parts = []
         if node.start is not None:
-            parts.append(c.recorded_at >= node.start)
+            parts.append(c.recorded_at >= next(bounds))
         if node.end is not None:
-            parts.append(c.recorded_at < node.end)
+            parts.append(c.recorded_at < next(bounds))
         return and_(*parts)
     if isinstance(node, PositionAfter):
-        return c.position > node.position
-    data = c.data
+        return c.position > p[0]
     if dialect == "postgresql":
-        return _pg_leaf(node, data)
-    if dialect == "sqlite":
-        return _sqlite_leaf(node, data)
-    raise QueryError(f"event queries support PostgreSQL and SQLite, not {dialect}")
+        return _pg_leaf(node, c.data, p)
+    return _sqlite_leaf(node, c.data, p)
+
+
+def leaf_slots(node: Filter, dialect: str) -> list[Slot]:
+    """The values a leaf binds, in the order its compiled SQL uses them (the single source of both)."""
+    if dialect not in ("postgresql", "sqlite"):
+        raise QueryError(f"event queries support PostgreSQL and SQLite, not {dialect}")
+    if isinstance(node, TypeIs):
+        return [(t, String) for t in node.types]
+    if isinstance(node, StreamIs):
+        return [(node.stream_id, String)]
+    if isinstance(node, CorrelationIs):
+        return [(node.correlation_id, String)]
+    if isinstance(node, TimeBetween):
+        return [(t, events.c.recorded_at.type) for t in (node.start, node.end) if t is not None]
+    if isinstance(node, PositionAfter):
+        return [(node.position, events.c.position.type)]
+    if isinstance(node, FieldCompare | FieldIn | FieldExists | FieldContains):
+        return _pg_slots(node) if dialect == "postgresql" else _sqlite_slots(node)
+    raise QueryError(f"unknown filter node {type(node).__name__}")
+
+
+def filter_shape(node: Filter) -> Hashable:
+    """What the compiled SQL of ``node`` depends on, apart from the bound values.
+
+    Two filters with one shape compile to the same statement with different parameters.
+    """
+    if isinstance(node, And | Or):
+        return (type(node).__name__, tuple(filter_shape(p) for p in node.parts))
+    if isinstance(node, Not):
+        return ("Not", filter_shape(node.part))
+    if isinstance(node, TypeIs):
+        return ("TypeIs", len(node.types))
+    if isinstance(node, TimeBetween):
+        return ("TimeBetween", node.start is None, node.end is None)
+    if isinstance(node, FieldCompare):
+        return ("FieldCompare", node.path, node.op, _value_shape(node.value))
+    if isinstance(node, FieldIn):
+        return ("FieldIn", node.path, tuple(_value_shape(v) for v in node.values))
+    if isinstance(node, FieldExists):
+        return ("FieldExists", node.path)
+    if isinstance(node, FieldContains):
+        return ("FieldContains", node.path, _value_shape(node.value))
+    return (type(node).__name__,)
+
+
+def _value_shape(value: Scalar) -> str:
+    if value is None or isinstance(value, bool):
+        return repr(value)  # SQLite compiles null, true and false as JSON types, not values
+    return _kind(value)
+
+
+def filter_values(node: Filter, dialect: str, out: list[Any]) -> None:
+    """Append the bound values of ``node`` in the order :func:`compile_filter` binds them."""
+    if isinstance(node, And | Or):
+        for part in node.parts:
+            filter_values(part, dialect, out)
+    elif isinstance(node, Not):
+        filter_values(node.part, dialect, out)
+    else:
+        out.extend(value for value, _ in leaf_slots(node, dialect))
 
 
 def _kind(value: Scalar) -> str:
@@ -247,12 +330,8 @@ _ARROW = operators.custom_op("->", return_type=JSONB)
 _CONTAINS = operators.custom_op("@>", return_type=Boolean)
 
 
-def _pg_jsonb(value: Any) -> Cond:
-    """A JSONB bound parameter (the psycopg dialect renders it as ``%(p)s::JSONB``)."""
-    return literal(value, type_=_JSONB)
-
-
 def _pg_key(seg: str | int) -> Cond:
+    # Path segments are part of the statement's shape: constant binds, never caller values.
     return cast(literal(seg, Integer), Integer) if isinstance(seg, int) else cast(literal(seg, String), Text)
 
 
@@ -270,11 +349,11 @@ def _pg_text(data: Cond, path: Path) -> Cond:
     return _pg_at(data, path[:-1]).op("->>", return_type=Text)(_pg_key(path[-1]))
 
 
-def _pg_contains(data: Cond, path: Path, leaf: Any) -> Cond:
+def _pg_doc(path: Path, leaf: Any) -> dict[str, Any]:
     doc = leaf
     for seg in reversed(path):
         doc = {seg: doc}
-    return type_coerce(data, _JSONB).operate(_CONTAINS, _pg_jsonb(doc))
+    return doc  # type: ignore[no-any-return]
 
 
 def _pg_if_kind(x: Cond, kind: str, then: Cond) -> Cond:
@@ -285,38 +364,55 @@ def _keys_only(path: Path) -> bool:
     return all(isinstance(seg, str) for seg in path)
 
 
-def _pg_eq(data: Cond, path: Path, value: Scalar) -> Cond:
-    if _keys_only(path):
-        return _pg_contains(data, path, value)
-    return case((_pg_at(data, path).op("=", return_type=Boolean)(_pg_jsonb(value)), True), else_=false())
+def _pg_eq_slot(path: Path, value: Scalar) -> Slot:
+    # Key-only paths: the containment document (GIN-indexed); else the JSONB value itself.
+    return (_pg_doc(path, value) if _keys_only(path) else value), _JSONB
 
 
-def _pg_leaf(node: Filter, data: Cond) -> Cond:
+def _pg_slots(node: FieldCompare | FieldIn | FieldExists | FieldContains) -> list[Slot]:
     if isinstance(node, FieldCompare):
         if node.op == "eq":
-            return _pg_eq(data, node.path, node.value)
+            return [_pg_eq_slot(node.path, node.value)]
+        return [(node.value, String if isinstance(node.value, str) else _JSONB)]
+    if isinstance(node, FieldIn):
+        return [_pg_eq_slot(node.path, v) for v in node.values]
+    if isinstance(node, FieldContains):
+        element = _pg_doc(node.path, [node.value]) if _keys_only(node.path) else [node.value]
+        return [(element, _JSONB)] + ([(node.value, String)] if isinstance(node.value, str) else [])
+    return []
+
+
+def _pg_eq(data: Cond, path: Path, param: Cond) -> Cond:
+    if _keys_only(path):
+        return type_coerce(data, _JSONB).operate(_CONTAINS, param)
+    return case((_pg_at(data, path).op("=", return_type=Boolean)(param), True), else_=false())
+
+
+def _pg_leaf(node: Filter, data: Cond, p: list[Cond]) -> Cond:
+    if isinstance(node, FieldCompare):
+        if node.op == "eq":
+            return _pg_eq(data, node.path, p[0])
         op = _PG_OPS[node.op]
         if isinstance(node.value, str):
             text = _pg_text(data, node.path).collate("C")
-            then = text.op(op, return_type=Boolean)(cast(literal(node.value, String), Text))
-            return _pg_if_kind(_pg_at(data, node.path), "string", then)
+            return _pg_if_kind(_pg_at(data, node.path), "string", text.op(op, return_type=Boolean)(cast(p[0], Text)))
         x = _pg_at(data, node.path)
-        return _pg_if_kind(x, "number", x.op(op, return_type=Boolean)(_pg_jsonb(node.value)))
+        return _pg_if_kind(x, "number", x.op(op, return_type=Boolean)(p[0]))
     if isinstance(node, FieldIn):
         if not node.values:
             return false()
-        return or_(*(_pg_eq(data, node.path, v) for v in node.values))
+        return or_(*(_pg_eq(data, node.path, param) for param in p))
     if isinstance(node, FieldExists):
         return _pg_at(data, node.path).is_not(None)
     if isinstance(node, FieldContains):
         if _keys_only(node.path):
-            element = _pg_contains(data, node.path, [node.value])
+            element = type_coerce(data, _JSONB).operate(_CONTAINS, p[0])
         else:
             x = _pg_at(data, node.path)
-            element = _pg_if_kind(x, "array", x.operate(_CONTAINS, _pg_jsonb([node.value])))
+            element = _pg_if_kind(x, "array", x.operate(_CONTAINS, p[0]))
         if not isinstance(node.value, str):
             return element
-        found = func.strpos(_pg_text(data, node.path), cast(literal(node.value, String), Text)) > 0
+        found = func.strpos(_pg_text(data, node.path), cast(p[1], Text)) > 0
         return or_(element, _pg_if_kind(_pg_at(data, node.path), "string", found))
     raise QueryError(f"unknown filter node {type(node).__name__}")
 
@@ -343,31 +439,47 @@ def _sl_kinds(value: Scalar) -> tuple[str, ...]:
     return _SQLITE_KINDS[_kind(value)]
 
 
-def _sl_typed(kind_expr: Cond, value_expr: Cond, value: Scalar, op: str = "eq") -> Cond:
+def _sl_slot(value: Scalar) -> list[Slot]:
+    # null, true and false are matched by JSON type alone: no value to bind.
+    return [] if value is None or isinstance(value, bool) else [(value, None)]
+
+
+def _sqlite_slots(node: FieldCompare | FieldIn | FieldExists | FieldContains) -> list[Slot]:
+    if isinstance(node, FieldCompare):
+        return _sl_slot(node.value)
+    if isinstance(node, FieldIn):
+        return [slot for v in node.values for slot in _sl_slot(v)]
+    if isinstance(node, FieldContains):
+        return _sl_slot(node.value) + ([(node.value, String)] if isinstance(node.value, str) else [])
+    return []
+
+
+def _sl_typed(kind_expr: Cond, value_expr: Cond, value: Scalar, p: list[Cond], op: str = "eq") -> Cond:
+    """Type guard plus comparison; consumes the value's parameter from the front of ``p``."""
     kinds = _sl_kinds(value)
     if value is None or isinstance(value, bool):
         then: Cond = literal(True, Boolean)
     else:
-        then = value_expr.op(_PG_OPS[op], return_type=Boolean)(literal(value))
+        then = value_expr.op(_PG_OPS[op], return_type=Boolean)(p.pop(0))
     return case((kind_expr.in_(kinds), then), else_=false())
 
 
-def _sqlite_leaf(node: Filter, data: Cond) -> Cond:
+def _sqlite_leaf(node: Filter, data: Cond, p: list[Cond]) -> Cond:
     if isinstance(node, FieldCompare):
-        return _sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), node.value, node.op)
+        return _sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), node.value, p, node.op)
     if isinstance(node, FieldIn):
         if not node.values:
             return false()
-        return or_(*(_sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), v) for v in node.values))
+        return or_(*(_sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), v, p) for v in node.values))
     if isinstance(node, FieldExists):
         return _sl_type(data, node.path).is_not(None)
     if isinstance(node, FieldContains):
         each = func.json_each(data, literal(sqlite_path(node.path), String)).table_valued("value", "type")
-        member = exists(select(literal(1)).select_from(each).where(_sl_typed(each.c.type, each.c.value, node.value)))
+        member = exists(select(literal(1)).select_from(each).where(_sl_typed(each.c.type, each.c.value, node.value, p)))
         element = case((_sl_type(data, node.path) == "array", member), else_=false())
         if not isinstance(node.value, str):
             return element
-        found = func.instr(_sl_value(data, node.path), literal(node.value, String)) > 0
+        found = func.instr(_sl_value(data, node.path), p[0]) > 0
         return or_(element, case((_sl_type(data, node.path) == "text", found), else_=false()))
     raise QueryError(f"unknown filter node {type(node).__name__}")
 
@@ -390,15 +502,62 @@ def where_clause(query: Query, dialect: str, table: FromClause = events) -> list
 #: Built once (statements are immutable; each query derives its own).
 _SELECT_ASC = select(*event_columns()).order_by(events.c.position.asc())
 _SELECT_DESC = select(*event_columns()).order_by(events.c.position.desc())
+#: Fetch statements by shape (see :func:`filter_shape`), with named parameters. Building a
+#: SQLAlchemy statement and its cache key costs more than a GIN lookup; a statement is immutable,
+#: so a shape compiles once per process and each call only binds its values. Bounded: cleared
+#: when full (applications use few distinct shapes).
+_TEMPLATES: dict[Hashable, Select[Any]] = {}
+MAX_TEMPLATES = 1024
 
 
-def select_events(query: Query, dialect: str, *, limit: int | None = None) -> Select[Any]:
-    """The SELECT for a query, ordered by position."""
-    base = _SELECT_ASC if query.order == "asc" else _SELECT_DESC
-    conds = where_clause(query, dialect)
-    stmt = base.where(*conds) if conds else base
+def select_events(
+    query: Query, dialect: str, *, limit: int | None = None, cursor: int | None = None
+) -> tuple[Select[Any], dict[str, Any]]:
+    """The SELECT for a query, ordered by position, and its parameters.
+
+    Parameters:
+        query: the query (its ``limit`` applies unless ``limit`` is given).
+        dialect: ``"postgresql"`` or ``"sqlite"``.
+        limit: overrides the query's limit.
+        cursor: a position to continue after (in the query's order).
+    Returns:
+        A statement with named parameters ``q0, q1, …`` and their values.
+    """
     limit = limit if limit is not None else query.limit
-    return stmt.limit(limit) if limit is not None else stmt
+    shape = None if query.filter is None else filter_shape(query.filter)
+    key = (dialect, query.order, shape, query.after is None, query.before is None, cursor is None, limit is None)
+    stmt = _TEMPLATES.get(key)
+    if stmt is None:
+        binder = _NamedBinder()
+        stmt = _build_select(query, dialect, limit, cursor, binder)
+        if len(_TEMPLATES) >= MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = stmt
+        values = binder.values
+    else:
+        values = []
+        if query.filter is not None:
+            filter_values(query.filter, dialect, values)
+        values.extend(v for v in (query.after, query.before, cursor, limit) if v is not None)
+    return stmt, {f"q{i}": v for i, v in enumerate(values)}
+
+
+def _build_select(query: Query, dialect: str, limit: int | None, cursor: int | None, bind: Binder) -> Select[Any]:
+    # Binds in the order select_events lists the values: filter, after, before, cursor, limit.
+    position = events.c.position
+    conds: list[Cond] = []
+    if query.filter is not None:
+        conds.append(compile_filter(query.filter, dialect, events, bind))
+    if query.after is not None:
+        conds.append(position > bind(query.after, position.type))
+    if query.before is not None:
+        conds.append(position < bind(query.before, position.type))
+    if cursor is not None:
+        mark = bind(cursor, position.type)
+        conds.append(position > mark if query.order == "asc" else position < mark)
+    base = _SELECT_ASC if query.order == "asc" else _SELECT_DESC
+    stmt = base.where(*conds) if conds else base
+    return stmt.limit(bind(limit, Integer)) if limit is not None else stmt
 
 
 def fetch(conn: Connection, query: Query | Filter | None = None) -> list[StoredEvent]:
@@ -409,8 +568,8 @@ def fetch(conn: Connection, query: Query | Filter | None = None) -> list[StoredE
     Returns:
         StoredEvent values.
     """
-    q = as_query(query)
-    return [row_to_event(row) for row in conn.execute(select_events(q, dialect_of(conn)))]
+    stmt, params = select_events(as_query(query), dialect_of(conn))
+    return [row_to_event(row) for row in conn.execute(stmt, params)]
 
 
 def fetch_page(
@@ -429,11 +588,8 @@ def fetch_page(
     """
     q = as_query(query)
     size = check_limit(limit)
-    position = parse_cursor(cursor)
-    stmt = select_events(q, dialect_of(conn), limit=size + 1)
-    if position is not None:
-        stmt = stmt.where(events.c.position > position if q.order == "asc" else events.c.position < position)
-    found = [row_to_event(row) for row in conn.execute(stmt)]
+    stmt, params = select_events(q, dialect_of(conn), limit=size + 1, cursor=parse_cursor(cursor))
+    found = [row_to_event(row) for row in conn.execute(stmt, params)]
     more = len(found) > size
     page = tuple(found[:size])
     return Page(page, str(page[-1].position) if more else None)

@@ -936,3 +936,38 @@ def test_an_unreachable_database_is_service_unavailable():
         store.query(Q.type("a"))
     with pytest.raises(ServiceUnavailable):
         store.count()
+
+
+# ---------------------------------------------------------------- statement templates
+
+
+def test_a_cached_statement_answers_with_each_calls_own_values(engine):
+    # Given fetches whose filters share a shape (same paths and operators, other values)
+    from esf.plugins.sqlalchemy_events import _query as compiled
+
+    compiled._TEMPLATES.clear()
+    values = [42, 1, 2**40, -7, 0.1, "1", "paid", True, False, None]
+    with engine.connect() as conn:
+        for value in values:
+            for f in (
+                Q.data("flag") == value,
+                Q.data("user.id").in_([value, 2]) | (Q.type("audit.note") & Q.data("items.0.qty").exists()),
+                Q.data("tags").contains(value) & Q.after_position(5),
+            ):
+                # Then every call returns its own answer, not the first call's
+                assert positions(fetch(conn, f)) == expected(f.matches), (f, value)
+                page = fetch_page(conn, Query(f, order="desc"), 3, "80")
+                assert positions(list(page.events)) == [p for p in expected(f.matches)[::-1] if p < 80][:3]
+    # And the statements were built once per shape: numbers, strings, true, false and null differ.
+    assert len(compiled._TEMPLATES) == 3 * 2 * 5
+
+
+def test_the_template_cache_is_bounded(engine, monkeypatch):
+    from esf.plugins.sqlalchemy_events import _query as compiled
+
+    monkeypatch.setattr(compiled, "MAX_TEMPLATES", 2)
+    compiled._TEMPLATES.clear()
+    with engine.connect() as conn:
+        for f in (Q.type("order.created"), Q.stream("s-1"), Q.correlation("c-1"), Q.type("audit.note")):
+            assert positions(fetch(conn, f)) == expected(f.matches)
+    assert len(compiled._TEMPLATES) <= 2

@@ -21,19 +21,8 @@ from sqlalchemy.sql.expression import ColumnElement, FromClause, Select
 
 from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
-from esf.events._query import (
-    AGGREGATES,
-    Filter,
-    Page,
-    Path,
-    Per,
-    Query,
-    as_query,
-    check_limit,
-    check_per,
-    parse_cursor,
-    parse_field,
-)
+from esf.events._query import Filter, Page, Query, as_query, parse_cursor
+from esf.events._query_values import AGGREGATES, Path, Per, check_limit, check_per, parse_field
 
 from ._query_sequences import check_sequence, followed_by, not_followed_by
 from ._query_sql import (

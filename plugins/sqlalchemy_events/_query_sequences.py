@@ -14,7 +14,8 @@ from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from esf.errors import QueryError
 from esf.events._model import StoredEvent
-from esf.events._query import SEQUENCE_KEYS, Filter, check_datetime, check_limit
+from esf.events._query import Filter
+from esf.events._query_values import SEQUENCE_KEYS, check_datetime, check_limit
 
 from ._query_sql import EVENT_COLUMNS, compile_filter, dialect_of, event_columns, row_to_event
 from ._schema import events

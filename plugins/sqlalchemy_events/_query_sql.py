@@ -63,13 +63,12 @@ from esf.events._query import (
     Filter,
     Not,
     Or,
-    Path,
     PositionAfter,
-    Scalar,
     StreamIs,
     TimeBetween,
     TypeIs,
 )
+from esf.events._query_values import Path, Scalar
 
 from ._schema import events
 

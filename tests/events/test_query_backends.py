@@ -33,7 +33,8 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 
 from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
-from esf.events._query import Q, Query, bucket_start, json_kind, parse_field, resolve
+from esf.events._query import Q, Query, bucket_start
+from esf.events._query_values import json_kind, parse_field, resolve
 
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)

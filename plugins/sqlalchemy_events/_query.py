@@ -285,7 +285,6 @@ def aggregate(
     fn: str,
     field: str,
     filter: Query | Filter | None = None,
-    *,
     per: Per | None = None,
 ) -> Any:
     """``min``, ``max``, ``avg`` or ``sum`` of a numeric data field over matching events.
@@ -367,7 +366,7 @@ class SqlQueryMixin:
         with self._query_connection() as conn:
             return count(conn, filter, by=by, per=per)
 
-    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
+    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, per: Per | None = None) -> Any:
         """``min``/``max``/``avg``/``sum`` of a numeric data field; see :func:`aggregate`."""
         with self._query_connection() as conn:
             return aggregate(conn, fn, field, filter, per=per)

@@ -2,7 +2,7 @@
 
 ``Q`` builds immutable :class:`Filter` trees; ``&``, ``|`` and ``~`` combine
 them. A backend compiles a tree to SQL with bound parameters only (see
-``esf.plugins.sqlalchemy_events._query``); :meth:`Filter.matches` is the
+``esf.plugins.sqlalchemy_events._query_sql``); :meth:`Filter.matches` is the
 reference semantics in plain Python, which every backend must agree with.
 
 Everything a caller passes is checked when the filter is *built*: a bad path,

@@ -7,6 +7,7 @@ both backends must return exactly the events the predicate selects.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -972,3 +973,30 @@ def test_the_template_cache_is_bounded(engine, monkeypatch):
         for f in (Q.type("order.created"), Q.stream("s-1"), Q.correlation("c-1"), Q.type("audit.note")):
             assert positions(fetch(conn, f)) == expected(f.matches)
     assert len(compiled._TEMPLATES) <= 2
+
+
+# ---------------------------------------------------------------- nothing spliced
+
+
+@pytest.mark.parametrize("dialect_name", ["postgresql", "sqlite"])
+def test_caller_values_never_appear_in_the_sql_text(dialect_name):
+    # Given values that would break out of a quoted literal, When compiled, Then the SQL text
+    # holds placeholders only and every value is a bound parameter.
+    from esf.plugins.sqlalchemy_events._query import select_events
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    marker = "x'); DROP TABLE esf_events; --"
+    f = (
+        (Q.data("user.name") == marker)
+        | (Q.data("items.0.sku") < marker)
+        | Q.data("tags").contains(marker)
+        | Q.data("note").in_([marker, 5])
+        | Q.type(marker)
+        | Q.correlation(marker)
+    )
+    for query in (Query(f), Query(f, order="desc", limit=5, after=1)):
+        stmt, params = select_events(query, dialect_name)
+        dialect = postgresql.psycopg.dialect() if dialect_name == "postgresql" else sqlite.dialect()
+        text = str(stmt.compile(dialect=dialect))
+        assert "DROP" not in text and marker not in text
+        assert any(marker in json.dumps(v) for v in params.values())

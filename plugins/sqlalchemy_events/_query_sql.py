@@ -137,19 +137,19 @@ def row_to_event(row: Any, offset: int = 0) -> StoredEvent:
         metadata,
     ) = tuple(row[offset : offset + len(EVENT_COLUMNS)])
     return StoredEvent(
-        position,
-        event_id,
-        stream_id,
-        stream_version,
-        event_type,
-        as_utc(recorded_at),
-        monotonic_ns,
-        node,
-        pid,
-        correlation_id,
-        parent_id,
-        json.loads(data) if isinstance(data, str) else data,  # a driver that hands back JSON text
-        json.loads(metadata) if isinstance(metadata, str) else metadata,
+        position=position,
+        event_id=event_id,
+        stream_id=stream_id,
+        stream_version=stream_version,
+        event_type=event_type,
+        recorded_at=as_utc(recorded_at),
+        monotonic_ns=monotonic_ns,
+        node=node,
+        pid=pid,
+        correlation_id=correlation_id,
+        parent_id=parent_id,
+        data=json.loads(data) if isinstance(data, str) else data,  # a driver that hands back JSON text
+        metadata=json.loads(metadata) if isinstance(metadata, str) else metadata,
     )
 
 

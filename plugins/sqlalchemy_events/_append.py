@@ -7,6 +7,7 @@ transaction usable.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,8 @@ def row_to_event(row: Any) -> StoredEvent:
     recorded_at: datetime = m["recorded_at"]
     if recorded_at.tzinfo is None:  # SQLite keeps no offset; ESF always writes UTC
         recorded_at = recorded_at.replace(tzinfo=UTC)
+    else:
+        recorded_at = recorded_at.astimezone(UTC)
     return StoredEvent(
         position=int(m["position"]),
         event_id=m["event_id"],
@@ -101,6 +104,8 @@ def append_in(
         DuplicateEventId: an id is stored with other content.
         ConcurrencyConflict: ``expected_version`` does not match the stream's version.
     """
+    if conn.dialect.name == "postgresql":
+        return _append_pg(conn, prepared, expected_version, node)
     head = _lock_head(conn)
     unique: dict[str, PreparedEvent] = {}
     for p in prepared:
@@ -111,12 +116,7 @@ def append_in(
         for row in conn.execute(select_events().where(events.c.event_id.in_(chunk))):
             p = unique[row.event_id]
             if row.content_hash != p.content_hash:
-                raise DuplicateEventId(
-                    f"event id {p.event_id} is already stored (position {row.position}, type {row.event_type}) "
-                    "with different content; use a new id for a new event",
-                    event_id=p.event_id,
-                    position=int(row.position),
-                )
+                raise _duplicate(p, int(row.position), row.event_type)
             stored[p.event_id] = row_to_event(row)
     already = frozenset(stored)
     new = [p for eid, p in unique.items() if eid not in stored]
@@ -126,17 +126,7 @@ def append_in(
         for chunk in _chunks(stream_ids):
             stmt = sa.select(streams.c.stream_id, streams.c.version).where(streams.c.stream_id.in_(chunk))
             versions.update({r.stream_id: int(r.version) for r in conn.execute(stmt)})
-        if expected_version is not None:
-            stream_id = new[0].stream_id
-            actual = versions.get(stream_id, 0)
-            if actual != expected_version:
-                raise ConcurrencyConflict(
-                    f"stream {stream_id!r} is at version {actual}, not the expected {expected_version}: "
-                    "re-read the stream and retry",
-                    expected=expected_version,
-                    actual=actual,
-                    stream_id=stream_id,
-                )
+        _check_expected(new, versions, expected_version)
         rows: list[dict[str, Any]] = []
         position = head
         for p in new:
@@ -160,21 +150,7 @@ def append_in(
                 "content_hash": p.content_hash,
             }
             rows.append(values)
-            stored[p.event_id] = StoredEvent(
-                position=position,
-                event_id=p.event_id,
-                stream_id=p.stream_id,
-                stream_version=version,
-                event_type=p.event_type,
-                recorded_at=p.recorded_at,
-                monotonic_ns=p.monotonic_ns,
-                node=node,
-                pid=p.pid,
-                correlation_id=p.correlation_id,
-                parent_id=p.parent_id,
-                data=p.data,
-                metadata=p.metadata,
-            )
+            stored[p.event_id] = _stored(p, position, version, node)
         conn.execute(sa.insert(events), rows)
         _upsert_versions(conn, {s: versions[s] for s in stream_ids})
         conn.execute(sa.update(event_head).where(event_head.c.id == 1).values(position=position))
@@ -195,3 +171,137 @@ def _upsert_versions(conn: Connection, versions: Mapping[str, int]) -> None:
             lite.on_conflict_do_update(index_elements=[streams.c.stream_id], set_={"version": lite.excluded.version}),
             values,
         )
+
+
+def _stored(p: PreparedEvent, position: int, version: int, node: str) -> StoredEvent:
+    return StoredEvent(
+        position=position,
+        event_id=p.event_id,
+        stream_id=p.stream_id,
+        stream_version=version,
+        event_type=p.event_type,
+        recorded_at=p.recorded_at,
+        monotonic_ns=p.monotonic_ns,
+        node=node,
+        pid=p.pid,
+        correlation_id=p.correlation_id,
+        parent_id=p.parent_id,
+        data=p.data,
+        metadata=p.metadata,
+    )
+
+
+def _check_expected(new: Sequence[PreparedEvent], versions: Mapping[str, int], expected_version: int | None) -> None:
+    if expected_version is None:
+        return
+    stream_id = new[0].stream_id
+    actual = versions.get(stream_id, 0)
+    if actual != expected_version:
+        raise ConcurrencyConflict(
+            f"stream {stream_id!r} is at version {actual}, not the expected {expected_version}: "
+            "re-read the stream and retry",
+            expected=expected_version,
+            actual=actual,
+            stream_id=stream_id,
+        )
+
+
+def _duplicate(p: PreparedEvent, position: int, event_type: str) -> DuplicateEventId:
+    return DuplicateEventId(
+        f"event id {p.event_id} is already stored (position {position}, type {event_type}) "
+        "with different content; use a new id for a new event",
+        event_id=p.event_id,
+        position=position,
+    )
+
+
+# PostgreSQL: the same transaction in six round trips whatever the batch size
+# (arrays + unnest instead of one statement per row), on the driver directly,
+# with binary parameters (%b: psycopg escapes text arrays slowly).
+_PG_COLUMNS = (
+    "position, event_id, stream_id, stream_version, event_type, recorded_at, monotonic_ns, node, pid, "
+    "correlation_id, parent_id, data, metadata, content_hash"
+)
+_PG_LOCK = "SELECT position FROM esf_event_head WHERE id = 1 FOR UPDATE"
+_PG_EXISTING = f"SELECT {_PG_COLUMNS} FROM esf_events WHERE event_id = ANY(%s)"
+_PG_VERSIONS = "SELECT stream_id, version FROM esf_streams WHERE stream_id = ANY(%s)"
+_PG_INSERT = (
+    f"INSERT INTO esf_events ({_PG_COLUMNS}) "
+    "SELECT p, e, s, v, t, r, mn, n, pid, c, pa, d::jsonb, m::jsonb, h FROM unnest("
+    "%b::bigint[], %b::varchar[], %b::varchar[], %b::bigint[], %b::varchar[], %b::timestamptz[], %b::bigint[], "
+    "%b::varchar[], %b::int[], %b::varchar[], %b::varchar[], %b::text[], %b::text[], %b::varchar[]"
+    ") AS u(p, e, s, v, t, r, mn, n, pid, c, pa, d, m, h)"
+)
+_PG_UPSERT = (
+    "INSERT INTO esf_streams (stream_id, version) SELECT * FROM unnest(%b::varchar[], %b::bigint[]) "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version"
+)
+_PG_HEAD = "UPDATE esf_event_head SET position = %s WHERE id = 1"
+
+
+def _tuple_to_event(t: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        position=int(t[0]),
+        event_id=t[1],
+        stream_id=t[2],
+        stream_version=int(t[3]),
+        event_type=t[4],
+        recorded_at=t[5].astimezone(UTC),
+        monotonic_ns=int(t[6]),
+        node=t[7],
+        pid=int(t[8]),
+        correlation_id=t[9],
+        parent_id=t[10],
+        data=t[11],
+        metadata=t[12],
+    )
+
+
+def _append_pg(
+    conn: Connection, prepared: Sequence[PreparedEvent], expected_version: int | None, node: str
+) -> tuple[list[StoredEvent], frozenset[str]]:
+    head = int(conn.exec_driver_sql(_PG_LOCK).scalar_one())
+    unique: dict[str, PreparedEvent] = {}
+    for p in prepared:
+        unique.setdefault(p.event_id, p)
+    stored: dict[str, StoredEvent] = {}
+    for row in conn.exec_driver_sql(_PG_EXISTING, (list(unique),)):
+        p = unique[row[1]]
+        if row[13] != p.content_hash:
+            raise _duplicate(p, int(row[0]), row[4])
+        stored[p.event_id] = _tuple_to_event(row)
+    already = frozenset(stored)
+    new = [p for eid, p in unique.items() if eid not in stored]
+    if new:
+        stream_ids = list(dict.fromkeys(p.stream_id for p in new))
+        versions = {r[0]: int(r[1]) for r in conn.exec_driver_sql(_PG_VERSIONS, (stream_ids,))}
+        _check_expected(new, versions, expected_version)
+        positions = list(range(head + 1, head + 1 + len(new)))
+        stream_versions: list[int] = []
+        for p in new:
+            version = versions.get(p.stream_id, 0) + 1
+            versions[p.stream_id] = version
+            stream_versions.append(version)
+        cols = (
+            positions,
+            [p.event_id for p in new],
+            [p.stream_id for p in new],
+            stream_versions,
+            [p.event_type for p in new],
+            [p.recorded_at for p in new],
+            [p.monotonic_ns for p in new],
+            [node] * len(new),
+            [p.pid for p in new],
+            [p.correlation_id for p in new],
+            [p.parent_id for p in new],
+            [p.data_json or json.dumps(p.data) for p in new],
+            [p.metadata_json or json.dumps(p.metadata) for p in new],
+            [p.content_hash for p in new],
+        )
+        for p, position, version in zip(new, positions, stream_versions, strict=True):
+            stored[p.event_id] = _stored(p, position, version, node)
+        position = positions[-1]
+        conn.exec_driver_sql(_PG_INSERT, cols)
+        conn.exec_driver_sql(_PG_UPSERT, (stream_ids, [versions[s] for s in stream_ids]))
+        conn.exec_driver_sql(_PG_HEAD, (position,))
+    return [stored[p.event_id] for p in prepared], already

@@ -260,48 +260,67 @@ def _tuple_to_event(t: Sequence[Any]) -> StoredEvent:
 def _append_pg(
     conn: Connection, prepared: Sequence[PreparedEvent], expected_version: int | None, node: str
 ) -> tuple[list[StoredEvent], frozenset[str]]:
-    head = int(conn.exec_driver_sql(_PG_LOCK).scalar_one())
+    import psycopg
+
+    raw: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
     unique: dict[str, PreparedEvent] = {}
     for p in prepared:
         unique.setdefault(p.event_id, p)
-    stored: dict[str, StoredEvent] = {}
-    for row in conn.exec_driver_sql(_PG_EXISTING, (list(unique),)):
-        p = unique[row[1]]
-        if row[13] != p.content_hash:
-            raise _duplicate(p, int(row[0]), row[4])
-        stored[p.event_id] = _tuple_to_event(row)
-    already = frozenset(stored)
-    new = [p for eid, p in unique.items() if eid not in stored]
-    if new:
-        stream_ids = list(dict.fromkeys(p.stream_id for p in new))
-        versions = {r[0]: int(r[1]) for r in conn.exec_driver_sql(_PG_VERSIONS, (stream_ids,))}
-        _check_expected(new, versions, expected_version)
-        positions = list(range(head + 1, head + 1 + len(new)))
-        stream_versions: list[int] = []
-        for p in new:
-            version = versions.get(p.stream_id, 0) + 1
-            versions[p.stream_id] = version
-            stream_versions.append(version)
-        cols = (
-            positions,
-            [p.event_id for p in new],
-            [p.stream_id for p in new],
-            stream_versions,
-            [p.event_type for p in new],
-            [p.recorded_at for p in new],
-            [p.monotonic_ns for p in new],
-            [node] * len(new),
-            [p.pid for p in new],
-            [p.correlation_id for p in new],
-            [p.parent_id for p in new],
-            [p.data_json or json.dumps(p.data) for p in new],
-            [p.metadata_json or json.dumps(p.metadata) for p in new],
-            [p.content_hash for p in new],
-        )
-        for p, position, version in zip(new, positions, stream_versions, strict=True):
-            stored[p.event_id] = _stored(p, position, version, node)
-        position = positions[-1]
-        conn.exec_driver_sql(_PG_INSERT, cols)
-        conn.exec_driver_sql(_PG_UPSERT, (stream_ids, [versions[s] for s in stream_ids]))
-        conn.exec_driver_sql(_PG_HEAD, (position,))
+    all_streams = list(dict.fromkeys(p.stream_id for p in unique.values()))
+    statement = _PG_LOCK
+    try:
+        # Round trip 1 (pipelined): lock the head, look up the ids and the stream versions.
+        with raw.pipeline():
+            head_cur = raw.execute(_PG_LOCK)
+            existing_cur = raw.execute(_PG_EXISTING, (list(unique),))
+            versions_cur = raw.execute(_PG_VERSIONS, (all_streams,))
+        head_row = head_cur.fetchone()
+        assert head_row is not None, "esf_event_head has no row: run the migrations"
+        head = int(head_row[0])
+        existing = existing_cur.fetchall()
+        versions = {r[0]: int(r[1]) for r in versions_cur.fetchall()}
+        stored: dict[str, StoredEvent] = {}
+        for row in existing:
+            p = unique[row[1]]
+            if row[13] != p.content_hash:
+                raise _duplicate(p, int(row[0]), row[4])
+            stored[p.event_id] = _tuple_to_event(row)
+        already = frozenset(stored)
+        new = [p for eid, p in unique.items() if eid not in stored]
+        if new:
+            _check_expected(new, versions, expected_version)
+            positions = list(range(head + 1, head + 1 + len(new)))
+            stream_versions: list[int] = []
+            for p in new:
+                version = versions.get(p.stream_id, 0) + 1
+                versions[p.stream_id] = version
+                stream_versions.append(version)
+            cols = (
+                positions,
+                [p.event_id for p in new],
+                [p.stream_id for p in new],
+                stream_versions,
+                [p.event_type for p in new],
+                [p.recorded_at for p in new],
+                [p.monotonic_ns for p in new],
+                [node] * len(new),
+                [p.pid for p in new],
+                [p.correlation_id for p in new],
+                [p.parent_id for p in new],
+                [p.data_json or json.dumps(p.data) for p in new],
+                [p.metadata_json or json.dumps(p.metadata) for p in new],
+                [p.content_hash for p in new],
+            )
+            for p, position, version in zip(new, positions, stream_versions, strict=True):
+                stored[p.event_id] = _stored(p, position, version, node)
+            new_streams = list(dict.fromkeys(p.stream_id for p in new))
+            statement = _PG_INSERT
+            # Round trip 2 (pipelined): insert, bump the stream versions, move the head.
+            with raw.pipeline():
+                raw.execute(_PG_INSERT, cols)
+                raw.execute(_PG_UPSERT, (new_streams, [versions[s] for s in new_streams]))
+                raw.execute(_PG_HEAD, (positions[-1],))
+    except psycopg.Error as exc:
+        # Same shape as SQLAlchemy's own errors, so callers map them in one place.
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
     return [stored[p.event_id] for p in prepared], already

@@ -104,8 +104,9 @@ def append_in(
         DuplicateEventId: an id is stored with other content.
         ConcurrencyConflict: ``expected_version`` does not match the stream's version.
     """
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         return _append_pg(conn, prepared, expected_version, node)
+    # SQLite, or a caller's session on another PostgreSQL driver: portable SQLAlchemy Core.
     head = _lock_head(conn)
     unique: dict[str, PreparedEvent] = {}
     for p in prepared:

@@ -128,34 +128,68 @@ def append_in(
             stmt = sa.select(streams.c.stream_id, streams.c.version).where(streams.c.stream_id.in_(chunk))
             versions.update({r.stream_id: int(r.version) for r in conn.execute(stmt)})
         _check_expected(new, versions, expected_version)
-        rows: list[dict[str, Any]] = []
+        rows: list[Any] = []
         position = head
+        raw_sqlite = conn.dialect.name == "sqlite"
         for p in new:
             position += 1
             version = versions.get(p.stream_id, 0) + 1
             versions[p.stream_id] = version
-            values: dict[str, Any] = {
-                "position": position,
-                "event_id": p.event_id,
-                "stream_id": p.stream_id,
-                "stream_version": version,
-                "event_type": p.event_type,
-                "recorded_at": p.recorded_at,
-                "monotonic_ns": p.monotonic_ns,
-                "node": node,
-                "pid": p.pid,
-                "correlation_id": p.correlation_id,
-                "parent_id": p.parent_id,
-                "data": p.data,
-                "metadata": p.metadata,
-                "content_hash": p.content_hash,
-            }
-            rows.append(values)
+            if raw_sqlite:
+                # Pre-encoded JSON and SQLAlchemy's SQLite DATETIME text format: one
+                # driver-level executemany instead of Core's per-row type processing.
+                rows.append(
+                    (
+                        position,
+                        p.event_id,
+                        p.stream_id,
+                        version,
+                        p.event_type,
+                        p.recorded_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                        p.monotonic_ns,
+                        node,
+                        p.pid,
+                        p.correlation_id,
+                        p.parent_id,
+                        p.data_json or json.dumps(p.data),
+                        p.metadata_json or json.dumps(p.metadata),
+                        p.content_hash,
+                    )
+                )
+            else:
+                rows.append(
+                    {
+                        "position": position,
+                        "event_id": p.event_id,
+                        "stream_id": p.stream_id,
+                        "stream_version": version,
+                        "event_type": p.event_type,
+                        "recorded_at": p.recorded_at,
+                        "monotonic_ns": p.monotonic_ns,
+                        "node": node,
+                        "pid": p.pid,
+                        "correlation_id": p.correlation_id,
+                        "parent_id": p.parent_id,
+                        "data": p.data,
+                        "metadata": p.metadata,
+                        "content_hash": p.content_hash,
+                    }
+                )
             stored[p.event_id] = _stored(p, position, version, node)
-        conn.execute(sa.insert(events), rows)
+        if raw_sqlite:
+            conn.exec_driver_sql(_SQLITE_INSERT, rows)
+        else:
+            conn.execute(sa.insert(events), rows)
         _upsert_versions(conn, {s: versions[s] for s in stream_ids})
         conn.execute(sa.update(event_head).where(event_head.c.id == 1).values(position=position))
     return [stored[p.event_id] for p in prepared], already
+
+
+_SQLITE_INSERT = (
+    "INSERT INTO esf_events (position, event_id, stream_id, stream_version, event_type, recorded_at, monotonic_ns, "
+    "node, pid, correlation_id, parent_id, data, metadata, content_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _upsert_versions(conn: Connection, versions: Mapping[str, int]) -> None:

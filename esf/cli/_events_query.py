@@ -24,7 +24,8 @@ from typing import Any, Protocol, TextIO
 
 from ..errors import QueryError, ValidationError
 from ..events._model import StoredEvent
-from ..events._query import Filter, Q, Query, check_limit, check_per, parse_field
+from ..events._query import Filter, Q, Query
+from ..events._query_values import check_limit, check_per, parse_field
 from ._common import load_foundation, parse_duration, print_json
 
 __all__ = ["QueryableEvents", "build_filter", "execute_query", "parse_time", "parse_where", "register_query"]

@@ -156,6 +156,14 @@ class FrozenList(list[Any]):
 
 def freeze_json(value: Any) -> Any:
     """Deep-freeze a JSON value: mappings become :class:`FrozenDict`, lists/tuples :class:`FrozenList`."""
+    kind = type(value)
+    # Exact-type fast paths first: ABC isinstance checks are slow on hot paths.
+    if kind is dict:
+        return FrozenDict({k: v if type(v) in _SCALARS else freeze_json(v) for k, v in value.items()})
+    if kind is list:
+        return FrozenList([v if type(v) in _SCALARS else freeze_json(v) for v in value])
+    if kind in _SCALARS:
+        return value
     if isinstance(value, FrozenDict | FrozenList):
         return value
     if isinstance(value, Mapping):
@@ -163,6 +171,9 @@ def freeze_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return FrozenList(_frozen_items(value))
     return value
+
+
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
 
 def _frozen_items(values: Iterable[Any]) -> list[Any]:

@@ -17,7 +17,8 @@ accepted on PostgreSQL):
   stored verbatim (they are always bound parameters, never SQL text).
 - ``data`` and ``metadata`` are JSON objects: ``str`` keys; values ``None``,
   ``bool``, ``int``, finite ``float``, ``str``, lists/tuples and mappings of
-  those, nested at most :data:`MAX_JSON_DEPTH` levels. NaN and ±Infinity,
+  those (nesting deeper than the interpreter's recursion limit is refused).
+  NaN and ±Infinity,
   ``bytes``, sets, dates and other objects raise
   :class:`~esf.errors.SerializationError`. The NUL character is refused in
   strings and keys (PostgreSQL cannot store it in JSONB).
@@ -29,6 +30,7 @@ accepted on PostgreSQL):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,14 +44,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import DuplicateEventId, PayloadTooLarge, SerializationError, ValidationError
-from ._model import Event
+from ._model import Event, FrozenDict
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_STREAM_ID",
     "EVENT_TYPE_RE",
     "MAX_EVENT_TYPE_CHARS",
-    "MAX_JSON_DEPTH",
     "MAX_REF_CHARS",
     "MAX_STREAM_ID_CHARS",
     "STREAM_ID_RE",
@@ -71,8 +72,6 @@ MAX_STREAM_ID_CHARS = 200
 DEFAULT_STREAM_ID = "$global"
 #: Longest correlation id / parent id, in characters.
 MAX_REF_CHARS = 200
-#: Deepest nesting accepted in ``data`` / ``metadata``.
-MAX_JSON_DEPTH = 64
 #: Default largest event (canonical JSON, UTF-8), in bytes.
 DEFAULT_MAX_EVENT_BYTES = 1_048_576
 
@@ -83,10 +82,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class PreparedEvent:
     """An event that passed validation, with everything the store writes except position and version.
 
-    ``data``/``metadata`` are plain ``dict``/``list`` copies (safe to hand to a
-    driver). ``content_hash`` is the SHA-256 of the canonical JSON of the
-    content (type, stream, correlation, parent, data, metadata): the same id
-    with the same hash is a retry; with another hash it is a clash.
+    ``data``/``metadata`` are private JSON-safe copies (``dict`` or
+    :class:`~esf.events.FrozenDict`; safe to hand to a driver).
+    ``content_hash`` is the SHA-256 of the canonical JSON of the content
+    (type, stream, correlation, parent, data, metadata): the same id with the
+    same hash is a retry; with another hash it is a clash.
     """
 
     event_id: str
@@ -100,6 +100,9 @@ class PreparedEvent:
     recorded_at: datetime
     monotonic_ns: int
     pid: int
+    #: Canonical JSON text of ``data`` / ``metadata`` (what PostgreSQL receives).
+    data_json: str = ""
+    metadata_json: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (for the local spool)."""
@@ -132,12 +135,23 @@ class PreparedEvent:
             recorded_at=datetime.fromisoformat(raw["recorded_at"]),
             monotonic_ns=int(raw["monotonic_ns"]),
             pid=int(raw["pid"]),
+            data_json=canonical_json(raw["data"]),
+            metadata_json=canonical_json(raw["metadata"]),
         )
+
+
+#: One shared encoder: ``json.dumps`` with non-default options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
+_decode = json.JSONDecoder().decode
+_decode_frozen = json.JSONDecoder(object_hook=FrozenDict).decode
 
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, no NaN: the encoding hashed and measured."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def check_json_object(value: Any, what: str) -> dict[str, Any]:
@@ -151,14 +165,12 @@ def check_json_object(value: Any, what: str) -> dict[str, Any]:
         raise SerializationError(
             f"{what}: must be a JSON object (a dict), got {type(value).__name__}", errors={what: "not an object"}
         )
-    result = _copy_json(value, what, 0)
+    result = _copy_json(value, what)
     assert isinstance(result, dict)
     return result
 
 
-def _copy_json(value: Any, path: str, depth: int) -> Any:
-    if depth > MAX_JSON_DEPTH:
-        raise SerializationError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels", errors={path: "too deep"})
+def _copy_json(value: Any, path: str) -> Any:
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, str):
@@ -180,10 +192,10 @@ def _copy_json(value: Any, path: str, depth: int) -> Any:
                 )
             if "\x00" in key:
                 raise SerializationError(f"{path}: keys may not contain the NUL character", errors={path: "NUL"})
-            out[key] = _copy_json(item, f"{path}.{key}", depth + 1)
+            out[key] = _copy_json(item, f"{path}.{key}")
         return out
     if isinstance(value, list | tuple):
-        return [_copy_json(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [_copy_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
     kind = type(value).__name__
     hint = " (decode bytes to str, e.g. base64)" if isinstance(value, bytes | bytearray | memoryview) else ""
     raise SerializationError(f"{path}: {kind} is not a JSON value{hint}", errors={path: f"not JSON: {kind}"})
@@ -201,9 +213,20 @@ def _check_ref(value: Any, what: str) -> str | None:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_type(value: str) -> bool:
+    # Event types and stream ids repeat a lot: remember the verdicts.
+    return len(value) <= MAX_EVENT_TYPE_CHARS and EVENT_TYPE_RE.match(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_stream(value: str) -> bool:
+    return len(value) <= MAX_STREAM_ID_CHARS and STREAM_ID_RE.match(value) is not None
+
+
 def check_event_type(value: Any) -> str:
     """Return ``value`` if it is a valid event type (see :data:`EVENT_TYPE_RE`), else raise ``ValidationError``."""
-    if not isinstance(value, str) or len(value) > MAX_EVENT_TYPE_CHARS or not EVENT_TYPE_RE.match(value):
+    if not isinstance(value, str) or not _valid_type(value):
         raise ValidationError(
             f"event type {value!r} is not valid: dotted identifiers such as 'order.created' "
             f"(letters, digits, '_', dots between parts; at most {MAX_EVENT_TYPE_CHARS} characters)",
@@ -214,7 +237,7 @@ def check_event_type(value: Any) -> str:
 
 def check_stream_id(value: Any) -> str:
     """Return ``value`` if it is a valid stream id (see :data:`STREAM_ID_RE`), else raise ``ValidationError``."""
-    if not isinstance(value, str) or len(value) > MAX_STREAM_ID_CHARS or not STREAM_ID_RE.match(value):
+    if not isinstance(value, str) or not _valid_stream(value):
         raise ValidationError(
             f"stream id {value!r} is not valid: letters, digits and '_ . : @ / + = - $', "
             f"at most {MAX_STREAM_ID_CHARS} characters (example: 'order-42')",
@@ -295,26 +318,56 @@ def prepare_events(
     return prepared
 
 
+def _json_text(value: Any, what: str) -> tuple[str, dict[str, Any]]:
+    """Canonical JSON text of a JSON object and a plain-``dict`` deep copy of it.
+
+    Fast path, in C: encode, decode, compare. A value the encoder changes on
+    the way (int keys, tuples, non-dict mappings) or refuses (NaN, bytes, …)
+    falls back to :func:`check_json_object`, which copies it or names the problem.
+    """
+    if type(value) is dict:
+        if not value:
+            return "{}", FrozenDict()
+        try:
+            text = canonical_json(value)
+            if "[" in text:
+                copy = _decode(text)
+            else:  # no list anywhere: the decoder can build the frozen form directly
+                copy = _decode_frozen(text)
+            if copy == value and "\\u0000" not in text:
+                return text, copy
+        except (TypeError, ValueError, RecursionError):
+            pass
+    try:
+        copy = check_json_object(value, what)
+        return canonical_json(copy), copy
+    except RecursionError:
+        raise SerializationError(f"{what}: nested too deeply", errors={what: "too deep"}) from None
+    except ValueError as exc:
+        raise SerializationError(f"{what}: not valid JSON ({exc})", errors={what: "not JSON"}) from None
+
+
+def _dumps(value: str | None) -> str:
+    return "null" if value is None else str(_encode_string(value))
+
+
 def _prepare_one(event: Event, max_bytes: int, now: datetime, mono: int, pid: int) -> PreparedEvent:
     event_type = check_event_type(event.type)
     stream_id = check_stream_id(DEFAULT_STREAM_ID if event.stream_id is None else event.stream_id)
     event_id = str(uuid.uuid4()) if event.event_id is None else check_event_id(event.event_id)
     correlation_id = _check_ref(event.correlation_id, "correlation_id")
     parent_id = _check_ref(event.parent_id, "parent_id")
-    data = check_json_object(event.data, "data")
-    metadata = check_json_object(event.metadata, "metadata")
-    content = {
-        "type": event_type,
-        "stream_id": stream_id,
-        "correlation_id": correlation_id,
-        "parent_id": parent_id,
-        "data": data,
-        "metadata": metadata,
-    }
+    data_json, data = _json_text(event.data, "data")
+    metadata_json, metadata = _json_text(event.metadata, "metadata")
+    # == canonical_json({...}) of the content (keys in sorted order), without encoding data twice.
+    canonical = (
+        f'{{"correlation_id":{_dumps(correlation_id)},"data":{data_json},"metadata":{metadata_json},'
+        f'"parent_id":{_dumps(parent_id)},"stream_id":{_dumps(stream_id)},"type":{_dumps(event_type)}}}'
+    )
     try:
-        encoded = canonical_json(content).encode("utf-8")
-    except (ValueError, UnicodeEncodeError) as exc:  # lone surrogates and the like
-        raise SerializationError(f"event {event_type}: cannot be encoded as UTF-8 JSON ({exc})") from None
+        encoded = canonical.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise SerializationError(f"event {event_type}: cannot be encoded as UTF-8 ({exc.reason})") from None
     size = len(encoded) + len(event_id)
     if size > max_bytes:
         raise PayloadTooLarge(
@@ -335,4 +388,6 @@ def _prepare_one(event: Event, max_bytes: int, now: datetime, mono: int, pid: in
         recorded_at=now,
         monotonic_ns=mono,
         pid=pid,
+        data_json=data_json,
+        metadata_json=metadata_json,
     )

@@ -1,92 +1,45 @@
-"""Compile event filters to SQLAlchemy Core and run them (PostgreSQL and SQLite).
+"""Run event queries: fetches and pages, counts and aggregates, sequences, and the store mixin.
 
-Nothing a caller passes reaches the SQL text: every value, every path segment
-and every SQLite JSON path string is a bound parameter; operators and
-function names come from this module only.
-
-PostgreSQL (JSONB): equality and array membership on a key-only path compile
-to containment, ``data @> '{"user": {"id": 123}}'``, which the
-``jsonb_path_ops`` GIN index serves; containment at nested levels is exact
-for scalars, so it is also the whole predicate. Other leaves walk the path
-with ``->`` (text keys, integer indexes), guard on ``jsonb_typeof`` inside a
-``CASE`` and compare JSONB to JSONB (numbers numerically) or text under
-``COLLATE "C"`` (code-point order).
-
-SQLite (JSON1): ``json_type(data, :path)`` guards the JSON type and
-``json_extract(data, :path)`` yields the value, with ``:path`` built from the
-validated segments (``$."user"."id"``, ``$."items"[0]``) and bound.
-
-Every leaf is two-valued (never SQL ``NULL``), so ``~`` is plain negation on
-both backends, as in :meth:`esf.events._query.Filter.matches`.
+The executors take a SQLAlchemy ``Connection`` and return StoredEvent values or
+numbers; :class:`SqlQueryMixin` gives a store class holding ``self._engine``
+the same operations as methods. Filters are compiled by ``_query_sql`` (bound
+parameters only) and sequences live in ``_query_sequences``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Connection,
-    Engine,
-    Integer,
-    Interval,
-    Numeric,
-    String,
-    Text,
-    and_,
-    case,
-    cast,
-    exists,
-    false,
-    func,
-    literal,
-    not_,
-    null,
-    or_,
-    select,
-    type_coerce,
-)
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, Engine, Integer, Numeric, String, cast, func, literal, select
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import ColumnElement, FromClause, Select
 
 from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
-from esf.events._query import (
-    AGGREGATES,
-    SEQUENCE_KEYS,
-    And,
-    CorrelationIs,
-    FieldCompare,
-    FieldContains,
-    FieldExists,
-    FieldIn,
-    Filter,
-    Not,
-    Or,
-    Page,
-    Path,
-    Per,
-    PositionAfter,
-    Query,
-    Scalar,
-    StreamIs,
-    TimeBetween,
-    TypeIs,
-    as_query,
-    check_datetime,
-    check_limit,
-    check_per,
-    parse_cursor,
-    parse_field,
-)
+from esf.events._query import Filter, Page, Query, as_query, parse_cursor
+from esf.events._query_values import AGGREGATES, Path, Per, check_limit, check_per, parse_field
 
+from ._query_sequences import check_sequence, followed_by, not_followed_by
+from ._query_sql import (
+    EVENT_COLUMNS,
+    SQLITE_KINDS,
+    Binder,
+    NamedBinder,
+    compile_filter,
+    dialect_of,
+    event_columns,
+    filter_shape,
+    filter_values,
+    pg_at,
+    row_to_event,
+    sqlite_type,
+    sqlite_value,
+)
 from ._schema import events
 
 __all__ = [
@@ -101,275 +54,10 @@ __all__ = [
     "followed_by",
     "not_followed_by",
     "row_to_event",
+    "select_events",
 ]
 
-#: The columns that make a StoredEvent, in field order.
-EVENT_COLUMNS = (
-    "position",
-    "event_id",
-    "stream_id",
-    "stream_version",
-    "event_type",
-    "recorded_at",
-    "monotonic_ns",
-    "node",
-    "pid",
-    "correlation_id",
-    "parent_id",
-    "data",
-    "metadata",
-)
-
-_SQLITE_KINDS: dict[str, tuple[str, ...]] = {
-    "number": ("integer", "real"),
-    "string": ("text",),
-    "null": ("null",),
-}
-_PG_OPS = {"eq": "=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-
 Cond = ColumnElement[Any]
-
-
-def event_columns(table: FromClause = events) -> list[ColumnElement[Any]]:
-    """The StoredEvent columns of ``table`` (or an alias of it)."""
-    return [table.c[name] for name in EVENT_COLUMNS]
-
-
-def row_to_event(row: Any, offset: int = 0) -> StoredEvent:
-    """A StoredEvent from a result row whose StoredEvent columns (``EVENT_COLUMNS``) start at ``offset``."""
-    (
-        position,
-        event_id,
-        stream_id,
-        stream_version,
-        event_type,
-        recorded_at,
-        monotonic_ns,
-        node,
-        pid,
-        correlation_id,
-        parent_id,
-        data,
-        metadata,
-    ) = tuple(row[offset : offset + len(EVENT_COLUMNS)])
-    return StoredEvent(
-        position,
-        event_id,
-        stream_id,
-        stream_version,
-        event_type,
-        as_utc(recorded_at),
-        monotonic_ns,
-        node,
-        pid,
-        correlation_id,
-        parent_id,
-        json.loads(data) if isinstance(data, str) else data,  # a driver that hands back JSON text
-        json.loads(metadata) if isinstance(metadata, str) else metadata,
-    )
-
-
-def as_utc(value: datetime) -> datetime:
-    """A timezone-aware UTC datetime (SQLite hands back naive UTC)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def dialect_of(conn: Connection) -> str:
-    """``postgresql`` or ``sqlite``. Raises QueryError for any other database."""
-    name = conn.dialect.name
-    if name not in ("postgresql", "sqlite"):
-        raise QueryError(f"event queries support PostgreSQL and SQLite, not {name}")
-    return name
-
-
-# ---------------------------------------------------------------- compiling
-
-
-def compile_filter(node: Filter, dialect: str, table: FromClause = events) -> Cond:
-    """A boolean SQL expression (never NULL) equivalent to ``node.matches``.
-
-    Parameters:
-        node: the filter tree.
-        dialect: ``"postgresql"`` or ``"sqlite"``.
-        table: the events table or an alias of it (sequences use two).
-    Raises:
-        QueryError: an unknown filter node.
-    Returns:
-        A Core expression with bound parameters only.
-    """
-    c = table.c
-    if isinstance(node, And):
-        return and_(*(compile_filter(p, dialect, table) for p in node.parts))
-    if isinstance(node, Or):
-        return or_(*(compile_filter(p, dialect, table) for p in node.parts))
-    if isinstance(node, Not):
-        return not_(compile_filter(node.part, dialect, table))
-    if isinstance(node, TypeIs):
-        return c.event_type == node.types[0] if len(node.types) == 1 else c.event_type.in_(node.types)
-    if isinstance(node, StreamIs):
-        return c.stream_id == node.stream_id
-    if isinstance(node, CorrelationIs):
-        # ``= :c`` alone is NULL for a NULL column; the AND makes it false and keeps the index usable.
-        return and_(c.correlation_id == node.correlation_id, c.correlation_id.is_not(None))
-    if isinstance(node, TimeBetween):
-        parts = []
-        if node.start is not None:
-            parts.append(c.recorded_at >= node.start)
-        if node.end is not None:
-            parts.append(c.recorded_at < node.end)
-        return and_(*parts)
-    if isinstance(node, PositionAfter):
-        return c.position > node.position
-    data = c.data
-    if dialect == "postgresql":
-        return _pg_leaf(node, data)
-    if dialect == "sqlite":
-        return _sqlite_leaf(node, data)
-    raise QueryError(f"event queries support PostgreSQL and SQLite, not {dialect}")
-
-
-def _kind(value: Scalar) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return "string"
-
-
-# PostgreSQL ------------------------------------------------------------------
-
-
-# Built once: SQLAlchemy spends more time creating a custom operator than the rest of a leaf.
-_JSONB = JSONB()
-_ARROW = operators.custom_op("->", return_type=JSONB)
-_CONTAINS = operators.custom_op("@>", return_type=Boolean)
-
-
-def _pg_jsonb(value: Any) -> Cond:
-    """A JSONB bound parameter (the psycopg dialect renders it as ``%(p)s::JSONB``)."""
-    return literal(value, type_=_JSONB)
-
-
-def _pg_key(seg: str | int) -> Cond:
-    return cast(literal(seg, Integer), Integer) if isinstance(seg, int) else cast(literal(seg, String), Text)
-
-
-def _pg_at(data: Cond, path: Path) -> Cond:
-    expr: Cond = type_coerce(data, _JSONB)
-    for seg in path:
-        step = expr.operate(_ARROW, _pg_key(seg))
-        # PostgreSQL treats a scalar as a one-element array for ``-> 0``; an index only descends into arrays.
-        expr = case((func.jsonb_typeof(expr) == "array", step), else_=null()) if isinstance(seg, int) else step
-    return expr
-
-
-def _pg_text(data: Cond, path: Path) -> Cond:
-    """The field as text: the string itself for JSON strings (callers guard the type)."""
-    return _pg_at(data, path[:-1]).op("->>", return_type=Text)(_pg_key(path[-1]))
-
-
-def _pg_contains(data: Cond, path: Path, leaf: Any) -> Cond:
-    doc = leaf
-    for seg in reversed(path):
-        doc = {seg: doc}
-    return type_coerce(data, _JSONB).operate(_CONTAINS, _pg_jsonb(doc))
-
-
-def _pg_if_kind(x: Cond, kind: str, then: Cond) -> Cond:
-    return case((func.jsonb_typeof(x) == kind, then), else_=false())
-
-
-def _keys_only(path: Path) -> bool:
-    return all(isinstance(seg, str) for seg in path)
-
-
-def _pg_eq(data: Cond, path: Path, value: Scalar) -> Cond:
-    if _keys_only(path):
-        return _pg_contains(data, path, value)
-    return case((_pg_at(data, path).op("=", return_type=Boolean)(_pg_jsonb(value)), True), else_=false())
-
-
-def _pg_leaf(node: Filter, data: Cond) -> Cond:
-    if isinstance(node, FieldCompare):
-        if node.op == "eq":
-            return _pg_eq(data, node.path, node.value)
-        op = _PG_OPS[node.op]
-        if isinstance(node.value, str):
-            text = _pg_text(data, node.path).collate("C")
-            then = text.op(op, return_type=Boolean)(cast(literal(node.value, String), Text))
-            return _pg_if_kind(_pg_at(data, node.path), "string", then)
-        x = _pg_at(data, node.path)
-        return _pg_if_kind(x, "number", x.op(op, return_type=Boolean)(_pg_jsonb(node.value)))
-    if isinstance(node, FieldIn):
-        if not node.values:
-            return false()
-        return or_(*(_pg_eq(data, node.path, v) for v in node.values))
-    if isinstance(node, FieldExists):
-        return _pg_at(data, node.path).is_not(None)
-    if isinstance(node, FieldContains):
-        if _keys_only(node.path):
-            element = _pg_contains(data, node.path, [node.value])
-        else:
-            x = _pg_at(data, node.path)
-            element = _pg_if_kind(x, "array", x.operate(_CONTAINS, _pg_jsonb([node.value])))
-        if not isinstance(node.value, str):
-            return element
-        found = func.strpos(_pg_text(data, node.path), cast(literal(node.value, String), Text)) > 0
-        return or_(element, _pg_if_kind(_pg_at(data, node.path), "string", found))
-    raise QueryError(f"unknown filter node {type(node).__name__}")
-
-
-# SQLite ----------------------------------------------------------------------
-
-
-def sqlite_path(path: Path) -> str:
-    """The JSON1 path of validated segments: ``$."user"."id"``, ``$."items"[0]``."""
-    return "$" + "".join(f"[{seg}]" if isinstance(seg, int) else f'."{seg}"' for seg in path)
-
-
-def _sl_type(data: Cond, path: Path) -> Cond:
-    return func.json_type(data, literal(sqlite_path(path), String), type_=String)
-
-
-def _sl_value(data: Cond, path: Path) -> Cond:
-    return func.json_extract(data, literal(sqlite_path(path), String))
-
-
-def _sl_kinds(value: Scalar) -> tuple[str, ...]:
-    if isinstance(value, bool):
-        return ("true",) if value else ("false",)
-    return _SQLITE_KINDS[_kind(value)]
-
-
-def _sl_typed(kind_expr: Cond, value_expr: Cond, value: Scalar, op: str = "eq") -> Cond:
-    kinds = _sl_kinds(value)
-    if value is None or isinstance(value, bool):
-        then: Cond = literal(True, Boolean)
-    else:
-        then = value_expr.op(_PG_OPS[op], return_type=Boolean)(literal(value))
-    return case((kind_expr.in_(kinds), then), else_=false())
-
-
-def _sqlite_leaf(node: Filter, data: Cond) -> Cond:
-    if isinstance(node, FieldCompare):
-        return _sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), node.value, node.op)
-    if isinstance(node, FieldIn):
-        if not node.values:
-            return false()
-        return or_(*(_sl_typed(_sl_type(data, node.path), _sl_value(data, node.path), v) for v in node.values))
-    if isinstance(node, FieldExists):
-        return _sl_type(data, node.path).is_not(None)
-    if isinstance(node, FieldContains):
-        each = func.json_each(data, literal(sqlite_path(node.path), String)).table_valued("value", "type")
-        member = exists(select(literal(1)).select_from(each).where(_sl_typed(each.c.type, each.c.value, node.value)))
-        element = case((_sl_type(data, node.path) == "array", member), else_=false())
-        if not isinstance(node.value, str):
-            return element
-        found = func.instr(_sl_value(data, node.path), literal(node.value, String)) > 0
-        return or_(element, case((_sl_type(data, node.path) == "text", found), else_=false()))
-    raise QueryError(f"unknown filter node {type(node).__name__}")
 
 
 # ---------------------------------------------------------------- fetching
@@ -387,12 +75,65 @@ def where_clause(query: Query, dialect: str, table: FromClause = events) -> list
     return conds
 
 
-def select_events(query: Query, dialect: str, *, limit: int | None = None) -> Select[Any]:
-    """The SELECT for a query, ordered by position."""
-    order = events.c.position.asc() if query.order == "asc" else events.c.position.desc()
-    stmt = select(*event_columns()).where(*where_clause(query, dialect)).order_by(order)
+#: Built once (statements are immutable; each query derives its own).
+_SELECT_ASC = select(*event_columns()).order_by(events.c.position.asc())
+_SELECT_DESC = select(*event_columns()).order_by(events.c.position.desc())
+#: Fetch statements by shape (see :func:`filter_shape`), with named parameters. Building a
+#: SQLAlchemy statement and its cache key costs more than a GIN lookup; a statement is immutable,
+#: so a shape compiles once per process and each call only binds its values. Bounded: cleared
+#: when full (applications use few distinct shapes).
+_TEMPLATES: dict[Hashable, Select[Any]] = {}
+MAX_TEMPLATES = 1024
+
+
+def select_events(
+    query: Query, dialect: str, *, limit: int | None = None, cursor: int | None = None
+) -> tuple[Select[Any], dict[str, Any]]:
+    """The SELECT for a query, ordered by position, and its parameters.
+
+    Parameters:
+        query: the query (its ``limit`` applies unless ``limit`` is given).
+        dialect: ``"postgresql"`` or ``"sqlite"``.
+        limit: overrides the query's limit.
+        cursor: a position to continue after (in the query's order).
+    Returns:
+        A statement with named parameters ``q0, q1, …`` and their values.
+    """
     limit = limit if limit is not None else query.limit
-    return stmt.limit(limit) if limit is not None else stmt
+    shape = None if query.filter is None else filter_shape(query.filter)
+    key = (dialect, query.order, shape, query.after is None, query.before is None, cursor is None, limit is None)
+    stmt = _TEMPLATES.get(key)
+    if stmt is None:
+        binder = NamedBinder()
+        stmt = _build_select(query, dialect, limit, cursor, binder)
+        if len(_TEMPLATES) >= MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = stmt
+        values = binder.values
+    else:
+        values = []
+        if query.filter is not None:
+            filter_values(query.filter, dialect, values)
+        values.extend(v for v in (query.after, query.before, cursor, limit) if v is not None)
+    return stmt, {f"q{i}": v for i, v in enumerate(values)}
+
+
+def _build_select(query: Query, dialect: str, limit: int | None, cursor: int | None, bind: Binder) -> Select[Any]:
+    # Binds in the order select_events lists the values: filter, after, before, cursor, limit.
+    position = events.c.position
+    conds: list[Cond] = []
+    if query.filter is not None:
+        conds.append(compile_filter(query.filter, dialect, events, bind))
+    if query.after is not None:
+        conds.append(position > bind(query.after, position.type))
+    if query.before is not None:
+        conds.append(position < bind(query.before, position.type))
+    if cursor is not None:
+        mark = bind(cursor, position.type)
+        conds.append(position > mark if query.order == "asc" else position < mark)
+    base = _SELECT_ASC if query.order == "asc" else _SELECT_DESC
+    stmt = base.where(*conds) if conds else base
+    return stmt.limit(bind(limit, Integer)) if limit is not None else stmt
 
 
 def fetch(conn: Connection, query: Query | Filter | None = None) -> list[StoredEvent]:
@@ -403,8 +144,8 @@ def fetch(conn: Connection, query: Query | Filter | None = None) -> list[StoredE
     Returns:
         StoredEvent values.
     """
-    q = as_query(query)
-    return [row_to_event(row) for row in conn.execute(select_events(q, dialect_of(conn)))]
+    stmt, params = select_events(as_query(query), dialect_of(conn))
+    return [row_to_event(row) for row in conn.execute(stmt, params)]
 
 
 def fetch_page(
@@ -423,11 +164,8 @@ def fetch_page(
     """
     q = as_query(query)
     size = check_limit(limit)
-    position = parse_cursor(cursor)
-    stmt = select_events(q, dialect_of(conn), limit=size + 1)
-    if position is not None:
-        stmt = stmt.where(events.c.position > position if q.order == "asc" else events.c.position < position)
-    found = [row_to_event(row) for row in conn.execute(stmt)]
+    stmt, params = select_events(q, dialect_of(conn), limit=size + 1, cursor=parse_cursor(cursor))
+    found = [row_to_event(row) for row in conn.execute(stmt, params)]
     more = len(found) > size
     page = tuple(found[:size])
     return Page(page, str(page[-1].position) if more else None)
@@ -469,10 +207,10 @@ def _group_columns(dialect: str, group: str | Path) -> tuple[list[Cond], list[Co
     if isinstance(group, str):
         return [events.c[group].label("k")], []
     if dialect == "postgresql":
-        x = _pg_at(events.c.data, group)
+        x = pg_at(events.c.data, group)
         return [x.label("k")], [func.jsonb_typeof(x).in_(["string", "number", "boolean", "null"])]
-    kind = _sl_type(events.c.data, group)
-    return [kind.label("kt"), _sl_value(events.c.data, group).label("k")], [kind.in_(_SQLITE_SCALARS)]
+    kind = sqlite_type(events.c.data, group)
+    return [kind.label("kt"), sqlite_value(events.c.data, group).label("k")], [kind.in_(_SQLITE_SCALARS)]
 
 
 def _group_key(row: Any, dialect: str, group: str | Path) -> Any:
@@ -547,7 +285,6 @@ def aggregate(
     fn: str,
     field: str,
     filter: Query | Filter | None = None,
-    *,
     per: Per | None = None,
 ) -> Any:
     """``min``, ``max``, ``avg`` or ``sum`` of a numeric data field over matching events.
@@ -575,12 +312,12 @@ def aggregate(
     dialect = dialect_of(conn)
     conds = where_clause(as_query(filter), dialect)
     if dialect == "postgresql":
-        x = _pg_at(events.c.data, path)
+        x = pg_at(events.c.data, path)
         conds.append(func.jsonb_typeof(x) == "number")
         number: Cond = cast(x, Numeric)
     else:
-        conds.append(_sl_type(events.c.data, path).in_(_SQLITE_KINDS["number"]))
-        number = _sl_value(events.c.data, path)
+        conds.append(sqlite_type(events.c.data, path).in_(SQLITE_KINDS["number"]))
+        number = sqlite_value(events.c.data, path)
     agg = getattr(func, fn)
     convert = (lambda v: None if v is None else float(v)) if fn == "avg" else to_number
     if period is None:
@@ -588,133 +325,6 @@ def aggregate(
     sub = select(_bucket(dialect, period).label("b"), number.label("v")).where(*conds).subquery()
     stmt = select(sub.c.b, agg(sub.c.v).label("r")).group_by(sub.c.b).order_by(sub.c.b)
     return {_bucket_iso(r.b, period): convert(r.r) for r in conn.execute(stmt)}
-
-
-# ---------------------------------------------------------------- sequences
-
-#: Longest window a sequence query accepts.
-MAX_WITHIN = timedelta(days=3650)
-
-
-def _check_sequence(first: object, then: object, within: object, by: object) -> tuple[Filter, Filter, str]:
-    for name, value in (("first", first), ("then", then)):
-        if not isinstance(value, Filter):
-            raise QueryError(f"{name} must be a Filter built with Q", errors={name: "not a filter"})
-    if not isinstance(within, timedelta) or not timedelta(0) < within <= MAX_WITHIN:
-        raise QueryError("within must be a positive timedelta of at most 10 years", errors={"within": "invalid"})
-    if not isinstance(by, str) or by not in SEQUENCE_KEYS:
-        raise QueryError(f"by must be one of {', '.join(SEQUENCE_KEYS)}", errors={"by": "invalid"})
-    assert isinstance(first, Filter) and isinstance(then, Filter)
-    return first, then, by
-
-
-def _epoch_us(column: Cond) -> Cond:
-    """SQLite: microseconds since the epoch of a stored 'YYYY-MM-DD HH:MM:SS.ffffff' (exact integer)."""
-    seconds = cast(func.strftime(literal("%s", String), func.substr(column, 1, 19)), Integer)
-    return seconds * 1_000_000 + cast(func.substr(column, 21, 6), Integer)
-
-
-def _later_within(dialect: str, a: FromClause, b: FromClause, within: timedelta, key: str, then: Filter) -> Cond:
-    """``b`` follows ``a``: same non-NULL key, a later position, recorded at most ``within`` after ``a``."""
-    if dialect == "postgresql":
-        in_window = b.c.recorded_at <= a.c.recorded_at + literal(within, Interval)
-    else:
-        in_window = _epoch_us(b.c.recorded_at) <= _epoch_us(a.c.recorded_at) + within // timedelta(microseconds=1)
-    return and_(
-        b.c[key] == a.c[key],
-        b.c.position > a.c.position,
-        in_window,
-        compile_filter(then, dialect, b),
-    )
-
-
-def followed_by(
-    conn: Connection,
-    first: Filter,
-    then: Filter,
-    *,
-    within: timedelta,
-    by: str = "correlation_id",
-    limit: int | None = None,
-) -> list[tuple[StoredEvent, StoredEvent]]:
-    """Each ``first`` event paired with the earliest ``then`` event that follows it.
-
-    "Follows" means: the same ``by`` value (never NULL), a greater position, and recorded at
-    most ``within`` after the first event (microsecond precision on both backends).
-
-    Parameters:
-        first, then: filters for the two events.
-        within: the window (positive timedelta).
-        by: ``correlation_id`` or ``stream_id``.
-        limit: at most this many pairs.
-    Raises:
-        QueryError: an invalid filter, window, key or limit.
-    Returns:
-        (first, then) pairs ordered by the first event's position. One SQL statement.
-    """
-    first, then, key = _check_sequence(first, then, within, by)
-    dialect = dialect_of(conn)
-    # Pairs first (a join on the indexed key, grouped to the earliest follower), then the two
-    # rows by primary key. PostgreSQL hash-joins the pairs like hand-written SQL would; the
-    # LATERAL and "= (correlated subquery)" shapes were 1.6-3x slower on 1M events.
-    first_a, nxt = events.alias("first_a"), events.alias("nxt")
-    pairs = (
-        select(first_a.c.position.label("ap"), func.min(nxt.c.position).label("bp"))
-        .select_from(first_a.join(nxt, _later_within(dialect, first_a, nxt, within, key, then)))
-        .where(compile_filter(first, dialect, first_a), first_a.c[key].is_not(None))
-        .group_by(first_a.c.position)
-        .subquery("pairs")
-    )
-    a, b = events.alias("a"), events.alias("b")
-    stmt = (
-        select(*event_columns(a), *event_columns(b))
-        .select_from(pairs.join(a, a.c.position == pairs.c.ap).join(b, b.c.position == pairs.c.bp))
-        .order_by(a.c.position)
-    )
-    if limit is not None:
-        stmt = stmt.limit(check_limit(limit))
-    n = len(EVENT_COLUMNS)
-    return [(row_to_event(row), row_to_event(row, n)) for row in conn.execute(stmt)]
-
-
-def not_followed_by(
-    conn: Connection,
-    first: Filter,
-    then: Filter,
-    *,
-    within: timedelta,
-    by: str = "correlation_id",
-    now: datetime | None = None,
-    limit: int | None = None,
-) -> list[StoredEvent]:
-    """``first`` events whose window has passed with no ``then`` event following them.
-
-    Only first events recorded at or before ``now - within`` are considered (their window is
-    over); "following" is as in :func:`followed_by`. A first event whose ``by`` value is NULL
-    can never be followed, so it is reported once its window is over.
-
-    Parameters:
-        first, then: filters; within: the window; by: ``correlation_id`` or ``stream_id``.
-        now: timezone-aware "now" (default: the current UTC time).
-        limit: at most this many events.
-    Raises:
-        QueryError: invalid arguments.
-    Returns:
-        The unfollowed first events, by position. One SQL statement (``NOT EXISTS``).
-    """
-    first, then, key = _check_sequence(first, then, within, by)
-    moment = datetime.now(UTC) if now is None else check_datetime(now, "now")
-    dialect = dialect_of(conn)
-    a, b = events.alias("a"), events.alias("b")
-    follower = exists(select(literal(1)).select_from(b).where(_later_within(dialect, a, b, within, key, then)))
-    stmt = (
-        select(*event_columns(a))
-        .where(compile_filter(first, dialect, a), a.c.recorded_at <= moment - within, ~follower)
-        .order_by(a.c.position)
-    )
-    if limit is not None:
-        stmt = stmt.limit(check_limit(limit))
-    return [row_to_event(row) for row in conn.execute(stmt)]
 
 
 # ---------------------------------------------------------------- the store mixin
@@ -756,7 +366,7 @@ class SqlQueryMixin:
         with self._query_connection() as conn:
             return count(conn, filter, by=by, per=per)
 
-    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
+    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, per: Per | None = None) -> Any:
         """``min``/``max``/``avg``/``sum`` of a numeric data field; see :func:`aggregate`."""
         with self._query_connection() as conn:
             return aggregate(conn, fn, field, filter, per=per)
@@ -771,7 +381,7 @@ class SqlQueryMixin:
         limit: int | None = None,
     ) -> list[tuple[StoredEvent, StoredEvent]]:
         """Pairs "A followed by B within D"; see :func:`followed_by`."""
-        _check_sequence(first, then, within, by)
+        check_sequence(first, then, within, by)
         with self._query_connection() as conn:
             return followed_by(conn, first, then, within=within, by=by, limit=limit)
 
@@ -786,6 +396,6 @@ class SqlQueryMixin:
         limit: int | None = None,
     ) -> list[StoredEvent]:
         """ "A not followed by B within D" once D has passed; see :func:`not_followed_by`."""
-        _check_sequence(first, then, within, by)
+        check_sequence(first, then, within, by)
         with self._query_connection() as conn:
             return not_followed_by(conn, first, then, within=within, by=by, now=now, limit=limit)

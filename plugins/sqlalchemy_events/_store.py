@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,8 +171,8 @@ class SqlEventStore(SqlQueryMixin):
             return spooler.put(prepared)
         if self.breaker.is_open():
             raise CircuitOpen(
-                f"event store {redact(self.url)} is unreachable (circuit open); appends with expected_version "
-                "cannot be spooled: retry later"
+                f"event store {redact(self.url)} is unreachable (circuit open) and this append cannot be spooled "
+                "(expected_version given, or no spool configured): retry later"
             )
         try:
             return self._write(prepared, expected_version)
@@ -339,7 +339,9 @@ class SqlEventStore(SqlQueryMixin):
 
     # -- outbox and idempotency ledger -------------------------------------
 
-    def once(self, key: str, *, session: Session | None = None, job_id: str | None = None) -> Any:
+    def once(
+        self, key: str, *, session: Session | None = None, job_id: str | None = None
+    ) -> AbstractContextManager[bool]:
         """The idempotency ledger: see :func:`esf.plugins.sqlalchemy_events.once`.
 
         Usage::

@@ -159,3 +159,29 @@ def test_the_timeline_shows_jobs_and_application_events_of_one_request(store, ho
     assert "job.failed" in text and "error=KeyError" in text and "order.created" in text
     assert timeline_json(events)[0]["event_type"] == "order.created"
     assert render_timeline("nope", []) == "No events with correlation id 'nope'."
+
+
+def test_job_events_go_to_the_spool_when_the_database_is_unreachable(tmp_path):
+    # Given a store whose PostgreSQL does not answer (nothing listens on the port)
+    import socket
+
+    from esf.plugins.sqlalchemy_events import SqlEventStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = SqlEventStore(f"postgresql://postgres@127.0.0.1:{port}/none", spool_path=tmp_path / "spool.sqlite")
+    hooks = JobHistoryHooks(store, flush_interval_s=0.05)
+    try:
+        # When a job runs
+        ctx = _ctx(job_id="j-down")
+        hooks.after_enqueue(ctx)
+        hooks.before_process(ctx)
+        hooks.after_process(ctx, runtime_s=0.1)
+        # Then the hooks hand the events over without error and they wait in the durable spool
+        assert hooks.flush(60)
+        health = store.health()
+        assert health["status"] == "degraded" and health["spool_depth"] == 3
+    finally:
+        hooks.close()
+        store.close()

@@ -7,6 +7,7 @@ both backends must return exactly the events the predicate selects.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -33,7 +34,8 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 
 from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
-from esf.events._query import Q, Query, bucket_start, json_kind, parse_field, resolve
+from esf.events._query import Q, Query, bucket_start
+from esf.events._query_values import json_kind, parse_field, resolve
 
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
@@ -936,3 +938,65 @@ def test_an_unreachable_database_is_service_unavailable():
         store.query(Q.type("a"))
     with pytest.raises(ServiceUnavailable):
         store.count()
+
+
+# ---------------------------------------------------------------- statement templates
+
+
+def test_a_cached_statement_answers_with_each_calls_own_values(engine):
+    # Given fetches whose filters share a shape (same paths and operators, other values)
+    from esf.plugins.sqlalchemy_events import _query as compiled
+
+    compiled._TEMPLATES.clear()
+    values = [42, 1, 2**40, -7, 0.1, "1", "paid", True, False, None]
+    with engine.connect() as conn:
+        for value in values:
+            for f in (
+                Q.data("flag") == value,
+                Q.data("user.id").in_([value, 2]) | (Q.type("audit.note") & Q.data("items.0.qty").exists()),
+                Q.data("tags").contains(value) & Q.after_position(5),
+            ):
+                # Then every call returns its own answer, not the first call's
+                assert positions(fetch(conn, f)) == expected(f.matches), (f, value)
+                page = fetch_page(conn, Query(f, order="desc"), 3, "80")
+                assert positions(list(page.events)) == [p for p in expected(f.matches)[::-1] if p < 80][:3]
+    # And the statements were built once per shape: numbers, strings, true, false and null differ.
+    assert len(compiled._TEMPLATES) == 3 * 2 * 5
+
+
+def test_the_template_cache_is_bounded(engine, monkeypatch):
+    from esf.plugins.sqlalchemy_events import _query as compiled
+
+    monkeypatch.setattr(compiled, "MAX_TEMPLATES", 2)
+    compiled._TEMPLATES.clear()
+    with engine.connect() as conn:
+        for f in (Q.type("order.created"), Q.stream("s-1"), Q.correlation("c-1"), Q.type("audit.note")):
+            assert positions(fetch(conn, f)) == expected(f.matches)
+    assert len(compiled._TEMPLATES) <= 2
+
+
+# ---------------------------------------------------------------- nothing spliced
+
+
+@pytest.mark.parametrize("dialect_name", ["postgresql", "sqlite"])
+def test_caller_values_never_appear_in_the_sql_text(dialect_name):
+    # Given values that would break out of a quoted literal, When compiled, Then the SQL text
+    # holds placeholders only and every value is a bound parameter.
+    from esf.plugins.sqlalchemy_events._query import select_events
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    marker = "x'); DROP TABLE esf_events; --"
+    f = (
+        (Q.data("user.name") == marker)
+        | (Q.data("items.0.sku") < marker)
+        | Q.data("tags").contains(marker)
+        | Q.data("note").in_([marker, 5])
+        | Q.type(marker)
+        | Q.correlation(marker)
+    )
+    for query in (Query(f), Query(f, order="desc", limit=5, after=1)):
+        stmt, params = select_events(query, dialect_name)
+        dialect = postgresql.psycopg.dialect() if dialect_name == "postgresql" else sqlite.dialect()
+        text = str(stmt.compile(dialect=dialect))
+        assert "DROP" not in text and marker not in text
+        assert any(marker in json.dumps(v) for v in params.values())

@@ -9,10 +9,6 @@ import pytest
 
 from esf.errors import QueryError, ValidationError
 from esf.events._query import (
-    MAX_FILTER_DEPTH,
-    MAX_FILTER_NODES,
-    MAX_IN_VALUES,
-    MAX_PATH_DEPTH,
     And,
     FieldCompare,
     FieldContains,
@@ -26,6 +22,12 @@ from esf.events._query import (
     TypeIs,
     bucket_start,
     parse_cursor,
+)
+from esf.events._query_values import (
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_NODES,
+    MAX_IN_VALUES,
+    MAX_PATH_DEPTH,
     parse_field,
     parse_path,
 )

@@ -50,7 +50,7 @@ def test_metadata_follows_the_same_rules():
 def test_deeply_nested_data_is_refused():
     deep: dict = {}
     node = deep
-    for _ in range(100):
+    for _ in range(100_000):
         node["x"] = {}
         node = node["x"]
     with pytest.raises(SerializationError):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from esf.plugins.sqlalchemy_events._schema import metadata
 
 VERSION_TABLE = "esf_alembic_version"
 
 
-def _run() -> None:
-    connection = context.config.attributes.get("connection")
+def _run(config: Any) -> None:
+    connection = config.attributes.get("connection")
     if connection is None:
         raise RuntimeError(
             "run these migrations with esf.plugins.sqlalchemy_events.migrations.upgrade(url) or `esf db upgrade`"
@@ -25,4 +27,8 @@ def _run() -> None:
         context.run_migrations()
 
 
-_run()
+# Alembic executes this file with its context established; a plain import (a
+# packaging test importing every module) finds no context and does nothing.
+_config = getattr(context, "config", None)
+if _config is not None:
+    _run(_config)

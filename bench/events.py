@@ -1,0 +1,280 @@
+"""Event store append benchmark: ESF vs raw psycopg (executemany, COPY) vs the eventsourcing library.
+
+All on the same PostgreSQL, in one run, each measured on a fresh database;
+median of ``--repeats`` runs (3 by default). Also: single-event append
+latency (p50/p99) and SQLite batched appends.
+
+    .venv/bin/python bench/events.py            # full: 100,000 events per method
+    .venv/bin/python bench/events.py --quick    # under a minute: 20,000 events
+    .venv/bin/python bench/events.py --json     # machine-readable results, then the headline
+
+The last line printed is the headline: ESF batched append throughput divided
+by raw ``executemany`` of the same rows in one transaction (target ≥ 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from esf.plugins.sqlalchemy_events import SqlEventStore
+
+from esf.events import Event
+from esf.events._validation import prepare_events
+
+COLUMNS = (
+    "position, event_id, stream_id, stream_version, event_type, recorded_at, monotonic_ns, node, pid, "
+    "correlation_id, parent_id, data, metadata, content_hash"
+)
+
+
+def make_events(n: int, streams: int = 100) -> list[Event]:
+    return [
+        Event(
+            "bench.order_placed",
+            {"i": i, "user_id": i % 1000, "amount": round(i * 0.37, 2), "currency": "EUR", "tags": ["a", "b"]},
+            correlation_id=f"c-{i % 500}",
+            stream_id=f"order-{i % streams}",
+            metadata={"source": "bench"},
+        )
+        for i in range(n)
+    ]
+
+
+def raw_rows(events: list[Event]) -> list[tuple[Any, ...]]:
+    """The exact rows ESF stores, precomputed (the raw baselines pay no validation)."""
+    prepared = prepare_events(events, max_event_bytes=10_000_000)
+    versions: dict[str, int] = {}
+    rows = []
+    for pos, p in enumerate(prepared, start=1):
+        versions[p.stream_id] = versions.get(p.stream_id, 0) + 1
+        rows.append(
+            (
+                pos,
+                p.event_id,
+                p.stream_id,
+                versions[p.stream_id],
+                p.event_type,
+                p.recorded_at,
+                p.monotonic_ns,
+                "bench",
+                p.pid,
+                p.correlation_id,
+                p.parent_id,
+                Jsonb(p.data),
+                Jsonb(p.metadata),
+                p.content_hash,
+            )
+        )
+    return rows
+
+
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# -- the contenders (each returns seconds) ------------------------------------------
+
+
+def run_esf_batched(url: str, events: list[Event], batch: int) -> float:
+    store = SqlEventStore(url, node="bench")
+    try:
+        t0 = time.perf_counter()
+        for chunk in chunks(events, batch):
+            store.append(chunk)
+        elapsed = time.perf_counter() - t0
+        assert store.head() == len(events)
+        return elapsed
+    finally:
+        store.close()
+
+
+def _raw_table(url: str, table: str) -> None:
+    SqlEventStore(url, node="bench").close()  # migrations create esf_events; copy its shape and indexes
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (LIKE esf_events INCLUDING ALL)")
+
+
+def run_executemany(url: str, rows: list[tuple[Any, ...]]) -> float:
+    _raw_table(url, "bench_raw")
+    placeholders = ", ".join(["%s"] * 14)
+    with psycopg.connect(url) as conn:
+        t0 = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO bench_raw ({COLUMNS}) VALUES ({placeholders})", rows)
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def run_copy(url: str, rows: list[tuple[Any, ...]]) -> float:
+    _raw_table(url, "bench_copy")
+    with psycopg.connect(url) as conn:
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY bench_copy ({COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def run_eventsourcing(url: str, events: list[Event], batch: int) -> float:
+    from eventsourcing.persistence import StoredEvent as EsStoredEvent
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    datastore = PostgresDatastore(
+        dbname=str(info["dbname"]),
+        host=str(info.get("host", "127.0.0.1")),
+        port=str(info.get("port", 5432)),
+        user=str(info.get("user", "postgres")),
+        password=str(info.get("password", "")),
+    )
+    recorder = PostgresApplicationRecorder(datastore, events_table_name="es_events")
+    recorder.create_table()
+    originators: dict[str, uuid.UUID] = {}
+    versions: dict[str, int] = {}
+    stored = []
+    for e in events:
+        sid = e.stream_id or "$global"
+        originators.setdefault(sid, uuid.uuid4())
+        versions[sid] = versions.get(sid, 0) + 1
+        state = json.dumps(dict(e.data), separators=(",", ":")).encode()
+        stored.append(EsStoredEvent(originators[sid], versions[sid], "bench:OrderPlaced", state))
+    try:
+        t0 = time.perf_counter()
+        for chunk in chunks(stored, batch):
+            recorder.insert_events(chunk)
+        return time.perf_counter() - t0
+    finally:
+        datastore.close()
+
+
+def single_append_latencies(url: str, n: int) -> list[float]:
+    store = SqlEventStore(url, node="bench")
+    try:
+        store.append(Event("bench.warmup"))
+        out = []
+        for i in range(n):
+            ev = Event("bench.single", {"i": i}, stream_id=f"single-{i % 10}")
+            t0 = time.perf_counter()
+            store.append(ev)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        store.close()
+
+
+def run_sqlite(events: list[Event], batch: int) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        store = SqlEventStore(f"sqlite:///{d}/bench.sqlite", node="bench")
+        try:
+            t0 = time.perf_counter()
+            for chunk in chunks(events, batch):
+                store.append(chunk)
+            return time.perf_counter() - t0
+        finally:
+            store.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer events (under a minute)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--events", type=int, default=None, help="events per method (default 100000, quick 20000)")
+    parser.add_argument("--batch", type=int, default=1000, help="events per append call / transaction")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per method; the median is reported")
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    args = parser.parse_args(argv)
+    n = args.events or (20_000 if args.quick else 100_000)
+    n_sqlite = 20_000 if args.quick else 100_000
+    n_single = 300 if args.quick else 2000
+    events = make_events(n)
+    rows = raw_rows(events)
+
+    contenders: dict[str, Callable[[str], float]] = {
+        "esf_batched": lambda url: run_esf_batched(url, events, args.batch),
+        "raw_executemany": lambda url: run_executemany(url, rows),
+        "raw_copy": lambda url: run_copy(url, rows),
+        "eventsourcing": lambda url: run_eventsourcing(url, events, args.batch),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():  # interleaved, so drifts in machine load hit every contender
+            with fresh_database(args.pg_url) as url:
+                seconds[name].append(fn(url))
+    with fresh_database(args.pg_url) as url:
+        lat = single_append_latencies(url, n_single)
+    sqlite_s = statistics.median(run_sqlite(make_events(n_sqlite), args.batch) for _ in range(args.repeats))
+
+    eps = {k: n / statistics.median(v) for k, v in seconds.items()}
+    results: dict[str, Any] = {
+        "events": n,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "postgresql_events_per_s": {k: round(v) for k, v in eps.items()},
+        "ratio_esf_vs_executemany": round(eps["esf_batched"] / eps["raw_executemany"], 3),
+        "ratio_esf_vs_copy": round(eps["esf_batched"] / eps["raw_copy"], 3),
+        "ratio_esf_vs_eventsourcing": round(eps["esf_batched"] / eps["eventsourcing"], 3),
+        "single_append_ms": {
+            "n": n_single,
+            "p50": round(percentile(lat, 0.50) * 1000, 3),
+            "p99": round(percentile(lat, 0.99) * 1000, 3),
+        },
+        "sqlite": {"events": n_sqlite, "events_per_s": round(n_sqlite / sqlite_s)},
+    }
+    ratio = results["ratio_esf_vs_executemany"]
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        print(f"PostgreSQL, {n} events, batches of {args.batch}, median of {args.repeats} (events/s):")
+        for k, v in eps.items():
+            print(f"  {k:<18} {v:>12,.0f}")
+        print(
+            f"  ESF / executemany  {ratio:.2f}   ESF / COPY  {results['ratio_esf_vs_copy']:.2f}   "
+            f"ESF / eventsourcing  {results['ratio_esf_vs_eventsourcing']:.2f}"
+        )
+        sa = results["single_append_ms"]
+        print(f"Single-event append ({sa['n']} calls): p50 {sa['p50']} ms, p99 {sa['p99']} ms")
+        print(f"SQLite: {n_sqlite} events in batches of {args.batch}: {results['sqlite']['events_per_s']:,} events/s")
+    print(f"headline: ESF batched append / raw executemany = {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

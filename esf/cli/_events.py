@@ -302,5 +302,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--limit", type=int, default=10_000)
     p.set_defaults(handler=_timeline)
 
-    # `esf events query …` is registered by the query service (esf/events/_query.py);
-    # the lead merges it here as `register_query(sub)`.
+    from ._events_query import register_query
+
+    register_query(sub)

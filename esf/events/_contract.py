@@ -12,7 +12,8 @@ from ._model import Event, StoredEvent
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ._query import Filter, Page, Per, Query
+    from ._query import Filter, Page, Query
+    from ._query_values import Per
 
 __all__ = ["AppendResult", "EventStore", "PendingAppend"]
 

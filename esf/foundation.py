@@ -319,7 +319,8 @@ class Foundation:
                 log.warning("plugin %s could not be loaded", ep.name, exc_info=True)
 
     def worker_started(self) -> None:
-        """Called in a worker's main process once it consumes: starts the job leases on Redis."""
+        """Called in a worker's main process once it consumes: job leases on Redis, the outbox relay."""
+        self.jobs.outbox.start()
         if self.settings.broker_kind == "redis" and self._lease is None:
             from esf.workers._lease import LeaseKeeper
 
@@ -329,6 +330,9 @@ class Foundation:
 
     def worker_stopped(self) -> None:
         """Called when the worker shuts down."""
+        jobs = self.__dict__.get("jobs")
+        if jobs is not None and "outbox" in jobs.__dict__:
+            jobs.outbox.stop()
         if self._lease is not None:
             self._lease.stop()
             self._lease = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -11,6 +12,8 @@ from ._model import Event, StoredEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from esf.plugins.sqlalchemy_events._outbox import OutboxRelay
 
     from ._query import Filter, Page, Query
     from ._query_values import Per
@@ -247,6 +250,15 @@ class EventStore(Protocol):
     def not_followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
                         now: datetime | None = None, limit: int | None = None) -> list[StoredEvent]:
         """Events A with no matching B within ``within`` (only A older than ``within``)."""
+        ...
+
+    def once(self, key: str, *, session: Session | None = None,
+             job_id: str | None = None) -> AbstractContextManager[bool]:
+        """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
+        ...
+
+    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None]) -> OutboxRelay:
+        """A relay that dispatches the outbox's messages in order and deletes them."""
         ...
 
     def close(self) -> None:

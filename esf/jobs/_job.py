@@ -17,6 +17,7 @@ from ._options import JobOptions
 
 if TYPE_CHECKING:
     from celery.canvas import Signature
+    from sqlalchemy.orm import Session
 
     from ..foundation import Foundation
     from ._task import EsfTask
@@ -37,7 +38,7 @@ _STATES: dict[str, JobStatus] = {
 }
 
 #: Keyword arguments of ``enqueue`` that are options, not job arguments.
-ENQUEUE_OPTIONS = frozenset({"correlation_id", "idempotency_key", "countdown", "eta", "queue", "priority"})
+ENQUEUE_OPTIONS = frozenset({"correlation_id", "idempotency_key", "countdown", "eta", "queue", "priority", "session"})
 
 
 class JobHandle:
@@ -95,7 +96,9 @@ class Job(Generic[P, R]):
         """Send the job to its queue. Returns a :class:`JobHandle`.
 
         Options (not passed to the handler): ``correlation_id``, ``idempotency_key``,
-        ``countdown`` (seconds) or ``eta`` (datetime), ``queue``, ``priority``.
+        ``countdown`` (seconds) or ``eta`` (datetime), ``queue``, ``priority``, and
+        ``session``: a SQLAlchemy session whose transaction the job joins (it is sent
+        only after that transaction commits, and never if it rolls back).
 
         Raises:
             SerializationError: an argument is not JSON (nothing is sent).
@@ -117,12 +120,14 @@ class Job(Generic[P, R]):
         eta: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        session: Session | None = None,
     ) -> JobHandle:
         """Like :meth:`enqueue`, with the handler's arguments given explicitly."""
         kwargs = dict(kwargs or {})
         prepared = self.prepare(args, kwargs, correlation_id=correlation_id, idempotency_key=idempotency_key,
                                 countdown=countdown, eta=eta, queue=queue)
-        return self._fnd.jobs.send(self, prepared, countdown=countdown, eta=eta, priority=priority)
+        return self._fnd.jobs.send(self, prepared, countdown=countdown, eta=eta, priority=priority,
+                                   session=session)
 
     def prepare(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any], *,
                 correlation_id: str | None, idempotency_key: str | None, countdown: float | None,

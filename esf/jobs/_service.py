@@ -27,10 +27,14 @@ from ._options import JobOptions, RateKey, RateLimit, validate_options
 from ._task import EsfTask, run_job
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from celery.canvas import Signature
     from kombu import Connection
+    from sqlalchemy.orm import Session
 
     from ..foundation import Foundation
+    from ._outbox import JobOutbox
     from ._schedules import Schedule, ScheduleService
 
 log = logging.getLogger("esf.jobs")
@@ -152,8 +156,8 @@ class JobService:
         return self.get(name).enqueue(*args, **kwargs)
 
     def send(self, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None = None,
-             eta: datetime | None = None, priority: int | None = None) -> JobHandle:
-        """Send a prepared job (deduplicating with ``unique_for``)."""
+             eta: datetime | None = None, priority: int | None = None, session: Session | None = None) -> JobHandle:
+        """Send a prepared job (deduplicating with ``unique_for``); with ``session``, through the outbox."""
         meta = prepared.meta
         if job.options.unique_for_s:
             existing = self.coordinator.claim(f"unique:{job.unique_key(prepared)}", prepared.job_id,
@@ -162,8 +166,12 @@ class JobService:
                 return JobHandle(self._fnd, existing, job.name, duplicate=True, correlation_id=meta.correlation_id)
         ctx = job.context(prepared)
         self._fnd.run_hooks("before_enqueue", ctx)
-        self._publish(job.task, prepared.job_id, list(prepared.args), prepared.kwargs, meta,
-                      countdown=countdown, eta=eta, priority=priority if priority is not None else job.options.priority)
+        prio = priority if priority is not None else job.options.priority
+        if session is not None:
+            self.outbox.put(session, job, prepared, countdown=countdown, eta=eta, priority=prio)
+        else:
+            self._publish(job.task, prepared.job_id, list(prepared.args), prepared.kwargs, meta,
+                          countdown=countdown, eta=eta, priority=prio)
         self._fnd.run_hooks("after_enqueue", ctx)
         return JobHandle(self._fnd, prepared.job_id, job.name, correlation_id=meta.correlation_id)
 
@@ -184,6 +192,29 @@ class JobService:
             if isinstance(exc, OperationalError | ConnectionError | OSError):
                 raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
             raise
+
+    @cached_property
+    def outbox(self) -> JobOutbox:
+        """The transactional outbox of ``enqueue(..., session=)`` and its relay."""
+        from ._outbox import JobOutbox
+
+        return JobOutbox(self._fnd)
+
+    def once(self, key: str, *, session: Session | None = None) -> AbstractContextManager[bool]:
+        """Exactly-once effects on at-least-once delivery: an idempotency ledger.
+
+        ``with fnd.jobs.once(f"charge:{order_id}", session=s) as first:`` yields True
+        the first time ``key`` is seen; the key is recorded in ``s``'s transaction,
+        so it commits together with the handler's own writes, and a redelivered job
+        (``first`` is False) skips the effect it already committed.
+
+        Raises:
+            ValidationError: ``key`` is empty or longer than the ledger allows.
+        """
+        from ._meta import current_job
+
+        current = current_job.get()
+        return self._fnd.events.once(key, session=session, job_id=current.job_id if current else None)
 
     # -- observing ---------------------------------------------------------
 

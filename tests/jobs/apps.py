@@ -83,7 +83,31 @@ def build(settings: esf.Settings | None = None) -> Foundation:
     def total(values: list[int]) -> int:
         return sum(values)
 
+    @fnd.job(name="t.charge_once", retries=0)
+    def charge_once(order_id: str) -> bool:
+        import sqlalchemy as sa
+        from sqlalchemy.orm import Session
+
+        engine = _engine(fnd.settings.effective_database_url)
+        with Session(engine) as s:
+            with fnd.jobs.once(f"charge:{order_id}", session=s) as first:
+                if first:
+                    s.execute(sa.text("INSERT INTO charges(order_id) VALUES (:o)"), {"o": order_id})
+            s.commit()
+        return first
+
     return fnd
+
+
+_engines: dict[str, object] = {}
+
+
+def _engine(url: str):  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    if url not in _engines:
+        _engines[url] = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    return _engines[url]
 
 
 fnd = None

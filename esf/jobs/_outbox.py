@@ -1,0 +1,131 @@
+"""Jobs enqueued inside the caller's database transaction (the transactional outbox).
+
+``job.enqueue(..., session=s)`` writes the job message into ``esf_outbox``
+within ``s``'s transaction and sends nothing. When ``s`` commits, a relay
+thread of this process is woken to dispatch the rows in insertion order and
+delete them; rows left by a process that died are dispatched by the next
+relay that runs (every worker runs one). A rolled-back transaction leaves no
+row, so no job is ever sent for it. Delivery is at least once: the job id is
+fixed when the row is written, so a repeated dispatch is the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._meta import JobMeta
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..foundation import Foundation
+    from ._job import Job, PreparedJob
+
+log = logging.getLogger("esf.jobs.outbox")
+
+#: Seconds between two looks at the outbox when nothing woke the relay.
+RELAY_INTERVAL_S = 1.0
+#: Rows dispatched per transaction.
+RELAY_BATCH = 200
+
+
+class JobOutbox:
+    """Writes jobs into the caller's transaction and relays them after commit."""
+
+    def __init__(self, foundation: Foundation) -> None:
+        self._fnd = foundation
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._hooked: weakref.WeakSet[Session] = weakref.WeakSet()
+
+    def put(self, session: Session, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None,
+            eta: datetime | None, priority: int | None) -> None:
+        """Add the job message to ``session``'s transaction."""
+        from esf.plugins.sqlalchemy_events._outbox import outbox_put
+
+        self._fnd.events.head()  # the tables exist before the caller's transaction touches them
+        payload = {
+            "job": job.name,
+            "job_id": prepared.job_id,
+            "args": list(prepared.args),
+            "kwargs": prepared.kwargs,
+            "headers": prepared.meta.headers(),
+            "countdown": countdown,
+            "eta": eta.isoformat() if eta is not None else None,
+            "priority": priority,
+        }
+        outbox_put(session, "job", payload)
+        self._watch(session)
+        self.start()
+
+    def _watch(self, session: Session) -> None:
+        if session in self._hooked:
+            return
+        from sqlalchemy import event
+
+        event.listen(session, "after_commit", lambda _s: self._wake.set())
+        self._hooked.add(session)
+
+    def dispatch(self, kind: str, payload: dict[str, Any]) -> None:
+        """Send one outbox message (called by the relay, oldest first)."""
+        if kind != "job":
+            log.error("outbox: unknown message kind %r dropped", kind)
+            return
+        jobs = self._fnd.jobs
+        meta = JobMeta.from_headers(payload.get("headers"), self._fnd.settings.jobs.default_queue)
+        eta = datetime.fromisoformat(payload["eta"]) if payload.get("eta") else None
+        name = str(payload["job"])
+        try:
+            task = jobs.get(name).task
+        except Exception:
+            task = None
+        if task is not None:
+            jobs._publish(task, str(payload["job_id"]), list(payload["args"]), dict(payload["kwargs"]), meta,
+                          countdown=payload.get("countdown"), eta=eta, priority=payload.get("priority"))
+        else:
+            self._fnd.celery.send_task(name, payload["args"], payload["kwargs"], task_id=payload["job_id"],
+                                       queue=meta.queue, headers=meta.headers(), countdown=payload.get("countdown"),
+                                       eta=eta)
+
+    def drain(self) -> int:
+        """Dispatch everything waiting now; returns how many messages were sent."""
+        relay = self._fnd.events.outbox_relay(self.dispatch)
+        total = 0
+        while True:
+            n = relay.drain(RELAY_BATCH)
+            total += n
+            if n < RELAY_BATCH:
+                return total
+
+    def start(self) -> None:
+        """Start this process's relay thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="esf-outbox", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(RELAY_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception as exc:
+                log.warning("outbox relay: %s: %s; retrying", type(exc).__name__, exc)
+                self._stop.wait(RELAY_INTERVAL_S)

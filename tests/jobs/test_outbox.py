@@ -62,6 +62,7 @@ def test_nothing_is_sent_for_a_rolled_back_transaction(setup, redis_url: str) ->
     # The relay runs several times (every second) and finds nothing to send
     time.sleep(3)
     assert fnd.jobs.outbox.drain() == 0
+    assert redis.Redis.from_url(redis_url).llen(queue) == 0
     assert fnd.jobs.status(handle.id) == "pending"
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .config import ConfigService
     from .events import Event, EventStore
+    from .events._async import AsyncAppend, AsyncAppender
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
     from .telemetry import Telemetry
@@ -89,9 +90,14 @@ class Foundation:
     @cached_property
     def jobs(self) -> JobService:
         """Declared jobs, their status, and the dead-letter queues (``fnd.jobs.dlq``)."""
+        from esf.tasks import register
+
         from .jobs import JobService
 
-        return JobService(self)
+        service = JobService(self)
+        self.__dict__["jobs"] = service
+        register(self)
+        return service
 
     @overload
     def job(self, fn: F, /) -> Job[Any, Any]: ...
@@ -164,6 +170,22 @@ class Foundation:
         from .events import create_event_store
 
         return create_event_store(self.settings)
+
+    def append_async(self, events: Event | Sequence[Event]) -> AsyncAppend:
+        """Append events through the ``esf.events`` queue; returns a handle with ``wait(timeout)``.
+
+        The events are validated here, before anything is sent; a worker writes the
+        batch in one transaction, with the retries and DLQ of any job.
+        """
+        return self._appender.append_async(events)
+
+    @cached_property
+    def _appender(self) -> AsyncAppender:
+        from .events._async import APPEND_JOB, AsyncAppender
+
+        job = self.jobs.get(APPEND_JOB)
+        return AsyncAppender(self.events, lambda items: job.enqueue_with([items]),
+                             max_events_bytes=self.settings.events.max_event_bytes)
 
     def record(self, event: Event) -> None:
         """Append ``event`` in the background: never blocks on the database, batched, spooled when it is down.

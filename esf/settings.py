@@ -52,8 +52,8 @@ def validate_queue_name(name: object, setting: str = "queue") -> str:
     return name
 
 
-#: The routed queues of ESF's own services; always declared, each with its ``.dlq``.
-SERVICE_QUEUES: tuple[str, ...] = ("esf.events", "esf.config", "esf.telemetry")
+#: ESF's own services, each with a routed queue ``<service_namespace>.<service>`` and its ``.dlq``.
+SERVICES: tuple[str, ...] = ("events", "config", "telemetry")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class JobSettings:
     result_expires_s: int = 86400
     #: Largest JSON-encoded job arguments accepted by ``enqueue`` (bytes).
     max_payload_bytes: int = 1_048_576
+    #: Prefix of ESF's service queues (``esf.events`` …). Applications sharing a
+    #: RabbitMQ vhost or a Redis database need distinct namespaces.
+    service_namespace: str = "esf"
     #: Warn or refuse at start when the Redis broker can evict keys or keeps nothing on disk.
     redis_durability_check: Literal["warn", "error", "off"] = "warn"
 
@@ -94,8 +97,9 @@ class JobSettings:
                 f"jobs.default_queue: {self.default_queue!r} is not one of jobs.queues {list(self.queues)}",
                 setting="jobs.default_queue",
             )
+        validate_queue_name(self.service_namespace, "jobs.service_namespace")
         for q in self.queues:
-            if q in SERVICE_QUEUES:
+            if q in self.service_queues:
                 raise SettingsError(f"jobs.queues: {q!r} is reserved for ESF's own services", setting="jobs.queues")
         _non_negative(self, "jobs", ("default_retries", "default_backoff_s", "hard_timeout_grace_s"))
         _positive(
@@ -113,10 +117,18 @@ class JobSettings:
         )
 
 
+    def service_queue(self, service: str) -> str:
+        """The routed queue of one of ESF's services, e.g. ``esf.events``."""
+        return f"{self.service_namespace}.{service}"
+
+    @property
+    def service_queues(self) -> tuple[str, ...]:
+        return tuple(self.service_queue(s) for s in SERVICES)
+
     @property
     def all_queues(self) -> tuple[str, ...]:
         """The application's queues followed by ESF's service queues."""
-        return self.queues + SERVICE_QUEUES
+        return self.queues + self.service_queues
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,15 @@
-"""ESF package."""
+"""ESF's own jobs: thin bodies that decode, call a service, and return plain data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from esf.foundation import Foundation
+
+
+def register(foundation: Foundation) -> None:
+    """Declare every service job on ``foundation`` (in the producer and in the worker alike)."""
+    from . import events
+
+    events.register(foundation)

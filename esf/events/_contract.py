@@ -252,6 +252,10 @@ class EventStore(Protocol):
         """Events A with no matching B within ``within`` (only A older than ``within``)."""
         ...
 
+    def get_many(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        """The stored events with these ids, in the order given. Raises NotFound if one is missing."""
+        ...
+
     def once(self, key: str, *, session: Session | None = None,
              job_id: str | None = None) -> AbstractContextManager[bool]:
         """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""

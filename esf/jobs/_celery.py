@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from ..settings import SERVICE_QUEUES
 from ._deadletter import dlq_name
 
 if TYPE_CHECKING:
@@ -40,7 +39,9 @@ def job_queue(settings: Settings, name: str) -> Queue:
                 "x-dead-letter-routing-key": dlq_name(name),
                 # Queue arguments cannot change once declared: ESF's shared service queues
                 # keep a fixed limit, so deployments with other settings can share a vhost.
-                "x-delivery-limit": SERVICE_DELIVERY_LIMIT if name in SERVICE_QUEUES else settings.jobs.max_deliveries,
+                "x-delivery-limit": (
+                    SERVICE_DELIVERY_LIMIT if name in settings.jobs.service_queues else settings.jobs.max_deliveries
+                ),
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             },

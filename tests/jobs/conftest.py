@@ -49,14 +49,15 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def delete_amqp_queues(b: Broker) -> None:
     from kombu import Connection
 
+    queues = esf.Settings.from_env(b.env).jobs.all_queues
     with Connection(AMQP_URL) as conn:
         channel = conn.channel()
-        for name in (b.queue, f"{b.queue}.dlq"):
+        for name in (*queues, *(f"{q}.dlq" for q in queues)):
             try:
                 channel.queue_delete(name)
             except Exception:
                 channel = conn.channel()
-        for name in (b.queue,):
+        for name in queues:
             try:
                 channel.exchange_delete(name)
             except Exception:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def settings_env(broker_url: str, *, queues: tuple[str, ...] = ("default",), red
         "ESF_JOBS_MAX_DELIVERIES": "3",
         "ESF_JOBS_HARD_TIMEOUT_GRACE_S": "1",
         "ESF_JOBS_REDIS_DURABILITY_CHECK": "off",
+        # Service queues of their own: tests share one RabbitMQ vhost.
+        "ESF_JOBS_SERVICE_NAMESPACE": f"esf-{uuid.uuid4().hex[:8]}",
     }
     if broker_url:
         env["ESF_BROKER_URL"] = broker_url

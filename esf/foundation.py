@@ -169,7 +169,12 @@ class Foundation:
         """The event store (PostgreSQL, or SQLite under ``data_dir``); created on first use."""
         from .events import create_event_store
 
-        return create_event_store(self.settings)
+        store = create_event_store(self.settings)
+        if self.settings.telemetry.enabled:
+            from .events._instrumented import InstrumentedEventStore
+
+            return cast("EventStore", InstrumentedEventStore(store, lambda: self.telemetry.instruments))
+        return store
 
     def append_async(self, events: Event | Sequence[Event]) -> AsyncAppend:
         """Append events through the ``esf.events`` queue; returns a handle with ``wait(timeout)``.
@@ -217,6 +222,8 @@ class Foundation:
                 self.telemetry.apply_config(service.get("telemetry", default={}))
 
         service.subscribe("telemetry", telemetry_changed)
+        if self.settings.telemetry.enabled:
+            service.subscribe("", lambda change: self.telemetry.instruments.record_config_update(change.version))
         return service
 
     # -- telemetry ---------------------------------------------------------------
@@ -274,6 +281,8 @@ class Foundation:
     def health(self) -> dict[str, Any]:
         """``{"status": "ok"|"degraded"|"down", "services": {name: {...}}}`` for every started service."""
         services: dict[str, dict[str, Any]] = {"broker": self._broker_health()}
+        if services["broker"]["status"] == "ok":
+            services["dlq"] = self._dlq_health()
         for name in SERVICES:
             service = self.__dict__.get(name)
             if service is not None and hasattr(service, "health"):
@@ -285,6 +294,17 @@ class Foundation:
         states = {s.get("status") for s in services.values()}
         status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
         return {"status": status, "node": self.settings.node, "pid": os.getpid(), "services": services}
+
+    def _dlq_health(self) -> dict[str, Any]:
+        """Dead letters per queue (also exported as the ``esf.dlq.depth`` gauge)."""
+        try:
+            depth = self.jobs.dlq.depth()
+        except Exception as exc:
+            return {"status": "degraded", "error": type(exc).__name__}
+        if self.settings.telemetry.enabled:
+            for queue, n in depth.items():
+                self.telemetry.instruments.set_dlq_depth(queue, n)
+        return {"status": "ok", "depth": depth, "total": sum(depth.values())}
 
     def _broker_health(self) -> dict[str, Any]:
         try:

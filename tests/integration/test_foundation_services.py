@@ -36,3 +36,16 @@ def test_recording_an_invalid_event_fails_at_the_call_site(tmp_path: Path) -> No
 
     with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd, pytest.raises(esf.ValidationError):
         fnd.record(esf.Event("not a type!", {}))
+
+
+def test_appends_config_changes_and_dead_letters_show_in_telemetry(tmp_path: Path) -> None:
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        fnd.events.append([esf.Event("order.created", {"n": i}) for i in range(3)])
+        fnd.config.update("billing.retries", 3)
+        report = fnd.health()
+        assert report["services"]["dlq"]["total"] == 0
+        snap = fnd.telemetry.snapshot(cluster=False)
+        text = repr(snap)
+        assert "esf.events.appended" in text
+        assert "esf.config.updates" in text
+        assert "esf.dlq.depth" in text

@@ -49,3 +49,17 @@ def test_appends_config_changes_and_dead_letters_show_in_telemetry(tmp_path: Pat
         assert "esf.events.appended" in text
         assert "esf.config.updates" in text
         assert "esf.dlq.depth" in text
+
+
+def test_exporters_follow_the_configuration_service_at_run_time(tmp_path: Path) -> None:
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        fnd.telemetry.counter("demo.hits").inc()
+        assert "telemetry.log" not in fnd.telemetry.health()["exporters"]
+        # When the configuration enables the log exporter
+        fnd.config.update("telemetry.exporters", {"log": {}})
+        # Then telemetry runs it, and disabling it in configuration stops it
+        wait_for(lambda: "telemetry.log" in fnd.telemetry.health()["exporters"], timeout=10,
+                 message="log exporter enabled")
+        fnd.config.update("telemetry.exporters", {})
+        wait_for(lambda: "telemetry.log" not in fnd.telemetry.health()["exporters"], timeout=10,
+                 message="log exporter disabled")

@@ -39,34 +39,23 @@ class EsfConsumer(Consumer):  # type: ignore[misc]
             log.exception("could not dead-letter a %s message; it is left to the broker", reason)
             raise
 
-    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+    def _dead_letter_then_ack(self, message: Any, reason: str, exc: BaseException | None) -> None:
+        """Dead-letter the message, then acknowledge it; if that fails, give it back to the broker."""
         try:
-            self._dead_letter(message, "undecodable", exc)
+            self._dead_letter(message, reason, exc)
         except Exception:
             message.reject(requeue=True)
             return
         message.ack()
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        self._dead_letter_then_ack(message, "undecodable", exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        try:
-            self._dead_letter(message, "undecodable", None)
-        except Exception:
-            message.reject(requeue=True)
-            return
-        message.ack()
+        self._dead_letter_then_ack(message, "undecodable", None)
 
     def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        try:
-            self._dead_letter(message, "unknown_job", exc)
-        except Exception:
-            message.reject(requeue=True)
-            return
-        message.ack()
+        self._dead_letter_then_ack(message, "unknown_job", exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
-        try:
-            self._dead_letter(message, "undecodable", exc)
-        except Exception:
-            message.reject(requeue=True)
-            return
-        message.ack()
+        self._dead_letter_then_ack(message, "undecodable", exc)

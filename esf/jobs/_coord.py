@@ -9,14 +9,13 @@ processes: Redis through single commands and Lua scripts, SQLite through
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._sqlite import SqliteFile
 from ..errors import ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -145,43 +144,14 @@ class RedisCoordinator:
         self._r.close()
 
 
-class SqliteCoordinator:
+class SqliteCoordinator(SqliteFile):
     """Coordination in one SQLite file, for the embedded deployment (one machine)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        super().__init__(path, "the SQLite coordination store")
         with self._tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS esf_coord (key TEXT PRIMARY KEY, value TEXT NOT NULL,"
                        " expires REAL NOT NULL)")
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            self._local.pid = os.getpid()
-        return db
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type: object, *_: object) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def _tx(self) -> SqliteCoordinator._Tx:
-        try:
-            return self._Tx(self._db())
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable(f"SQLite coordination store {self._path} failed: {exc}") from exc
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete expired rows, at most once a minute per process."""
@@ -251,9 +221,3 @@ class SqliteCoordinator:
     def release_lease(self, key: str, owner: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM esf_coord WHERE key = ? AND value = ?", (key, owner))
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None

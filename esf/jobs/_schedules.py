@@ -16,17 +16,14 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .._json import check_json, dumps
+from .._sqlite import SqliteFile
 from ..errors import ConcurrencyConflict, Conflict, NotFound, ServiceUnavailable, UnknownQueue, ValidationError
 from ._options import JOB_NAME_RE
 
@@ -398,41 +395,15 @@ class RedisScheduleStore:
         return out
 
 
-class SqliteScheduleStore:
+class SqliteScheduleStore(SqliteFile):
     """Schedules in one SQLite file (the embedded deployment: every process on one machine)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        super().__init__(path, "the schedule store")
         with self._tx() as db:
             db.execute("CREATE TABLE IF NOT EXISTS esf_schedules (name TEXT PRIMARY KEY, definition TEXT NOT NULL,"
                        " revision INTEGER NOT NULL, last_run_at REAL, next_run_at REAL)")
             db.execute("CREATE TABLE IF NOT EXISTS esf_schedule_seq (id INTEGER PRIMARY KEY AUTOINCREMENT)")
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            self._local.pid = os.getpid()
-        return db
-
-    @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        try:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable(f"the schedule store {self._path} failed: {exc}") from exc
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def put(self, name: str, definition: str, expected: int, run: tuple[float | None, float | None] | None) -> int:
         with self._tx() as db:
@@ -475,11 +446,6 @@ class SqliteScheduleStore:
                               " ORDER BY name").fetchall()
         return [StoredRecord(*row) for row in rows]
 
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
 
 
 # -- the service ----------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""One SQLite file shared by the processes of an embedded deployment."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ServiceUnavailable
+
+#: How long a writer waits for another process's write lock, in milliseconds.
+BUSY_TIMEOUT_MS = 30_000
+
+
+class SqliteFile:
+    """A connection per thread and per process (re-opened after a fork), WAL mode, busy timeout.
+
+    Parameters:
+        path: the database file (its folder is created).
+        what: how errors name this store ("the schedule store").
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self._path = path
+        self._what = what
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._local.db = db
+            self._local.pid = os.getpid()
+        return db
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """A transaction; ``write`` takes the write lock up front (``BEGIN IMMEDIATE``)."""
+        try:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"{self._what} {self._path} failed: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

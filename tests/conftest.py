@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import PrivateRedis
+
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -121,3 +123,14 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "esf-data"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own (AOF on) that the test may stop, kill and restart."""
+    server = PrivateRedis(tmp_path / "private-redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

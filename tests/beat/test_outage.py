@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,56 +12,13 @@ from esf.beat import run_beat
 import esf
 from esf.jobs._schedules import Schedule, schedule_service
 from tests.jobs.harness import wait_for
+from tests.servers import PrivateRedis
 
 from . import app
 from .app import read_fires
 from .conftest import beat_env
 
 pytestmark = pytest.mark.slow
-
-
-class PrivateRedis:
-    """A redis-server of this test only, persisting to its own directory (AOF), on a fixed free port."""
-
-    def __init__(self, directory: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._up, timeout=30, message="private redis-server up")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = PrivateRedis(directory)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def test_beat_keeps_running_through_a_redis_outage_and_resumes_firing(

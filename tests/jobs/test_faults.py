@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 import esf
 from esf.foundation import Foundation
 from tests.conftest import REDIS_HOST, REDIS_PORT, lease_redis_db
+from tests.servers import PrivateRedis
 
 from . import apps
 from .conftest import Broker
@@ -87,51 +85,6 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once_while_its_worker_liv
     finally:
         for w in workers:
             w.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, with AOF on, that the test may stop and restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
-        self.dir = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._up, timeout=30, message="private redis up")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_redis_restart_mid_run_loses_no_job_and_workers_reconnect(private_redis: PrivateRedis,

@@ -62,6 +62,14 @@ def flower_argv(fnd: Any, *, port: int | None, address: str | None, no_auth: boo
                 "Flower needs credentials: set ESF_FLOWER_USER and ESF_FLOWER_PASSWORD "
                 "(or pass --no-auth to run it without authentication, never on a network)"
             )
+        # Flower splits FLOWER_BASIC_AUTH on ',' into several "user:password" entries: a password
+        # "a,b" would make "user:a" and the bare string "b" valid credentials. A ':' in the user
+        # name cannot be sent in Basic auth (RFC 7617).
+        if "," in fs.user or ":" in fs.user or "," in fs.password.reveal():
+            raise CommandError(
+                "ESF_FLOWER_USER must not contain ',' or ':' and ESF_FLOWER_PASSWORD must not contain ',' "
+                "(Flower would split the credentials there)"
+            )
         # Through the environment, so the password is not visible in the process list.
         env["FLOWER_BASIC_AUTH"] = f"{fs.user}:{fs.password.reveal()}"
     return argv, env

@@ -289,6 +289,10 @@ class Foundation:
                 try:
                     report = service.health()
                     services[name] = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+                    if name == "config" and self.settings.telemetry.enabled:
+                        # Processes stuck on an old configuration version, as a gauge too.
+                        diverged = len(services[name].get("diverged", ()))
+                        self.telemetry.gauge("esf.config.diverged_nodes").set(diverged)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
         states = {s.get("status") for s in services.values()}

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 #: Aggregation rules the service starts with (prefix -> rule).
 DEFAULT_RULES: dict[str, AggregationRule] = {
     "esf.config.version": AggregationRule(gauge_merge="max"),
+    "esf.config.diverged_nodes": AggregationRule(gauge_merge="max"),
     "esf.dlq.depth": AggregationRule(gauge_merge="max"),
     "esf.breaker.": AggregationRule(gauge_merge="max"),
 }

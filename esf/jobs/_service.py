@@ -115,6 +115,8 @@ class JobService:
             reject_on_worker_lost=True,
             max_retries=None,
             priority=priority,
+            # Not a "shared" task: Celery would add it to every app created later in this process.
+            shared=False,
         )
         task.foundation = self._fnd
         job: Job[Any, Any] = Job(self._fnd, fn, options, task)

@@ -364,14 +364,22 @@ class Foundation:
             except Exception:
                 log.warning("plugin %s could not be loaded", ep.name, exc_info=True)
 
-    def worker_started(self) -> None:
-        """Called in a worker's main process once it consumes: job leases on Redis, the outbox relay."""
+    def worker_started(self, queues: tuple[str, ...] = ()) -> None:
+        """Called in a worker's main process once it consumes: job leases and a consumer watch on Redis,
+        the outbox relay."""
         self.jobs.outbox.start()
         if self.settings.broker_kind == "redis" and self._lease is None:
+            import signal
+
             from esf.workers._lease import LeaseKeeper
 
             assert self.settings.broker_url is not None
-            self._lease = LeaseKeeper(self.settings.broker_url, self.settings.jobs.visibility_timeout_s)
+            jobs = self.settings.jobs
+            self._lease = LeaseKeeper(
+                self.settings.broker_url, jobs.visibility_timeout_s, queues=queues,
+                stall_after_s=jobs.stalled_consumer_restart_s,
+                on_stall=lambda: os.kill(os.getpid(), signal.SIGHUP),
+            )
             self._lease.start()
 
     def worker_stopped(self) -> None:

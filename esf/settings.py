@@ -75,6 +75,9 @@ class JobSettings:
     visibility_timeout_s: float = 60.0
     #: Seconds between two sweeps that redeliver a dead worker's jobs.
     restore_interval_s: float = 5.0
+    #: Redis: restart a worker whose consumer holds no job while its queues have had
+    #: jobs waiting this many seconds (Celery's consumer can stall after a reconnect).
+    stalled_consumer_restart_s: float = 30.0
     #: Deliveries of one attempt (a worker killed mid-job counts one) before
     #: the job goes to the dead-letter queue.
     max_deliveries: int = 5
@@ -110,6 +113,7 @@ class JobSettings:
                 "default_timeout_s",
                 "visibility_timeout_s",
                 "restore_interval_s",
+                "stalled_consumer_restart_s",
                 "max_deliveries",
                 "result_expires_s",
                 "max_payload_bytes",

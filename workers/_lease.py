@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("esf.workers")
@@ -37,15 +38,34 @@ def held_delivery_tags() -> list[str]:
     return tags
 
 
-class LeaseKeeper:
-    """A daemon thread refreshing the leases of this worker's jobs."""
+#: kombu's separator between a queue name and its priority step.
+PRIORITY_SEP = "\x06\x16"
+#: kombu's default priority steps (a queue is one Redis list per step).
+PRIORITY_STEPS = (0, 3, 6, 9)
 
-    def __init__(self, redis_url: str, visibility_timeout_s: float, key: str = UNACKED_INDEX_KEY) -> None:
+
+class LeaseKeeper:
+    """A daemon thread refreshing the leases of this worker's jobs, and watching its consumer.
+
+    The watch: Celery's consumer can reconnect to Redis after an outage and then
+    never fetch again (celery#8082, #8384, #10205). When this worker holds no job
+    while one of its queues has had jobs waiting for ``stall_after_s`` seconds,
+    the consumer is stalled: the worker is restarted in place (Celery's SIGHUP
+    restart: a warm shutdown, then the same command again).
+    """
+
+    def __init__(self, redis_url: str, visibility_timeout_s: float, key: str = UNACKED_INDEX_KEY,
+                 queues: tuple[str, ...] = (), stall_after_s: float = 30.0,
+                 on_stall: Callable[[], None] | None = None) -> None:
         import redis
 
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self._interval = max(0.5, visibility_timeout_s / 4)
+        self._interval = max(0.5, min(visibility_timeout_s / 4, stall_after_s / 3))
         self._key = key
+        self._queues = queues
+        self._stall_after_s = stall_after_s
+        self._on_stall = on_stall
+        self._idle_with_work_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="esf-lease", daemon=True)
         #: Number of refresh rounds done (for health and tests).
@@ -70,10 +90,39 @@ class LeaseKeeper:
         pipe.execute()
         return len(tags)
 
+    def waiting(self) -> int:
+        """Jobs waiting in this worker's queues (every priority step)."""
+        if not self._queues:
+            return 0
+        pipe = self._client.pipeline(transaction=False)
+        for q in self._queues:
+            for step in PRIORITY_STEPS:
+                pipe.llen(q if step == 0 else f"{q}{PRIORITY_SEP}{step}")
+        return sum(int(n) for n in pipe.execute())
+
+    def check_stall(self, now: float | None = None) -> bool:
+        """True (and ``on_stall`` called once) when the consumer looks stalled; see the class docstring."""
+        now = time.monotonic() if now is None else now
+        if held_delivery_tags() or not self.waiting():
+            self._idle_with_work_since = None
+            return False
+        if self._idle_with_work_since is None:
+            self._idle_with_work_since = now
+            return False
+        if now - self._idle_with_work_since < self._stall_after_s:
+            return False
+        log.error("the worker holds no job while %d wait in its queues since %.0f s: its consumer is stalled "
+                  "(celery#8082); restarting the worker", self.waiting(), now - self._idle_with_work_since)
+        self._idle_with_work_since = None
+        if self._on_stall is not None:
+            self._on_stall()
+        return True
+
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 self.refresh()
+                self.check_stall()
                 self.rounds += 1
             except Exception as exc:  # the broker may be restarting: keep trying
                 log.warning("could not refresh job leases: %s", exc)

@@ -58,7 +58,9 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is None:
         return
-    fnd.worker_started()
+    consumer = getattr(sender, "task_consumer", None)
+    queues = tuple(q.name for q in getattr(consumer, "queues", ()) or ())
+    fnd.worker_started(queues=queues)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:

@@ -24,6 +24,7 @@ def settings_env(broker_url: str, *, queues: tuple[str, ...] = ("default",), red
         "ESF_JOBS_MAX_DELIVERIES": "3",
         "ESF_JOBS_HARD_TIMEOUT_GRACE_S": "1",
         "ESF_JOBS_REDIS_DURABILITY_CHECK": "off",
+        "ESF_JOBS_STALLED_CONSUMER_RESTART_S": "10",
         # Service queues of their own: tests share one RabbitMQ vhost.
         "ESF_JOBS_SERVICE_NAMESPACE": f"esf-{uuid.uuid4().hex[:8]}",
     }

@@ -129,3 +129,23 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(broker: Broke
     assert code == 0
     assert counter(fnd, f"done:{key}") == 1
     assert handle.status() == "succeeded"
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_worker_whose_consumer_stalls_is_restarted_and_drains_its_queue(
+    broker: Broker, fnd: Foundation, tmp_path: Path
+) -> None:
+    # Given a worker whose consumer stops fetching (as after celery#8082), simulated by cancelling it
+    worker = Worker(broker.env, tmp_path / "w.log", concurrency=1)
+    try:
+        worker.wait_ready()
+        replies = fnd.celery.control.cancel_consumer(broker.queue, reply=True, timeout=10)
+        assert replies, "the worker did not answer the cancel_consumer command"
+        # When a job waits in its queue while it holds none
+        handle = fnd.jobs.enqueue("t.add", 20, 1)
+        # Then the watch restarts the worker in place (stall limit 10 s) and the job runs
+        assert handle.wait(120) == 21
+        assert "consumer is stalled" in worker.log()
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()

@@ -134,8 +134,22 @@ class Report:
         item = self.doc["figures"].get(key)
         return float(item["median"]) if item else math.nan
 
+    def samples(self, key: str) -> list[float]:
+        item = self.doc["figures"].get(key)
+        return list(item["samples"]) if item else []
+
     def ratio(self, key: str, numerator: float, denominator: float) -> float:
         value = ratio(numerator, denominator)
+        self.doc["ratios"][key] = value
+        return value
+
+    def paired_ratio(self, key: str, numerators: Sequence[float], denominators: Sequence[float]) -> float:
+        """The median of per-run ratios: run ``i`` of one side against run ``i`` of the other.
+
+        Contenders measured in the same run share the machine's load at that moment, so
+        pairing them is more robust on a busy machine than the ratio of two medians.
+        """
+        value = median([ratio(a, b) for a, b in zip(numerators, denominators, strict=True)])
         self.doc["ratios"][key] = value
         return value
 

@@ -21,6 +21,7 @@ Contenders, in the same run, interleaved:
                 ack after processing (Redis only; it stores no results)
 
 Then the round trip of ``enqueue(...).wait()`` (p50/p99) against a running worker.
+Ratios are medians of per-run ratios (contenders of one run share the machine's load).
 The last line printed is ESF / bare-same drain throughput on Redis.
 """
 
@@ -306,17 +307,19 @@ def main() -> int:
 
 
 def summarise(report: Report, broker: str, contenders: tuple[Contender, ...]) -> None:
-    m = report.median
+    """Ratios of ESF to each baseline: the median of the per-run ratios (see Report.paired_ratio)."""
+    s = report.samples
     for what in ("enqueue", "drain"):
-        esf_value = m(f"{broker}.esf.{what}")
-        report.ratio(f"{broker}.esf_vs_bare_same.{what}", esf_value, m(f"{broker}.bare-same.{what}"))
-        fastest = max(m(f"{broker}.{c.name}.{what}") for c in contenders if c.name.startswith("bare-fast"))
-        report.ratio(f"{broker}.esf_vs_bare_fastest.{what}", esf_value, fastest)
+        esf_runs = s(f"{broker}.esf.{what}")
+        report.paired_ratio(f"{broker}.esf_vs_bare_same.{what}", esf_runs, s(f"{broker}.bare-same.{what}"))
+        fast = [s(f"{broker}.{c.name}.{what}") for c in contenders if c.name.startswith("bare-fast")]
+        fastest_runs = [max(values) for values in zip(*fast, strict=True)]
+        report.paired_ratio(f"{broker}.esf_vs_bare_fastest.{what}", esf_runs, fastest_runs)
         if any(c.kind == "dramatiq" for c in contenders):
-            report.ratio(f"{broker}.esf_vs_dramatiq.{what}", esf_value, m(f"{broker}.dramatiq.{what}"))
+            report.paired_ratio(f"{broker}.esf_vs_dramatiq.{what}", esf_runs, s(f"{broker}.dramatiq.{what}"))
         if OBSERVED in contenders:
-            report.ratio(f"{broker}.esf_vs_bare_observed.{what}", esf_value, m(f"{broker}.bare-observed.{what}"))
-
+            report.paired_ratio(f"{broker}.esf_vs_bare_observed.{what}", esf_runs,
+                                s(f"{broker}.bare-observed.{what}"))
 
 if __name__ == "__main__":
     sys.exit(main())

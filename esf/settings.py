@@ -78,6 +78,8 @@ class JobSettings:
     #: Redis: restart a worker whose consumer holds no job while its queues have had
     #: jobs waiting this many seconds (Celery's consumer can stall after a reconnect).
     stalled_consumer_restart_s: float = 30.0
+    #: Record when a job starts (``status()`` then reports ``running``); one more write per job.
+    track_started: bool = False
     #: Deliveries of one attempt (a worker killed mid-job counts one) before
     #: the job goes to the dead-letter queue.
     max_deliveries: int = 5
@@ -143,6 +145,8 @@ class WorkerSettings:
     concurrency: int | None = None
     pool: Literal["prefork", "threads", "solo"] | None = None
     soft_shutdown_timeout_s: float = 30.0
+    #: Publish task events from the start (Flower turns them on by itself when it runs).
+    send_events: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:

@@ -35,8 +35,9 @@ def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str
         f"--hostname={name}",
         "--without-mingle",
         "--without-gossip",
-        "--events",
     ]
+    if foundation.settings.workers.send_events:
+        argv.append("--events")
     if profile.max_tasks_per_child:
         argv.append(f"--max-tasks-per-child={profile.max_tasks_per_child}")
     return argv

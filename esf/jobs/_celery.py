@@ -84,9 +84,10 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_consumer": "esf.workers._consumer:EsfConsumer",
         "worker_hijack_root_logger": False,
-        "task_track_started": True,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        # Monitoring costs a publish per state change: opt-in (Flower switches worker events on itself).
+        "task_track_started": settings.jobs.track_started,
+        "task_send_sent_event": settings.workers.send_events,
+        "worker_send_task_events": settings.workers.send_events,
         "task_time_limit": timeout + jobs.hard_timeout_grace_s,
         "task_soft_time_limit": timeout,
         "task_publish_retry": True,

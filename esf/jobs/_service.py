@@ -247,13 +247,19 @@ class JobService:
             return RedisCoordinator(self._fnd.redis)
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
 
-    def count_delivery(self, job_id: str, meta: JobMeta) -> int:
-        """Count one delivery of this attempt; brokers without a delivery count need it."""
+    def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
+        """This delivery's number for this attempt (brokers without a delivery count need it).
+
+        A first delivery is 1 without a round trip; kombu marks every message it
+        restores (worker lost, visibility timeout) as redelivered, and those are counted.
+        """
         if self._fnd.settings.broker_kind == "amqp":
             return 0  # the quorum queue's x-delivery-limit does it
+        if not redelivered:
+            return 1
         key = f"deliveries:{job_id}:{meta.replay}:{meta.attempt}"
         try:
-            return self.coordinator.incr(key, DELIVERY_COUNTER_TTL_S)
+            return 1 + self.coordinator.incr(key, DELIVERY_COUNTER_TTL_S)
         except ServiceUnavailable:
             log.warning("delivery counter unavailable for job %s; running it without the cap", job_id)
             return 0

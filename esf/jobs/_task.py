@@ -113,7 +113,8 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         wait = jobs.rate_limit_wait(opts, args, kwargs)
         if wait > 0:
             raise task.retry(countdown=wait, headers=meta.headers())
-    deliveries = jobs.count_delivery(str(task.request.id), meta)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    deliveries = jobs.count_delivery(str(task.request.id), meta, redelivered=redelivered)
     if deliveries > fnd.settings.jobs.max_deliveries:
         exc = JobDeadLettered(
             f"job {task.name}[{task.request.id}] was delivered {deliveries} times without finishing "

@@ -174,7 +174,7 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     assert fnd.jobs.enqueue("t.flaky", uuid.uuid4().hex, 1, correlation_id=cid).wait(60) == "ok after 2"
     # Then its history holds each step, correlated
     expected = ["job.enqueued", "job.started", "job.retried", "job.started", "job.succeeded"]
-    wait_for(lambda: all(t in _types(fnd, cid) for t in expected), timeout=30, message="job history")
+    wait_for(lambda: all(t in _types(fnd, cid) for t in expected), timeout=90, message="job history")
     types = _types(fnd, cid)
     assert types.count("job.started") == 2 and types.count("job.succeeded") == 1
     # And a dead-lettered then replayed job records both
@@ -182,5 +182,5 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     handle = fnd.jobs.enqueue("t.non_retryable", 1, correlation_id=cid2)
     entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None), timeout=60)
     fnd.jobs.dlq.replay([entry.id])
-    wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=30,
+    wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=90,
              message="dead-letter and replay events")

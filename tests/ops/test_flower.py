@@ -105,7 +105,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     queue = f"q-{uuid.uuid4().hex[:8]}"
     with lease_redis_db() as db:
         redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-        yield settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path_factory.mktemp("esf-data")))
+        yield settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path_factory.mktemp("esf-data")),
+                           extra={"ESF_WORKERS_SEND_EVENTS": "true"})
 
 
 @pytest.fixture(scope="module")

@@ -305,6 +305,28 @@ _PG_UPSERT = (
 )
 _PG_HEAD = "UPDATE esf_event_head SET position = %b WHERE id = 1"
 
+# The one-round-trip append (no expected_version): assume every id is new, let the
+# event_id unique index say otherwise. The server numbers the rows (head + ordinality,
+# stream version + rank in the stream) from the rows the same transaction has just
+# locked and read; Python computes the same numbers from the same reads.
+_PG_SAVEPOINT = "SAVEPOINT esf_append"
+_PG_RELEASE = "RELEASE SAVEPOINT esf_append"
+_PG_ROLLBACK_TO = "ROLLBACK TO SAVEPOINT esf_append"
+_PG_INSERT_NEW = (
+    "WITH u AS (SELECT *, row_number() OVER (PARTITION BY s ORDER BY o) AS k FROM unnest("
+    "%b::varchar[], %b::varchar[], %b::varchar[], %b::timestamptz[], %b::bigint[], "
+    "%b::int[], %b::varchar[], %b::varchar[], %b::text[], %b::text[], %b::varchar[]"
+    ") WITH ORDINALITY AS a(e, s, t, r, mn, pid, c, pa, d, m, h, o)), "
+    f"ins AS (INSERT INTO esf_events ({_PG_COLUMNS}) "
+    "SELECT hd.position + u.o, u.e, u.s, coalesce(st.version, 0) + u.k, u.t, u.r, u.mn, %b::varchar, u.pid, "
+    "u.c, u.pa, u.d::jsonb, u.m::jsonb, u.h "
+    "FROM u JOIN esf_event_head hd ON hd.id = 1 LEFT JOIN esf_streams st ON st.stream_id = u.s "
+    "RETURNING stream_id, stream_version) "
+    "INSERT INTO esf_streams (stream_id, version) SELECT stream_id, max(stream_version) FROM ins GROUP BY stream_id "
+    "ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version"
+)
+_PG_HEAD_ADD = "UPDATE esf_event_head SET position = position + %b WHERE id = 1"
+
 
 def _tuple_to_event(t: Sequence[Any]) -> StoredEvent:
     return StoredEvent(
@@ -353,6 +375,10 @@ def _append_pg(
         unique.setdefault(p.event_id, p)
     candidates = list(unique.values())
     all_streams = list(dict.fromkeys(p.stream_id for p in candidates))
+    if expected_version is None:
+        stored_new = _append_pg_new(raw, candidates, all_streams, node)
+        if stored_new is not None:
+            return [stored_new[p.event_id] for p in prepared], frozenset()
     statement = _PG_LOCK
     try:
         # Round trip 1 (pipelined): lock the head, look up the ids and the stream versions.
@@ -401,3 +427,46 @@ def _append_pg(
         # Same shape as SQLAlchemy's own errors, so callers map them in one place.
         raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
     return [stored[p.event_id] for p in prepared], already
+
+
+def _append_pg_new(
+    raw: Any, candidates: Sequence[PreparedEvent], all_streams: list[str], node: str
+) -> dict[str, StoredEvent] | None:
+    """The common case in one round trip: every id is new. ``None``: one is not, nothing was written.
+
+    Inside a savepoint: when the ``event_id`` unique index refuses a row, the
+    savepoint is rolled back (the head lock with it) and the caller takes the
+    two-round-trip path, which looks the ids up first (retries, replays, clashes).
+    """
+    import psycopg
+
+    cols = _pg_columns(candidates)
+    del cols[2]  # the server computes the stream versions
+    try:
+        try:
+            with raw.pipeline():
+                raw.execute(_PG_SAVEPOINT)
+                head_cur = raw.execute(_PG_LOCK)
+                versions_cur = raw.execute(_PG_VERSIONS, (all_streams,))
+                raw.execute(_PG_INSERT_NEW, (*cols, node))
+                raw.execute(_PG_HEAD_ADD, (len(candidates),))
+                raw.execute(_PG_RELEASE)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "uq_esf_events_event_id":
+                raise
+            raw.execute(_PG_ROLLBACK_TO)
+            raw.execute(_PG_RELEASE)
+            return None
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError.instance(_PG_INSERT_NEW, None, exc, psycopg.Error) from exc
+    head_row = head_cur.fetchone()
+    assert head_row is not None, "esf_event_head has no row: run the migrations"
+    position = int(head_row[0])
+    versions = {r[0]: int(r[1]) for r in versions_cur.fetchall()}
+    stored: dict[str, StoredEvent] = {}
+    for p in candidates:  # the numbering of _PG_INSERT_NEW: array order, per stream
+        position += 1
+        version = versions.get(p.stream_id, 0) + 1
+        versions[p.stream_id] = version
+        stored[p.event_id] = _stored(p, position, version, node)
+    return stored

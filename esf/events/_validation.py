@@ -33,18 +33,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import json.scanner
 import math
 import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import DuplicateEventId, PayloadTooLarge, SerializationError, ValidationError
-from ._model import Event, FrozenDict
+from ._model import Event, FrozenDict, FrozenList
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -145,12 +146,59 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
 
-_decode = json.JSONDecoder().decode
-_decode_frozen = json.JSONDecoder(object_hook=FrozenDict).decode
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder and scanner themselves: ``JSONEncoder.encode`` builds a new C
+# encoder on every call and ``JSONDecoder.decode`` wraps the scanner in Python,
+# which together cost more than the encoding itself. No circular-reference
+# markers: a cycle ends in RecursionError, which callers treat as "too deep".
+_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_scanner: Any = getattr(json.scanner, "c_make_scanner", None)
+_ENCODE_ONE: Any = (
+    _c_encoder(None, _not_json, _encode_string, None, ":", ",", True, False, False) if _c_encoder else None
+)
+
+
+def _frozen_list(items: list[Any]) -> FrozenList:
+    # Objects inside are already frozen by the decoder's object hook.
+    return FrozenList([_frozen_list(x) if type(x) is list else x for x in items])
+
+
+def _frozen_object(obj: dict[str, Any]) -> FrozenDict:
+    lists = [key for key, item in obj.items() if type(item) is list]
+    for key in lists:
+        obj[key] = _frozen_list(obj[key])
+    return FrozenDict(obj)
+
+
+# Decoders that build the deep-frozen form directly (what StoredEvent keeps):
+# FrozenDict itself as the hook when the text has no list, else a hook that
+# also freezes the lists (the decoder has no hook for arrays).
+_SCAN_FROZEN: Any = _c_scanner(json.JSONDecoder(object_hook=FrozenDict)) if _c_scanner else None
+_SCAN_FROZEN_LISTS: Any = _c_scanner(json.JSONDecoder(object_hook=_frozen_object)) if _c_scanner else None
+_decode_frozen_py = json.JSONDecoder(object_hook=FrozenDict).decode
+_decode_frozen_lists_py = json.JSONDecoder(object_hook=_frozen_object).decode
+
+
+def _decode_frozen(text: str) -> Any:
+    if "[" in text:
+        if _SCAN_FROZEN_LISTS is not None:
+            return _SCAN_FROZEN_LISTS(text, 0)[0]
+        return _decode_frozen_lists_py(text)
+    return _SCAN_FROZEN(text, 0)[0] if _SCAN_FROZEN is not None else _decode_frozen_py(text)
 
 
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, no NaN: the encoding hashed and measured."""
+    if _ENCODE_ONE is not None:
+        try:
+            return "".join(_ENCODE_ONE(value, 0))
+        except RecursionError:
+            pass  # a cycle, or very deep nesting: let the standard encoder say which
     return _CANONICAL.encode(value)
 
 
@@ -246,8 +294,14 @@ def check_stream_id(value: Any) -> str:
     return value
 
 
+#: The canonical form (``str(uuid.UUID(x))``): accepted as it is, without parsing.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def check_event_id(value: Any) -> str:
     """The canonical form of a UUID event id, else ``ValidationError``."""
+    if type(value) is str and len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
+        return value
     if isinstance(value, uuid.UUID):
         return str(value)
     try:
@@ -256,6 +310,24 @@ def check_event_id(value: Any) -> str:
         raise ValidationError(
             f"event id {value!r} is not a UUID (leave it out to have one generated)", errors={"event_id": "not a UUID"}
         ) from None
+
+
+def new_event_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs in canonical form: ``str(uuid.uuid4())`` without the ``UUID`` objects.
+
+    One ``os.urandom`` call for the whole batch; the version and variant bits
+    are set as :func:`uuid.uuid4` sets them (122 random bits per id).
+    """
+    hexed = os.urandom(16 * n).hex()
+    ids = []
+    for i in range(0, 32 * n, 32):
+        h = hexed[i : i + 32]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return ids
+
+
+#: RFC 4122 variant: the top two bits of the clock-sequence byte are ``10``.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def prepare_events(
@@ -297,12 +369,13 @@ def prepare_events(
     pid = os.getpid()
     prepared: list[PreparedEvent] = []
     seen: dict[str, str] = {}
+    fresh_ids = iter(new_event_ids(sum(1 for e in batch if isinstance(e, Event) and e.event_id is None)))
     for index, event in enumerate(batch):
         if not isinstance(event, Event):
             raise ValidationError(
                 f"append: item {index} is a {type(event).__name__}, not an esf.Event", errors={str(index): "not Event"}
             )
-        p = _prepare_one(event, max_event_bytes, now, mono, pid)
+        p = _prepare_one(event, max_event_bytes, now, mono, pid, fresh_ids)
         previous = seen.get(p.event_id)
         if previous is not None and previous != p.content_hash:
             raise DuplicateEventId(
@@ -319,9 +392,9 @@ def prepare_events(
 
 
 def _json_text(value: Any, what: str) -> tuple[str, dict[str, Any]]:
-    """Canonical JSON text of a JSON object and a plain-``dict`` deep copy of it.
+    """Canonical JSON text of a JSON object and a deep copy of it (deep-frozen on the fast path).
 
-    Fast path, in C: encode, decode, compare. A value the encoder changes on
+    Fast path, in C: encode, decode (to the frozen form), compare. A value the encoder changes on
     the way (int keys, tuples, non-dict mappings) or refuses (NaN, bytes, …)
     falls back to :func:`check_json_object`, which copies it or names the problem.
     """
@@ -330,10 +403,7 @@ def _json_text(value: Any, what: str) -> tuple[str, dict[str, Any]]:
             return "{}", FrozenDict()
         try:
             text = canonical_json(value)
-            if "[" in text:
-                copy = _decode(text)
-            else:  # no list anywhere: the decoder can build the frozen form directly
-                copy = _decode_frozen(text)
+            copy = _decode_frozen(text)
             if copy == value and "\\u0000" not in text:
                 return text, copy
         except (TypeError, ValueError, RecursionError):
@@ -351,10 +421,12 @@ def _dumps(value: str | None) -> str:
     return "null" if value is None else str(_encode_string(value))
 
 
-def _prepare_one(event: Event, max_bytes: int, now: datetime, mono: int, pid: int) -> PreparedEvent:
+def _prepare_one(
+    event: Event, max_bytes: int, now: datetime, mono: int, pid: int, fresh_ids: Iterator[str]
+) -> PreparedEvent:
     event_type = check_event_type(event.type)
     stream_id = check_stream_id(DEFAULT_STREAM_ID if event.stream_id is None else event.stream_id)
-    event_id = str(uuid.uuid4()) if event.event_id is None else check_event_id(event.event_id)
+    event_id = next(fresh_ids) if event.event_id is None else check_event_id(event.event_id)
     correlation_id = _check_ref(event.correlation_id, "correlation_id")
     parent_id = _check_ref(event.parent_id, "parent_id")
     data_json, data = _json_text(event.data, "data")
@@ -376,18 +448,29 @@ def _prepare_one(event: Event, max_bytes: int, now: datetime, mono: int, pid: in
             size=size,
             limit=max_bytes,
         )
-    return PreparedEvent(
-        event_id=event_id,
-        stream_id=stream_id,
-        event_type=event_type,
-        correlation_id=correlation_id,
-        parent_id=parent_id,
-        data=data,
-        metadata=metadata,
-        content_hash=hashlib.sha256(encoded).hexdigest(),
-        recorded_at=now,
-        monotonic_ns=mono,
-        pid=pid,
-        data_json=data_json,
-        metadata_json=metadata_json,
+    # PreparedEvent(...) without the frozen dataclass's per-field __setattr__ (same fields, same result).
+    prepared: PreparedEvent = _new_object(PreparedEvent)
+    _set_attribute(
+        prepared,
+        "__dict__",
+        {
+            "event_id": event_id,
+            "stream_id": stream_id,
+            "event_type": event_type,
+            "correlation_id": correlation_id,
+            "parent_id": parent_id,
+            "data": data,
+            "metadata": metadata,
+            "content_hash": hashlib.sha256(encoded).hexdigest(),
+            "recorded_at": now,
+            "monotonic_ns": mono,
+            "pid": pid,
+            "data_json": data_json,
+            "metadata_json": metadata_json,
+        },
     )
+    return prepared
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__

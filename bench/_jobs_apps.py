@@ -19,8 +19,7 @@ from typing import Any
 COUNTER_KEY = "bench:done"
 FIRST_KEY = "bench:first"
 LAST_KEY = "bench:last"
-#: ESF's job and bare Celery's task have different names: ESF declares its tasks as Celery "shared"
-#: tasks, which Celery adds to every app created later in the same process (see docs/benchmarks.md).
+#: ESF's job and bare Celery's task have different names, so that no log or result can be mistaken.
 ESF_JOB = "bench.esf_noop"
 BARE_TASK = "bench.noop"
 

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,16 +64,13 @@ from _jobs_apps import (
 
 WORKER_READY_TIMEOUT_S = 120
 
-# ESF declares its jobs as Celery "shared" tasks, so a second Foundation in this process (one per
-# run) meets the first one's task under the same name. Harmless here (the producer only sends).
-warnings.filterwarnings("ignore", message="Task name .* is already registered")
 
 
 @dataclass(frozen=True)
 class Contender:
     name: str
     kind: str  # esf | bare | dramatiq
-    mode: str = ""  # bare: same | fast
+    mode: str = ""  # bare: same | fast; esf: "" (defaults) | plain (no telemetry, no job history) | pg
     pool: str = "prefork"
 
 
@@ -86,6 +82,12 @@ REDIS_CONTENDERS = (
     Contender("dramatiq", "dramatiq"),
 )
 AMQP_CONTENDERS = REDIS_CONTENDERS[:4]
+#: --variants: ESF with telemetry and job history off (what instrumentation costs), and ESF
+#: with its job history in PostgreSQL instead of the embedded SQLite file.
+VARIANTS = (Contender("esf-plain", "esf", "plain"), Contender("esf-pg", "esf", "pg"))
+#: PostgreSQL database of the esf-pg variant (created when missing).
+PG_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0] \
+    + "/esf_bench_jobs"
 #: --diagnose: bare Celery with ESF's reliability settings and ESF's monitoring settings.
 OBSERVED = Contender("bare-observed", "bare", "observed")
 
@@ -114,14 +116,19 @@ class Bench:
             self.amqp_queues.append(name)
         return name
 
-    def esf_env(self, broker: str, queue: str) -> dict[str, str]:
-        return {
+    def esf_env(self, broker: str, queue: str, mode: str = "") -> dict[str, str]:
+        env = {
             "ESF_BROKER_URL": self.broker_url(broker),
             "ESF_REDIS_URL": self.redis_url,
             "ESF_JOBS_QUEUES": queue,
             "ESF_JOBS_DEFAULT_QUEUE": queue,
-            "ESF_DATA_DIR": str(self.logs / "esf-data"),
+            "ESF_DATA_DIR": str(self.logs / f"esf-data{'-' + mode if mode else ''}"),
         }
+        if mode == "plain":
+            env.update({"ESF_TELEMETRY_ENABLED": "false", "ESF_EVENTS_RECORD_JOB_EVENTS": "false"})
+        elif mode == "pg":
+            env["ESF_DATABASE_URL"] = PG_URL
+        return env
 
     def worker_env(self, broker: str, queue: str, c: Contender, n: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ESF_", "BENCH_"))}
@@ -134,7 +141,7 @@ class Bench:
             "BENCH_MODE": c.mode,
         })
         if c.kind == "esf":
-            env.update(self.esf_env(broker, queue))
+            env.update(self.esf_env(broker, queue, c.mode))
         return env
 
     # -- producers -------------------------------------------------------------------
@@ -144,7 +151,7 @@ class Bench:
         if c.kind == "esf":
             import esf
 
-            fnd = make_esf(esf.Settings.from_env(self.esf_env(broker, queue)))
+            fnd = make_esf(esf.Settings.from_env(self.esf_env(broker, queue, c.mode)))
             declare(fnd.celery)
             job = fnd.jobs.get(ESF_JOB)
             return job.enqueue, fnd.close, lambda i: job.enqueue(i).wait(timeout=30)
@@ -256,6 +263,16 @@ class Bench:
                         channel = conn.channel()
 
 
+def ensure_pg_database() -> None:
+    """Create the esf-pg variant's database when it is missing."""
+    import psycopg
+
+    admin, name = PG_URL.rsplit("/", 1)
+    with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
 def declare(app: Any) -> None:
     """Declare the app's queues before enqueueing with no worker running (else RabbitMQ drops the messages)."""
     with app.connection_for_write() as conn:
@@ -268,6 +285,9 @@ def main() -> int:
                       extra=[(["--round-trips"], {"type": int, "default": None,
                                                    "help": "enqueue-and-wait round trips (default 200, quick 50)"}),
                              (["--brokers"], {"default": "redis,amqp", "help": "redis, amqp or both"}),
+                             (["--variants"], {"action": "store_true",
+                                               "help": "also run ESF without instrumentation and with "
+                                                       "job history in PostgreSQL"}),
                              (["--diagnose"], {"action": "store_true",
                                                "help": "also run bare Celery with ESF's monitoring settings"})])
     round_trips = args.round_trips or (50 if args.quick else 200)
@@ -279,6 +299,9 @@ def main() -> int:
         try:
             for broker in brokers:
                 contenders = REDIS_CONTENDERS if broker == "redis" else AMQP_CONTENDERS
+                if args.variants:
+                    ensure_pg_database()
+                    contenders = (*contenders, *VARIANTS)
                 if args.diagnose:
                     contenders = (*contenders, OBSERVED)
                 samples: dict[str, tuple[list[float], list[float]]] = {c.name: ([], []) for c in contenders}
@@ -317,6 +340,10 @@ def summarise(report: Report, broker: str, contenders: tuple[Contender, ...]) ->
         report.paired_ratio(f"{broker}.esf_vs_bare_fastest.{what}", esf_runs, fastest_runs)
         if any(c.kind == "dramatiq" for c in contenders):
             report.paired_ratio(f"{broker}.esf_vs_dramatiq.{what}", esf_runs, s(f"{broker}.dramatiq.{what}"))
+        if VARIANTS[0] in contenders:
+            report.paired_ratio(f"{broker}.esf_vs_esf_plain.{what}", esf_runs, s(f"{broker}.esf-plain.{what}"))
+            report.paired_ratio(f"{broker}.esf_pg_vs_bare_same.{what}", s(f"{broker}.esf-pg.{what}"),
+                                s(f"{broker}.bare-same.{what}"))
         if OBSERVED in contenders:
             report.paired_ratio(f"{broker}.esf_vs_bare_observed.{what}", esf_runs,
                                 s(f"{broker}.bare-observed.{what}"))

@@ -225,7 +225,7 @@ class ConfigSettings:
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """Telemetry and exporters (see docs/architecture-telemetry.md)."""
+    """Telemetry and exporters (see docs/architecture.md (Telemetry))."""
 
     #: ``False``: metrics stay in memory; no background thread, shared store or exporter.
     enabled: bool = True

@@ -21,7 +21,7 @@ if ! up 5432; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
     wait_up 5432 PostgreSQL || missing+=("PostgreSQL (did not start)")
   else
-    missing+=("PostgreSQL: install it (Debian: apt-get install postgresql) (or point ESF_TEST_PG_URL at one)")
+    missing+=("PostgreSQL: install it (Debian: apt-get install postgresql)")
   fi
 fi
 
@@ -43,7 +43,7 @@ if ! up 5672; then
     rabbitmq-server -detached || true
     wait_up 5672 RabbitMQ || missing+=("RabbitMQ (did not start)")
   else
-    missing+=("RabbitMQ: install it (Debian: apt-get install rabbitmq-server) (or point ESF_TEST_AMQP_URL at one)")
+    missing+=("RabbitMQ: install it (Debian: apt-get install rabbitmq-server)")
   fi
 fi
 

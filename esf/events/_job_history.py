@@ -222,7 +222,12 @@ class JobHistoryHooks(JobHooks):
                 if stop.is_set():
                     return
                 continue
+            # Linger up to flush_interval_s for more events: one transaction per batch, not per
+            # event, keeps the writer from competing with the job path for the interpreter.
+            # (it sleeps rather than waking on every event; ``close`` cuts the sleep short).
             batch = [first]
+            if q.qsize() < self.batch_size:
+                stop.wait(self.flush_interval_s)
             while len(batch) < self.batch_size:
                 try:
                     batch.append(q.get_nowait())

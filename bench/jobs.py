@@ -11,7 +11,7 @@ N-th completion (bench/_jobs_apps.py); drain throughput is (N-1) / (last - first
 Contenders, in the same run, interleaved:
 
   esf           ESF's default profile (`esf worker`: prefork 2, prefetch 1, late ack,
-                requeue on worker loss, events, results, delivery counter)
+                requeue on worker loss, results, telemetry and job history)
   bare-same     a bare Celery task with the same reliability settings (late ack,
                 reject on worker lost, prefetch 1, prefork 2, JSON, results in Redis;
                 quorum queue + publisher confirms on RabbitMQ, like ESF)

@@ -15,6 +15,36 @@ from .errors import ServiceUnavailable
 BUSY_TIMEOUT_MS = 30_000
 
 
+class _ForkGuard:
+    """Held around every SQLite transaction ESF runs in a background thread; ``fork()`` waits for it.
+
+    SQLite keeps per-process lock bookkeeping: a process forked while one of its
+    threads is inside a write transaction gives the child a copy that believes
+    the lock is still held, and every write in the child then fails with
+    "database is locked". A Celery worker's main process forks pool processes at
+    any moment (a hard time limit replaces a killed one), so ESF's writers hold
+    this guard for the length of a transaction and fork waits until it is free.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        os.register_at_fork(before=self._lock.acquire, after_in_parent=self._lock.release,
+                            after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+#: The process-wide guard (see :class:`_ForkGuard`).
+fork_guard = _ForkGuard()
+
+
 class SqliteFile:
     """A connection per thread and per process (re-opened after a fork), WAL mode, busy timeout.
 
@@ -43,17 +73,18 @@ class SqliteFile:
     @contextmanager
     def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """A transaction; ``write`` takes the write lock up front (``BEGIN IMMEDIATE``)."""
-        try:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable(f"{self._what} {self._path} failed: {exc}") from exc
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with fork_guard:
+            try:
+                db = self._db()
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise ServiceUnavailable(f"{self._what} {self._path} failed: {exc}") from exc
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection."""

@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._sqlite import fork_guard
 from ..errors import EsfError, Retry, SkipJob, ValidationError
 from ..hooks import JobContext, JobHooks
 from ._model import Event
@@ -243,7 +244,8 @@ class JobHistoryHooks(JobHooks):
         backoff = 0.05
         while True:
             try:
-                self.store.append(batch)  # spooled (pending) when the database is unreachable
+                with fork_guard:  # no fork in the middle of the transaction (see esf._sqlite)
+                    self.store.append(batch)  # spooled (pending) when the database is unreachable
                 return
             except ValidationError:
                 self._write_one_by_one(batch)

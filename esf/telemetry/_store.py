@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._sqlite import fork_guard
 from ..errors import ServiceUnavailable
 from ._aggregate import PushBatch, batch_payload, window_start
 from ._model import MAX_WINDOW_S, WINDOW_BUCKET_S, SeriesState
@@ -252,7 +253,7 @@ class SQLiteSnapshotStore:
 
     def push(self, batch: PushBatch) -> None:
         try:
-            with self._lock:
+            with fork_guard, self._lock:
                 self._push(batch)
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"telemetry store (SQLite {self.path}) unavailable: {exc}") from None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from esf._sqlite import fork_guard
 from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
 from esf.errors import ConcurrencyConflict, ServiceUnavailable
 
@@ -122,7 +123,7 @@ class SqliteConfigStore:
         document = json.dumps(commit.document, separators=(",", ":"))
         secrets = json.dumps(sorted(commit.secrets))
         entry = json.dumps(commit.entry.to_dict(), separators=(",", ":"))
-        with self._db() as db:
+        with fork_guard, self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             actual = int(db.execute("SELECT version FROM config_state WHERE id = 1").fetchone()[0])
             if actual != commit.base_version:

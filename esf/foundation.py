@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from .errors import HookError
+from .events._model import Event
 from .hooks import JobHooks
 from .settings import Settings
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from celery.canvas import Signature
 
     from .config import ConfigService
-    from .events import Event, EventStore
+    from .events import EventStore
     from .events._async import AsyncAppend, AsyncAppender
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
@@ -351,6 +352,9 @@ class Foundation:
         from .events import _backend_class
 
         _backend_class()
+        # This process forks pool processes: it must not hold SQLite connections of its own,
+        # so the events it records (a hard time limit's dead letter) travel as an append job.
+        self._event_writer.store = cast("EventStore", _ForwardedEvents(self))
         for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
             try:
                 importlib.import_module(name)
@@ -393,6 +397,8 @@ class Foundation:
 
     def after_fork(self) -> None:
         """Drop connections inherited from the parent process."""
+        # A pool process writes its own events (the main process forwards them as jobs).
+        self._event_writer.store = cast("EventStore", _DeferredEvents(self))
         self.__dict__.pop("_redis", None)
         jobs = self.__dict__.get("jobs")
         if jobs is not None:
@@ -436,6 +442,21 @@ class Foundation:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _ForwardedEvents:
+    """The job-history writer's store in a worker's main process: events go out as append jobs."""
+
+    def __init__(self, foundation: Foundation) -> None:
+        self._foundation = foundation
+
+    def append(self, events: Any, **_: Any) -> Any:
+        # Straight to the broker: opening the database here would leave SQLite state for every
+        # pool process forked afterwards (see esf._sqlite.fork_guard).
+        from .events._async import APPEND_JOB, event_to_wire
+
+        batch = [events] if isinstance(events, Event) else list(events)
+        return self._foundation.jobs.get(APPEND_JOB).enqueue_with([[event_to_wire(e) for e in batch]])
 
 
 class _DeferredEvents:

@@ -146,8 +146,6 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
 
-
-
 def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
@@ -364,10 +362,24 @@ def prepare_events(
             f"expected_version: must be an integer >= 0 (0 = the stream must be empty), got {expected_version!r}",
             errors={"expected_version": "invalid"},
         )
+    prepared = list(iter_prepared(batch, max_event_bytes))
+    if expected_version is not None and len({p.stream_id for p in prepared}) > 1:
+        raise ValidationError(
+            "expected_version applies to one stream: every event of the batch must have the same stream_id",
+            errors={"expected_version": "several streams"},
+        )
+    return prepared
+
+
+def iter_prepared(batch: Sequence[Any], max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[PreparedEvent]:
+    """Validate and prepare ``batch`` one event at a time, in order (the checks of :func:`prepare_events`).
+
+    For appends that send each event while the next one is validated; an
+    error surfaces when the bad event is reached.
+    """
     now = datetime.now(UTC)
     mono = time.monotonic_ns()
     pid = os.getpid()
-    prepared: list[PreparedEvent] = []
     seen: dict[str, str] = {}
     fresh_ids = iter(new_event_ids(sum(1 for e in batch if isinstance(e, Event) and e.event_id is None)))
     for index, event in enumerate(batch):
@@ -382,27 +394,52 @@ def prepare_events(
                 f"event id {p.event_id} appears twice in one batch with different content", event_id=p.event_id
             )
         seen[p.event_id] = p.content_hash
-        prepared.append(p)
-    if expected_version is not None and len({p.stream_id for p in prepared}) > 1:
-        raise ValidationError(
-            "expected_version applies to one stream: every event of the batch must have the same stream_id",
-            errors={"expected_version": "several streams"},
-        )
-    return prepared
+        yield p
+
+
+_FLAT_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _flat_frozen(value: dict[str, Any]) -> FrozenDict | None:
+    """The frozen copy of a dict of scalars and lists of scalars (string keys), else ``None``.
+
+    Such a dict survives the JSON round trip unchanged (NaN and infinities are
+    refused by the encoder first), so it is copied without decoding.
+    """
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        kind = type(item)
+        if type(key) is not str:
+            return None
+        if kind in _FLAT_SCALARS:
+            out[key] = item
+        elif kind is list:
+            for x in item:
+                if type(x) not in _FLAT_SCALARS:
+                    return None
+            out[key] = FrozenList(item)
+        else:
+            return None
+    return FrozenDict(out)
 
 
 def _json_text(value: Any, what: str) -> tuple[str, dict[str, Any]]:
     """Canonical JSON text of a JSON object and a deep copy of it (deep-frozen on the fast path).
 
-    Fast path, in C: encode, decode (to the frozen form), compare. A value the encoder changes on
-    the way (int keys, tuples, non-dict mappings) or refuses (NaN, bytes, …)
-    falls back to :func:`check_json_object`, which copies it or names the problem.
+    Fast paths: a dict of scalars and lists of scalars is encoded and copied
+    (:func:`_flat_frozen`); any other dict is encoded, decoded (to the frozen
+    form) and compared, in C. A value the encoder changes on the way (int keys,
+    tuples, non-dict mappings) or refuses (NaN, bytes, …) falls back to
+    :func:`check_json_object`, which copies it or names the problem.
     """
     if type(value) is dict:
         if not value:
             return "{}", FrozenDict()
         try:
             text = canonical_json(value)
+            flat = _flat_frozen(value)
+            if flat is not None and "\\u0000" not in text:
+                return text, flat
             copy = _decode_frozen(text)
             if copy == value and "\\u0000" not in text:
                 return text, copy

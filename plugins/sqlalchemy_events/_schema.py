@@ -27,24 +27,30 @@ metadata = MetaData()
 #: JSONB on PostgreSQL (GIN-indexed), JSON text on SQLite.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
+
+def _ident(length: int) -> String:
+    """An identifier column: byte comparison (``COLLATE "C"``) on PostgreSQL, as SQLite does by default."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+
+
 events = Table(
     "esf_events",
     metadata,
     Column("position", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False),
-    Column("event_id", String(36), nullable=False),
-    Column("stream_id", String(200), nullable=False),
+    Column("event_id", _ident(36), nullable=False),
+    Column("stream_id", _ident(200), nullable=False),
     Column("stream_version", BigInteger, nullable=False),
-    Column("event_type", String(200), nullable=False),
+    Column("event_type", _ident(200), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     Column("monotonic_ns", BigInteger, nullable=False),
-    Column("node", String(255), nullable=False),
+    Column("node", _ident(255), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("correlation_id", String(200), nullable=True),
-    Column("parent_id", String(200), nullable=True),
+    Column("correlation_id", _ident(200), nullable=True),
+    Column("parent_id", _ident(200), nullable=True),
     Column("data", JsonType, nullable=False),
     Column("metadata", JsonType, nullable=False),
     #: sha256 of the canonical JSON of the content, to tell a retry from a clash.
-    Column("content_hash", String(64), nullable=False),
+    Column("content_hash", _ident(64), nullable=False),
     UniqueConstraint("event_id", name="uq_esf_events_event_id"),
     UniqueConstraint("stream_id", "stream_version", name="uq_esf_events_stream_version"),
     Index("ix_esf_events_type", "event_type"),
@@ -65,7 +71,7 @@ event_head = Table(
 streams = Table(
     "esf_streams",
     metadata,
-    Column("stream_id", String(200), primary_key=True),
+    Column("stream_id", _ident(200), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
 
@@ -96,4 +102,3 @@ checkpoints = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
-

@@ -6,11 +6,11 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -25,11 +25,13 @@ from esf.events._validation import (
     check_event_id,
     check_event_type,
     check_stream_id,
+    iter_prepared,
     prepare_events,
 )
 
 from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
+from ._copy import COPY_MIN_EVENTS, IdsExist, copy_append
 from ._engine import connect_write, is_unreachable, make_engine, normalize_url, redact, unavailable
 from ._outbox import Dispatch, OutboxRelay
 from ._query import SqlQueryMixin
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["SqlEventStore"]
 
 log = logging.getLogger("esf.events")
+
+_T = TypeVar("_T")
 
 
 class SqlEventStore(SqlQueryMixin):
@@ -77,6 +81,8 @@ class SqlEventStore(SqlQueryMixin):
         self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size)
         self._engine = self.engine
         self.backend: str = self.engine.dialect.name
+        #: Large batches stream through COPY (PostgreSQL on psycopg 3).
+        self._copies = self.backend == "postgresql" and self.engine.dialect.driver == "psycopg"
         self.max_event_bytes = max_event_bytes
         self.node = node or socket.gethostname()
         self.breaker = Breaker()
@@ -125,12 +131,12 @@ class SqlEventStore(SqlQueryMixin):
                 raise unavailable(exc, self.url) from exc
             raise
 
-    def _write(self, prepared: Sequence[PreparedEvent], expected_version: int | None) -> AppendResult:
-        """One append transaction on a pooled connection; maps "unreachable" to ServiceUnavailable."""
+    def _transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """``work`` in one write transaction on a pooled connection; maps "unreachable" to ServiceUnavailable."""
         try:
             self._ensure_schema()
             with connect_write(self.engine) as conn:
-                stored, already = append_in(conn, prepared, expected_version, self.node)
+                result = work(conn)
         except ServiceUnavailable:
             self.breaker.failure()
             raise
@@ -140,7 +146,29 @@ class SqlEventStore(SqlQueryMixin):
                 raise unavailable(exc, self.url) from exc
             raise
         self.breaker.success()
+        return result
+
+    def _write(self, prepared: Sequence[PreparedEvent], expected_version: int | None) -> AppendResult:
+        stored, already = self._transaction(lambda conn: append_in(conn, prepared, expected_version, self.node))
         return AppendResult(stored, already_stored=already)
+
+    def _append_copy(self, batch: Sequence[Event]) -> AppendResult:
+        """A large batch through ``COPY``, validated while it streams (see :mod:`._copy`)."""
+        prepared: list[PreparedEvent] = []
+        source = iter_prepared(batch, self.max_event_bytes)
+        try:
+            stored = self._transaction(
+                lambda conn: copy_append(conn.connection.driver_connection, batch, source, prepared, self.node)
+            )
+        except IdsExist:
+            prepared.extend(source)
+            return self._write(prepared, None)
+        except ServiceUnavailable as exc:
+            if self.spooler is None:
+                raise
+            prepared.extend(source)
+            return self.spooler.put(prepared, cause=exc)
+        return AppendResult(stored)
 
     def _write_spooled(self, prepared: Sequence[PreparedEvent]) -> object:
         return self._write(prepared, None)
@@ -155,6 +183,16 @@ class SqlEventStore(SqlQueryMixin):
         session: Session | None = None,
     ) -> AppendResult:
         """Append one event or a batch atomically (contract: :meth:`esf.events.EventStore.append`)."""
+        if (
+            session is None
+            and expected_version is None
+            and self._copies
+            and not isinstance(events, Event)
+            and len(events) >= COPY_MIN_EVENTS
+            and not self.breaker.is_open()
+            and (self.spooler is None or not self.spooler.should_spool())
+        ):
+            return self._append_copy(events)
         prepared = prepare_events(events, max_event_bytes=self.max_event_bytes, expected_version=expected_version)
         if session is not None:
             self._ensure_schema()
@@ -248,12 +286,7 @@ class SqlEventStore(SqlQueryMixin):
         if not isinstance(correlation_id, str) or not correlation_id:
             raise ValidationError("correlation_id: must be a non-empty string")
         _check_int(limit, "limit", 1)
-        stmt = (
-            select_events()
-            .where(events.c.correlation_id == correlation_id)
-            .order_by(events.c.position)
-            .limit(limit)
-        )
+        stmt = select_events().where(events.c.correlation_id == correlation_id).order_by(events.c.position).limit(limit)
         with self._reading() as conn:
             return [row_to_event(r) for r in conn.execute(stmt)]
 
@@ -270,9 +303,7 @@ class SqlEventStore(SqlQueryMixin):
         if type_list is not None and not type_list:
             return 0
         cutoff = datetime.now(UTC) - older_than
-        latest = (
-            sa.select(streams.c.version).where(streams.c.stream_id == events.c.stream_id).scalar_subquery()
-        )
+        latest = sa.select(streams.c.version).where(streams.c.stream_id == events.c.stream_id).scalar_subquery()
         conditions = [events.c.recorded_at < cutoff, events.c.stream_version < latest]
         if type_list is not None:
             conditions.append(events.c.event_type.in_(type_list))

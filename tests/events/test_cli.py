@@ -16,7 +16,7 @@ from esf.events import Event
 
 def test_db_upgrade_migrates_the_database_given_on_the_command_line(db_url, capsys):
     assert main(["db", "upgrade", "--database-url", db_url]) == 0
-    assert "is at revision 0001_initial" in capsys.readouterr().out
+    assert "is at revision 0002_binary_collation" in capsys.readouterr().out
     assert main(["db", "upgrade", "--database-url", db_url]) == 0
 
 

@@ -44,6 +44,27 @@ def test_postgresql_gets_a_gin_index_on_data_with_jsonb_path_ops(pg_url):
         engine.dispose()
 
 
+def test_postgresql_identifier_columns_compare_bytes(pg_url):
+    # Given a migrated PostgreSQL database
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                    "WHERE table_name IN ('esf_events', 'esf_streams') AND data_type = 'character varying'"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    # Then every identifier column uses the "C" collation (byte comparison, as on SQLite)
+    collations = {(t, c): coll for t, c, coll in rows}
+    assert collations[("esf_events", "event_id")] == "C"
+    assert collations[("esf_streams", "stream_id")] == "C"
+    assert set(collations.values()) == {"C"}
+
+
 def _upgrade_in_child(url: str) -> None:
     upgrade(url)
 

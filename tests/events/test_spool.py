@@ -24,6 +24,9 @@ from esf.events import Event
 from esf.events._spool import Spool
 from esf.events._validation import prepare_events
 
+from .test_large_batches import N as LARGE
+from .test_large_batches import large_batch
+
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -213,3 +216,29 @@ def test_a_spooled_batch_whose_id_clashes_is_set_aside_not_dropped(store, tmp_pa
         assert store.head() == 1
     finally:
         s2.close()
+
+
+@pytest.mark.slow
+def test_a_large_batch_while_postgresql_is_down_is_spooled_whole(private_pg, tmp_path):
+    # Given a store with a spool on a PostgreSQL that then stops
+    store = SqlEventStore(private_pg.url, spool_path=tmp_path / "spool.sqlite", node="n1")
+    try:
+        store.append(Event("big.first", {}))
+        private_pg.stop()
+        # When a large batch is appended
+        events = large_batch()
+        result = store.append(events)
+        # Then the whole batch is pending, not lost and not partly written
+        assert result.is_pending and len(result) == 0
+        with pytest.raises(ServiceUnavailable):
+            store.append(Event("big.batch", {}, stream_id="big-0"), expected_version=1)
+        # When PostgreSQL is back
+        private_pg.start()
+        assert store.flush_spool(timeout=120)
+        # Then every event is stored once, in order, with the data given
+        written = result.wait(timeout=60)
+        assert [e.data for e in written] == [e.data for e in events]
+        assert [e.position for e in written] == list(range(2, LARGE + 2))
+        assert store.head() == LARGE + 1
+    finally:
+        store.close()

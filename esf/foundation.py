@@ -353,8 +353,10 @@ class Foundation:
 
         _backend_class()
         # This process forks pool processes: it must not hold SQLite connections of its own,
-        # so the events it records (a hard time limit's dead letter) travel as an append job.
+        # so the events it records (a hard time limit's dead letter) travel as an append job,
+        # and its outbox relay closes its connections after each batch.
         self._event_writer.store = cast("EventStore", _ForwardedEvents(self))
+        self.jobs.outbox.forking = True
         for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
             try:
                 importlib.import_module(name)

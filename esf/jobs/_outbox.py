@@ -7,6 +7,12 @@ delete them; rows left by a process that died are dispatched by the next
 relay that runs (every worker runs one). A rolled-back transaction leaves no
 row, so no job is ever sent for it. Delivery is at least once: the job id is
 fixed when the row is written, so a repeated dispatch is the same job.
+
+A worker's relay runs in its main process, which forks pool processes at any
+moment. There (:attr:`JobOutbox.forking`) each batch is drained under the fork
+guard and, on SQLite, the connections are closed before the guard is released,
+so a pool process forked later inherits none of this process's SQLite state
+(see :mod:`esf._sqlite`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._sqlite import fork_guard
 from ._meta import JobMeta
 
 if TYPE_CHECKING:
@@ -38,6 +45,8 @@ class JobOutbox:
 
     def __init__(self, foundation: Foundation) -> None:
         self._fnd = foundation
+        #: True in a process that forks children (a worker's main process): see the module docstring.
+        self.forking = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,13 +104,27 @@ class JobOutbox:
 
     def drain(self) -> int:
         """Dispatch everything waiting now; returns how many messages were sent."""
-        relay = self._fnd.events.outbox_relay(self.dispatch)
         total = 0
         while True:
-            n = relay.drain(RELAY_BATCH)
+            n = self._drain_batch()
             total += n
             if n < RELAY_BATCH:
                 return total
+
+    def _drain_batch(self) -> int:
+        if not self.forking:
+            return self._fnd.events.outbox_relay(self.dispatch).drain(RELAY_BATCH)
+        # SQLite keeps its lock records per process, and a child inherits them: forked while the
+        # drain holds the write lock, it would fail every write with "database is locked" for as
+        # long as it lives; forked while a connection is merely open, it would believe it holds
+        # file locks that it does not.
+        with fork_guard:
+            relay = self._fnd.events.outbox_relay(self.dispatch)
+            try:
+                return relay.drain(RELAY_BATCH)
+            finally:
+                if relay.engine.dialect.name == "sqlite":
+                    relay.engine.dispose()
 
     def start(self) -> None:
         """Start this process's relay thread (idempotent)."""

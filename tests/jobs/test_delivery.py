@@ -76,6 +76,15 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(fnd: Foundation, worker:
     assert entry.attempts == 1
 
 
+def test_a_job_past_its_hard_time_limit_is_dead_lettered(fnd: Foundation, worker: Worker) -> None:
+    # Given a job that ignores its soft time limit (1 s) and runs past the hard one (2 s)
+    handle = fnd.jobs.enqueue("t.stubborn", 30)
+    entry = dlq_entry(fnd, handle.id, timeout=90)
+    assert entry.reason == "time_limit"
+    # And the worker keeps running jobs
+    assert fnd.jobs.enqueue("t.add", 2, 3).wait(60) == 5
+
+
 def _publish_raw(fnd: Foundation, queue: str, body: bytes, content_type: str, headers: dict) -> None:  # type: ignore[type-arg]
     with fnd.celery.connection_for_write() as conn:
         Producer(conn.default_channel).publish(
@@ -175,13 +184,3 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     fnd.jobs.dlq.replay([entry.id])
     wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=90,
              message="dead-letter and replay events")
-
-
-# Last in the module: it makes the worker replace a killed pool process.
-def test_a_job_past_its_hard_time_limit_is_dead_lettered(fnd: Foundation, worker: Worker) -> None:
-    # Given a job that ignores its soft time limit (1 s) and runs past the hard one (2 s)
-    handle = fnd.jobs.enqueue("t.stubborn", 30)
-    entry = dlq_entry(fnd, handle.id, timeout=90)
-    assert entry.reason == "time_limit"
-    # And the worker keeps running jobs
-    assert fnd.jobs.enqueue("t.add", 2, 3).wait(60) == 5

@@ -113,14 +113,14 @@ class Bench:
     def queue_name(self, broker: str, c: Contender, run: int) -> str:
         name = f"bench-{self.tag}-{c.name}-{run}"
         if broker == "amqp":
-            self.amqp_queues.append(name)
+            self.amqp_queues.extend([name, warm_queue(name)])
         return name
 
     def esf_env(self, broker: str, queue: str, mode: str = "") -> dict[str, str]:
         env = {
             "ESF_BROKER_URL": self.broker_url(broker),
             "ESF_REDIS_URL": self.redis_url,
-            "ESF_JOBS_QUEUES": queue,
+            "ESF_JOBS_QUEUES": f"{queue},{warm_queue(queue)}",
             "ESF_JOBS_DEFAULT_QUEUE": queue,
             "ESF_DATA_DIR": str(self.logs / f"esf-data{'-' + mode if mode else ''}"),
         }
@@ -146,22 +146,59 @@ class Bench:
 
     # -- producers -------------------------------------------------------------------
 
-    def producer(self, broker: str, queue: str, c: Contender) -> tuple[Any, Any, Any]:
-        """``(send, close, wait_one)`` for a contender: send(i) enqueues one job."""
+    def producer(self, broker: str, queue: str, c: Contender) -> tuple[Any, Any, Any, Any]:
+        """``(send, close, wait_one, warm)`` for a contender: send(i) enqueues one job.
+
+        ``warm()`` sends :data:`WARM_UP` jobs to the contender's warm-up queue (emptied before a
+        worker starts), so that connections and first-use set-up are not timed: ESF's job
+        history writer, for one, opens its database on its first batch.
+        """
+        spare = warm_queue(queue)
         if c.kind == "esf":
             import esf
 
             fnd = make_esf(esf.Settings.from_env(self.esf_env(broker, queue, c.mode)))
             declare(fnd.celery)
             job = fnd.jobs.get(ESF_JOB)
-            return job.enqueue, fnd.close, lambda i: job.enqueue(i).wait(timeout=30)
+
+            def warm_esf() -> None:
+                for i in range(WARM_UP):
+                    job.enqueue_with([i], queue=spare)
+                fnd.flush()
+
+            return job.enqueue, fnd.close, lambda i: job.enqueue(i).wait(timeout=30), warm_esf
         if c.kind == "bare":
             app = make_bare(self.broker_url(broker), self.redis_url, queue, c.mode)
             declare(app)
             task = app.tasks[BARE_TASK]
-            return task.delay, app.close, lambda i: task.delay(i).get(timeout=30)
+
+            def warm_bare() -> None:
+                for i in range(WARM_UP):
+                    task.apply_async((i,), queue=spare)
+
+            return task.delay, app.close, lambda i: task.delay(i).get(timeout=30), warm_bare
         rbroker, actor = make_dramatiq(self.redis_url, queue)
-        return actor.send, rbroker.close, None
+        rbroker.declare_queue(spare)
+
+        def warm_dramatiq() -> None:
+            for i in range(WARM_UP):
+                rbroker.enqueue(actor.message(i).copy(queue_name=spare))
+
+        return actor.send, rbroker.close, None, warm_dramatiq
+
+    def empty_warm_queue(self, broker: str, queue: str) -> None:
+        """Drop the warm-up jobs, so that the worker drains exactly N."""
+        spare = warm_queue(queue)
+        if broker == "amqp":
+            from kombu import Connection
+
+            with Connection(AMQP_URL) as conn:
+                try:
+                    conn.channel().queue_purge(spare)
+                except Exception:
+                    pass  # never declared: nothing to drop
+            return
+        self.redis.delete(spare, f"dramatiq:{spare}", f"dramatiq:{spare}.msgs")
 
     # -- workers -------------------------------------------------------------------
 
@@ -197,14 +234,16 @@ class Bench:
         """Enqueue N jobs, then drain them with one worker; returns (enqueue/s, drain/s)."""
         queue = self.queue_name(broker, c, run)
         self.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
-        send, close, _ = self.producer(broker, queue, c)
+        send, close, _, warm = self.producer(broker, queue, c)
         try:
+            warm()
             started = time.perf_counter()
             for i in range(self.n):
                 send(i)
             enqueue_s = time.perf_counter() - started
         finally:
             close()
+        self.empty_warm_queue(broker, queue)
         log = self.logs / f"{broker}-{c.name}-{run}.log"
         proc = self.start_worker(broker, queue, c, self.n, log)
         try:
@@ -228,7 +267,7 @@ class Bench:
         """``count`` sequential enqueue-and-wait round trips, in milliseconds."""
         queue = self.queue_name(broker, c, 99)
         log = self.logs / f"{broker}-{c.name}-rtt.log"
-        _send, close, wait_one = self.producer(broker, queue, c)
+        _send, close, wait_one, _warm = self.producer(broker, queue, c)
         proc = self.start_worker(broker, queue, c, 0, log)
         try:
             self.wait_ready(proc, log, c)
@@ -271,6 +310,15 @@ def ensure_pg_database() -> None:
     with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+#: Jobs each producer sends to its warm-up queue before it is timed.
+WARM_UP = 20
+
+
+def warm_queue(queue: str) -> str:
+    """The queue a contender's warm-up jobs go to (emptied before its worker starts)."""
+    return f"{queue}-warm"
 
 
 def declare(app: Any) -> None:

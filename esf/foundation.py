@@ -351,7 +351,13 @@ class Foundation:
 
         from .events import _backend_class
 
-        _backend_class()
+        backend = _backend_class()
+        preload_backend = getattr(backend, "preload", None)
+        if callable(preload_backend):
+            try:
+                preload_backend(self.settings.effective_database_url)
+            except Exception:
+                log.debug("preload: the event store backend could not preload", exc_info=True)
         # This process forks pool processes: it must not hold SQLite connections of its own,
         # so the events it records (a hard time limit's dead letter) travel as an append job,
         # and its outbox relay closes its connections after each batch.
@@ -412,6 +418,21 @@ class Foundation:
             engine = getattr(service, "engine", None)
             if engine is not None and hasattr(engine, "dispose"):
                 engine.dispose(close=False)  # the parent keeps its connections
+        if self.settings.events.record_job_events:
+            # Open the event store now, before this pool process takes jobs, rather than on the
+            # first job's history (engine, schema check: 0.1-0.3 s of one job otherwise).
+            try:
+                _ = self.events
+            except Exception as exc:
+                log.warning("event store not ready in a new pool process (%s: %s); it will be retried on first use",
+                            type(exc).__name__, exc)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Hand every buffered event (job history, :meth:`record`) to the event store.
+
+        Returns False when ``timeout`` seconds passed first. ``close`` flushes too.
+        """
+        return self._event_writer.flush(timeout)
 
     def close(self) -> None:
         """Release connections and stop background threads."""

@@ -102,6 +102,18 @@ class SqlEventStore(SqlQueryMixin):
     def __repr__(self) -> str:
         return f"SqlEventStore({redact(self.url)!r})"
 
+    @staticmethod
+    def preload(url: str) -> None:
+        """Import what the first append to ``url`` would import (its driver, the migration scripts).
+
+        A process that forks workers calls this first, so that no worker pays it
+        on its first job.
+        """
+        from .migrations import head_revision
+
+        sa.engine.make_url(normalize_url(url)).get_dialect().import_dbapi()
+        head_revision()
+
     # -- plumbing ---------------------------------------------------------
 
     def _ensure_schema(self) -> None:

@@ -38,6 +38,17 @@ def test_recording_an_invalid_event_fails_at_the_call_site(tmp_path: Path) -> No
         fnd.record(esf.Event("not a type!", {}))
 
 
+def test_flush_hands_recorded_events_to_the_store_before_it_returns(tmp_path: Path) -> None:
+    # Given an embedded Foundation that records events in the background
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        for i in range(5):
+            fnd.record(esf.Event("order.noted", {"n": i}, stream_id="flushed"))
+        # When it is flushed
+        assert fnd.flush(timeout=30)
+        # Then every recorded event is stored, without waiting for the writer's linger
+        assert [e.data["n"] for e in fnd.events.read_stream("flushed")] == [0, 1, 2, 3, 4]
+
+
 def test_appends_config_changes_and_dead_letters_show_in_telemetry(tmp_path: Path) -> None:
     with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
         fnd.events.append([esf.Event("order.created", {"n": i}) for i in range(3)])

@@ -4,8 +4,10 @@ All on the same PostgreSQL, in one run, each measured on a fresh database;
 ``es_strategy_same_table`` is the like-for-like comparison (eventsourcing's
 write strategy, table lock + pipelined executemany per batch, on the
 ``esf_events`` shape); ``eventsourcing`` is the library on its own table;
-median of ``--repeats`` runs (3 by default). Also: single-event append
-latency (p50/p99) and SQLite batched appends.
+``eventsourcing_mapped`` is the library end to end (its mapper's JSON
+transcoding, then its recorder); median of ``--repeats`` runs (3 by default).
+Also: single-event append latency (p50/p99), SQLite batched appends, and
+``append_async`` end to end through a worker (Redis broker; ``--skip-async``).
 
     .venv/bin/python bench/events.py            # full: 100,000 events per method
     .venv/bin/python bench/events.py --quick    # under a minute: 20,000 events
@@ -267,6 +269,73 @@ def run_eventsourcing_mapped(url: str, events: list[Event], batch: int) -> float
         datastore.close()
 
 
+def run_async_appends(pg_url: str, redis_url: str, events: list[Event]) -> dict[str, float]:
+    """``fnd.append_async`` of every event, one call each, written by one worker (2 processes).
+
+    The events travel as coalesced ``esf.events.append`` jobs over Redis; the clock
+    runs from the first call until the store holds every event. Returns the end-to-end
+    events/s and the rate of the calls themselves.
+    """
+    import subprocess
+
+    import esf
+    from esf.foundation import Foundation
+
+    bench_dir = Path(__file__).resolve().parent
+    data_dir = tempfile.mkdtemp(prefix="esf-bench-async-")
+    namespace = f"bench{uuid.uuid4().hex[:6]}"
+    env = {
+        "ESF_BROKER_URL": redis_url,
+        "ESF_REDIS_URL": redis_url,
+        "ESF_DATABASE_URL": pg_url,
+        "ESF_DATA_DIR": data_dir,
+        "ESF_JOBS_SERVICE_NAMESPACE": namespace,
+        "ESF_EVENTS_RECORD_JOB_EVENTS": "false",
+    }
+    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
+    worker_env.update(env)
+    worker_env["PYTHONPATH"] = os.pathsep.join([str(bench_dir), str(bench_dir.parent)])
+    worker_env["BENCH_REDIS_URL"] = redis_url
+    log = Path(data_dir) / "worker.log"
+    argv = [sys.executable, "-m", "esf.cli", "--app", "_jobs_apps:make_esf", "worker", "--concurrency=2",
+            f"--queues={namespace}.events", "--loglevel=INFO"]
+    with open(log, "ab") as fh:
+        worker = subprocess.Popen(argv, cwd=bench_dir, env=worker_env, stdout=fh, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    fnd = Foundation(esf.Settings.from_env(env))
+    try:
+        store = fnd.events
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"async-append worker did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        for event in events:
+            fnd.append_async(event)
+        calls_s = time.perf_counter() - t0
+        deadline = time.monotonic() + 300
+        while store.head() < len(events):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"async appends: {store.head()} of {len(events)} stored")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        return {"events_per_s": len(events) / elapsed, "calls_per_s": len(events) / calls_s}
+    finally:
+        fnd.close()
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(f"{namespace}.*"):
+            client.delete(key)
+        client.close()
+
+
 def single_append_latencies(url: str, n: int) -> list[float]:
     store = SqlEventStore(url, node="bench")
     try:
@@ -310,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pg-url", default=os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("ESF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+        help="broker of the append_async measurement",
+    )
+    parser.add_argument("--skip-async", action="store_true", help="skip the append_async measurement")
     args = parser.parse_args(argv)
     n = args.events or (20_000 if args.quick else 100_000)
     n_sqlite = 20_000 if args.quick else 100_000
@@ -332,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[name].append(fn(url))
     with fresh_database(args.pg_url) as url:
         lat = single_append_latencies(url, n_single)
+    async_runs = []
+    if not args.skip_async:
+        n_async = 5000 if args.quick else 20_000
+        for _ in range(args.repeats):
+            with fresh_database(args.pg_url) as url:
+                async_runs.append(run_async_appends(url, args.redis_url, make_events(n_async)))
     sqlite_s = statistics.median(run_sqlite(make_events(n_sqlite), args.batch) for _ in range(args.repeats))
 
     eps = {k: n / statistics.median(v) for k, v in seconds.items()}
@@ -352,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sqlite": {"events": n_sqlite, "events_per_s": round(n_sqlite / sqlite_s)},
     }
+    if async_runs:
+        results["async_append"] = {
+            "events": n_async,
+            "events_per_s": round(statistics.median(r["events_per_s"] for r in async_runs)),
+            "calls_per_s": round(statistics.median(r["calls_per_s"] for r in async_runs)),
+        }
     ratio = results["ratio_esf_vs_executemany"]
     if args.json:
         print(json.dumps(results, sort_keys=True))
@@ -374,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         sa = results["single_append_ms"]
         print(f"Single-event append ({sa['n']} calls): p50 {sa['p50']} ms, p99 {sa['p99']} ms")
         print(f"SQLite: {n_sqlite} events in batches of {args.batch}: {results['sqlite']['events_per_s']:,} events/s")
+        if async_runs:
+            aa = results["async_append"]
+            print(
+                f"append_async, one call per event, one worker (2 processes), Redis broker: {aa['events']} events, "
+                f"{aa['events_per_s']:,} events/s stored end to end ({aa['calls_per_s']:,} calls/s)"
+            )
     print(f"headline: ESF batched append / raw executemany = {ratio:.2f}")
     return 0
 

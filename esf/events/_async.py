@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .._ids import new_id
 from ..errors import Timeout
 from ._model import Event, StoredEvent
 from ._validation import prepare_events
@@ -98,7 +98,7 @@ class AsyncAppender:
     def append_async(self, events: Event | Sequence[Event]) -> AsyncAppend:
         """Validate ``events`` now and send them to a worker. Returns an :class:`AsyncAppend`."""
         batch = [events] if isinstance(events, Event) else list(events)
-        batch = [e if e.event_id else replace(e, event_id=str(uuid.uuid4())) for e in batch]
+        batch = [e if e.event_id else replace(e, event_id=new_id()) for e in batch]
         prepare_events(batch, max_event_bytes=self._max_bytes)
         future: Future[JobHandle] = Future()
         wire = [event_to_wire(e) for e in batch]

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .._ids import new_ids
 from ..errors import DuplicateEventId, PayloadTooLarge, SerializationError, ValidationError
 from ._model import Event, FrozenDict, FrozenList
 
@@ -311,21 +312,8 @@ def check_event_id(value: Any) -> str:
 
 
 def new_event_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUIDs in canonical form: ``str(uuid.uuid4())`` without the ``UUID`` objects.
-
-    One ``os.urandom`` call for the whole batch; the version and variant bits
-    are set as :func:`uuid.uuid4` sets them (122 random bits per id).
-    """
-    hexed = os.urandom(16 * n).hex()
-    ids = []
-    for i in range(0, 32 * n, 32):
-        h = hexed[i : i + 32]
-        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
-    return ids
-
-
-#: RFC 4122 variant: the top two bits of the clock-sequence byte are ``10``.
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+    """``n`` time-ordered (version 7) UUIDs in canonical form, for events given without an id (see :mod:`esf._ids`)."""
+    return new_ids(n)
 
 
 def prepare_events(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from .._ids import new_id
 from .._json import check_json, check_size, dumps
 from ..errors import JobFailed, Timeout, UnknownQueue, ValidationError
 from ..hooks import JobContext
@@ -154,8 +154,8 @@ class Job(Generic[P, R]):
                                f"{', '.join(self._fnd.settings.jobs.all_queues)}")
         parent = current_job.get()
         if correlation_id is None:
-            correlation_id = parent.correlation_id if parent and parent.correlation_id else str(uuid.uuid4())
-        job_id = str(uuid.uuid4())
+            correlation_id = parent.correlation_id if parent and parent.correlation_id else new_id()
+        job_id = new_id()
         meta = JobMeta(
             queue=target,
             correlation_id=correlation_id,

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from .._ids import new_id
 from ..errors import ServiceUnavailable, UnknownJob, ValidationError
 from ._celery import dead_letter_queue
 from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
@@ -321,9 +322,8 @@ class JobService:
 
         parent = current_job.get()
         cid = correlation_id or (parent.correlation_id if parent else None)
-        import uuid
 
-        cid = cid or str(uuid.uuid4())
+        cid = cid or new_id()
         headers = JobMeta(queue=self._fnd.settings.jobs.default_queue, correlation_id=cid).headers()
         headers.pop("esf_queue", None)
         result = sig.apply_async(headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid
 
 import pytest
@@ -16,16 +17,31 @@ from esf.events._model import FrozenDict, FrozenList
 from esf.events._validation import PreparedEvent, canonical_json, check_event_id, new_event_ids, prepare_events
 
 
-def test_generated_event_ids_are_distinct_canonical_version_4_uuids():
-    # Given ids generated for a large batch
+def test_generated_event_ids_are_distinct_canonical_time_ordered_version_7_uuids():
+    # Given ids generated for a large batch, and one generated a little later
+    before = time.time_ns() // 1_000_000
     ids = new_event_ids(5000)
-    # Then each is what str(uuid.uuid4()) could have produced, and none repeats
+    time.sleep(0.002)
+    [later] = new_event_ids(1)
+    after = time.time_ns() // 1_000_000
+    # Then each is a canonical RFC 9562 version 7 UUID carrying the millisecond it was made in, and none repeats
     for eid in ids:
         parsed = uuid.UUID(eid)
-        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, eid)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, eid)
+        assert before <= parsed.int >> 80 <= after
     assert len(set(ids)) == len(ids)
-    # And the variant character takes all four RFC 4122 values (the bits come from the random byte)
+    # And the variant character takes all four values (the bits come from the random byte)
     assert {eid[19] for eid in ids} == set("89ab")
+    # And an id made later sorts after the earlier ones (index inserts at the right edge)
+    assert later > max(ids)
+
+
+def test_jobs_and_correlations_get_time_ordered_ids_too():
+    from esf._ids import new_id
+
+    first, second = new_id(), (time.sleep(0.002), new_id())[1]
+    assert uuid.UUID(first).version == uuid.UUID(second).version == 7
+    assert first < second
 
 
 @pytest.mark.parametrize(

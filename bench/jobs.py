@@ -372,8 +372,9 @@ def main() -> int:
                 bench.redis.flushdb()
         finally:
             bench.cleanup()
-    headline = report.doc["ratios"].get("redis.esf_vs_bare_same.drain", math.nan)
-    report.finish("esf/bare-same drain on Redis", headline)
+    broker = "redis" if "redis.esf_vs_bare_same.drain" in report.doc["ratios"] else "amqp"
+    headline = report.doc["ratios"].get(f"{broker}.esf_vs_bare_same.drain", math.nan)
+    report.finish(f"esf/bare-same drain on {'Redis' if broker == 'redis' else 'RabbitMQ'}", headline)
     return 0
 
 

@@ -173,8 +173,8 @@ def run_es_strategy_same_table(url: str, rows: list[tuple[Any, ...]], batch: int
         return time.perf_counter() - t0
 
 
-def run_eventsourcing(url: str, events: list[Event], batch: int) -> float:
-    from eventsourcing.persistence import StoredEvent as EsStoredEvent
+def _es_recorder(url: str) -> tuple[Any, Any]:
+    """The eventsourcing library's datastore and application recorder on ``url`` (its table created)."""
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
     info = psycopg.conninfo.conninfo_to_dict(url)
@@ -187,15 +187,31 @@ def run_eventsourcing(url: str, events: list[Event], batch: int) -> float:
     )
     recorder = PostgresApplicationRecorder(datastore, events_table_name="es_events")
     recorder.create_table()
+    return datastore, recorder
+
+
+def _compact_json(data: Any) -> bytes:
+    return json.dumps(dict(data), separators=(",", ":")).encode()
+
+
+def _es_numbered(events: list[Event]) -> Iterator[tuple[uuid.UUID, int, Event]]:
+    """Each event with its eventsourcing originator (one UUID per stream) and version."""
     originators: dict[str, uuid.UUID] = {}
     versions: dict[str, int] = {}
-    stored = []
     for e in events:
         sid = e.stream_id or "$global"
-        originators.setdefault(sid, uuid.uuid4())
         versions[sid] = versions.get(sid, 0) + 1
-        state = json.dumps(dict(e.data), separators=(",", ":")).encode()
-        stored.append(EsStoredEvent(originators[sid], versions[sid], "bench:OrderPlaced", state))
+        yield originators.setdefault(sid, uuid.uuid4()), versions[sid], e
+
+
+def run_eventsourcing(url: str, events: list[Event], batch: int) -> float:
+    from eventsourcing.persistence import StoredEvent as EsStoredEvent
+
+    datastore, recorder = _es_recorder(url)
+    stored = [
+        EsStoredEvent(originator, version, "bench:OrderPlaced", _compact_json(e.data))
+        for originator, version, e in _es_numbered(events)
+    ]
     try:
         t0 = time.perf_counter()
         for chunk in chunks(stored, batch):
@@ -227,39 +243,23 @@ def run_eventsourcing_mapped(url: str, events: list[Event], batch: int) -> float
     encoding and insert are.
     """
     from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Mapper, UUIDAsHex
-    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
     OrderPlaced = _es_domain_event()
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    datastore = PostgresDatastore(
-        dbname=str(info["dbname"]),
-        host=str(info.get("host", "127.0.0.1")),
-        port=str(info.get("port", 5432)),
-        user=str(info.get("user", "postgres")),
-        password=str(info.get("password", "")),
-    )
-    recorder = PostgresApplicationRecorder(datastore, events_table_name="es_events")
-    recorder.create_table()
+    datastore, recorder = _es_recorder(url)
     transcoder = JSONTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DatetimeAsISO())
     mapper: Mapper[uuid.UUID] = Mapper(transcoder=transcoder)
-    originators: dict[str, uuid.UUID] = {}
-    versions: dict[str, int] = {}
-    domain_events = []
-    for e in events:
-        sid = e.stream_id or "$global"
-        originators.setdefault(sid, uuid.uuid4())
-        versions[sid] = versions.get(sid, 0) + 1
-        domain_events.append(
-            OrderPlaced(
-                originator_id=originators[sid],
-                originator_version=versions[sid],
-                timestamp=OrderPlaced.create_timestamp(),
-                data=dict(e.data),
-                correlation_id=e.correlation_id,
-            )
+    domain_events = [
+        OrderPlaced(
+            originator_id=originator,
+            originator_version=version,
+            timestamp=OrderPlaced.create_timestamp(),
+            data=dict(e.data),
+            correlation_id=e.correlation_id,
         )
+        for originator, version, e in _es_numbered(events)
+    ]
     try:
         t0 = time.perf_counter()
         for chunk in chunks(domain_events, batch):

@@ -31,33 +31,29 @@ def test_upgrade_creates_every_table_and_is_idempotent(db_url):
         engine.dispose()
 
 
-def test_postgresql_gets_a_gin_index_on_data_with_jsonb_path_ops(pg_url):
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
+def _migrated_rows(url: str, sql: str) -> list:
+    """The rows of ``sql`` on the database at ``url`` once it is migrated."""
+    upgrade(url)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            ddl = conn.execute(
-                sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_esf_events_data_gin'")
-            ).scalar_one()
-        assert "gin" in ddl.lower() and "jsonb_path_ops" in ddl
+            return list(conn.execute(sa.text(sql)).all())
     finally:
         engine.dispose()
+
+
+def test_postgresql_gets_a_gin_index_on_data_with_jsonb_path_ops(pg_url):
+    [(ddl,)] = _migrated_rows(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_esf_events_data_gin'")
+    assert "gin" in ddl.lower() and "jsonb_path_ops" in ddl
 
 
 def test_postgresql_identifier_columns_compare_bytes(pg_url):
     # Given a migrated PostgreSQL database
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT table_name, column_name, collation_name FROM information_schema.columns "
-                    "WHERE table_name IN ('esf_events', 'esf_streams') AND data_type = 'character varying'"
-                )
-            ).all()
-    finally:
-        engine.dispose()
+    rows = _migrated_rows(
+        pg_url,
+        "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+        "WHERE table_name IN ('esf_events', 'esf_streams') AND data_type = 'character varying'",
+    )
     # Then every identifier column uses the "C" collation (byte comparison, as on SQLite)
     collations = {(t, c): coll for t, c, coll in rows}
     assert collations[("esf_events", "event_id")] == "C"

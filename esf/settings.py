@@ -147,10 +147,19 @@ class WorkerSettings:
     soft_shutdown_timeout_s: float = 30.0
     #: Publish task events from the start (Flower turns them on by itself when it runs).
     send_events: bool = False
+    #: Replace a prefork pool process after this many jobs, to bound memory that job code leaks
+    #: (each replacement costs a fork and the new process's start-up). None: never, as in Celery.
+    max_tasks_per_child: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and self.concurrency < 1:
             raise SettingsError("workers.concurrency: must be at least 1", setting="workers.concurrency")
+        limit = self.max_tasks_per_child
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise SettingsError(
+                f"workers.max_tasks_per_child: must be a whole number of jobs >= 1 (or unset), got {limit!r}",
+                setting="workers.max_tasks_per_child",
+            )
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,26 @@ def test_secrets_never_show_their_value() -> None:
 
     with pytest.raises(TypeError):
         pickle.dumps(secret)
+
+
+def test_pool_processes_are_recycled_only_when_asked(tmp_path: Path) -> None:
+    from esf.workers import get_profile, worker_argv
+
+    from esf.foundation import Foundation
+
+    # By default a pool process lives as long as the worker (Celery's default): no recycling cost
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        assert not any(a.startswith("--max-tasks-per-child") for a in worker_argv(fnd, get_profile("default")))
+    # The setting bounds it, for prefork pools (threads are not replaced)
+    settings = esf.Settings.from_env({"ESF_DATA_DIR": str(tmp_path), "ESF_WORKERS_MAX_TASKS_PER_CHILD": "500"})
+    assert settings.workers.max_tasks_per_child == 500
+    with Foundation(settings) as fnd:
+        assert "--max-tasks-per-child=500" in worker_argv(fnd, get_profile("default"))
+        assert not any(a.startswith("--max-tasks-per-child") for a in worker_argv(fnd, get_profile("io")))
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots"])
+def test_a_bad_recycling_limit_is_refused_naming_the_setting(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        esf.Settings.from_env({"ESF_DATA_DIR": str(tmp_path), "ESF_WORKERS_MAX_TASKS_PER_CHILD": value})
+    assert "workers.max_tasks_per_child" in str(caught.value)

@@ -38,8 +38,9 @@ def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str
     ]
     if foundation.settings.workers.send_events:
         argv.append("--events")
-    if profile.max_tasks_per_child:
-        argv.append(f"--max-tasks-per-child={profile.max_tasks_per_child}")
+    limit = foundation.settings.workers.max_tasks_per_child or profile.max_tasks_per_child
+    if limit and profile.pool == "prefork":
+        argv.append(f"--max-tasks-per-child={limit}")
     return argv
 
 

@@ -26,8 +26,9 @@ class WorkerProfile:
     pool: Pool = "prefork"
     concurrency: int = 2
     prefetch_multiplier: int = 1
-    #: Replace a pool process after this many jobs (bounds leaks); None: never.
-    max_tasks_per_child: int | None = 1000
+    #: Replace a pool process after this many jobs (bounds leaks); None: never. The setting
+    #: ``workers.max_tasks_per_child`` overrides it.
+    max_tasks_per_child: int | None = None
 
     def with_overrides(self, *, queues: tuple[str, ...] | None = None, pool: Pool | None = None,
                        concurrency: int | None = None) -> WorkerProfile:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,30 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import PrivateRedis
+from tests.servers import PrivateRedis, require_port
 
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 AMQP_URL = os.environ.get("ESF_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def require_port(port: int, name: str) -> None:
-    """Skip (laptop) or fail (CI) when a server is not listening."""
-    if _reachable(port):
-        return
-    message = f"{name} is not reachable on 127.0.0.1:{port}; run `bash scripts/services.sh`"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

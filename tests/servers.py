@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -18,12 +19,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def listening(port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts connections on 127.0.0.1:``port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test on a laptop; fail it under ``CI`` (CI never skips: a missing service is a broken run)."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_port(port: int, name: str) -> None:
+    """Skip (laptop) or fail (CI) when no server listens on 127.0.0.1:``port``."""
+    if not listening(port, timeout=2):
+        unavailable(f"{name} is not reachable on 127.0.0.1:{port}; run `bash scripts/services.sh`")
 
 
 class PrivateRedis:
@@ -36,10 +51,7 @@ class PrivateRedis:
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server is not installed (Debian: apt-get install redis-server)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
         self.binary = binary
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,7 +70,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        while not _listening(self.port):
+        while not listening(self.port):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"private redis-server on port {self.port} did not start")
             time.sleep(0.05)

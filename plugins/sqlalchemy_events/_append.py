@@ -138,6 +138,7 @@ def append_in(
             position += 1
             version = versions.get(p.stream_id, 0) + 1
             versions[p.stream_id] = version
+            event = _stored(p, position, version, node)
             if raw_sqlite:
                 # Pre-encoded JSON and SQLAlchemy's SQLite DATETIME text format: one
                 # driver-level executemany instead of Core's per-row type processing.
@@ -159,26 +160,9 @@ def append_in(
                         p.content_hash,
                     )
                 )
-            else:
-                rows.append(
-                    {
-                        "position": position,
-                        "event_id": p.event_id,
-                        "stream_id": p.stream_id,
-                        "stream_version": version,
-                        "event_type": p.event_type,
-                        "recorded_at": p.recorded_at,
-                        "monotonic_ns": p.monotonic_ns,
-                        "node": node,
-                        "pid": p.pid,
-                        "correlation_id": p.correlation_id,
-                        "parent_id": p.parent_id,
-                        "data": p.data,
-                        "metadata": p.metadata,
-                        "content_hash": p.content_hash,
-                    }
-                )
-            stored[p.event_id] = _stored(p, position, version, node)
+            else:  # Core: the stored event's fields plus the hash
+                rows.append({**vars(event), "content_hash": p.content_hash})
+            stored[p.event_id] = event
         if raw_sqlite:
             conn.exec_driver_sql(_SQLITE_INSERT, rows)
         else:

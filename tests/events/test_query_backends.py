@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from esf.errors import QueryError, ServiceUnavailable
 from esf.events._model import StoredEvent
 from esf.events._query import Q, Query, bucket_start
 from esf.events._query_values import json_kind, parse_field, resolve
+from tests.servers import require_port
 
 PG_ADMIN_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
@@ -132,21 +132,10 @@ MODEL = as_stored(ROWS)
 # ---------------------------------------------------------------- backends
 
 
-def _pg_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def postgresql_engine() -> Iterator[Engine]:
     """A module-wide PostgreSQL database holding ROWS (one database for the whole matrix)."""
-    if not _pg_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432")
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    require_port(5432, "PostgreSQL")
     import psycopg
 
     name = f"esf_test_q_{uuid.uuid4().hex[:12]}"

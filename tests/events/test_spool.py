@@ -23,6 +23,7 @@ from esf.errors import ServiceUnavailable, Timeout
 from esf.events import Event
 from esf.events._spool import Spool
 from esf.events._validation import prepare_events
+from tests.servers import unavailable
 
 from .test_large_batches import N as LARGE
 from .test_large_batches import large_batch
@@ -30,17 +31,10 @@ from .test_large_batches import large_batch
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
-def _unavailable(message: str) -> None:
-    """Skip on a laptop; fail in CI, which never skips."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _pg_tool(name: str) -> str:
     found = shutil.which(name) or next((str(b / name) for b in PG_BINS if (b / name).exists()), None)
     if not found:
-        _unavailable(f"{name} not installed")
+        unavailable(f"{name} not installed")
     assert found is not None
     return found
 
@@ -80,9 +74,9 @@ def private_pg() -> Iterator[PrivatePostgres]:
         try:
             pg_user = pwd.getpwnam("postgres")
         except KeyError:
-            _unavailable("no postgres user to run a private server")
+            unavailable("no postgres user to run a private server")
     elif pwd.getpwuid(os.geteuid()).pw_name != "postgres":
-        _unavailable("a private PostgreSQL needs root (runuser) or the postgres user")
+        unavailable("a private PostgreSQL needs root (runuser) or the postgres user")
     base = Path(tempfile.mkdtemp(prefix="esf-private-pg-"))
     if os.geteuid() == 0:
         os.chown(base, pg_user.pw_uid, pg_user.pw_gid)

@@ -18,6 +18,7 @@ import yaml
 
 import esf
 from esf.errors import SettingsError
+from tests.servers import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -49,10 +50,7 @@ def _require_tool(*names: str) -> list[str]:
         probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60)
         if probe.returncode == 0:
             return [docker, "compose"]
-    message = f"{' or '.join(names)} is not installed (CI installs it: scripts/ci-packages.sh)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{' or '.join(names)} is not installed (CI installs it: scripts/ci-packages.sh)")
 
 
 def _compose(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

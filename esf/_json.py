@@ -19,6 +19,8 @@ def check_json(value: Any, where: str = "value") -> None:
     tuples of those, and dicts with ``str`` keys. Rejected: NaN and infinities,
     bytes, sets, dates, objects, non-string keys, nesting deeper than 64.
     """
+    if _flat(value):
+        return
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -49,6 +51,31 @@ def check_json(value: Any, where: str = "value") -> None:
             f"{path}: a value of type {type(item).__name__} is not JSON{hint}; only JSON values can be sent",
             path=path,
         )
+
+
+_isfinite = math.isfinite
+
+
+def _flat(value: Any) -> bool:
+    """True for the common case checked without a walk: a list, tuple or str-keyed dict of scalars."""
+    kind = type(value)
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    for item in items:
+        t = type(item)
+        if t is str or t is int or t is bool or item is None:
+            continue
+        if t is float and _isfinite(item):
+            continue
+        return False
+    return True
 
 
 def dumps(value: Any) -> str:

@@ -19,6 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,11 +128,11 @@ class JobSettings:
         """The routed queue of one of ESF's services, e.g. ``esf.events``."""
         return f"{self.service_namespace}.{service}"
 
-    @property
+    @cached_property
     def service_queues(self) -> tuple[str, ...]:
         return tuple(self.service_queue(s) for s in SERVICES)
 
-    @property
+    @cached_property
     def all_queues(self) -> tuple[str, ...]:
         """The application's queues followed by ESF's service queues."""
         return self.queues + self.service_queues
@@ -332,7 +333,7 @@ class Settings:
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
-    @property
+    @cached_property
     def broker_kind(self) -> BrokerKind:
         url = self.broker_url
         if url is None or url.startswith("sqla+"):

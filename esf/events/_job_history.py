@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -55,16 +55,29 @@ INTERNAL_JOB_PREFIX = "esf."
 #: Longest error message kept in an event, in characters.
 MAX_ERROR_MESSAGE_CHARS = 2000
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/+=$\-]")
+#: A job id that is its own stream suffix (``job-`` + it matches the stream id pattern as it is).
+_SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_.:@/+=$\-]{1,196}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Metadata of every job event.
+_METADATA: dict[str, Any] = {"source": "esf.jobs"}
+#: Serialises writer-thread starts of every JobHistoryHooks (rare: once per process).
+_START_LOCK = threading.Lock()
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 
 def job_stream_id(job_id: str) -> str:
     """The stream of a job's history: ``job-<job_id>`` (unsafe characters replaced by ``_``)."""
+    if type(job_id) is str and _SAFE_JOB_ID.fullmatch(job_id):
+        return "job-" + job_id  # the common case: an ESF job id (a UUID)
     stream = "job-" + _STREAM_UNSAFE.sub("_", str(job_id))
     stream = stream[:MAX_STREAM_ID_CHARS]
     return stream if STREAM_ID_RE.match(stream) else "job-invalid"
 
 
 def _clean(text: object, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    if type(text) is str and len(text) <= limit and "\x00" not in text:
+        return text
     value = str(text).replace("\x00", "")
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
@@ -72,7 +85,9 @@ def _clean(text: object, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
 def _ref(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return None
-    value = re.sub(r"[\x00-\x1f\x7f]", "", value)[:200]
+    if len(value) <= 200 and value.isprintable():
+        return value  # no control characters (isprintable is False for them), short enough
+    value = _CONTROL.sub("", value)[:200]
     return value or None
 
 
@@ -110,11 +125,20 @@ class JobHistoryHooks(JobHooks):
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._pid = -1
-        self._queue: queue.Queue[Event] = queue.Queue(maxsize=max_buffer)
         self._thread: threading.Thread | None = None
+        self._reset_buffer()
+
+    def _reset_buffer(self) -> None:
+        # The hot path is one append under a plain lock: no condition variable, no wake-up per
+        # event (the writer wakes every flush_interval_s, or when a batch is full).
+        self._lock = threading.Lock()
+        self._buffer: deque[Event] = deque()
+        self._added = 0  # events buffered so far, under _lock
+        self._done = 0  # events handed to the store so far, under _lock
+        self._drained = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
 
     # -- hooks ------------------------------------------------------------
 
@@ -180,65 +204,86 @@ class JobHistoryHooks(JobHooks):
     def _job_event(self, event_type: str, ctx: JobContext, extra: Mapping[str, Any]) -> None:
         if ctx.job_name.startswith(INTERNAL_JOB_PREFIX):
             return  # ESF's own service jobs (an event append) would only record themselves
-        data = {"job": _clean(ctx.job_name, 200), "queue": _clean(ctx.queue, 200), "attempt": ctx.attempt, **extra}
+        data = {"job": _clean(ctx.job_name, 200), "queue": _clean(ctx.queue, 200), "attempt": ctx.attempt}
+        data.update(extra)
         self._emit(event_type, ctx.job_id, _ref(ctx.correlation_id), _ref(ctx.parent_id), data)
 
     def _emit(
         self, event_type: str, job_id: str, correlation_id: str | None, parent_id: str | None, data: dict[str, Any]
     ) -> None:
-        data = {"job_id": _clean(job_id, 200), "at": time.time(), **data}
-        event = Event(
-            event_type,
-            data,
-            correlation_id=correlation_id,
-            parent_id=parent_id,
-            stream_id=job_stream_id(job_id),
-            metadata={"source": "esf.jobs"},
-        )
-        self._ensure_thread()
-        self._queue.put(event)  # blocks only when max_buffer events wait: bounded, never dropped
+        data["job_id"] = _clean(job_id, 200)
+        data["at"] = time.time()
+        # Event(...) without the frozen dataclass's per-field __setattr__ (same fields, same value).
+        event: Event = _new_object(Event)
+        _set_attribute(event, "__dict__", {
+            "type": event_type, "data": data, "correlation_id": correlation_id, "parent_id": parent_id,
+            "stream_id": job_stream_id(job_id), "event_id": None, "metadata": _METADATA,
+        })
+        self._put(event)
 
-    def _ensure_thread(self) -> None:
-        pid = os.getpid()
-        if self._pid == pid and self._thread is not None and self._thread.is_alive():
-            return
+    def _put(self, event: Event) -> None:
+        if self._pid != os.getpid() or self._stop.is_set():
+            self._start()
         with self._lock:
+            self._buffer.append(event)
+            self._added += 1
+            waiting = len(self._buffer)
+        if waiting >= self.batch_size:
+            self._wake.set()
+            if waiting >= self.max_buffer:
+                self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Block while max_buffer events wait: memory stays bounded, nothing is dropped."""
+        with self._drained:
+            while len(self._buffer) >= self.max_buffer:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = None
+                    break
+                self._drained.wait(self.flush_interval_s)
+        if self._thread is None:
+            self._start(force=True)
+
+    def _start(self, *, force: bool = False) -> None:
+        """Start this process's writer thread (a forked child inherits none: it starts afresh)."""
+        with _START_LOCK:
+            pid = os.getpid()
             if self._pid != pid:
-                # A forked child (prefork worker) inherits no thread: start afresh.
-                self._queue = queue.Queue(maxsize=self.max_buffer)
+                self._reset_buffer()
                 self._thread = None
-                self._stop = threading.Event()
                 self._pid = pid
-            if self._thread is None or not self._thread.is_alive():
+            elif self._stop.is_set():  # closed, then used again: a new writer for what comes next
+                if self._thread is not None and self._thread is not threading.current_thread():
+                    self._thread.join(self.max_backoff_s)
+                self._stop = threading.Event()
+                self._wake = threading.Event()
+                force = True
+            if force or self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="esf-job-history", daemon=True)
                 self._thread.start()
 
     def _run(self) -> None:
-        q = self._queue
-        stop = self._stop
+        buffer, stop, wake = self._buffer, self._stop, self._wake
         while True:
-            try:
-                first = q.get(timeout=self.flush_interval_s)
-            except queue.Empty:
+            if not buffer:
                 if stop.is_set():
                     return
+                wake.wait(self.flush_interval_s)
+                wake.clear()
                 continue
             # Linger up to flush_interval_s for more events: one transaction per batch, not per
             # event, keeps the writer from competing with the job path for the interpreter.
-            # (it sleeps rather than waking on every event; ``close`` cuts the sleep short).
-            batch = [first]
-            if q.qsize() < self.batch_size:
-                stop.wait(self.flush_interval_s)
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
+            if len(buffer) < self.batch_size and not stop.is_set():
+                wake.wait(self.flush_interval_s)
+                wake.clear()
+            with self._lock:
+                batch = [buffer.popleft() for _ in range(min(len(buffer), self.batch_size))]
             try:
                 self._write(batch, stop)
             finally:
-                for _ in batch:
-                    q.task_done()
+                with self._drained:
+                    self._done += len(batch)
+                    self._drained.notify_all()
 
     def _write(self, batch: list[Event], stop: threading.Event) -> None:
         backoff = 0.05
@@ -274,31 +319,40 @@ class JobHistoryHooks(JobHooks):
 
     def append_later(self, event: Event) -> None:
         """Queue any event for the background writer (same batching, retries and spooling)."""
-        self._ensure_thread()
-        self._queue.put(event)
+        self._put(event)
 
     # -- control ------------------------------------------------------------
 
     def pending(self) -> int:
         """Events buffered and not yet handed to the store."""
-        return self._queue.unfinished_tasks
+        with self._lock:
+            return self._added - self._done
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Block until every buffered event was handed to the store (True) or ``timeout`` passed (False)."""
-        q = self._queue
+        if self._pid != os.getpid():
+            return True  # nothing buffered in this process (a fork inherits no events to write)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with q.all_tasks_done:
-            while q.unfinished_tasks:
+        with self._drained:
+            target = self._added
+            if self._done >= target:
+                return True
+        self._wake.set()
+        with self._drained:
+            while self._done < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                q.all_tasks_done.wait(remaining)
+                if self._thread is None or not self._thread.is_alive():
+                    return False  # no writer in this process (forked after the events were buffered)
+                self._drained.wait(remaining if remaining is None else min(remaining, self.flush_interval_s))
         return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is buffered (up to ``timeout`` seconds), then stop the thread."""
         self.flush(timeout)
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from .._ids import new_id
+from .._ids import new_id, new_ids
 from .._json import check_json, check_size, dumps
 from ..errors import JobFailed, Timeout, UnknownQueue, ValidationError
 from ..hooks import JobContext
@@ -153,9 +153,12 @@ class Job(Generic[P, R]):
             raise UnknownQueue(f"unknown queue {target!r}; configured queues: "
                                f"{', '.join(self._fnd.settings.jobs.all_queues)}")
         parent = current_job.get()
+        if correlation_id is None and parent and parent.correlation_id:
+            correlation_id = parent.correlation_id
         if correlation_id is None:
-            correlation_id = parent.correlation_id if parent and parent.correlation_id else new_id()
-        job_id = new_id()
+            job_id, correlation_id = new_ids(2)
+        else:
+            job_id = new_id()
         meta = JobMeta(
             queue=target,
             correlation_id=correlation_id,

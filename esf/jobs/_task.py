@@ -105,14 +105,12 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     opts = job.options
     meta = task.meta()
     now = time.time()
-    if meta.first_attempt_at is None:
-        meta = replace(meta, first_attempt_at=now)
 
     # A job deferred by its rate limit is re-published before it counts as a delivery.
     if opts.rate_limit is not None:
         wait = jobs.rate_limit_wait(opts, args, kwargs)
         if wait > 0:
-            raise task.retry(countdown=wait, headers=meta.headers())
+            raise task.retry(countdown=wait, headers=_first_attempt(meta, now).headers())
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     deliveries = jobs.count_delivery(str(task.request.id), meta, redelivered=redelivered)
     if deliveries > fnd.settings.jobs.max_deliveries:
@@ -143,6 +141,11 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     return result
 
 
+def _first_attempt(meta: JobMeta, now: float) -> JobMeta:
+    """``meta`` with the first attempt's time set (retries and dead letters carry it)."""
+    return meta if meta.first_attempt_at is not None else replace(meta, first_attempt_at=now)
+
+
 def _fail(task: EsfTask, meta: JobMeta, ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any],
           exc: BaseException, started: float, *, retryable: bool, delay: float | None = None,
           reason: str | None = None) -> None:
@@ -150,6 +153,7 @@ def _fail(task: EsfTask, meta: JobMeta, ctx: JobContext, args: tuple[Any, ...], 
     fnd = task.foundation
     opts = task.esf_job.options
     runtime = time.perf_counter() - started
+    meta = _first_attempt(meta, ctx.started_at or time.time())
     fnd.run_hooks("after_process", ctx, exc=exc, runtime_s=runtime)
     if retryable and meta.attempt <= opts.retries:
         wait = opts.delay_for(meta.attempt) if delay is None else max(0.0, float(delay))

@@ -185,3 +185,87 @@ def test_job_events_go_to_the_spool_when_the_database_is_unreachable(tmp_path):
     finally:
         hooks.close()
         store.close()
+
+
+class _SlowStore:
+    """Wraps a store; each append waits ``delay_s`` first (a database that falls behind)."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def append(self, events, **kwargs):
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.inner.append(events, **kwargs)
+
+
+def test_a_full_buffer_makes_the_hook_wait_and_nothing_is_dropped(store):
+    # Given a writer that falls behind and room for only 20 buffered events
+    slow = _SlowStore(store, 0.05)
+    h = JobHistoryHooks(slow, max_buffer=20, batch_size=10, flush_interval_s=0.01)
+    try:
+        # When 200 events are emitted as fast as the hooks allow
+        for i in range(200):
+            h.after_enqueue(_ctx(job_id=f"burst-{i}"))
+            # Then the buffer never holds more than max_buffer events
+            assert h.pending() <= 20 + 10
+        assert h.flush(60)
+    finally:
+        h.close()
+    # And every event is stored once, in order
+    stored = store.read_all(limit=1000)
+    assert [e.data["job_id"] for e in stored] == [f"burst-{i}" for i in range(200)]
+    assert slow.calls >= 20
+
+
+def test_events_emitted_after_close_are_still_written(store):
+    # Given hooks that were closed (their writer thread stopped)
+    h = JobHistoryHooks(store, flush_interval_s=0.02)
+    h.after_enqueue(_ctx(job_id="before-close"))
+    h.close()
+    assert store.head() == 1
+    # When the same hooks record another event
+    h.after_enqueue(_ctx(job_id="after-close"))
+    # Then a new writer writes it
+    try:
+        assert h.flush(30)
+    finally:
+        h.close()
+    assert [e.data["job_id"] for e in store.read_all()] == ["before-close", "after-close"]
+
+
+def test_flush_with_nothing_buffered_returns_at_once(store):
+    h = JobHistoryHooks(store)
+    started = time.monotonic()
+    assert h.flush(5) and h.pending() == 0
+    assert time.monotonic() - started < 1
+    h.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain-id-1", "plain-id-1"),
+        ("x" * 300, "x" * 200),
+        ("bad\x00id\x1f\x7f", "badid"),
+        ("\x01\x02", None),
+        ("", None),
+        (42, None),
+    ],
+)
+def test_correlation_ids_are_cleaned_on_the_fast_and_the_slow_path(store, hooks, value, expected):
+    hooks.after_enqueue(_ctx(job_id="ref", correlation_id=value))
+    assert hooks.flush(30)
+    [e] = store.read_all()
+    assert e.correlation_id == expected
+
+
+@pytest.mark.parametrize("job_id", ["01a2-uuid-like", "a" * 196, "a" * 197, "../x", "semi;colon", "é"])
+def test_job_stream_ids_match_the_stream_pattern_whatever_the_job_id(job_id):
+    from esf.events._validation import MAX_STREAM_ID_CHARS, STREAM_ID_RE
+
+    stream = job_stream_id(job_id)
+    assert stream.startswith("job-") and len(stream) <= MAX_STREAM_ID_CHARS and STREAM_ID_RE.match(stream)
+    assert job_stream_id(job_id) == stream  # stable

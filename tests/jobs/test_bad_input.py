@@ -133,3 +133,31 @@ def test_bad_settings_fail_naming_the_setting() -> None:
         esf.Settings.from_env({"ESF_JOBS_VISIBILITY_TIMEOUT_S": "soon"})
     with pytest.raises(SettingsError, match="ESF_SETTINGS"):
         esf.Settings.from_env({"ESF_SETTINGS": "/nonexistent/esf.toml"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[1, "a", True, None, 1.5], ("t", 2), {"k": 1, "j": [1, 2]}, {}, []],
+)
+def test_plain_json_values_pass_the_json_check(value):
+    from esf._json import check_json
+
+    check_json(value, "args")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ([1, math.nan], "NaN"),
+        ([math.inf], "infinities"),
+        ({1: "int key"}, "keys must be strings"),
+        ({"k": b"bytes"}, "base64"),
+        ([{1, 2}], "set"),
+    ],
+)
+def test_non_json_values_are_refused_by_the_json_check_with_their_path(value, fragment):
+    from esf._json import check_json
+    from esf.errors import SerializationError
+
+    with pytest.raises(SerializationError, match=fragment):
+        check_json(value, "args")

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -48,6 +48,7 @@ class Foundation:
     def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = ()) -> None:
         self.settings = settings or Settings()
         self._hooks: list[JobHooks] = list(hooks)
+        self._hook_plans: dict[str, tuple[JobHooks, ...]] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._lease: Any = None
@@ -241,6 +242,7 @@ class Foundation:
     def add_hooks(self, hooks: JobHooks) -> None:
         """Register lifecycle hooks (after those already registered)."""
         self._hooks.append(hooks)
+        self._hook_plans.clear()
 
     @property
     def hooks(self) -> tuple[JobHooks, ...]:
@@ -248,14 +250,30 @@ class Foundation:
 
     def run_hooks(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Run hook ``name`` on every registered hook object; only HookError propagates."""
-        ordered: Iterator[JobHooks] = iter(self._hooks) if name.startswith("before_") else reversed(self._hooks)
-        for hooks in ordered:
+        plan = self._hook_plans.get(name)
+        if plan is None:
+            plan = self._hook_plan(name)
+        for hooks in plan:
             try:
                 getattr(hooks, name)(*args, **kwargs)
             except HookError:
                 raise
             except Exception:
                 log.exception("hook %s.%s failed; continuing", type(hooks).__name__, name)
+
+    def _hook_plan(self, name: str) -> tuple[JobHooks, ...]:
+        """The hook objects that implement ``name``, in call order (``before_*`` in order, ``after_*`` reversed).
+
+        Hooks run in every job; objects whose ``name`` is JobHooks' own no-op are left out once, here.
+        """
+        ordered = self._hooks if name.startswith("before_") else list(reversed(self._hooks))
+        base = getattr(JobHooks, name, None)
+        plan = tuple(
+            hooks for hooks in ordered
+            if base is None or name in getattr(hooks, "__dict__", {}) or getattr(type(hooks), name, base) is not base
+        )
+        self._hook_plans[name] = plan
+        return plan
 
     # -- shared clients ----------------------------------------------------------
 

@@ -228,10 +228,10 @@ class JobHistoryHooks(JobHooks):
             self._buffer.append(event)
             self._added += 1
             waiting = len(self._buffer)
-        if waiting >= self.batch_size:
+        if waiting >= self.batch_size or waiting >= self.max_buffer:
             self._wake.set()
-            if waiting >= self.max_buffer:
-                self._wait_for_room()
+        if waiting >= self.max_buffer:
+            self._wait_for_room()
 
     def _wait_for_room(self) -> None:
         """Block while max_buffer events wait: memory stays bounded, nothing is dropped."""

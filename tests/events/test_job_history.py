@@ -201,23 +201,24 @@ class _SlowStore:
         return self.inner.append(events, **kwargs)
 
 
-def test_a_full_buffer_makes_the_hook_wait_and_nothing_is_dropped(store):
-    # Given a writer that falls behind and room for only 20 buffered events
+@pytest.mark.parametrize("batch_size", [10, 500])
+def test_a_full_buffer_makes_the_hook_wait_and_nothing_is_dropped(store, batch_size):
+    # Given a writer that falls behind and room for only 20 buffered events (batches smaller or larger)
     slow = _SlowStore(store, 0.05)
-    h = JobHistoryHooks(slow, max_buffer=20, batch_size=10, flush_interval_s=0.01)
+    h = JobHistoryHooks(slow, max_buffer=20, batch_size=batch_size, flush_interval_s=0.01)
     try:
         # When 200 events are emitted as fast as the hooks allow
         for i in range(200):
             h.after_enqueue(_ctx(job_id=f"burst-{i}"))
-            # Then the buffer never holds more than max_buffer events
-            assert h.pending() <= 20 + 10
+            # Then the buffer never holds more than max_buffer events (plus the batch being written)
+            assert h.pending() <= 20 + min(batch_size, 20)
         assert h.flush(60)
     finally:
         h.close()
     # And every event is stored once, in order
     stored = store.read_all(limit=1000)
     assert [e.data["job_id"] for e in stored] == [f"burst-{i}" for i in range(200)]
-    assert slow.calls >= 20
+    assert slow.calls >= 200 // min(batch_size, 20)
 
 
 def test_events_emitted_after_close_are_still_written(store):

@@ -18,7 +18,8 @@ failures apart without relying on class paths::
     │   └── ConcurrencyConflict      concurrency_conflict
     ├── PermissionDenied             permission_denied
     ├── ServiceUnavailable           service_unavailable
-    │   └── CircuitOpen              circuit_open
+    │   ├── CircuitOpen              circuit_open
+    │   └── BatchNotSent             batch_not_sent
     ├── Timeout                      timeout
     ├── JobFailed                    job_failed
     ├── HookError                    hook_error
@@ -37,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "BatchNotSent",
     "CircuitOpen",
     "ConcurrencyConflict",
     "Conflict",
@@ -170,6 +172,17 @@ class CircuitOpen(ServiceUnavailable):
     """A circuit breaker is open: calls fail fast until it half-opens."""
 
     code = "circuit_open"
+
+
+class BatchNotSent(ServiceUnavailable):
+    """Part of a batch of jobs did not reach the broker (``Job.enqueue_many``).
+
+    ``details`` lists job ids: ``sent`` (confirmed by the broker: they will run),
+    ``uncertain`` (they may or may not have been queued), ``refused`` (refused by the
+    broker) and ``not_sent`` (never published).
+    """
+
+    code = "batch_not_sent"
 
 
 class Timeout(EsfError):

@@ -463,6 +463,8 @@ class Foundation:
             jobs.coordinator.close()
         if jobs is not None and "schedules" in jobs.__dict__:
             jobs.schedules.close()
+        if jobs is not None and "batches" in jobs.__dict__:
+            jobs.batches.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):

@@ -10,7 +10,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
-from ..errors import ServiceUnavailable, UnknownJob, ValidationError
+from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
+from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
 from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
 from ._deadletter import DeadLetter, DeadLetterQueues
@@ -162,36 +163,105 @@ class JobService:
              eta: datetime | None = None, priority: int | None = None, session: Session | None = None) -> JobHandle:
         """Send a prepared job (deduplicating with ``unique_for``); with ``session``, through the outbox."""
         meta = prepared.meta
+        claim = None
         if job.options.unique_for_s:
-            existing = self.coordinator.claim(f"unique:{job.unique_key(prepared)}", prepared.job_id,
-                                              job.options.unique_for_s)
+            claim = f"unique:{job.unique_key(prepared)}"
+            existing = self.coordinator.claim(claim, prepared.job_id, job.options.unique_for_s)
             if existing is not None:
                 return JobHandle(self._fnd, existing, job.name, duplicate=True, correlation_id=meta.correlation_id)
         ctx = job.context(prepared)
         self._fnd.run_hooks("before_enqueue", ctx)
         prio = priority if priority is not None else job.options.priority
-        if session is not None:
-            self.outbox.put(session, job, prepared, countdown=countdown, eta=eta, priority=prio)
-        else:
-            self._publish(job.task, prepared.job_id, list(prepared.args), prepared.kwargs, meta,
-                          countdown=countdown, eta=eta, priority=prio)
+        try:
+            if session is not None:
+                self.outbox.put(session, job, prepared, countdown=countdown, eta=eta, priority=prio)
+            else:
+                self._publish(job.task, prepared.job_id, list(prepared.args), prepared.kwargs, meta,
+                              countdown=countdown, eta=eta, priority=prio)
+        except BaseException:
+            if claim is not None:  # not sent: a later enqueue of the same job must not be dropped
+                self._release(claim)
+            raise
         self._fnd.run_hooks("after_enqueue", ctx)
         return JobHandle(self._fnd, prepared.job_id, job.name, correlation_id=meta.correlation_id)
 
+    def send_many(self, job: Job[Any, Any], prepared: Sequence[PreparedJob], *, countdown: float | None = None,
+                  eta: datetime | None = None, priority: int | None = None, session: Session | None = None,
+                  batch_size: int = 500) -> list[JobHandle]:
+        """Send prepared jobs in batches (see ``Job.enqueue_many``); one handle per job, in order."""
+        handles: list[JobHandle | None] = [None] * len(prepared)
+        todo: list[tuple[int, PreparedJob, str | None]] = []
+        unique_for = job.options.unique_for_s
+        for index, p in enumerate(prepared):
+            claim = None
+            if unique_for:
+                claim = f"unique:{job.unique_key(p)}"
+                existing = self.coordinator.claim(claim, p.job_id, unique_for)
+                if existing is not None:
+                    handles[index] = JobHandle(self._fnd, existing, job.name, duplicate=True,
+                                               correlation_id=p.meta.correlation_id)
+                    continue
+            todo.append((index, p, claim))
+        prio = priority if priority is not None else job.options.priority
+        sent: list[str] = []
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            contexts = [job.context(p) for _, p, _ in chunk]
+            for ctx in contexts:
+                self._fnd.run_hooks("before_enqueue", ctx)
+            try:
+                if session is not None:
+                    for _, p, _ in chunk:
+                        self.outbox.put(session, job, p, countdown=countdown, eta=eta, priority=prio)
+                else:
+                    self.batches.publish([
+                        Outgoing(job.task, p.job_id, list(p.args), p.kwargs,
+                                 publish_options(p.meta, countdown=countdown, eta=eta, priority=prio))
+                        for _, p, _ in chunk
+                    ])
+            except BaseException as exc:
+                confirmed = set(exc.details.get("sent", ())) if isinstance(exc, BatchNotSent) else set()
+                for (_, p, claim), ctx in zip(chunk, contexts, strict=True):
+                    if p.job_id in confirmed:
+                        self._fnd.run_hooks("after_enqueue", ctx)
+                    elif claim is not None:
+                        self._release(claim)
+                for _, _, claim in todo[start + batch_size :]:
+                    if claim is not None:
+                        self._release(claim)
+                if isinstance(exc, BatchNotSent):
+                    exc.details["sent"] = sent + [p.job_id for _, p, _ in chunk if p.job_id in confirmed]
+                    exc.details["not_sent"] = [p.job_id for _, p, _ in todo[start + batch_size :]]
+                raise
+            for (index, p, _), ctx in zip(chunk, contexts, strict=True):
+                self._fnd.run_hooks("after_enqueue", ctx)
+                handles[index] = JobHandle(self._fnd, p.job_id, job.name, correlation_id=p.meta.correlation_id)
+                sent.append(p.job_id)
+        return [h for h in handles if h is not None]
+
+    def _release(self, claim: str) -> None:
+        try:
+            self.coordinator.delete(claim)
+        except Exception as exc:  # the claim expires by itself
+            log.warning("could not release the unique claim of a job that was not sent: %s", exc)
+
+    @cached_property
+    def batches(self) -> BatchPublisher:
+        """Publishes ``enqueue_many``'s batches (connections of their own)."""
+        return BatchPublisher(self._fnd.celery, self._fnd.settings.broker_kind)
+
     def _publish(self, task: EsfTask, job_id: str, args: list[Any], kwargs: dict[str, Any], meta: JobMeta, *,
                  countdown: float | None = None, eta: datetime | None = None, priority: int | None = None) -> None:
-        options: dict[str, Any] = {"task_id": job_id, "queue": meta.queue, "headers": meta.headers()}
-        if countdown is not None:
-            options["countdown"] = countdown
-        if eta is not None:
-            options["eta"] = eta
-        if priority is not None:
-            options["priority"] = priority
+        options = publish_options(meta, countdown=countdown, eta=eta, priority=priority)
         try:
-            task.apply_async(args, kwargs, **options)
+            task.apply_async(args, kwargs, task_id=job_id, **options)
         except Exception as exc:
+            from amqp.exceptions import MessageNacked
             from kombu.exceptions import OperationalError
 
+            if _caused_by(exc, MessageNacked):
+                raise ServiceUnavailable(f"the broker refused job {task.name}[{job_id}] (basic.nack: a full queue "
+                                         "or a broker-side limit); it was not queued", job_id=job_id) from exc
             if isinstance(exc, OperationalError | ConnectionError | OSError):
                 raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
             raise
@@ -359,6 +429,31 @@ class Workflow:
             raise JobFailed(f"workflow {self.id} failed: {type(exc).__name__}: {exc}", job_id=self.id,
                             remote_type=type(exc).__name__, remote_message=str(exc)) from exc
         return value
+
+
+def _caused_by(exc: BaseException, cls: type[BaseException]) -> bool:
+    """True when ``exc`` or an exception it was raised from is a ``cls`` (kombu wraps transport errors)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, cls):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def publish_options(meta: JobMeta, *, countdown: float | None = None, eta: datetime | None = None,
+                    priority: int | None = None) -> dict[str, Any]:
+    """``apply_async``'s options for a job message (the task id apart)."""
+    options: dict[str, Any] = {"queue": meta.queue, "headers": meta.headers()}
+    if countdown is not None:
+        options["countdown"] = countdown
+    if eta is not None:
+        options["eta"] = eta
+    if priority is not None:
+        options["priority"] = priority
+    return options
 
 
 def ensure_sequence(items: Sequence[Any] | Any) -> list[Any]:

@@ -12,6 +12,9 @@ Contenders, in the same run, interleaved:
 
   esf           ESF's default profile (`esf worker`: prefork 2, prefetch 1, late ack,
                 requeue on worker loss, results, telemetry and job history)
+  esf-batched   the same ESF enqueueing with `job.enqueue_many` (batches of 500: one Redis
+                pipeline or one round of RabbitMQ publisher confirms per batch); enqueue only,
+                its queue is purged instead of drained
   bare-same     a bare Celery task with the same reliability settings (late ack,
                 reject on worker lost, prefetch 1, prefork 2, JSON, results in Redis;
                 quorum queue + publisher confirms on RabbitMQ, like ESF)
@@ -70,18 +73,20 @@ WORKER_READY_TIMEOUT_S = 120
 class Contender:
     name: str
     kind: str  # esf | bare | dramatiq
-    mode: str = ""  # bare: same | fast; esf: "" (defaults) | plain (no telemetry, no job history) | pg
+    mode: str = ""  # bare: same | fast; esf: "" (defaults) | batched | plain (no telemetry, no job history) | pg
     pool: str = "prefork"
 
 
+BATCHED = Contender("esf-batched", "esf", "batched")
 REDIS_CONTENDERS = (
     Contender("esf", "esf"),
     Contender("bare-same", "bare", "same"),
     Contender("bare-fast-prefork", "bare", "fast", "prefork"),
     Contender("bare-fast-threads", "bare", "fast", "threads"),
     Contender("dramatiq", "dramatiq"),
+    BATCHED,
 )
-AMQP_CONTENDERS = REDIS_CONTENDERS[:4]
+AMQP_CONTENDERS = (*REDIS_CONTENDERS[:4], BATCHED)
 #: --variants: ESF with telemetry and job history off (what instrumentation costs), and ESF
 #: with its job history in PostgreSQL instead of the embedded SQLite file.
 VARIANTS = (Contender("esf-plain", "esf", "plain"), Contender("esf-pg", "esf", "pg"))
@@ -164,8 +169,13 @@ class Bench:
             def warm_esf() -> None:
                 for i in range(WARM_UP):
                     job.enqueue_with([i], queue=spare)
+                if c is BATCHED:
+                    job.enqueue_many([[i] for i in range(WARM_UP)], queue=spare)
                 fnd.flush()
 
+            if c is BATCHED:
+                return (lambda items: job.enqueue_many([[i] for i in items], batch_size=500), fnd.close, None,
+                        warm_esf)
             return job.enqueue, fnd.close, lambda i: job.enqueue(i).wait(timeout=30), warm_esf
         if c.kind == "bare":
             app = make_bare(self.broker_url(broker), self.redis_url, queue, c.mode)
@@ -186,19 +196,18 @@ class Bench:
 
         return actor.send, rbroker.close, None, warm_dramatiq
 
-    def empty_warm_queue(self, broker: str, queue: str) -> None:
-        """Drop the warm-up jobs, so that the worker drains exactly N."""
-        spare = warm_queue(queue)
+    def purge(self, broker: str, queue: str) -> None:
+        """Drop what waits in ``queue`` (the warm-up jobs, so that the worker drains exactly N)."""
         if broker == "amqp":
             from kombu import Connection
 
             with Connection(AMQP_URL) as conn:
                 try:
-                    conn.channel().queue_purge(spare)
+                    conn.channel().queue_purge(queue)
                 except Exception:
                     pass  # never declared: nothing to drop
             return
-        self.redis.delete(spare, f"dramatiq:{spare}", f"dramatiq:{spare}.msgs")
+        self.redis.delete(queue, f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
 
     # -- workers -------------------------------------------------------------------
 
@@ -230,20 +239,29 @@ class Bench:
 
     # -- one measurement ---------------------------------------------------------------
 
-    def throughput(self, broker: str, c: Contender, run: int) -> tuple[float, float]:
-        """Enqueue N jobs, then drain them with one worker; returns (enqueue/s, drain/s)."""
+    def throughput(self, broker: str, c: Contender, run: int) -> tuple[float, float | None]:
+        """Enqueue N jobs, then drain them with one worker; returns (enqueue/s, drain/s or None)."""
         queue = self.queue_name(broker, c, run)
         self.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
         send, close, _, warm = self.producer(broker, queue, c)
         try:
             warm()
             started = time.perf_counter()
-            for i in range(self.n):
-                send(i)
+            if c is BATCHED:
+                send(range(self.n))
+            else:
+                for i in range(self.n):
+                    send(i)
             enqueue_s = time.perf_counter() - started
         finally:
             close()
-        self.empty_warm_queue(broker, queue)
+        if c is BATCHED:  # enqueue only: the drain is the esf contender's
+            self.purge(broker, queue)
+            self.purge(broker, warm_queue(queue))
+            enqueue = self.n / enqueue_s
+            self.report.log(f"{broker:5} run {run} {c.name:<18} enqueue {enqueue:8.1f}/s")
+            return enqueue, None
+        self.purge(broker, warm_queue(queue))
         log = self.logs / f"{broker}-{c.name}-{run}.log"
         proc = self.start_worker(broker, queue, c, self.n, log)
         try:
@@ -359,11 +377,13 @@ def main() -> int:
                     for c in contenders[k:] + contenders[:k]:
                         enqueue, drain = bench.throughput(broker, c, run)
                         samples[c.name][0].append(enqueue)
-                        samples[c.name][1].append(drain)
+                        if drain is not None:
+                            samples[c.name][1].append(drain)
                     bench.redis.flushdb()
                 for c in contenders:
                     report.add(f"{broker}.{c.name}.enqueue", samples[c.name][0], "jobs/s")
-                    report.add(f"{broker}.{c.name}.drain", samples[c.name][1], "jobs/s")
+                    if samples[c.name][1]:
+                        report.add(f"{broker}.{c.name}.drain", samples[c.name][1], "jobs/s")
                 summarise(report, broker, contenders)
                 for c in (contenders[0], contenders[1]):
                     times = bench.round_trips(broker, c, round_trips)
@@ -387,6 +407,11 @@ def summarise(report: Report, broker: str, contenders: tuple[Contender, ...]) ->
         fast = [s(f"{broker}.{c.name}.{what}") for c in contenders if c.name.startswith("bare-fast")]
         fastest_runs = [max(values) for values in zip(*fast, strict=True)]
         report.paired_ratio(f"{broker}.esf_vs_bare_fastest.{what}", esf_runs, fastest_runs)
+        if what == "enqueue" and BATCHED in contenders:
+            batched = s(f"{broker}.esf-batched.enqueue")
+            report.paired_ratio(f"{broker}.esf_batched_vs_bare_fastest.enqueue", batched, fastest_runs)
+            report.paired_ratio(f"{broker}.esf_batched_vs_bare_same.enqueue", batched,
+                                s(f"{broker}.bare-same.enqueue"))
         if any(c.kind == "dramatiq" for c in contenders):
             report.paired_ratio(f"{broker}.esf_vs_dramatiq.{what}", esf_runs, s(f"{broker}.dramatiq.{what}"))
         if VARIANTS[0] in contenders:

@@ -126,14 +126,17 @@ def append_in(
     new = [p for eid, p in unique.items() if eid not in stored]
     if new:
         stream_ids = list(dict.fromkeys(p.stream_id for p in new))
+        raw_sqlite = conn.dialect.name == "sqlite"
         versions: dict[str, int] = {}
         for chunk in _chunks(stream_ids):
+            if raw_sqlite:
+                versions.update(_sqlite_versions(conn, chunk))
+                continue
             stmt = sa.select(streams.c.stream_id, streams.c.version).where(streams.c.stream_id.in_(chunk))
             versions.update({r.stream_id: int(r.version) for r in conn.execute(stmt)})
         _check_expected(new, versions, expected_version)
         rows: list[Any] = []
         position = head
-        raw_sqlite = conn.dialect.name == "sqlite"
         for p in new:
             position += 1
             version = versions.get(p.stream_id, 0) + 1
@@ -164,19 +167,69 @@ def append_in(
                 rows.append({**vars(event), "content_hash": p.content_hash})
             stored[p.event_id] = event
         if raw_sqlite:
-            conn.exec_driver_sql(_SQLITE_INSERT, rows)
+            _sqlite_insert_many(conn, _SQLITE_INSERT, "", rows)
+            _sqlite_insert_many(conn, _SQLITE_UPSERT, _SQLITE_UPSERT_TAIL, [(s, versions[s]) for s in stream_ids])
         else:
             conn.execute(sa.insert(events), rows)
-        _upsert_versions(conn, {s: versions[s] for s in stream_ids})
+            _upsert_versions(conn, {s: versions[s] for s in stream_ids})
         conn.execute(sa.update(event_head).where(event_head.c.id == 1).values(position=position))
     return [stored[p.event_id] for p in prepared], already
 
 
 _SQLITE_INSERT = (
     "INSERT INTO esf_events (position, event_id, stream_id, stream_version, event_type, recorded_at, monotonic_ns, "
-    "node, pid, correlation_id, parent_id, data, metadata, content_hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "node, pid, correlation_id, parent_id, data, metadata, content_hash) VALUES "
 )
+_SQLITE_UPSERT = "INSERT INTO esf_streams (stream_id, version) VALUES "
+_SQLITE_UPSERT_TAIL = " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version"
+#: Rows per multi-row INSERT on SQLite at most (and below the connection's variable limit).
+SQLITE_ROWS_PER_STATEMENT = 500
+
+# Python's sqlite3 releases the GIL around every step of a statement, and a thread that
+# released it waits for the running thread's switch interval to get it back. A job
+# history writer next to a busy job thread got one row through per switch with
+# executemany (one step per row); a multi-row INSERT is one step for many rows, and the
+# stream versions come back as one JSON row instead of one row per stream.
+
+
+def _sqlite_insert_many(conn: Connection, head: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``head`` + ``(?, …), (?, …)…`` + ``tail`` over ``rows``, as few statements as the variable limit allows."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, min(SQLITE_ROWS_PER_STATEMENT, _sqlite_variable_limit(conn) // width))
+    one = "(" + ", ".join("?" * width) + ")"
+    for i in range(0, len(rows), per):
+        chunk = rows[i : i + per]
+        params = [value for row in chunk for value in row]
+        conn.exec_driver_sql(head + ", ".join([one] * len(chunk)) + tail, tuple(params))
+
+
+def _sqlite_versions(conn: Connection, stream_ids: Sequence[str]) -> dict[str, int]:
+    """Stored versions of ``stream_ids`` (those that exist), in one result row."""
+    marks = ", ".join("?" * len(stream_ids))
+    text = conn.exec_driver_sql(
+        f"SELECT json_group_array(json_array(stream_id, version)) FROM esf_streams WHERE stream_id IN ({marks})",
+        tuple(stream_ids),
+    ).scalar_one()
+    return {str(sid): int(version) for sid, version in json.loads(text or "[]")}
+
+
+_variable_limit: int | None = None
+
+
+def _sqlite_variable_limit(conn: Connection) -> int:
+    """SQLite's limit on bound variables per statement (999 before 3.32, 32,766 after; builds vary)."""
+    global _variable_limit
+    if _variable_limit is None:
+        import sqlite3
+
+        try:
+            raw = conn.connection.dbapi_connection
+            _variable_limit = int(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))  # type: ignore[union-attr]
+        except Exception:
+            _variable_limit = 999  # the smallest limit any SQLite has had
+    return _variable_limit
 
 
 def _upsert_versions(conn: Connection, versions: Mapping[str, int]) -> None:

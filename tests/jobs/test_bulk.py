@@ -167,6 +167,10 @@ def test_an_unreachable_broker_raises_batch_not_sent_and_releases_unique_claims(
                                                               countdown=None, eta=None, queue=None)
                             for x in (n, n + 1, n + 2))]
         assert [fnd.jobs.coordinator.get(c) for c in claims] == [None, None, None]
+        # And so does a single enqueue that could not be sent
+        with pytest.raises(ServiceUnavailable):
+            fnd.jobs.get("t.unique").enqueue(n)
+        assert fnd.jobs.coordinator.get(claims[0]) is None
     finally:
         fnd.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.app.backends import by_url
+from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
 from ._deadletter import dlq_name
@@ -23,6 +25,26 @@ class EsfCelery(Celery):
     """A Celery app that knows the Foundation that owns it."""
 
     foundation: Foundation
+
+    def _get_backend(self) -> Any:
+        backend, url = by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        if backend is RedisBackend:
+            backend = EsfRedisBackend
+        return backend(app=self, url=url)
+
+
+class EsfRedisBackend(RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend, without a subscription per sent job.
+
+    Celery subscribes to a job's result channel as it sends the job, and
+    unsubscribes when the ``AsyncResult`` is dropped: two Redis commands per
+    enqueue that ESF's handles never use. ``JobHandle.wait`` subscribes when it is
+    called, then reads the stored result, so a result stored before the
+    subscription is not missed.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
 
 
 def job_queue(settings: Settings, name: str) -> Queue:

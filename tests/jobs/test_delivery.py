@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 import uuid
 
 import pytest
@@ -184,3 +185,22 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     fnd.jobs.dlq.replay([entry.id])
     wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=90,
              message="dead-letter and replay events")
+
+
+def test_enqueue_subscribes_to_no_result_and_wait_finds_one_stored_before_it(
+    fnd: Foundation, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = fnd.celery.backend.result_consumer
+    subscribed: list[str] = []
+    real = consumer.consume_from
+    monkeypatch.setattr(consumer, "consume_from", lambda task_id: (subscribed.append(task_id), real(task_id))[1])
+    # When a job is enqueued, nothing subscribes to its result (one broker command per enqueue)
+    handle = fnd.jobs.get("t.add").enqueue(2, 3)
+    assert subscribed == []
+    # And a wait that starts after the result was stored still gets it
+    deadline = time.monotonic() + 60
+    while fnd.jobs.status(handle.id) != "succeeded":
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.1)
+    assert handle.wait(10) == 5
+    assert subscribed == [handle.id]

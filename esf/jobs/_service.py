@@ -159,6 +159,10 @@ class JobService:
         """Enqueue the declared job ``name`` (same options as ``Job.enqueue``)."""
         return self.get(name).enqueue(*args, **kwargs)
 
+    def enqueue_many(self, name: str, items: Any, **options: Any) -> list[JobHandle]:
+        """``enqueue_many`` of the declared job ``name`` (same items and options as ``Job.enqueue_many``)."""
+        return self.get(name).enqueue_many(items, **options)
+
     def send(self, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None = None,
              eta: datetime | None = None, priority: int | None = None, session: Session | None = None) -> JobHandle:
         """Send a prepared job (deduplicating with ``unique_for``); with ``session``, through the outbox."""

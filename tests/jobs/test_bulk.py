@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 import esf
-from esf.errors import BatchNotSent, SerializationError, ServiceUnavailable, UnknownQueue, ValidationError
+from esf.errors import (
+    BatchNotSent,
+    SerializationError,
+    ServiceUnavailable,
+    UnknownJob,
+    UnknownQueue,
+    ValidationError,
+)
 from esf.foundation import Foundation
 from esf.hooks import JobContext, JobHooks
 from esf.jobs._bulk import _Confirms
@@ -72,6 +79,8 @@ def test_every_job_of_a_batch_runs_once_and_the_handles_keep_the_order(fnd: Foun
     assert len({h.id for h in handles}) == 120
     assert all(h.correlation_id == "corr-many" and not h.duplicate for h in handles)
     assert [h.wait(90) for h in handles] == [i + 1000 for i in range(120)]
+    # The service takes the job's name
+    assert [h.wait(60) for h in fnd.jobs.enqueue_many("t.add", [[1, 1], [2, 2]])] == [2, 4]
 
 
 def test_items_as_dicts_take_kwargs_keys_and_correlation_ids(fnd: Foundation, worker: Worker) -> None:
@@ -118,6 +127,8 @@ def test_an_invalid_item_sends_nothing(idle: tuple[Foundation, str]) -> None:
             assert str(raised.value).startswith(f"item {index}")
     with pytest.raises(UnknownQueue):
         add.enqueue_many([[1, 2]], queue="no-such-queue")
+    with pytest.raises(UnknownJob):
+        fnd.jobs.enqueue_many("no.such.job", [[1, 2]])
     for size in (0, -1, 10_001, 2.5, True, "500"):
         with pytest.raises(ValidationError, match="batch_size"):
             add.enqueue_many([[1, 2]], batch_size=size)  # type: ignore[arg-type]

@@ -81,6 +81,10 @@ class BatchPublisher:
             return
         try:
             with self._connections().acquire(block=True, timeout=self._confirm_timeout_s) as conn:
+                try:
+                    conn.ensure_connection(max_retries=1)
+                except Exception as exc:  # nothing was published
+                    raise _not_sent(batch, exc, reached=False) from exc
                 if self._kind == "amqp":
                     self._publish_confirmed(conn, batch)
                 else:
@@ -91,7 +95,6 @@ class BatchPublisher:
             raise _not_sent(batch, exc) from exc
 
     def _publish_pipelined(self, conn: Connection, batch: Sequence[Outgoing]) -> None:
-        conn.ensure_connection(max_retries=1)
         producer = self._app.amqp.Producer(conn, auto_declare=False)
         # kombu buffers the commands of the whole batch and executes them once on exit.
         with producer.batch(max_size=max(1, len(batch) * 2)):
@@ -101,7 +104,6 @@ class BatchPublisher:
     def _publish_confirmed(self, conn: Connection, batch: Sequence[Outgoing]) -> None:
         from amqp import spec
 
-        conn.ensure_connection(max_retries=1)
         channel = conn.channel()
         try:
             channel.confirm_select()
@@ -126,7 +128,7 @@ class BatchPublisher:
                     f"the broker refused {len(refused)} of {len(batch)} jobs (basic.nack: a full queue or a "
                     "broker-side limit); the others were sent",
                     sent=[o.job_id for i, o in enumerate(batch, 1) if i not in confirms.refused],
-                    uncertain=[], refused=refused,
+                    uncertain=[], refused=refused, not_sent=[],
                 )
         finally:
             try:
@@ -173,10 +175,15 @@ class _Confirms:
             self._floor += 1
 
 
-def _not_sent(batch: Sequence[Outgoing], exc: BaseException) -> BatchNotSent:
+def _not_sent(batch: Sequence[Outgoing], exc: BaseException, *, reached: bool = True) -> BatchNotSent:
     ids = [o.job_id for o in batch]
+    if not reached:
+        return BatchNotSent(
+            f"cannot reach the broker ({type(exc).__name__}: {exc}); none of a batch of {len(batch)} jobs was sent",
+            sent=[], uncertain=[], refused=[], not_sent=ids,
+        )
     return BatchNotSent(
         f"a batch of {len(batch)} jobs could not be confirmed by the broker ({type(exc).__name__}: {exc}); "
         "they may or may not have been queued",
-        sent=[], uncertain=ids, refused=[],
+        sent=[], uncertain=ids, refused=[], not_sent=[],
     )

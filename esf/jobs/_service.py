@@ -235,7 +235,9 @@ class JobService:
                         self._release(claim)
                 if isinstance(exc, BatchNotSent):
                     exc.details["sent"] = sent + [p.job_id for _, p, _ in chunk if p.job_id in confirmed]
-                    exc.details["not_sent"] = [p.job_id for _, p, _ in todo[start + batch_size :]]
+                    exc.details["not_sent"] = list(exc.details.get("not_sent", ())) + [
+                        p.job_id for _, p, _ in todo[start + batch_size :]
+                    ]
                 raise
             for (index, p, _), ctx in zip(chunk, contexts, strict=True):
                 self._fnd.run_hooks("after_enqueue", ctx)

@@ -170,8 +170,9 @@ def test_an_unreachable_broker_raises_batch_not_sent_and_releases_unique_claims(
             fnd.jobs.get("t.unique").enqueue_many([[n], [n + 1], [n + 2]], batch_size=2)
         err = raised.value
         assert isinstance(err, ServiceUnavailable) and err.code == "batch_not_sent"
-        assert err.details["sent"] == [] and err.details["refused"] == []
-        assert len(err.details["uncertain"]) == 2 and len(err.details["not_sent"]) == 1
+        # Nothing reached the broker: the first batch and the one after it were not sent
+        assert err.details["sent"] == [] and err.details["refused"] == [] and err.details["uncertain"] == []
+        assert len(err.details["not_sent"]) == 3 and "none of a batch of 2 jobs was sent" in str(err)
         # The claims were released: enqueueing the same jobs later is not dropped as a duplicate
         claims = [f"unique:{fnd.jobs.get('t.unique').unique_key(p)}"
                   for p in (fnd.jobs.get("t.unique").prepare([x], {}, correlation_id=None, idempotency_key=None,
@@ -267,3 +268,26 @@ def _refusals(fnd: Foundation, queue: str) -> None:
         assert queued(fnd, queue) == accepted + len(details["sent"])
     finally:
         subprocess.run([ctl, "clear_policy", policy], check=False, capture_output=True, timeout=60)
+
+
+def test_a_broker_lost_in_the_middle_of_a_batch_makes_its_jobs_uncertain(private_redis, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Given a Foundation whose batch connection to Redis is open
+    env = settings_env(private_redis.url, queues=("bulk",), data_dir=str(tmp_path),
+                       extra={"ESF_TELEMETRY_ENABLED": "false", "ESF_EVENTS_RECORD_JOB_EVENTS": "false"})
+    fnd = apps.build(esf.Settings.from_env(env))
+    try:
+        add = fnd.jobs.get("t.add")
+        first = add.enqueue_many([[1, 1], [2, 2]])
+        # When Redis goes away before the next batch is flushed
+        private_redis.kill()
+        with pytest.raises(BatchNotSent) as raised:
+            add.enqueue_many([[i, i] for i in range(5)], batch_size=3)
+        # Then the jobs of the batch in flight are uncertain, the next batch's were not sent
+        details = raised.value.details
+        assert len(details["uncertain"]) == 3 and len(details["not_sent"]) == 2 and details["sent"] == []
+        # And the batch connection recovers once Redis is back
+        private_redis.start()
+        again = add.enqueue_many([[7, 7]])
+        assert len(again) == 1 and len(first) == 2
+    finally:
+        fnd.close()

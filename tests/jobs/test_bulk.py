@@ -212,7 +212,7 @@ def test_enqueue_many_on_the_embedded_broker(tmp_path: Path) -> None:
         fnd.close()
 
 
-def test_jobs_a_full_queue_refuses_are_named_and_the_rest_are_sent(tmp_path: Path) -> None:
+def test_the_jobs_a_full_queue_refuses_are_named_and_the_rest_are_sent(tmp_path: Path) -> None:
     # Publisher confirms and their basic.nack are RabbitMQ's: this test runs there only.
     require_port(5672, "RabbitMQ")
     queue = f"full-{uuid.uuid4().hex[:8]}"

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchNotSent
@@ -48,7 +48,7 @@ class Outgoing:
     job_id: str
     args: list[Any]
     kwargs: dict[str, Any]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any]
 
     def send(self, producer: Any) -> None:
         self.task.apply_async(self.args, self.kwargs, task_id=self.job_id, producer=producer, retry=False,
@@ -123,7 +123,7 @@ class BatchPublisher:
                     raise TimeoutError(f"no publisher confirm within {self._confirm_timeout_s:.0f} s")
                 channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=remaining)
             if confirms.refused:
-                refused = [batch[tag - 1].job_id for tag in confirms.refused]
+                refused = [batch[tag - 1].job_id for tag in sorted(confirms.refused)]
                 raise BatchNotSent(
                     f"the broker refused {len(refused)} of {len(batch)} jobs (basic.nack: a full queue or a "
                     "broker-side limit); the others were sent",

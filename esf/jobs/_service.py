@@ -17,6 +17,7 @@ from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
 from ._deadletter import DeadLetter, DeadLetterQueues
 from ._job import (
     _STATES,
+    DEFAULT_BATCH_SIZE,
     Job,
     JobHandle,
     JobStatus,
@@ -167,12 +168,9 @@ class JobService:
              eta: datetime | None = None, priority: int | None = None, session: Session | None = None) -> JobHandle:
         """Send a prepared job (deduplicating with ``unique_for``); with ``session``, through the outbox."""
         meta = prepared.meta
-        claim = None
-        if job.options.unique_for_s:
-            claim = f"unique:{job.unique_key(prepared)}"
-            existing = self.coordinator.claim(claim, prepared.job_id, job.options.unique_for_s)
-            if existing is not None:
-                return JobHandle(self._fnd, existing, job.name, duplicate=True, correlation_id=meta.correlation_id)
+        claim, duplicate = self._claim(job, prepared)
+        if duplicate is not None:
+            return duplicate
         ctx = job.context(prepared)
         self._fnd.run_hooks("before_enqueue", ctx)
         prio = priority if priority is not None else job.options.priority
@@ -191,21 +189,16 @@ class JobService:
 
     def send_many(self, job: Job[Any, Any], prepared: Sequence[PreparedJob], *, countdown: float | None = None,
                   eta: datetime | None = None, priority: int | None = None, session: Session | None = None,
-                  batch_size: int = 500) -> list[JobHandle]:
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> list[JobHandle]:
         """Send prepared jobs in batches (see ``Job.enqueue_many``); one handle per job, in order."""
         handles: list[JobHandle | None] = [None] * len(prepared)
         todo: list[tuple[int, PreparedJob, str | None]] = []
-        unique_for = job.options.unique_for_s
         for index, p in enumerate(prepared):
-            claim = None
-            if unique_for:
-                claim = f"unique:{job.unique_key(p)}"
-                existing = self.coordinator.claim(claim, p.job_id, unique_for)
-                if existing is not None:
-                    handles[index] = JobHandle(self._fnd, existing, job.name, duplicate=True,
-                                               correlation_id=p.meta.correlation_id)
-                    continue
-            todo.append((index, p, claim))
+            claim, duplicate = self._claim(job, p)
+            if duplicate is not None:
+                handles[index] = duplicate
+            else:
+                todo.append((index, p, claim))
         prio = priority if priority is not None else job.options.priority
         sent: list[str] = []
         for start in range(0, len(todo), batch_size):
@@ -244,6 +237,17 @@ class JobService:
                 handles[index] = JobHandle(self._fnd, p.job_id, job.name, correlation_id=p.meta.correlation_id)
                 sent.append(p.job_id)
         return [h for h in handles if h is not None]
+
+    def _claim(self, job: Job[Any, Any], prepared: PreparedJob) -> tuple[str | None, JobHandle | None]:
+        """``unique_for``: ``(claim key, None)`` when this job may be sent, ``(None, first job's handle)`` if not."""
+        if not job.options.unique_for_s:
+            return None, None
+        claim = f"unique:{job.unique_key(prepared)}"
+        existing = self.coordinator.claim(claim, prepared.job_id, job.options.unique_for_s)
+        if existing is None:
+            return claim, None
+        return None, JobHandle(self._fnd, existing, job.name, duplicate=True,
+                               correlation_id=prepared.meta.correlation_id)
 
     def _release(self, claim: str) -> None:
         try:

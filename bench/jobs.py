@@ -22,6 +22,8 @@ Contenders, in the same run, interleaved:
                 prefork 2 or threads 2 (the best of the two counts)
   dramatiq      Dramatiq on the same Redis: 2 processes x 2 threads, its default
                 ack after processing (Redis only; it stores no results)
+  --variants    esf-plain (telemetry and job history off), esf-notel (telemetry off),
+                esf-pg (job history in PostgreSQL instead of the embedded SQLite file)
 
 Then the round trip of ``enqueue(...).wait()`` (p50/p99) against a running worker.
 Ratios are medians of per-run ratios (contenders of one run share the machine's load).
@@ -73,7 +75,8 @@ WORKER_READY_TIMEOUT_S = 120
 class Contender:
     name: str
     kind: str  # esf | bare | dramatiq
-    mode: str = ""  # bare: same | fast; esf: "" (defaults) | batched | plain (no telemetry, no job history) | pg
+    mode: str = ""  # bare: same | fast; esf: "" (defaults) | batched | plain (no telemetry, no job history)
+    #                  | notel (no telemetry) | pg
     pool: str = "prefork"
 
 
@@ -87,9 +90,11 @@ REDIS_CONTENDERS = (
     BATCHED,
 )
 AMQP_CONTENDERS = (*REDIS_CONTENDERS[:4], BATCHED)
-#: --variants: ESF with telemetry and job history off (what instrumentation costs), and ESF
-#: with its job history in PostgreSQL instead of the embedded SQLite file.
-VARIANTS = (Contender("esf-plain", "esf", "plain"), Contender("esf-pg", "esf", "pg"))
+#: --variants: ESF with telemetry and job history off (what instrumentation costs), ESF with
+#: telemetry off (what telemetry costs), and ESF with its job history in PostgreSQL instead of
+#: the embedded SQLite file.
+VARIANTS = (Contender("esf-plain", "esf", "plain"), Contender("esf-notel", "esf", "notel"),
+            Contender("esf-pg", "esf", "pg"))
 #: PostgreSQL database of the esf-pg variant (created when missing).
 PG_URL = os.environ.get("ESF_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0] \
     + "/esf_bench_jobs"
@@ -131,6 +136,8 @@ class Bench:
         }
         if mode == "plain":
             env.update({"ESF_TELEMETRY_ENABLED": "false", "ESF_EVENTS_RECORD_JOB_EVENTS": "false"})
+        elif mode == "notel":
+            env["ESF_TELEMETRY_ENABLED"] = "false"
         elif mode == "pg":
             env["ESF_DATABASE_URL"] = PG_URL
         return env
@@ -416,6 +423,7 @@ def summarise(report: Report, broker: str, contenders: tuple[Contender, ...]) ->
             report.paired_ratio(f"{broker}.esf_vs_dramatiq.{what}", esf_runs, s(f"{broker}.dramatiq.{what}"))
         if VARIANTS[0] in contenders:
             report.paired_ratio(f"{broker}.esf_vs_esf_plain.{what}", esf_runs, s(f"{broker}.esf-plain.{what}"))
+            report.paired_ratio(f"{broker}.esf_vs_esf_notel.{what}", esf_runs, s(f"{broker}.esf-notel.{what}"))
             report.paired_ratio(f"{broker}.esf_pg_vs_bare_same.{what}", s(f"{broker}.esf-pg.{what}"),
                                 s(f"{broker}.bare-same.{what}"))
         if OBSERVED in contenders:

@@ -105,6 +105,9 @@ class PreparedEvent:
     #: Canonical JSON text of ``data`` / ``metadata`` (what PostgreSQL receives).
     data_json: str = ""
     metadata_json: str = ""
+    #: The id was generated here (the event came without one), so no stored event can have it:
+    #: a store need not look it up. Never set on events read back from a spool.
+    new_id: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (for the local spool)."""
@@ -451,7 +454,8 @@ def _prepare_one(
 ) -> PreparedEvent:
     event_type = check_event_type(event.type)
     stream_id = check_stream_id(DEFAULT_STREAM_ID if event.stream_id is None else event.stream_id)
-    event_id = next(fresh_ids) if event.event_id is None else check_event_id(event.event_id)
+    new_id = event.event_id is None
+    event_id = next(fresh_ids) if new_id else check_event_id(event.event_id)
     correlation_id = _check_ref(event.correlation_id, "correlation_id")
     parent_id = _check_ref(event.parent_id, "parent_id")
     data_json, data = _json_text(event.data, "data")
@@ -492,6 +496,7 @@ def _prepare_one(
             "pid": pid,
             "data_json": data_json,
             "metadata_json": metadata_json,
+            "new_id": new_id,
         },
     )
     return prepared

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from esf.plugins.sqlalchemy_events import SqlEventStore, _append
 
+from esf.errors import DuplicateEventId
 from esf.events import Event
+from esf.events._validation import PreparedEvent, prepare_events
 
 
 @pytest.mark.parametrize("limit", [999, 20, 1])
@@ -36,3 +40,37 @@ def test_versions_and_positions_are_right_whatever_the_statement_size(tmp_path: 
         assert again[0].stream_version == seen["s-0"] + 1
     finally:
         store.close()
+
+
+def test_only_ids_the_caller_chose_are_looked_up(tmp_path: Path) -> None:
+    store = SqlEventStore(f"sqlite:///{tmp_path}/events.db")
+    statements: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *rest: statements.append(statement))
+    try:
+        store.append(Event("s.seed", {}, stream_id="s-1"))
+        # Events without an id get new ones: no stored event can have them, nothing is looked up
+        statements.clear()
+        generated = store.append([Event("s.new", {"i": i}, stream_id=f"s-{i}") for i in range(5)])
+        assert not [s for s in statements if "FROM esf_events" in s and "event_id" in s]
+        assert [e.stream_version for e in generated] == [1, 2, 1, 1, 1]
+        # An id the caller chose is looked up: a retry is recognised, a clash refused
+        chosen = str(uuid.uuid4())
+        statements.clear()
+        first = store.append(Event("s.given", {"a": 1}, stream_id="s-9", event_id=chosen))
+        assert [s for s in statements if "FROM esf_events" in s and "event_id" in s]
+        retry = store.append([Event("s.given", {"a": 1}, stream_id="s-9", event_id=chosen),
+                              Event("s.new", {}, stream_id="s-9")])
+        assert retry.already_stored == frozenset({chosen}) and retry[0].position == first[0].position
+        assert retry[1].stream_version == 2
+        with pytest.raises(DuplicateEventId):
+            store.append(Event("s.given", {"a": 2}, stream_id="s-9", event_id=chosen))
+    finally:
+        store.close()
+
+
+def test_events_read_back_from_the_spool_are_looked_up_again() -> None:
+    prepared = prepare_events([Event("s.new", {"i": 1}), Event("s.new", {"i": 2}, event_id=str(uuid.uuid4()))])
+    assert [p.new_id for p in prepared] == [True, False]
+    # A spooled batch may have been committed before its connection broke: its ids are not new any more
+    assert [PreparedEvent.from_json(p.to_json()).new_id for p in prepared] == [False, False]

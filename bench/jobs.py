@@ -76,7 +76,7 @@ class Contender:
     name: str
     kind: str  # esf | bare | dramatiq
     mode: str = ""  # bare: same | fast; esf: "" (defaults) | batched | plain (no telemetry, no job history)
-    #                  | notel (no telemetry) | pg
+    #                  | notel (no telemetry) | nohist (no job history) | pg
     pool: str = "prefork"
 
 
@@ -138,6 +138,8 @@ class Bench:
             env.update({"ESF_TELEMETRY_ENABLED": "false", "ESF_EVENTS_RECORD_JOB_EVENTS": "false"})
         elif mode == "notel":
             env["ESF_TELEMETRY_ENABLED"] = "false"
+        elif mode == "nohist":
+            env["ESF_EVENTS_RECORD_JOB_EVENTS"] = "false"
         elif mode == "pg":
             env["ESF_DATABASE_URL"] = PG_URL
         return env

@@ -1,0 +1,170 @@
+"""Two job contenders draining at the same time: a ratio the machine's drift cancels out.
+
+    .venv/bin/python bench/jobs_pair.py esf bare-same                 # 6,000 jobs each, 3 rounds
+    .venv/bin/python bench/jobs_pair.py esf esf-plain --quick         # 1,500 jobs each, one round
+    .venv/bin/python bench/jobs_pair.py esf bare-same --broker amqp --json
+
+bench/jobs.py runs its contenders one after the other, so a machine whose speed
+drifts between runs moves their ratio. Here two workers (each one worker with 2
+pool processes, started as bench/jobs.py starts them) drain at the same time:
+each contender's queue is first filled with N jobs (no worker running), then both
+workers start together, and each counts its completions in a Redis database of
+its own. The rates are taken over the window in which both drain (from the moment
+both have done 5 % until the first reaches 90 %), so both see the same machine.
+The two workers share the CPUs, so the rates are about half of bench/jobs.py's;
+the ratio is what one contender costs against the other when the CPUs are the
+limit. On Linux, each worker's CPU time per job (its main process, its pool
+processes) is reported too. Rounds alternate which worker starts first.
+
+Contenders: esf, esf-plain, esf-notel, esf-pg, bare-same, bare-fast-prefork,
+bare-fast-threads, dramatiq (Redis only), as described in bench/jobs.py, and esf-nohist
+(ESF with its job history off, telemetry on).
+The last line printed is the median of the per-round ratios, first / second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import REDIS_HOST, REDIS_PORT, Report, lease_redis_db, parse_args, stop_process
+from _jobs_apps import COUNTER_KEY, FIRST_KEY, LAST_KEY
+from jobs import (
+    BATCHED,
+    REDIS_CONTENDERS,
+    VARIANTS,
+    WORKER_READY_TIMEOUT_S,
+    Bench,
+    Contender,
+    ensure_pg_database,
+    warm_queue,
+)
+
+CONTENDERS = {c.name: c for c in (*REDIS_CONTENDERS, *VARIANTS, Contender("esf-nohist", "esf", "nohist"))
+              if c is not BATCHED}
+#: The window: from both workers at this share of N done, to the first at the end share.
+WINDOW = (0.05, 0.90)
+
+
+def fill(bench: Bench, broker: str, c: Contender, round_no: int) -> str:
+    """Enqueue N jobs for ``c`` with no worker running; returns its queue."""
+    queue = bench.queue_name(broker, c, round_no)
+    bench.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
+    send, close, _, warm = bench.producer(broker, queue, c)
+    try:
+        warm()
+        for i in range(bench.n):
+            send(i)
+    finally:
+        close()
+    bench.purge(broker, warm_queue(queue))
+    return queue
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of ``pid`` and of its child processes, from /proc; NaN elsewhere."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        with open(f"/proc/{p}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        kids: list[int] = []
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/children") as fh:
+                kids += [int(x) for x in fh.read().split()]
+        return own(pid), sum(own(k) for k in kids)
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+
+
+def one_round(benches: list[Bench], broker: str, pair: list[Contender], round_no: int) -> list[dict[str, float]]:
+    queues = [fill(b, broker, c, round_no) for b, c in zip(benches, pair, strict=True)]
+    order = [0, 1] if round_no % 2 else [1, 0]
+    procs: list[Any] = [None, None]
+    for i in order:
+        log = benches[i].logs / f"{broker}-{pair[i].name}-pair-{round_no}.log"
+        procs[i] = benches[i].start_worker(broker, queues[i], pair[i], benches[i].n, log)
+    n = benches[0].n
+    try:
+        def done() -> list[int]:
+            return [int(b.redis.get(COUNTER_KEY) or 0) for b in benches]
+
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S + n / 10
+        while min(done()) < n * WINDOW[0]:
+            for p, c in zip(procs, pair, strict=True):
+                if p.poll() is not None:
+                    raise RuntimeError(f"the {c.name} worker exited")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers did {done()} of {n} jobs in time")
+            time.sleep(0.01)
+        start_done, start_cpu, started = done(), [cpu_seconds(p.pid) for p in procs], time.perf_counter()
+        while max(done()) < n * WINDOW[1]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers did {done()} of {n} jobs in time")
+            time.sleep(0.01)
+        end_done, end_cpu, ended = done(), [cpu_seconds(p.pid) for p in procs], time.perf_counter()
+    finally:
+        for p in procs:
+            if p is not None:
+                stop_process(p)
+    out = []
+    for i in range(2):
+        jobs = max(1, end_done[i] - start_done[i])
+        out.append({
+            "drain": jobs / (ended - started),
+            "main_us": (end_cpu[i][0] - start_cpu[i][0]) / jobs * 1e6,
+            "pool_us": (end_cpu[i][1] - start_cpu[i][1]) / jobs * 1e6,
+        })
+    for b in benches:
+        b.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
+    return out
+
+
+def main() -> int:
+    args = parse_args(__doc__.split("\n", 1)[0], full_n=6_000, quick_n=1_500,
+                      extra=[(["first"], {"choices": sorted(CONTENDERS), "help": "the contender measured"}),
+                             (["second"], {"choices": sorted(CONTENDERS), "help": "the contender it is set against"}),
+                             (["--broker"], {"default": "redis", "choices": ["redis", "amqp"]})])
+    pair = [CONTENDERS[args.first], CONTENDERS[args.second]]
+    if args.broker == "amqp" and any(c.kind == "dramatiq" for c in pair):
+        raise SystemExit("dramatiq runs on Redis only")
+    if any(c.mode == "pg" for c in pair):
+        ensure_pg_database()
+    report = Report("jobs_pair", args, broker=args.broker, first=args.first, second=args.second,
+                    worker="2 workers at once, 1 worker each with 2 processes")
+    samples: list[list[dict[str, float]]] = [[], []]
+    with contextlib.ExitStack() as stack:
+        benches = []
+        for _ in pair:
+            db = stack.enter_context(lease_redis_db())
+            bench = Bench(report, f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", args.n)
+            stack.callback(bench.cleanup)
+            benches.append(bench)
+        report.log(f"worker logs in {benches[0].logs} and {benches[1].logs}")
+        for round_no in range(1, args.runs + 1):
+            result = one_round(benches, args.broker, pair, round_no)
+            for i in range(2):
+                samples[i].append(result[i])
+            report.log(f"round {round_no}: " + "  ".join(
+                f"{c.name} {r['drain']:7.1f}/s (CPU per job: main {r['main_us']:5.0f} µs, pool {r['pool_us']:5.0f} µs)"
+                for c, r in zip(pair, result, strict=True)))
+    for c, runs in zip(pair, samples, strict=True):
+        for what, unit in (("drain", "jobs/s"), ("main_us", "µs/job"), ("pool_us", "µs/job")):
+            report.add(f"{args.broker}.{c.name}.{what}", [r[what] for r in runs], unit)
+    key = f"{args.broker}.{pair[0].name}_vs_{pair[1].name}.drain"
+    value = report.paired_ratio(key, [r["drain"] for r in samples[0]], [r["drain"] for r in samples[1]])
+    report.finish(f"{pair[0].name}/{pair[1].name} drain side by side on {args.broker}", value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,9 @@ runs as in production: its background thread collects every second.
 The last line printed is the headline: the worst ESF/prometheus_client ratio
 of ``counter.inc()`` and ``histogram.observe()`` (target ≤ 1.5).
 
-The "job drain with instrumentation vs without" figure needs the jobs core
-and a broker; the lead adds it to bench/jobs.py.
+The job drain with telemetry against without it needs a broker and workers: it is
+measured by ``bench/jobs.py --variants`` (esf against esf-notel) and, side by side,
+by ``bench/jobs_pair.py esf-notel esf``.
 """
 
 from __future__ import annotations

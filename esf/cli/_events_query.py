@@ -1,6 +1,6 @@
 """``esf events query``: filter, count and bucket stored events from the command line.
 
-The events CLI registers :func:`register_query` under ``esf events``. Parsing is pure
+``esf events`` adds this command with :func:`register_query`. Parsing is pure
 (:func:`parse_where`, :func:`parse_time`, :func:`build_filter`); the handler
 only loads the Foundation and calls the store's query methods.
 

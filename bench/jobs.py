@@ -248,8 +248,8 @@ class Bench:
 
     # -- one measurement ---------------------------------------------------------------
 
-    def throughput(self, broker: str, c: Contender, run: int) -> tuple[float, float | None]:
-        """Enqueue N jobs, then drain them with one worker; returns (enqueue/s, drain/s or None)."""
+    def fill(self, broker: str, c: Contender, run: int) -> tuple[str, float]:
+        """Enqueue N jobs for ``c`` with no worker running; returns (its queue, seconds the enqueue took)."""
         queue = self.queue_name(broker, c, run)
         self.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
         send, close, _, warm = self.producer(broker, queue, c)
@@ -264,13 +264,17 @@ class Bench:
             enqueue_s = time.perf_counter() - started
         finally:
             close()
+        self.purge(broker, warm_queue(queue))
+        return queue, enqueue_s
+
+    def throughput(self, broker: str, c: Contender, run: int) -> tuple[float, float | None]:
+        """Enqueue N jobs, then drain them with one worker; returns (enqueue/s, drain/s or None)."""
+        queue, enqueue_s = self.fill(broker, c, run)
         if c is BATCHED:  # enqueue only: the drain is the esf contender's
             self.purge(broker, queue)
-            self.purge(broker, warm_queue(queue))
             enqueue = self.n / enqueue_s
             self.report.log(f"{broker:5} run {run} {c.name:<18} enqueue {enqueue:8.1f}/s")
             return enqueue, None
-        self.purge(broker, warm_queue(queue))
         log = self.logs / f"{broker}-{c.name}-{run}.log"
         proc = self.start_worker(broker, queue, c, self.n, log)
         try:

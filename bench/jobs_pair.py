@@ -43,28 +43,12 @@ from jobs import (
     Bench,
     Contender,
     ensure_pg_database,
-    warm_queue,
 )
 
 CONTENDERS = {c.name: c for c in (*REDIS_CONTENDERS, *VARIANTS, Contender("esf-nohist", "esf", "nohist"))
               if c is not BATCHED}
 #: The window: from both workers at this share of N done, to the first at the end share.
 WINDOW = (0.05, 0.90)
-
-
-def fill(bench: Bench, broker: str, c: Contender, round_no: int) -> str:
-    """Enqueue N jobs for ``c`` with no worker running; returns its queue."""
-    queue = bench.queue_name(broker, c, round_no)
-    bench.redis.delete(COUNTER_KEY, FIRST_KEY, LAST_KEY)
-    send, close, _, warm = bench.producer(broker, queue, c)
-    try:
-        warm()
-        for i in range(bench.n):
-            send(i)
-    finally:
-        close()
-    bench.purge(broker, warm_queue(queue))
-    return queue
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -87,7 +71,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def one_round(benches: list[Bench], broker: str, pair: list[Contender], round_no: int) -> list[dict[str, float]]:
-    queues = [fill(b, broker, c, round_no) for b, c in zip(benches, pair, strict=True)]
+    queues = [b.fill(broker, c, round_no)[0] for b, c in zip(benches, pair, strict=True)]
     order = [0, 1] if round_no % 2 else [1, 0]
     procs: list[Any] = [None, None]
     for i in order:

@@ -92,7 +92,7 @@ class EsfRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def _store_unless_succeeded(self, key: Any, value: Any, expires: Any) -> int:
         ttl = int(expires) if expires else 0
-        return int(self._store_script(keys=[key], args=[value, ttl], client=self.client))
+        return int(self._store_script(keys=[key], args=[value, ttl]))
 
 
 def job_queue(settings: Settings, name: str) -> Queue:

@@ -94,7 +94,7 @@ def _lock_head(conn: Connection) -> int:
 
 
 # SQLite statements as text: SQLAlchemy Core's statement building, cache-key and
-# result set-up took about half of a small batch's append.
+# result set-up took about two thirds of a small batch's append.
 _SQLITE_TOUCH_HEAD = "UPDATE esf_event_head SET position = position WHERE id = 1"
 _SQLITE_HEAD = "SELECT position FROM esf_event_head WHERE id = 1"
 _SQLITE_SET_HEAD = "UPDATE esf_event_head SET position = ? WHERE id = 1"

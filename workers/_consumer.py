@@ -16,18 +16,11 @@ from celery.worker.consumer import Consumer
 
 from esf.jobs._deadletter import poison_entry
 
-from ._redis import reuse_clients
-
 log = logging.getLogger("esf.workers")
 
 
 class EsfConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer with dead-lettering of poison messages."""
-
-    def connection_for_read(self, heartbeat: float | None = None) -> Any:
-        conn = self.app.connection_for_read(heartbeat=heartbeat)
-        reuse_clients(conn)  # Redis: one client object per channel (see workers/_redis.py)
-        return self.ensure_connected(conn)
 
     def _dead_letter(self, message: Any, reason: str, exc: BaseException | None) -> None:
         foundation = getattr(self.app, "foundation", None)

@@ -13,6 +13,7 @@ from kombu import Exchange, Queue
 from kombu.utils.encoding import bytes_to_str
 
 from ._deadletter import dlq_name
+from ._redis_clients import EsfAMQP
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -25,9 +26,14 @@ SERVICE_DELIVERY_LIMIT = 5
 
 
 class EsfCelery(Celery):
-    """A Celery app that knows the Foundation that owns it."""
+    """A Celery app that knows the Foundation that owns it.
+
+    Its connections are :class:`~esf.jobs._redis_clients.EsfConnection`: on Redis,
+    a channel builds one client object instead of one per command.
+    """
 
     foundation: Foundation
+    amqp_cls = EsfAMQP
 
     def _get_backend(self) -> Any:
         backend, url = by_url(self.backend_cls or self.conf.result_backend, self.loader)

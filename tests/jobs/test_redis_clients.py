@@ -1,17 +1,23 @@
-"""The worker's consuming connection reuses one Redis client object per channel (workers/_redis.py)."""
+"""An ESF app's Redis channels reuse one client object each (esf/jobs/_redis_clients.py)."""
 
 from __future__ import annotations
 
-from esf.workers._redis import Channel, reuse_clients
+from pathlib import Path
+
+import pytest
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
-from tests.conftest import AMQP_URL
+import esf
+from esf.foundation import Foundation
+from esf.jobs._redis_clients import Channel, EsfConnection, reuse_clients
+from tests.conftest import AMQP_URL, require_port
+
+from .harness import settings_env
 
 
 def test_a_channel_hands_out_one_client_per_pool(redis_url: str) -> None:
-    with Connection(redis_url) as conn:
-        reuse_clients(conn)
+    with EsfConnection(redis_url) as conn:
         channel = conn.channel()
         assert isinstance(channel, Channel)
         first = channel._create_client()
@@ -32,9 +38,67 @@ def test_a_channel_hands_out_one_client_per_pool(redis_url: str) -> None:
         channel.queue_delete("esf-test-reuse")
 
 
-def test_other_transports_are_left_alone() -> None:
-    conn = Connection(AMQP_URL)
-    reuse_clients(conn)
-    assert not hasattr(conn.transport, "Channel") or conn.transport.Channel is not Channel
-    plain = Connection("redis://127.0.0.1:6379/0")
-    assert plain.transport.Channel is kombu_redis.Channel
+def test_clones_keep_the_channel(redis_url: str) -> None:
+    # kombu's connection pools (Celery's producer pool among them) open clones
+    conn = EsfConnection(redis_url)
+    clone = conn.clone()
+    assert type(clone) is EsfConnection
+    assert clone.transport.Channel is Channel
+    assert conn.as_uri() == Connection(redis_url).as_uri()  # the URL reads as kombu's own
+
+
+def test_other_transports_are_left_alone(tmp_path: Path) -> None:
+    require_port(5672, "RabbitMQ")
+    assert getattr(EsfConnection(AMQP_URL).transport, "Channel", None) is not Channel
+
+    class Custom(kombu_redis.Transport):  # type: ignore[misc]
+        pass
+
+    custom = Custom(client=Connection("redis://127.0.0.1:6379/0"))
+    assert reuse_clients(custom).Channel is kombu_redis.Channel
+    assert Connection("redis://127.0.0.1:6379/0").transport.Channel is kombu_redis.Channel
+    embedded = EsfConnection(f"sqla+sqlite:///{tmp_path / 'broker.db'}")
+    assert embedded.transport.Channel is not Channel
+
+
+def _app(url: str, redis_url: str, tmp_path: Path) -> Foundation:
+    return Foundation(esf.Settings.from_env(settings_env(url, queues=("q-reuse",), redis_url=redis_url,
+                                                         data_dir=str(tmp_path))))
+
+
+def test_an_esf_app_publishes_and_consumes_on_reusing_channels(redis_url: str, tmp_path: Path) -> None:
+    fnd = _app(redis_url, redis_url, tmp_path)
+    try:
+        app = fnd.celery
+        with app.producer_or_acquire() as producer:
+            assert isinstance(producer.channel, Channel)
+            client = producer.channel._create_client()
+            assert producer.channel._create_client() is client
+        with app.connection_for_read() as conn:
+            assert isinstance(conn.default_channel, Channel)
+
+        @fnd.job(name="reuse.echo", queue="q-reuse")
+        def echo(x: int) -> int:
+            return x
+
+        handle = echo.enqueue(7)
+        with app.connection_for_read() as conn:
+            message = conn.default_channel.basic_get("q-reuse", no_ack=True)
+        assert message is not None and message.headers["id"] == handle.id
+    finally:
+        fnd.close()
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "embedded"])
+def test_other_brokers_keep_kombus_channels(scheme: str, redis_url: str, tmp_path: Path) -> None:
+    if scheme == "amqp":
+        require_port(5672, "RabbitMQ")
+        url = AMQP_URL
+    else:
+        url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
+    fnd = _app(url, redis_url, tmp_path)
+    try:
+        with fnd.celery.connection_for_write() as conn:
+            assert not isinstance(conn.default_channel, Channel)
+    finally:
+        fnd.close()

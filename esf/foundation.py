@@ -56,7 +56,8 @@ class Foundation:
         from .events import JobHistoryHooks
 
         #: Buffered, batched writer of events nobody waits for (job history, audit events).
-        self._event_writer = JobHistoryHooks(cast("EventStore", _DeferredEvents(self)))
+        self._event_writer = JobHistoryHooks(cast("EventStore", _DeferredEvents(self)),
+                                             flush_interval_s=self.settings.events.history_flush_s)
         if self.settings.events.record_job_events:
             self._hooks.append(self._event_writer)
         if self.settings.telemetry.enabled:

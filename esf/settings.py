@@ -180,9 +180,12 @@ class EventSettings:
     max_event_bytes: int = 1_048_576
     #: Record job lifecycle events (enqueued, started, retried, …).
     record_job_events: bool = True
+    #: Longest time, in seconds, a job-history (or audit) event waits in its process before it is
+    #: written: the writer gathers this long for one transaction per batch (at most 500 events).
+    history_flush_s: float = 0.5
 
     def __post_init__(self) -> None:
-        _positive(self, "events", ("max_event_bytes",))
+        _positive(self, "events", ("max_event_bytes", "history_flush_s"))
 
 
 @dataclass(frozen=True)

@@ -84,3 +84,20 @@ def test_a_bad_recycling_limit_is_refused_naming_the_setting(tmp_path: Path, val
     with pytest.raises(SettingsError) as caught:
         esf.Settings.from_env({"ESF_DATA_DIR": str(tmp_path), "ESF_WORKERS_MAX_TASKS_PER_CHILD": value})
     assert "workers.max_tasks_per_child" in str(caught.value)
+
+
+def test_the_job_history_flush_time_reaches_the_writer(tmp_path: Path) -> None:
+    from esf.foundation import Foundation
+
+    with Foundation(esf.Settings(data_dir=str(tmp_path))) as fnd:
+        assert fnd._event_writer.flush_interval_s == 0.5
+    settings = esf.Settings.from_env({"ESF_DATA_DIR": str(tmp_path), "ESF_EVENTS_HISTORY_FLUSH_S": "0.05"})
+    with Foundation(settings) as fnd:
+        assert fnd._event_writer.flush_interval_s == 0.05
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_job_history_flush_time_is_refused_naming_the_setting(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        esf.Settings.from_env({"ESF_DATA_DIR": str(tmp_path), "ESF_EVENTS_HISTORY_FLUSH_S": value})
+    assert "events.history_flush_s" in str(caught.value)

@@ -117,7 +117,7 @@ class JobHistoryHooks(JobHooks):
         *,
         max_buffer: int = 10_000,
         batch_size: int = 500,
-        flush_interval_s: float = 0.2,
+        flush_interval_s: float = 0.5,
         max_backoff_s: float = 5.0,
     ) -> None:
         self.store = store

@@ -56,7 +56,7 @@ class EsfConnection(Connection):  # type: ignore[misc]
     def create_transport(self) -> Any:
         return reuse_clients(super().create_transport())
 
-    def Pool(self, limit: int | None = None, **kwargs: Any) -> EsfConnectionPool:  # noqa: N802 (kombu's name)
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> EsfConnectionPool:
         return EsfConnectionPool(self, limit=limit, **kwargs)
 
 

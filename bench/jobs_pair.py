@@ -31,17 +31,16 @@ The last line printed is the median of the per-round ratios, first / second.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import argparse
-import subprocess
 
 from _common import REDIS_HOST, REDIS_PORT, Report, lease_redis_db, parse_args, stop_process
 from _jobs_apps import COUNTER_KEY, FIRST_KEY, LAST_KEY
@@ -140,12 +139,13 @@ def enqueue_round(benches: list[Bench], broker: str, pair: list[Contender], roun
     queues = [b.queue_name(broker, c, round_no) for b, c in zip(benches, pair, strict=True)]
     order = [0, 1] if round_no % 2 else [1, 0]
     procs: list[Any] = [None, None]
+    logs = [b.logs / f"{broker}-{c.name}-enqueue-{round_no}.log" for b, c in zip(benches, pair, strict=True)]
     n = benches[0].n
     for b in benches:
         b.redis.delete(SENT_KEY, READY_KEY, GO_KEY)
     try:
         for i in order:
-            log = benches[i].logs / f"{broker}-{pair[i].name}-enqueue-{round_no}.log"
+            log = logs[i]
             env = benches[i].worker_env(broker, queues[i], pair[i], n)
             argv = [sys.executable, str(Path(__file__).resolve()), "--produce", broker, pair[i].name,
                     benches[i].redis_url, queues[i], str(n)]
@@ -163,9 +163,9 @@ def enqueue_round(benches: list[Bench], broker: str, pair: list[Contender], roun
             benches[i].redis.set(GO_KEY, 1)
         (start_done, start_cpu, started), (end_done, end_cpu, ended) = watch(
             benches, procs, pair, SENT_KEY, time.monotonic() + WORKER_READY_TIMEOUT_S + n / 10)
-        for p, c in zip(procs, pair, strict=True):
+        for p, c, log in zip(procs, pair, logs, strict=True):
             if p.wait(timeout=WORKER_READY_TIMEOUT_S + n / 10) != 0:
-                raise RuntimeError(f"the {c.name} producer failed (see its log in {benches[0].logs.parent})")
+                raise RuntimeError(f"the {c.name} producer failed (its log: {log})")
     finally:
         for p in procs:
             if p is not None and p.poll() is None:

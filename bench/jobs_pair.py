@@ -96,11 +96,10 @@ def produce(broker: str, name: str, redis_url: str, queue: str, n: int) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("no start signal")
             time.sleep(0.002)
-        counter = bench.redis
         for i in range(n):
             send(i)
             if i % SENT_STEP == SENT_STEP - 1:
-                counter.incrby(SENT_KEY, SENT_STEP)
+                bench.redis.incrby(SENT_KEY, SENT_STEP)
     finally:
         close()
 
@@ -181,7 +180,8 @@ def enqueue_round(benches: list[Bench], broker: str, pair: list[Contender], roun
     return out
 
 
-def one_round(benches: list[Bench], broker: str, pair: list[Contender], round_no: int) -> list[dict[str, float]]:
+def drain_round(benches: list[Bench], broker: str, pair: list[Contender], round_no: int) -> list[dict[str, float]]:
+    """Both workers drain their filled queues at the same time; rates and CPU per job over the window."""
     queues = [b.fill(broker, c, round_no)[0] for b, c in zip(benches, pair, strict=True)]
     order = [0, 1] if round_no % 2 else [1, 0]
     procs: list[Any] = [None, None]
@@ -240,7 +240,7 @@ def main() -> int:
         report.log(f"logs in {benches[0].logs} and {benches[1].logs}")
         for round_no in range(1, args.runs + 1):
             if phase == "drain":
-                result = one_round(benches, args.broker, pair, round_no)
+                result = drain_round(benches, args.broker, pair, round_no)
                 text = "{drain:7.1f}/s (CPU per job: main {main_us:5.0f} µs, pool {pool_us:5.0f} µs)"
             else:
                 result = enqueue_round(benches, args.broker, pair, round_no)

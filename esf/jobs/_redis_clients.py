@@ -10,8 +10,8 @@ the channel's pool, so this channel keeps one per pool and hands it out again.
 :class:`EsfConnection` is the connection class of an ESF app's Celery (its
 ``amqp.Connection``); its clones and the connections of its pools (Celery's
 producer pool among them) are of the same kind, so the producer, the worker's
-consumer and everything else the app opens use this channel. The transport, its URL, its options and every
-other broker stay kombu's.
+consumer and everything else the app opens use this channel. The transport,
+its URL, its options and every other broker stay kombu's.
 """
 
 from __future__ import annotations
@@ -60,11 +60,8 @@ class EsfConnection(Connection):  # type: ignore[misc]
         return EsfConnectionPool(self, limit=limit, **kwargs)
 
 
-class EsfPooledConnection(PooledConnection):  # type: ignore[misc]
-    """A pool's connection (kombu's), with :class:`EsfConnection`'s transport."""
-
-    def create_transport(self) -> Any:
-        return reuse_clients(super().create_transport())
+class EsfPooledConnection(PooledConnection, EsfConnection):  # type: ignore[misc]
+    """A pool's connection: kombu's, with :class:`EsfConnection`'s transport."""
 
 
 class EsfConnectionPool(ConnectionPool):  # type: ignore[misc]

@@ -54,7 +54,7 @@ def validate_queue_name(name: object, setting: str = "queue") -> str:
 
 
 #: ESF's own services, each with a routed queue ``<service_namespace>.<service>`` and its ``.dlq``.
-SERVICES: tuple[str, ...] = ("events", "config", "telemetry")
+SERVICES: tuple[str, ...] = ("events", "config", "telemetry", "cache", "flags", "secrets")
 
 
 @dataclass(frozen=True)

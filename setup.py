@@ -34,6 +34,6 @@ PACKAGES, PACKAGE_DIR = _walk()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"esf": ["py.typed"], "esf.events": ["migrations/*.ini", "migrations/**/*"]},
+    package_data={"esf": ["py.typed"], "esf.plugins.sqlalchemy_events.migrations": ["script.py.mako"]},
     include_package_data=True,
 )

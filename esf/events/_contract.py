@@ -261,8 +261,14 @@ class EventStore(Protocol):
         """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
         ...
 
-    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None]) -> OutboxRelay:
-        """A relay that dispatches the outbox's messages in order and deletes them."""
+    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str = "job") -> OutboxRelay:
+        """A relay of the outbox rows of one ``kind``: it dispatches them in insertion order and deletes them.
+
+        Rows of other kinds are left alone (each kind has its own relay).
+
+        Raises:
+            ValidationError: ``kind`` is not a string of 1 to 50 characters.
+        """
         ...
 
     def close(self) -> None:

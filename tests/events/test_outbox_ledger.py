@@ -82,6 +82,36 @@ def test_the_relay_can_run_in_the_background_until_stopped(store):
     assert not t.is_alive()
 
 
+def test_two_relays_each_send_and_delete_only_the_rows_of_their_own_kind(store):
+    # Given one transaction that writes rows of two kinds, interleaved
+    with Session(store.engine) as s:
+        for n in range(3):
+            outbox_put(s, "job", {"n": n})
+            outbox_put(s, "mail", {"n": n})
+        s.commit()
+    jobs: list[tuple[str, int]] = []
+    mails: list[tuple[str, int]] = []
+    job_relay = store.outbox_relay(lambda k, p: jobs.append((k, p["n"])), kind="job")
+    mail_relay = OutboxRelay(store.engine, lambda k, p: mails.append((k, p["n"])), kind="mail")
+    # When the job relay drains first
+    assert job_relay.drain(100) == 3
+    # Then it sent only its own rows, in order, and the other kind's rows are all still there
+    assert jobs == [("job", 0), ("job", 1), ("job", 2)]
+    assert mail_relay.pending() == 3 and job_relay.pending() == 0
+    # And the mail relay then sends exactly its own rows, in order
+    assert mail_relay.drain(100) == 3
+    assert mails == [("mail", 0), ("mail", 1), ("mail", 2)]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM esf_outbox")).scalar_one() == 0
+
+
+def test_a_relay_with_a_bad_kind_is_refused():
+    with pytest.raises(ValidationError):
+        OutboxRelay(None, lambda k, p: None, kind="")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        OutboxRelay(None, lambda k, p: None, kind="x" * 51)  # type: ignore[arg-type]
+
+
 def test_outbox_payloads_are_validated():
     with pytest.raises(SerializationError):
         outbox_put(None, "job", {"x": math.nan})  # type: ignore[arg-type]

@@ -8,6 +8,14 @@ those messages' scores in ``unacked_index`` to now. A job therefore runs once
 however long it takes, and the visibility timeout only bounds how long the jobs
 of a worker that died stay invisible: they are delivered again within
 ``visibility_timeout + restore_interval`` seconds.
+
+The lease reads what the worker holds from Celery's worker state
+(``celery.worker.state.requests`` and ``scheduled_requests``, the latter new in
+Celery 5.7) and writes kombu's Redis bookkeeping (``unacked_index``, the
+priority-step queue names). Those are internals, not APIs:
+:func:`check_lease_internals` verifies them once, when the worker starts, and
+refuses to start a worker on a Celery or kombu that lacks one, instead of
+running without the lease.
 """
 
 from __future__ import annotations
@@ -15,13 +23,64 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from esf.errors import MissingDependency
 
 log = logging.getLogger("esf.workers")
 
 #: kombu's default key of the sorted set of unacknowledged deliveries.
 UNACKED_INDEX_KEY = "unacked_index"
+#: kombu's separator between a queue name and its priority step.
+PRIORITY_SEP = "\x06\x16"
+#: kombu's default priority steps (a queue is one Redis list per step).
+PRIORITY_STEPS = (0, 3, 6, 9)
+#: The oldest releases whose internals the lease has been checked against.
+MIN_VERSIONS = {"celery": "5.7", "kombu": "5.7"}
+
+
+def lease_internals_problems() -> list[str]:
+    """What the installed Celery and kombu lack of what the lease relies on (empty when nothing is missing)."""
+    from celery.worker import request as celery_request
+    from celery.worker import state
+    from kombu.transport import redis as kombu_redis
+
+    problems: list[str] = []
+    if not isinstance(getattr(state, "requests", None), dict):
+        problems.append("celery.worker.state.requests (the reserved and running requests) is missing")
+    if not isinstance(getattr(state, "scheduled_requests", None), Iterable):
+        problems.append("celery.worker.state.scheduled_requests (the requests held for an ETA) is missing")
+    if not isinstance(getattr(celery_request.Request, "message", None), property):
+        problems.append("celery.worker.request.Request.message is missing")
+    channel = getattr(kombu_redis, "Channel", None)
+    if getattr(channel, "unacked_index_key", None) != UNACKED_INDEX_KEY:
+        problems.append(f"kombu's Redis Channel.unacked_index_key is not {UNACKED_INDEX_KEY!r}")
+    if getattr(channel, "sep", None) != PRIORITY_SEP:
+        problems.append("kombu's Redis Channel.sep (the priority-step separator) changed")
+    if tuple(getattr(channel, "priority_steps", ()) or ()) != PRIORITY_STEPS:
+        problems.append(f"kombu's Redis Channel.priority_steps is not {list(PRIORITY_STEPS)}")
+    return problems
+
+
+def check_lease_internals() -> None:
+    """Refuse to run the lease on a Celery or kombu that lacks what it relies on.
+
+    Raises:
+        MissingDependency: an internal is missing; the message names it, the
+            installed versions and the versions to install.
+    """
+    problems = lease_internals_problems()
+    if problems:
+        import celery
+        import kombu
+
+        need = " and ".join(f"{name}>={version}" for name, version in MIN_VERSIONS.items())
+        raise MissingDependency(
+            f"the Redis job lease cannot run on celery {celery.__version__} / kombu {kombu.__version__}: "
+            + "; ".join(problems) + f". Install {need}.",
+            celery=celery.__version__, kombu=kombu.__version__,
+        )
 
 
 def held_delivery_tags() -> list[str]:
@@ -31,17 +90,10 @@ def held_delivery_tags() -> list[str]:
     tags: list[str] = []
     requests: list[Any] = list(state.requests.values()) + list(state.scheduled_requests)
     for req in requests:
-        message = getattr(req, "_message", None)
-        tag = getattr(message, "delivery_tag", None)
+        tag = getattr(req.message, "delivery_tag", None)
         if tag is not None:
             tags.append(str(tag))
     return tags
-
-
-#: kombu's separator between a queue name and its priority step.
-PRIORITY_SEP = "\x06\x16"
-#: kombu's default priority steps (a queue is one Redis list per step).
-PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 class LeaseKeeper:
@@ -52,12 +104,18 @@ class LeaseKeeper:
     while one of its queues has had jobs waiting for ``stall_after_s`` seconds,
     the consumer is stalled: the worker is restarted in place (Celery's SIGHUP
     restart: a warm shutdown, then the same command again).
+
+    Raises:
+        MissingDependency: the installed Celery or kombu lacks an internal the
+            lease relies on (see :func:`check_lease_internals`).
     """
 
     def __init__(self, redis_url: str, visibility_timeout_s: float, key: str = UNACKED_INDEX_KEY,
                  queues: tuple[str, ...] = (), stall_after_s: float = 30.0,
                  on_stall: Callable[[], None] | None = None) -> None:
         import redis
+
+        check_lease_internals()
 
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._interval = max(0.5, min(visibility_timeout_s / 4, stall_after_s / 3))
@@ -80,6 +138,8 @@ class LeaseKeeper:
         self._client.close()
 
     def refresh(self) -> int:
+        """Move the ``unacked_index`` score of every delivery this worker holds to now; returns how many
+        deliveries were held. A delivery missing from the index (already acknowledged) is not added."""
         tags = held_delivery_tags()
         if not tags:
             return 0

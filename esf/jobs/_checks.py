@@ -13,13 +13,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("esf.jobs")
 
+#: What :func:`check_redis_broker` reports when it cannot read the settings (``CONFIG GET`` refused, …).
+DURABILITY_UNKNOWN = "durability unknown"
+
 
 class RedisDurabilityWarning(UserWarning):
-    """The Redis used as a broker can lose queued jobs."""
+    """The Redis used as a broker can lose queued jobs, or its durability cannot be verified."""
 
 
 def redis_durability_problems(client: redis.Redis[bytes]) -> list[str]:
-    """What makes this Redis unsafe as a job broker (empty when it is safe)."""
+    """What makes this Redis unsafe as a job broker (empty when it is safe).
+
+    Raises:
+        redis.RedisError: ``CONFIG GET`` failed (refused by an ACL, renamed away, server down).
+    """
     problems: list[str] = []
     conf = client.config_get("maxmemory-policy")
     policy = conf.get("maxmemory-policy")
@@ -34,20 +41,36 @@ def redis_durability_problems(client: redis.Redis[bytes]) -> list[str]:
         else:
             problems.append("appendonly is off: a crash loses the jobs queued since the last RDB snapshot; "
                             "set 'appendonly yes' and 'appendfsync everysec'")
+    elif client.config_get("appendfsync").get("appendfsync") == "no":
+        problems.append("appendfsync is 'no': the operating system decides when queued jobs reach the disk "
+                        "(typically every 30 s), so a machine crash loses them; set 'appendfsync everysec'")
     return problems
 
 
 def check_redis_broker(client: redis.Redis[bytes], mode: str) -> list[str]:
-    """Warn (``mode='warn'``) or raise SettingsError (``'error'``) when the Redis broker is not durable."""
+    """Warn (``mode='warn'``) or raise SettingsError (``'error'``) when the Redis broker is not durable.
+
+    A Redis whose settings cannot be read (``CONFIG GET`` refused by an ACL or
+    renamed away) is not assumed durable: it is reported as
+    :data:`DURABILITY_UNKNOWN`, warned about, and refused in ``error`` mode.
+
+    Returns:
+        The problems found (empty when the broker is durable or ``mode`` is ``off``).
+
+    Raises:
+        SettingsError: ``mode`` is ``error`` and the broker is not durable, or its durability is unknown.
+    """
     if mode == "off":
         return []
     try:
         problems = redis_durability_problems(client)
-    except Exception as exc:  # CONFIG may be disabled by ACLs
-        log.info("could not read the Redis broker's persistence settings: %s", exc)
-        return []
-    if problems:
         text = "the Redis broker is not durable: " + "; ".join(problems)
+    except Exception as exc:  # CONFIG may be refused by an ACL or renamed away
+        problems = [f"{DURABILITY_UNKNOWN}: its persistence settings could not be read ({type(exc).__name__}; "
+                    "CONFIG GET may be refused to this user); grant it '+config|get', or set "
+                    "jobs.redis_durability_check = 'off' once its persistence is verified by hand"]
+        text = "the Redis broker's " + problems[0]
+    if problems:
         if mode == "error":
             raise SettingsError(text + " (jobs.redis_durability_check = 'error')", setting="broker_url")
         log.warning("WARNING: %s", text)

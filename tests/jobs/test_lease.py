@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import celery.worker.state
 import pytest
@@ -16,6 +18,9 @@ from kombu.message import Message
 import esf
 from esf.errors import MissingDependency
 from esf.foundation import Foundation
+
+from . import apps
+from .harness import Worker, settings_env, wait_for
 
 
 def test_an_idle_worker_with_jobs_waiting_past_the_limit_is_restarted(redis_url: str) -> None:
@@ -109,3 +114,29 @@ def test_a_celery_without_an_internal_the_lease_needs_stops_the_worker_at_start_
             fnd.check_broker()
     finally:
         fnd.close()
+
+
+@pytest.mark.slow
+def test_a_live_worker_keeps_moving_the_lease_of_the_job_it_runs(redis_url: str, tmp_path: Path) -> None:
+    # Given a worker on Redis running an 8 s job, with a visibility timeout of 60 s so that kombu cannot
+    # restore (and re-stamp) the delivery during the test; the lease moves it every 10 / 3 s (the stall watch)
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    env = settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path),
+                       extra={"ESF_JOBS_VISIBILITY_TIMEOUT_S": "60"})
+    fnd = apps.build(esf.Settings.from_env(env))
+    client = redis.Redis.from_url(redis_url)
+    worker = Worker(env, tmp_path / "w.log", concurrency=1)
+    try:
+        worker.wait_ready()
+        handle = fnd.jobs.enqueue("t.record", uuid.uuid4().hex, 8)
+        # When its delivery shows in kombu's unacked_index
+        [(tag, first)] = wait_for(lambda: client.zrange("unacked_index", 0, -1, withscores=True), timeout=60,
+                                  interval=0.05, message="the job's delivery in unacked_index")
+        # Then the worker moves its score forward while the job runs (kombu alone never does)
+        wait_for(lambda: (client.zscore("unacked_index", tag) or 0) > first + 1, timeout=30, interval=0.1,
+                 message="the lease moving the delivery's score")
+        assert handle.wait(60) == 1
+    finally:
+        worker.stop()
+        fnd.close()
+        client.close()

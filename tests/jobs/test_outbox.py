@@ -1,4 +1,4 @@
-"""Jobs in the caller's transaction (outbox) and exactly-once effects (ledger), on PostgreSQL and Redis.
+"""Jobs in the caller's transaction (outbox) and exactly-once effects (ledger), on PostgreSQL, Redis and RabbitMQ.
 
 The "nothing sent before commit" checks run with no worker consuming the queue,
 so the queue's length on the broker is what was sent: nothing can take a message
@@ -21,17 +21,20 @@ from sqlalchemy.orm import Session
 
 import esf
 from esf.foundation import Foundation
+from tests.conftest import AMQP_URL, require_port
 
 from . import apps
+from .conftest import Broker, delete_amqp_queues
 from .harness import Worker, settings_env, wait_for
 
 
 @dataclass
 class Setup:
+    kind: str
     fnd: Foundation
     engine: sa.Engine
     queue: str
-    broker: redis.Redis[bytes]
+    redis: redis.Redis[bytes]
     env: dict[str, str]
     tmp_path: Path
 
@@ -40,9 +43,23 @@ class Setup:
         worker.wait_ready()
         return worker
 
-    def sent_ids(self) -> list[str]:
-        """Ids of the job messages waiting on the broker (no worker consumes them)."""
-        return [str(json.loads(raw)["headers"]["id"]) for raw in self.broker.lrange(self.queue, 0, -1)]
+    def waiting(self) -> int:
+        """Job messages waiting on the broker (no worker consumes them); a read that moves nothing."""
+        if self.kind == "redis":
+            return int(self.redis.llen(self.queue))
+        from esf.jobs._celery import job_queue
+
+        with self.fnd.celery.connection_for_write() as conn:
+            channel = conn.channel()
+            job_queue(self.fnd.settings, self.queue)(channel).declare()
+            return int(channel.queue_declare(self.queue, passive=True).message_count)
+
+    def check_sent(self, job_id: str) -> None:
+        """Exactly one message waits: ``job_id``'s (its id is read on Redis, where the list can be read in place)."""
+        wait_for(lambda: self.waiting() >= 1, timeout=30, message="the committed job on the broker")
+        assert self.waiting() == 1
+        if self.kind == "redis":
+            assert [str(json.loads(raw)["headers"]["id"]) for raw in self.redis.lrange(self.queue, 0, -1)] == [job_id]
 
     def outbox_rows(self, kind: str) -> int:
         with self.engine.connect() as conn:
@@ -50,23 +67,30 @@ class Setup:
             return int(conn.execute(query, {"k": kind}).scalar_one())
 
 
-@pytest.fixture
-def setup(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Setup]:
+@pytest.fixture(params=["redis", "amqp"])
+def setup(request: pytest.FixtureRequest, pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Setup]:
     queue = f"q-{uuid.uuid4().hex[:8]}"
-    env = settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path), extra={"ESF_DATABASE_URL": pg_url})
+    extra = {"ESF_DATABASE_URL": pg_url}
+    if request.param == "redis":
+        env = settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path), extra=extra)
+    else:
+        require_port(5672, "RabbitMQ")
+        env = settings_env(AMQP_URL, queues=(queue,), redis_url=redis_url, data_dir=str(tmp_path), extra=extra)
     fnd = apps.build(esf.Settings.from_env(env))
     engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE orders (id TEXT PRIMARY KEY)"))
         conn.execute(sa.text("CREATE TABLE charges (order_id TEXT NOT NULL)"))
     fnd.events.head()  # migrations
-    broker = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     try:
-        yield Setup(fnd, engine, queue, broker, env, tmp_path)
+        yield Setup(request.param, fnd, engine, queue, client, env, tmp_path)
     finally:
         fnd.close()
         engine.dispose()
-        broker.close()
+        client.close()
+        if request.param == "amqp":
+            delete_amqp_queues(Broker(request.param, env, queue))
 
 
 def test_a_job_enqueued_in_a_transaction_is_sent_only_after_commit(setup: Setup) -> None:
@@ -77,11 +101,10 @@ def test_a_job_enqueued_in_a_transaction_is_sent_only_after_commit(setup: Setup)
         # When this process's relay drains the outbox before the commit
         setup.fnd.jobs.outbox.drain()
         # Then nothing is on the broker: the row is not visible outside the transaction
-        assert setup.sent_ids() == []
+        assert setup.waiting() == 0
         s.commit()
     # And after the commit the relay sends it once, with the id enqueue() returned
-    wait_for(lambda: setup.sent_ids(), timeout=30, message="the committed job on the broker")
-    assert setup.sent_ids() == [handle.id]
+    setup.check_sent(handle.id)
     # And a worker started now runs it
     worker = setup.worker()
     try:
@@ -101,9 +124,8 @@ def test_nothing_is_sent_for_a_rolled_back_transaction(setup: Setup) -> None:
         committed = setup.fnd.jobs.get("t.add").enqueue(1, 1, session=s)
         s.commit()
     # Then the relay sends the committed job, and only that one: the rolled-back one left no row to send
-    wait_for(lambda: setup.sent_ids(), timeout=30, message="the committed job on the broker")
     wait_for(lambda: setup.outbox_rows("job") == 0, timeout=30, message="the relay's commit")
-    assert setup.sent_ids() == [committed.id]
+    setup.check_sent(committed.id)
     assert setup.fnd.jobs.status(rolled_back.id) == "pending"
 
 
@@ -115,7 +137,7 @@ def test_the_jobs_relay_leaves_the_rows_of_other_kinds(setup: Setup) -> None:
         s.commit()
     # When the jobs relay has sent the job and committed its drain
     wait_for(lambda: setup.outbox_rows("job") == 0, timeout=30, message="the jobs relay's commit")
-    assert setup.sent_ids() == [handle.id]
+    setup.check_sent(handle.id)
     # Then the other kind's row is still in the outbox, for its own relay
     assert setup.outbox_rows("mail") == 1
     assert setup.fnd.jobs.outbox.drain() == 0

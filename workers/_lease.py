@@ -126,8 +126,9 @@ class LeaseKeeper:
         self._idle_with_work_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="esf-lease", daemon=True)
-        #: Number of refresh rounds done (for health and tests).
+        #: Number of refresh rounds done, and of rounds that failed (for health and tests).
         self.rounds = 0
+        self.failed_rounds = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -179,10 +180,19 @@ class LeaseKeeper:
         return True
 
     def _loop(self) -> None:
+        failing: type[BaseException] | None = None  # the kind of error logged, until a round succeeds
         while not self._stop.wait(self._interval):
             try:
                 self.refresh()
                 self.check_stall()
                 self.rounds += 1
-            except Exception as exc:  # the broker may be restarting: keep trying
-                log.warning("could not refresh job leases: %s", exc)
+            except Exception as exc:  # the broker may be restarting: keep trying, and say so once per kind
+                self.failed_rounds += 1
+                if type(exc) is not failing:
+                    log.warning("could not refresh job leases: %s: %s; retrying every %.1f s",
+                                type(exc).__name__, exc, self._interval)
+                failing = type(exc)
+            else:
+                if failing is not None:
+                    log.warning("job leases refreshed again after %s", failing.__name__)
+                failing = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from kombu.message import Message
 import esf
 from esf.errors import MissingDependency
 from esf.foundation import Foundation
+from tests.servers import PrivateRedis
 
 from . import apps
 from .harness import Worker, settings_env, wait_for
@@ -140,3 +142,27 @@ def test_a_live_worker_keeps_moving_the_lease_of_the_job_it_runs(redis_url: str,
         worker.stop()
         fnd.close()
         client.close()
+
+
+def test_a_broker_outage_is_logged_once_not_every_round_and_its_end_is_logged(
+    private_redis: PrivateRedis, held: list[Request], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a keeper refreshing held deliveries every 0.5 s on a Redis of this test
+    keeper = LeaseKeeper(private_redis.url, 2)
+    caplog.set_level(logging.WARNING, logger="esf.workers")
+    keeper.start()
+    try:
+        wait_for(lambda: keeper.rounds >= 1, timeout=30, message="a first round")
+        # When Redis is down for several rounds
+        private_redis.kill()
+        wait_for(lambda: keeper.failed_rounds >= 4, timeout=60, message="four failed rounds")
+        # Then the failure was logged once
+        failures = [r for r in caplog.records if "could not refresh job leases" in r.getMessage()]
+        assert len(failures) == 1
+        # When Redis is back, then the recovery is logged and rounds go on
+        private_redis.start()
+        done = keeper.rounds
+        wait_for(lambda: keeper.rounds > done, timeout=60, message="a round after the outage")
+        assert any("job leases refreshed again" in r.getMessage() for r in caplog.records)
+    finally:
+        keeper.stop()

@@ -207,8 +207,12 @@ class Spooler:
     def _run(self) -> None:
         backoff = self.min_backoff_s
         while not self._stop.is_set():
-            with self.spool.drain_lock() as mine:
-                status = self._drain_once() if mine else "busy"
+            try:
+                with self.spool.drain_lock() as mine:
+                    status = self._drain_once() if mine else "busy"
+            except Exception:  # the spool file itself failed (disk full, I/O error): keep the thread, retry
+                log.exception("event spool %s: draining failed; will retry", self.spool.path)
+                status = "error"
             if status == "progress":
                 backoff = self.min_backoff_s
                 continue

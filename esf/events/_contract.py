@@ -281,10 +281,10 @@ class EventStore(Protocol):
         """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
         ...
 
-    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str = "job") -> OutboxRelay:
+    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str) -> OutboxRelay:
         """A relay of the outbox rows of one ``kind``: it dispatches them in insertion order and deletes them.
 
-        Rows of other kinds are left alone (each kind has its own relay).
+        Rows of other kinds are left alone (each kind has its own relay); the jobs service's kind is ``"job"``.
 
         Raises:
             ValidationError: ``kind`` is not a string of 1 to 50 characters.

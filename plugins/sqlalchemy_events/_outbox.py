@@ -101,13 +101,14 @@ class OutboxRelay:
             before are deleted (committed), the failing row and the rest stay,
             and the exception propagates from :meth:`drain`.
         kind: the only kind of row this relay reads, dispatches and deletes
-            (default :data:`JOB_KIND`, the rows of ``job.enqueue(..., session=)``).
+            (required: a relay never guesses; :data:`JOB_KIND` is the kind of
+            ``job.enqueue(..., session=)``).
 
     Raises:
         ValidationError: ``kind`` is not a string of 1 to 50 characters.
     """
 
-    def __init__(self, engine: Engine, dispatch: Dispatch, *, kind: str = JOB_KIND) -> None:
+    def __init__(self, engine: Engine, dispatch: Dispatch, *, kind: str) -> None:
         self.engine = engine
         self.dispatch = dispatch
         self.kind = _check_kind(kind)

@@ -33,7 +33,7 @@ from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
 from ._copy import COPY_MIN_EVENTS, IdsExist, copy_append
 from ._engine import connect_write, is_unreachable, make_engine, normalize_url, redact, unavailable
-from ._outbox import JOB_KIND, Dispatch, OutboxRelay
+from ._outbox import Dispatch, OutboxRelay
 from ._query import SqlQueryMixin
 from ._schema import checkpoints, event_head, events, streams
 from ._spooler import DEFAULT_MAX_ATTEMPTS, Breaker, Spooler
@@ -418,7 +418,7 @@ class SqlEventStore(SqlQueryMixin):
         self._ensure_schema()
         return _ledger.once(session if session is not None else self.engine, key, job_id=job_id)
 
-    def outbox_relay(self, dispatch: Dispatch, *, kind: str = JOB_KIND) -> OutboxRelay:
+    def outbox_relay(self, dispatch: Dispatch, *, kind: str) -> OutboxRelay:
         """An :class:`OutboxRelay` of ``kind``'s rows on this store's engine (contract:
         :meth:`esf.events.EventStore.outbox_relay`)."""
         self._ensure_schema()

@@ -25,7 +25,7 @@ def test_outbox_messages_are_dispatched_in_order_only_after_commit(store):
         outbox_put(s, "job", {"n": 3})
         s.rollback()
     sent: list[tuple[str, dict]] = []
-    relay = OutboxRelay(store.engine, lambda kind, payload: sent.append((kind, payload)))
+    relay = OutboxRelay(store.engine, lambda kind, payload: sent.append((kind, payload)), kind="job")
     # When the relay drains
     assert relay.drain(10) == 2
     # Then the committed messages went out in order, the rolled-back one never, and the outbox is empty
@@ -40,7 +40,7 @@ def test_an_event_and_an_outbox_message_commit_together(store):
         outbox_put(s, "job", {"name": "send_mail"})
         s.commit()
     assert store.head() == 1
-    assert store.outbox_relay(lambda k, p: None).drain() == 1
+    assert store.outbox_relay(lambda k, p: None, kind="job").drain() == 1
 
 
 def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
@@ -56,7 +56,7 @@ def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
             raise ConnectionError("broker down")
         sent.append(payload["n"])
 
-    relay = OutboxRelay(store.engine, dispatch)
+    relay = OutboxRelay(store.engine, dispatch, kind="job")
     # When dispatch fails on the third message
     with pytest.raises(ConnectionError):
         relay.drain(10)
@@ -68,7 +68,7 @@ def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
 
 def test_the_relay_can_run_in_the_background_until_stopped(store):
     got = threading.Event()
-    relay = OutboxRelay(store.engine, lambda k, p: got.set())
+    relay = OutboxRelay(store.engine, lambda k, p: got.set(), kind="job")
     t = threading.Thread(target=relay.run, kwargs={"interval_s": 0.05})
     t.start()
     try:

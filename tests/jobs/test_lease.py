@@ -52,7 +52,7 @@ def held() -> Iterator[list[Request]]:
     """Celery Requests put in this process's worker state as a worker would: ``task_reserved``, or held for an ETA."""
     app = Celery("lease-test", broker="memory://", set_as_current=False)
 
-    @app.task(name="t.lease")
+    @app.task(name="t.lease", shared=False)
     def lease(x: int) -> int:
         return x
 

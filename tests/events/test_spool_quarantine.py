@@ -4,6 +4,7 @@ and the CLI lists and retries it. Also: a pool timeout and the COPY path spool l
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,40 @@ def test_a_pool_timeout_spools_appends_and_large_batches_like_an_unreachable_ser
     finally:
         store.close()
         engine.dispose()
+
+
+
+DISK_FULL = """
+CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full';
+END $$;
+CREATE TRIGGER disk_full BEFORE INSERT ON esf_events FOR EACH ROW EXECUTE FUNCTION disk_full();
+"""
+
+
+def test_a_full_disk_spools_appends_and_never_quarantines_them(pg_url: str, tmp_path: Path) -> None:
+    # Given a database that answers every insert with SQLSTATE 53100 (disk full), and a spool that would
+    # quarantine an entry at its first refusal
+    store = SqlEventStore(pg_url, spool_path=tmp_path / "spool.sqlite", spool_max_attempts=1)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(DISK_FULL))
+        # When an event is appended, then it is spooled (pending) like on an unreachable server, not raised
+        result = store.append(Event("a.b", {"i": 1}, stream_id="s"))
+        assert result.is_pending
+        # And the flusher's failures count as "unreachable" (they open the circuit), never as refusals:
+        # after several of them nothing is quarantined and the event still waits in the spool
+        deadline = time.monotonic() + 60
+        while store.breaker.state == "closed":
+            assert time.monotonic() < deadline, "the flusher never failed three times"
+            time.sleep(0.05)
+        assert store.spool_quarantine() == [] and store.health()["spool_depth"] == 1
+        # When space is back, then the event is written
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER disk_full ON esf_events"))
+        assert store.flush_spool(timeout=60)
+        [stored] = result.wait(timeout=30)
+        assert stored.data == {"i": 1}
+    finally:
+        store.close()

@@ -355,9 +355,7 @@ class Foundation:
             return []
         import redis as _redis
 
-        from esf.workers._lease import check_lease_internals
-
-        from .jobs._checks import check_redis_broker
+        from .jobs._checks import check_lease_internals, check_redis_broker
 
         check_lease_internals()
 

@@ -13,7 +13,7 @@ The lease reads what the worker holds from Celery's worker state
 (``celery.worker.state.requests`` and ``scheduled_requests``, the latter new in
 Celery 5.7) and writes kombu's Redis bookkeeping (``unacked_index``, the
 priority-step queue names). Those are internals, not APIs:
-:func:`check_lease_internals` verifies them once, when the worker starts, and
+:func:`esf.jobs._checks.check_lease_internals` verifies them once, when the worker starts, and
 refuses to start a worker on a Celery or kombu that lacks one, instead of
 running without the lease.
 """
@@ -23,65 +23,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from esf.errors import MissingDependency
+from esf.jobs._checks import (
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+    UNACKED_INDEX_KEY,
+    check_lease_internals,
+    lease_internals_problems,
+)
+
+__all__ = [
+    "PRIORITY_SEP",
+    "PRIORITY_STEPS",
+    "UNACKED_INDEX_KEY",
+    "LeaseKeeper",
+    "check_lease_internals",
+    "held_delivery_tags",
+    "lease_internals_problems",
+]
 
 log = logging.getLogger("esf.workers")
-
-#: kombu's default key of the sorted set of unacknowledged deliveries.
-UNACKED_INDEX_KEY = "unacked_index"
-#: kombu's separator between a queue name and its priority step.
-PRIORITY_SEP = "\x06\x16"
-#: kombu's default priority steps (a queue is one Redis list per step).
-PRIORITY_STEPS = (0, 3, 6, 9)
-#: The oldest releases whose internals the lease has been checked against.
-MIN_VERSIONS = {"celery": "5.7", "kombu": "5.7"}
-
-
-def lease_internals_problems() -> list[str]:
-    """What the installed Celery and kombu lack of what the lease relies on (empty when nothing is missing)."""
-    from celery.worker import request as celery_request
-    from celery.worker import state
-    from kombu.transport import redis as kombu_redis
-
-    problems: list[str] = []
-    if not isinstance(getattr(state, "requests", None), dict):
-        problems.append("celery.worker.state.requests (the reserved and running requests) is missing")
-    if not isinstance(getattr(state, "scheduled_requests", None), Iterable):
-        problems.append("celery.worker.state.scheduled_requests (the requests held for an ETA) is missing")
-    if not isinstance(getattr(celery_request.Request, "message", None), property):
-        problems.append("celery.worker.request.Request.message is missing")
-    channel = getattr(kombu_redis, "Channel", None)
-    if getattr(channel, "unacked_index_key", None) != UNACKED_INDEX_KEY:
-        problems.append(f"kombu's Redis Channel.unacked_index_key is not {UNACKED_INDEX_KEY!r}")
-    if getattr(channel, "sep", None) != PRIORITY_SEP:
-        problems.append("kombu's Redis Channel.sep (the priority-step separator) changed")
-    if tuple(getattr(channel, "priority_steps", ()) or ()) != PRIORITY_STEPS:
-        problems.append(f"kombu's Redis Channel.priority_steps is not {list(PRIORITY_STEPS)}")
-    return problems
-
-
-def check_lease_internals() -> None:
-    """Refuse to run the lease on a Celery or kombu that lacks what it relies on.
-
-    Raises:
-        MissingDependency: an internal is missing; the message names it, the
-            installed versions and the versions to install.
-    """
-    problems = lease_internals_problems()
-    if problems:
-        import celery
-        import kombu
-
-        need = " and ".join(f"{name}>={version}" for name, version in MIN_VERSIONS.items())
-        raise MissingDependency(
-            f"the Redis job lease cannot run on celery {celery.__version__} / kombu {kombu.__version__}: "
-            + "; ".join(problems) + f". Install {need}.",
-            celery=celery.__version__, kombu=kombu.__version__,
-        )
-
 
 def held_delivery_tags() -> list[str]:
     """Delivery tags of every message this worker process has reserved, is running, or scheduled."""

@@ -1,12 +1,14 @@
-"""Start-up checks of the servers jobs depend on."""
+"""Start-up checks of what jobs depend on: the Redis broker's durability, and the Celery and kombu internals
+of the Redis job lease."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import SettingsError
+from ..errors import MissingDependency, SettingsError
 
 if TYPE_CHECKING:
     import redis
@@ -76,3 +78,56 @@ def check_redis_broker(client: redis.Redis[bytes], mode: str) -> list[str]:
         log.warning("WARNING: %s", text)
         warnings.warn(text, RedisDurabilityWarning, stacklevel=3)
     return problems
+
+
+#: kombu's default key of the sorted set of unacknowledged deliveries.
+UNACKED_INDEX_KEY = "unacked_index"
+#: kombu's separator between a queue name and its priority step.
+PRIORITY_SEP = "\x06\x16"
+#: kombu's default priority steps (a queue is one Redis list per step).
+PRIORITY_STEPS = (0, 3, 6, 9)
+#: The oldest releases whose internals the lease has been checked against.
+MIN_VERSIONS = {"celery": "5.7", "kombu": "5.7"}
+
+
+def lease_internals_problems() -> list[str]:
+    """What the installed Celery and kombu lack of what the lease relies on (empty when nothing is missing)."""
+    from celery.worker import request as celery_request
+    from celery.worker import state
+    from kombu.transport import redis as kombu_redis
+
+    problems: list[str] = []
+    if not isinstance(getattr(state, "requests", None), dict):
+        problems.append("celery.worker.state.requests (the reserved and running requests) is missing")
+    if not isinstance(getattr(state, "scheduled_requests", None), Iterable):
+        problems.append("celery.worker.state.scheduled_requests (the requests held for an ETA) is missing")
+    if not isinstance(getattr(celery_request.Request, "message", None), property):
+        problems.append("celery.worker.request.Request.message is missing")
+    channel = getattr(kombu_redis, "Channel", None)
+    if getattr(channel, "unacked_index_key", None) != UNACKED_INDEX_KEY:
+        problems.append(f"kombu's Redis Channel.unacked_index_key is not {UNACKED_INDEX_KEY!r}")
+    if getattr(channel, "sep", None) != PRIORITY_SEP:
+        problems.append("kombu's Redis Channel.sep (the priority-step separator) changed")
+    if tuple(getattr(channel, "priority_steps", ()) or ()) != PRIORITY_STEPS:
+        problems.append(f"kombu's Redis Channel.priority_steps is not {list(PRIORITY_STEPS)}")
+    return problems
+
+
+def check_lease_internals() -> None:
+    """Refuse to run the lease on a Celery or kombu that lacks what it relies on.
+
+    Raises:
+        MissingDependency: an internal is missing; the message names it, the
+            installed versions and the versions to install.
+    """
+    problems = lease_internals_problems()
+    if problems:
+        import celery
+        import kombu
+
+        need = " and ".join(f"{name}>={version}" for name, version in MIN_VERSIONS.items())
+        raise MissingDependency(
+            f"the Redis job lease cannot run on celery {celery.__version__} / kombu {kombu.__version__}: "
+            + "; ".join(problems) + f". Install {need}.",
+            celery=celery.__version__, kombu=kombu.__version__,
+        )

@@ -21,6 +21,7 @@ failures apart without relying on class paths::
     │   ├── CircuitOpen              circuit_open
     │   └── BatchNotSent             batch_not_sent
     ├── Timeout                      timeout
+    ├── SpoolQuarantined             spool_quarantined
     ├── JobFailed                    job_failed
     ├── HookError                    hook_error
     ├── MissingDependency            missing_dependency
@@ -57,6 +58,7 @@ __all__ = [
     "ServiceUnavailable",
     "SettingsError",
     "SkipJob",
+    "SpoolQuarantined",
     "Timeout",
     "UnknownJob",
     "UnknownQueue",
@@ -189,6 +191,15 @@ class Timeout(EsfError):
     """An operation did not complete within its timeout."""
 
     code = "timeout"
+
+
+class SpoolQuarantined(EsfError):
+    """Spooled events kept failing to be written and were set aside in the spool's quarantine.
+
+    They are kept, not written; ``esf events spool retry`` puts them back. ``details["spool_id"]`` is the entry.
+    """
+
+    code = "spool_quarantined"
 
 
 class JobFailed(EsfError):

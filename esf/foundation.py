@@ -344,12 +344,20 @@ class Foundation:
     # -- lifecycle ---------------------------------------------------------------
 
     def check_broker(self) -> list[str]:
-        """Start-up checks of the broker; returns the problems found (warned or raised per settings)."""
+        """Start-up checks of the broker; returns the problems found (warned or raised per settings).
+
+        Raises:
+            MissingDependency: on a Redis broker, the installed Celery or kombu lacks an internal the job
+                lease relies on (the worker must not run without it).
+            SettingsError: the Redis broker is not durable and ``jobs.redis_durability_check`` is ``error``.
+        """
         if self.settings.broker_kind != "redis":
             return []
         import redis as _redis
 
-        from .jobs._checks import check_redis_broker
+        from .jobs._checks import check_lease_internals, check_redis_broker
+
+        check_lease_internals()
 
         assert self.settings.broker_url is not None
         client = _redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)

@@ -183,9 +183,13 @@ class EventSettings:
     #: Longest time, in seconds, a job-history (or audit) event waits in its process before it is
     #: written: the writer gathers this long for one transaction per batch (at most 500 events).
     history_flush_s: float = 0.5
+    #: Failed writes of one spooled append, while the database is reachable, before it is quarantined
+    #: (``esf events spool list``); the appends after it are then written.
+    spool_max_attempts: int = 10
 
     def __post_init__(self) -> None:
         _positive(self, "events", ("max_event_bytes", "history_flush_s"))
+        _positive(self, "events", ("spool_max_attempts",))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ those messages' scores in ``unacked_index`` to now. A job therefore runs once
 however long it takes, and the visibility timeout only bounds how long the jobs
 of a worker that died stay invisible: they are delivered again within
 ``visibility_timeout + restore_interval`` seconds.
+
+The lease reads what the worker holds from Celery's worker state
+(``celery.worker.state.requests`` and ``scheduled_requests``, the latter new in
+Celery 5.7) and writes kombu's Redis bookkeeping (``unacked_index``, the
+priority-step queue names). Those are internals, not APIs:
+:func:`esf.jobs._checks.check_lease_internals` verifies them once, when the worker starts, and
+refuses to start a worker on a Celery or kombu that lacks one, instead of
+running without the lease.
 """
 
 from __future__ import annotations
@@ -18,11 +26,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from esf.jobs._checks import (
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+    UNACKED_INDEX_KEY,
+    check_lease_internals,
+    lease_internals_problems,
+)
+
+__all__ = [
+    "PRIORITY_SEP",
+    "PRIORITY_STEPS",
+    "UNACKED_INDEX_KEY",
+    "LeaseKeeper",
+    "check_lease_internals",
+    "held_delivery_tags",
+    "lease_internals_problems",
+]
+
 log = logging.getLogger("esf.workers")
-
-#: kombu's default key of the sorted set of unacknowledged deliveries.
-UNACKED_INDEX_KEY = "unacked_index"
-
 
 def held_delivery_tags() -> list[str]:
     """Delivery tags of every message this worker process has reserved, is running, or scheduled."""
@@ -31,17 +53,10 @@ def held_delivery_tags() -> list[str]:
     tags: list[str] = []
     requests: list[Any] = list(state.requests.values()) + list(state.scheduled_requests)
     for req in requests:
-        message = getattr(req, "_message", None)
-        tag = getattr(message, "delivery_tag", None)
+        tag = getattr(req.message, "delivery_tag", None)
         if tag is not None:
             tags.append(str(tag))
     return tags
-
-
-#: kombu's separator between a queue name and its priority step.
-PRIORITY_SEP = "\x06\x16"
-#: kombu's default priority steps (a queue is one Redis list per step).
-PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 class LeaseKeeper:
@@ -52,12 +67,18 @@ class LeaseKeeper:
     while one of its queues has had jobs waiting for ``stall_after_s`` seconds,
     the consumer is stalled: the worker is restarted in place (Celery's SIGHUP
     restart: a warm shutdown, then the same command again).
+
+    Raises:
+        MissingDependency: the installed Celery or kombu lacks an internal the
+            lease relies on (see :func:`check_lease_internals`).
     """
 
     def __init__(self, redis_url: str, visibility_timeout_s: float, key: str = UNACKED_INDEX_KEY,
                  queues: tuple[str, ...] = (), stall_after_s: float = 30.0,
                  on_stall: Callable[[], None] | None = None) -> None:
         import redis
+
+        check_lease_internals()
 
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._interval = max(0.5, min(visibility_timeout_s / 4, stall_after_s / 3))
@@ -68,8 +89,9 @@ class LeaseKeeper:
         self._idle_with_work_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="esf-lease", daemon=True)
-        #: Number of refresh rounds done (for health and tests).
+        #: Number of refresh rounds done, and of rounds that failed (for health and tests).
         self.rounds = 0
+        self.failed_rounds = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -80,6 +102,8 @@ class LeaseKeeper:
         self._client.close()
 
     def refresh(self) -> int:
+        """Move the ``unacked_index`` score of every delivery this worker holds to now; returns how many
+        deliveries were held. A delivery missing from the index (already acknowledged) is not added."""
         tags = held_delivery_tags()
         if not tags:
             return 0
@@ -119,10 +143,19 @@ class LeaseKeeper:
         return True
 
     def _loop(self) -> None:
+        failing: type[BaseException] | None = None  # the kind of error logged, until a round succeeds
         while not self._stop.wait(self._interval):
             try:
                 self.refresh()
                 self.check_stall()
                 self.rounds += 1
-            except Exception as exc:  # the broker may be restarting: keep trying
-                log.warning("could not refresh job leases: %s", exc)
+            except Exception as exc:  # the broker may be restarting: keep trying, and say so once per kind
+                self.failed_rounds += 1
+                if type(exc) is not failing:
+                    log.warning("could not refresh job leases: %s: %s; retrying every %.1f s",
+                                type(exc).__name__, exc, self._interval)
+                failing = type(exc)
+            else:
+                if failing is not None:
+                    log.warning("job leases refreshed again after %s", failing.__name__)
+                failing = None

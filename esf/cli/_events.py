@@ -1,4 +1,4 @@
-"""``esf db …`` and ``esf events …``: migrations, append, get, tail, prune, timeline.
+"""``esf db …`` and ``esf events …``: migrations, append, get, tail, prune, timeline, spool.
 
 Handlers are thin: they parse arguments, get the store from the Foundation
 (``load_foundation(args.app).events``) and call one ``run_*`` function that
@@ -22,7 +22,17 @@ from ._common import CommandError, load_foundation, parse_duration, parse_json_a
 if TYPE_CHECKING:
     from ..events import EventStore
 
-__all__ = ["register", "run_append", "run_get", "run_prune", "run_tail", "run_timeline", "run_upgrade"]
+__all__ = [
+    "register",
+    "run_append",
+    "run_get",
+    "run_prune",
+    "run_spool_list",
+    "run_spool_retry",
+    "run_tail",
+    "run_timeline",
+    "run_upgrade",
+]
 
 
 
@@ -183,6 +193,59 @@ def run_timeline(
     return 0 if events else 1
 
 
+def run_spool_list(store: EventStore, *, as_json: bool = False, limit: int = 100, out: TextIO | None = None) -> int:
+    """Print the spool's quarantined entries (a read: nothing moves); exit status 1 when there are some."""
+    out = out or sys.stdout
+    entries = store.spool_quarantine(limit)
+    if as_json:
+        rows = [
+            {"id": e.id, "events": e.n_events, "attempts": e.attempts, "streams": list(e.streams),
+             "created_at": e.created_at, "quarantined_at": e.quarantined_at, "error": e.error}
+            for e in entries
+        ]
+        out.write(json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return 1 if entries else 0
+    if not entries:
+        out.write("no quarantined spool entries\n")
+        return 0
+    for e in entries:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.quarantined_at))
+        streams = ", ".join(e.streams[:5]) + (" …" if len(e.streams) > 5 else "")
+        out.write(f"entry {e.id}  {e.n_events} event(s)  streams {streams}  {e.attempts} attempt(s)  "
+                  f"quarantined {when}\n    {e.error}\n")
+    out.write(f"{len(entries)} quarantined entr{'y' if len(entries) == 1 else 'ies'}; "
+              "`esf events spool retry ID…` (or --all) writes them again\n")
+    return 1
+
+
+def run_spool_retry(
+    store: EventStore,
+    entry_ids: Sequence[int] | None,
+    *,
+    wait_s: float = 60.0,
+    out: TextIO | None = None,
+) -> int:
+    """Put quarantined entries (all when ``entry_ids`` is None) back in the spool and wait up to ``wait_s``
+    seconds for them to be written. Exit status 0 when all were written, 1 otherwise (the reason is printed).
+    """
+    out = out or sys.stdout
+    ids = store.retry_quarantined(entry_ids)
+    if not ids:
+        out.write("no such quarantined spool entry\n" if entry_ids else "no quarantined spool entries\n")
+        return 1 if entry_ids else 0
+    out.write(f"entries {', '.join(map(str, ids))} put back in the spool; writing…\n")
+    flushed = store.flush_spool(timeout=wait_s)
+    again = {e.id: e for e in store.spool_quarantine(10_000) if e.id in set(ids)}
+    for entry_id in ids:
+        if entry_id in again:
+            out.write(f"entry {entry_id}: quarantined again: {again[entry_id].error}\n")
+        elif flushed:
+            out.write(f"entry {entry_id}: written\n")
+        else:
+            out.write(f"entry {entry_id}: still spooled after {wait_s:g} s (is the database reachable?)\n")
+    return 0 if flushed and not again else 1
+
+
 # -- handlers: argparse → run_* ------------------------------------------------
 
 
@@ -254,6 +317,18 @@ def _timeline(args: argparse.Namespace) -> int:
     return run_timeline(_store(args), args.correlation_id, as_json=args.json, limit=args.limit)
 
 
+def _spool_list(args: argparse.Namespace) -> int:
+    return run_spool_list(_store(args), as_json=args.json, limit=args.limit)
+
+
+def _spool_retry(args: argparse.Namespace) -> int:
+    if not args.all and not args.entry_ids:
+        raise ValidationError("esf events spool retry: give entry ids (see `esf events spool list`) or --all")
+    if args.all and args.entry_ids:
+        raise ValidationError("esf events spool retry: give entry ids or --all, not both")
+    return run_spool_retry(_store(args), None if args.all else args.entry_ids, wait_s=args.wait)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``esf db`` and ``esf events`` to the main parser."""
     db = subparsers.add_parser("db", help="database maintenance")
@@ -301,6 +376,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=10_000)
     p.set_defaults(handler=_timeline)
+
+    p = sub.add_parser("spool", help="the local spool's quarantine: entries the database kept refusing")
+    spool = p.add_subparsers(dest="spool_command", metavar="ACTION")
+    q = spool.add_parser("list", help="show the quarantined entries (exit status 1 when there are some)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=100)
+    q.set_defaults(handler=_spool_list)
+    q = spool.add_parser("retry", help="put quarantined entries back in the spool, at their place, and write them")
+    q.add_argument("entry_ids", nargs="*", type=int, metavar="ID")
+    q.add_argument("--all", action="store_true", help="every quarantined entry")
+    q.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the writes (default 60)")
+    q.set_defaults(handler=_spool_retry)
 
     from ._events_query import register_query
 

@@ -242,7 +242,11 @@ class ConfigStore(Protocol):
         ...
 
     def beat(self, node: NodeStatus, ttl_s: float) -> None:
-        """Record ``node``'s heartbeat; it stays live for ``ttl_s`` seconds."""
+        """Record ``node``'s heartbeat; it stays live for ``ttl_s`` seconds.
+
+        A store shared by several hosts times the heartbeat with one clock of its own (the Redis
+        server's), never ``node.last_seen``, so that a node's clock skew does not decide its liveness.
+        """
         ...
 
     def forget(self, node_id: str) -> None:
@@ -250,7 +254,7 @@ class ConfigStore(Protocol):
         ...
 
     def nodes(self, ttl_s: float) -> list[NodeStatus]:
-        """Nodes that have beaten within ``ttl_s`` seconds, sorted by node id."""
+        """Nodes that have beaten within ``ttl_s`` seconds by the store's clock, sorted by node id."""
         ...
 
     def watch(self, callback: NotifyCallback) -> None:

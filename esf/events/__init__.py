@@ -100,6 +100,7 @@ def create_event_store(settings: Settings, **options: Any) -> EventStore:
     url = settings.effective_database_url
     spool_path = settings.data_path / SPOOL_FILE if url.startswith("postgres") else None
     options.setdefault("spool_path", spool_path)
+    options.setdefault("spool_max_attempts", settings.events.spool_max_attempts)
     store: EventStore = _backend_class()(
         url,
         max_event_bytes=settings.events.max_event_bytes,

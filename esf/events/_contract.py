@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ._query import Filter, Page, Query
     from ._query_values import Per
+    from ._spool import QuarantinedEntry
 
 __all__ = ["AppendResult", "EventStore", "PendingAppend"]
 
@@ -221,8 +222,27 @@ class EventStore(Protocol):
     def health(self) -> dict[str, Any]:
         """``{"status": "ok" | "degraded" | "down", "backend": …, "head": …, "spool_depth": …}``.
 
-        ``degraded``: events are waiting in the local spool (``spool_depth`` > 0)
+        ``degraded``: events are waiting in the local spool (``spool_depth`` > 0),
+        spooled entries were set aside (``spool_dead``, ``spool_quarantined`` > 0)
         or the circuit breaker is open. Never raises.
+        """
+        ...
+
+    def spool_quarantine(self, limit: int = 100) -> list[QuarantinedEntry]:
+        """Spooled appends the reachable database kept refusing, set aside so the later ones are written.
+
+        Oldest first; a read (nothing moves). Empty when the store has no spool.
+        """
+        ...
+
+    def flush_spool(self, timeout: float | None = None) -> bool:
+        """Block until every spooled event is written or quarantined (True), or ``timeout`` seconds passed (False)."""
+        ...
+
+    def retry_quarantined(self, entry_ids: Sequence[int] | None = None) -> list[int]:
+        """Put quarantined entries (all when ``entry_ids`` is None) back in the spool, before every newer entry.
+
+        Returns the ids moved back (unknown ids are ignored); the store starts flushing them.
         """
         ...
 
@@ -261,8 +281,14 @@ class EventStore(Protocol):
         """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
         ...
 
-    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None]) -> OutboxRelay:
-        """A relay that dispatches the outbox's messages in order and deletes them."""
+    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str) -> OutboxRelay:
+        """A relay of the outbox rows of one ``kind``: it dispatches them in insertion order and deletes them.
+
+        Rows of other kinds are left alone (each kind has its own relay); the jobs service's kind is ``"job"``.
+
+        Raises:
+            ValidationError: ``kind`` is not a string of 1 to 50 characters.
+        """
         ...
 
     def close(self) -> None:

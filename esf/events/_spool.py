@@ -5,6 +5,12 @@ node. Each entry is one append call (a batch, kept all-or-nothing), in the
 order the calls were made. Entries are removed only after the database
 confirmed the write; an entry that can never be written (its id is stored
 with other content) is moved to the ``dead`` table and logged, never dropped.
+An entry whose write keeps failing for another reason (the database is
+reachable but refuses it) is retried a bounded number of times, counted in
+the ``attempts`` table, then moved to the ``quarantine`` table so that the
+entries after it are written, in their order; ``esf events spool list``
+shows the quarantine and ``esf events spool retry`` puts entries back in the
+spool, at their original place (their id), before every newer entry.
 Only one process drains the spool at a time (an ``flock`` on a lock file
 beside it), so the order of the file is the order of the writes.
 """
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from ._validation import PreparedEvent
 
-__all__ = ["Spool", "SpoolEntry"]
+__all__ = ["QuarantinedEntry", "Spool", "SpoolEntry"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -41,6 +47,21 @@ CREATE TABLE IF NOT EXISTS dead (
     batch TEXT NOT NULL,
     error TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    last_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    quarantined_at REAL NOT NULL,
+    n INTEGER NOT NULL,
+    batch TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL
+);
 """
 
 
@@ -50,6 +71,22 @@ class SpoolEntry:
 
     id: int
     events: tuple[PreparedEvent, ...]
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    """A spooled append set aside after failing ``attempts`` times (its events are kept, unwritten).
+
+    ``created_at`` and ``quarantined_at`` are Unix times (seconds); ``error`` is the last failure.
+    """
+
+    id: int
+    created_at: float
+    quarantined_at: float
+    n_events: int
+    attempts: int
+    error: str
+    streams: tuple[str, ...]
 
 
 class Spool:
@@ -107,6 +144,76 @@ class Spool:
         """Forget an entry whose events are stored."""
         with self._conn() as conn:
             conn.execute("DELETE FROM spool WHERE id = ?", (entry_id,))
+            conn.execute("DELETE FROM attempts WHERE id = ?", (entry_id,))
+
+    def record_failure(self, entry_id: int, error: str) -> int:
+        """Count one more failed write of an entry; returns its failures so far (kept across restarts)."""
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO attempts (id, attempts, last_error, last_at) VALUES (?, 1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET attempts = attempts + 1, last_error = excluded.last_error, "
+                "last_at = excluded.last_at",
+                (entry_id, error, time.time()),
+            )
+            row = conn.execute("SELECT attempts FROM attempts WHERE id = ?", (entry_id,)).fetchone()
+        return int(row[0])
+
+    def quarantine(self, entry_id: int, error: str) -> None:
+        """Move an entry that keeps failing to the ``quarantine`` table, with its failure count and last error."""
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO quarantine (id, created_at, quarantined_at, n, batch, attempts, error) "
+                "SELECT s.id, s.created_at, ?, s.n, s.batch, COALESCE(a.attempts, 0), ? "
+                "FROM spool s LEFT JOIN attempts a ON a.id = s.id WHERE s.id = ?",
+                (time.time(), error, entry_id),
+            )
+            conn.execute("DELETE FROM spool WHERE id = ?", (entry_id,))
+            conn.execute("DELETE FROM attempts WHERE id = ?", (entry_id,))
+
+    def quarantined(self, limit: int = 100) -> list[QuarantinedEntry]:
+        """The oldest ``limit`` quarantined entries, oldest first (a read: nothing moves)."""
+        rows = self._connection().execute(
+            "SELECT id, created_at, quarantined_at, n, attempts, error, batch FROM quarantine ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        out: list[QuarantinedEntry] = []
+        for r in rows:
+            streams = tuple(dict.fromkeys(str(e.get("stream_id", "")) for e in json.loads(r[6])))
+            out.append(QuarantinedEntry(int(r[0]), float(r[1]), float(r[2]), int(r[3]), int(r[4]), str(r[5]),
+                                        streams))
+        return out
+
+    def retry(self, entry_ids: list[int] | None = None) -> list[int]:
+        """Put quarantined entries (all when ``entry_ids`` is None) back in the spool, at their original place.
+
+        An entry keeps its id, so it is written before every entry spooled after
+        it, with a fresh count of attempts. Returns the ids moved back (ids not
+        in the quarantine are ignored).
+        """
+        with self._conn() as conn:
+            if entry_ids is None:
+                ids = [int(r[0]) for r in conn.execute("SELECT id FROM quarantine ORDER BY id").fetchall()]
+            else:
+                wanted = sorted({int(i) for i in entry_ids})
+                ids = [i for i in wanted if conn.execute("SELECT 1 FROM quarantine WHERE id = ?", (i,)).fetchone()]
+            for entry_id in ids:
+                conn.execute(
+                    "INSERT INTO spool (id, created_at, n, batch) SELECT id, created_at, n, batch FROM quarantine "
+                    "WHERE id = ?",
+                    (entry_id,),
+                )
+                conn.execute("DELETE FROM quarantine WHERE id = ?", (entry_id,))
+        return ids
+
+    def quarantine_error(self, entry_id: int) -> str | None:
+        """The last error of a quarantined entry, or ``None`` when it is not in the quarantine."""
+        row = self._connection().execute("SELECT error FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def quarantine_count(self) -> int:
+        """Number of entries in the quarantine."""
+        row = self._connection().execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        return int(row[0])
 
     def bury(self, entry_id: int, error: str) -> None:
         """Move an entry that can never be written to the ``dead`` table, with the reason."""
@@ -117,6 +224,7 @@ class Spool:
                 (time.time(), error, entry_id),
             )
             conn.execute("DELETE FROM spool WHERE id = ?", (entry_id,))
+            conn.execute("DELETE FROM attempts WHERE id = ?", (entry_id,))
 
     def contains(self, entry_id: int) -> bool:
         """Whether the entry is still waiting."""

@@ -4,7 +4,9 @@
 within ``s``'s transaction and sends nothing. When ``s`` commits, a relay
 thread of this process is woken to dispatch the rows in insertion order and
 delete them; rows left by a process that died are dispatched by the next
-relay that runs (every worker runs one). A rolled-back transaction leaves no
+relay that runs (every worker runs one). The relay takes only rows of kind
+:data:`JOB_KIND`: rows other code writes with ``outbox_put(kind=...)`` are
+left for that kind's own relay. A rolled-back transaction leaves no
 row, so no job is ever sent for it. Delivery is at least once: the job id is
 fixed when the row is written, so a repeated dispatch is the same job.
 
@@ -24,6 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._sqlite import fork_guard
+from ..errors import ValidationError
 from ._meta import JobMeta
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ log = logging.getLogger("esf.jobs.outbox")
 RELAY_INTERVAL_S = 1.0
 #: Rows dispatched per transaction.
 RELAY_BATCH = 200
+#: The outbox kind of job messages; this relay reads, sends and deletes only rows of this kind.
+JOB_KIND = "job"
 
 
 class JobOutbox:
@@ -56,7 +61,7 @@ class JobOutbox:
     def put(self, session: Session, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None,
             eta: datetime | None, priority: int | None) -> None:
         """Add the job message to ``session``'s transaction."""
-        from esf.plugins.sqlalchemy_events._outbox import outbox_put
+        from esf.plugins.sqlalchemy_events import outbox_put
 
         self._fnd.events.head()  # the tables exist before the caller's transaction touches them
         payload = {
@@ -69,7 +74,7 @@ class JobOutbox:
             "eta": eta.isoformat() if eta is not None else None,
             "priority": priority,
         }
-        outbox_put(session, "job", payload)
+        outbox_put(session, JOB_KIND, payload)
         self._watch(session)
         self.start()
 
@@ -82,10 +87,13 @@ class JobOutbox:
         self._hooked.add(session)
 
     def dispatch(self, kind: str, payload: dict[str, Any]) -> None:
-        """Send one outbox message (called by the relay, oldest first)."""
-        if kind != "job":
-            log.error("outbox: unknown message kind %r dropped", kind)
-            return
+        """Send one job message of the outbox (called by the relay of :data:`JOB_KIND`, oldest first).
+
+        Raises:
+            ValidationError: ``kind`` is not :data:`JOB_KIND` (the row is kept: a relay never drops it).
+        """
+        if kind != JOB_KIND:
+            raise ValidationError(f"outbox kind {kind!r}: the jobs relay sends only {JOB_KIND!r} rows")
         jobs = self._fnd.jobs
         meta = JobMeta.from_headers(payload.get("headers"), self._fnd.settings.jobs.default_queue)
         eta = datetime.fromisoformat(payload["eta"]) if payload.get("eta") else None
@@ -113,13 +121,13 @@ class JobOutbox:
 
     def _drain_batch(self) -> int:
         if not self.forking:
-            return self._fnd.events.outbox_relay(self.dispatch).drain(RELAY_BATCH)
+            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).drain(RELAY_BATCH)
         # SQLite keeps its lock records per process, and a child inherits them: forked while the
         # drain holds the write lock, it would fail every write with "database is locked" for as
         # long as it lives; forked while a connection is merely open, it would believe it holds
         # file locks that it does not.
         with fork_guard:
-            relay = self._fnd.events.outbox_relay(self.dispatch)
+            relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
             try:
                 return relay.drain(RELAY_BATCH)
             finally:

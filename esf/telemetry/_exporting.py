@@ -7,10 +7,17 @@ hung exporter never blocks the code that emits metrics, the telemetry
 thread, or the other exporters. Each export goes through a
 :class:`~esf.resilience.CircuitBreaker`; while it is open batches are
 skipped (and counted as dropped) instead of being sent.
+
+An exporter's ``start`` and ``shutdown`` run on a helper thread that the
+caller waits for with a deadline (:data:`CALL_TIMEOUT_S` for ``start``, the
+``timeout_s`` of ``close`` for ``shutdown``), so ``configure_exporters`` and
+``Telemetry.close`` return in bounded time even behind an exporter that never
+returns. An exporter left behind is logged; its thread is a daemon.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -31,6 +38,54 @@ ENTRY_POINT_GROUP = "esf.plugins"
 EXPORTER_PREFIX = "telemetry."
 #: Default bound of each exporter's queue (batches).
 DEFAULT_BUFFER_BATCHES = 8
+#: Seconds the caller of ``configure_exporters`` waits for an exporter's ``start`` (and for the ``shutdown``
+#: of the exporters it stops) before leaving it behind.
+CALL_TIMEOUT_S = 5.0
+
+
+class BoundedCall:
+    """``fn`` running on a daemon thread, which the caller waits for with a deadline.
+
+    Parameters:
+        fn: what to run.
+        name: names the thread (``esf-exporter-call-NAME``) and the log lines.
+        on_late: run on that thread if ``fn`` returns normally after :meth:`abandon`
+            (e.g. shut down an exporter whose ``start`` finished too late to be used).
+    """
+
+    def __init__(self, fn: Callable[[], object], name: str, on_late: Callable[[], object] | None = None) -> None:
+        self.error: BaseException | None = None
+        self._fn = fn
+        self._name = name
+        self._on_late = on_late
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        threading.Thread(target=self._run, name=f"esf-exporter-call-{name}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # reported to the caller, never raised on this helper thread
+            self.error = exc
+        with self._lock:
+            self._done.set()
+            late = self._abandoned and self.error is None
+        if late and self._on_late is not None:
+            try:
+                self._on_late()
+            except Exception:
+                log.exception("telemetry exporter %s: clean-up after a late return failed", self._name)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` seconds; True when ``fn`` has returned (see :attr:`error`)."""
+        return self._done.wait(max(0.0, timeout_s))
+
+    def abandon(self) -> bool:
+        """Stop waiting for good; True when ``fn`` had returned after all (then ``on_late`` never runs)."""
+        with self._lock:
+            self._abandoned = not self._done.is_set()
+            return not self._abandoned
 
 
 @runtime_checkable
@@ -175,18 +230,51 @@ class ExporterRunner:
             "ok": self.breaker.state == "closed" and not stuck,
         }
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread (waiting at most ``timeout_s``) and shut the exporter down."""
+    def signal_stop(self) -> None:
+        """Ask the thread to stop after its current export; queue nothing more."""
         self._stopping.set()
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:
             pass  # the thread sees _stopping after its current export
-        self._thread.join(timeout_s)
-        try:
-            self.exporter.shutdown()
-        except Exception:
-            log.exception("telemetry exporter %s: shutdown failed", self.name)
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop the thread and shut the exporter down, waiting at most ``timeout_s`` seconds in all.
+
+        Returns:
+            False when the exporter did not finish in time (it is left behind, on daemon threads).
+        """
+        return not stop_runners([self], timeout_s)
+
+
+def stop_runners(runners: list[ExporterRunner], timeout_s: float) -> list[str]:
+    """Stop ``runners`` together within ``timeout_s`` seconds overall, however long their exporters block.
+
+    Each thread gets up to half the time to finish its current export; then
+    every exporter's ``shutdown`` runs on a helper thread (it may be what
+    unblocks a hung export) and is waited for until the deadline.
+
+    Returns:
+        The names of the exporters whose thread or ``shutdown`` had not returned by the deadline.
+    """
+    start = time.monotonic()
+    deadline = start + max(0.0, timeout_s)
+    for runner in runners:
+        runner.signal_stop()
+    for runner in runners:
+        runner._thread.join(max(0.0, start + timeout_s / 2 - time.monotonic()))
+    calls = [(runner, BoundedCall(runner.exporter.shutdown, runner.name)) for runner in runners]
+    left: list[str] = []
+    for runner, call in calls:
+        finished = call.wait(deadline - time.monotonic()) or call.abandon()
+        if finished and call.error is not None:
+            log.error("telemetry exporter %s: shutdown failed: %s", runner.name, type(call.error).__name__)
+        runner._thread.join(max(0.0, deadline - time.monotonic()))
+        if not finished or runner._thread.is_alive():
+            left.append(runner.name)
+    if left:
+        log.warning("telemetry exporters %s did not stop within %.1f s; left behind", sorted(left), timeout_s)
+    return left
 
 
 class ExporterSet:
@@ -203,7 +291,10 @@ class ExporterSet:
         on_drop: Callable[[str], None],
         on_breaker_change: Callable[[str, BreakerState], None],
         defaults: Mapping[str, Mapping[str, Any]] | None = None,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
+        #: Seconds :meth:`configure` waits for an exporter's ``start``, and for those it stops.
+        self.call_timeout_s = call_timeout_s
         self.factories: dict[str, ExporterFactory] = dict(factories)
         self.defaults: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (defaults or {}).items()}
         self._buffer = buffer_batches
@@ -233,17 +324,27 @@ class ExporterSet:
             wanted[cname] = options
         problems: dict[str, str] = {}
         with self._lock:
-            for cname in list(self.runners):
-                if cname not in wanted or wanted[cname] != self.runners[cname].options:
-                    self.runners.pop(cname).stop()
+            stopping = [self.runners.pop(cname) for cname in list(self.runners)
+                        if cname not in wanted or wanted[cname] != self.runners[cname].options]
+        if stopping:
+            stop_runners(stopping, self.call_timeout_s)
+        with self._lock:
             for cname, options in wanted.items():
                 if cname in self.runners or not start:
                     continue
                 try:
                     exporter = self.factories[cname]()
-                    exporter.start(options)
                 except Exception as exc:
                     problems[cname] = str(exc) if isinstance(exc, EsfError) else f"{type(exc).__name__}: {exc}"
+                    continue
+                call = BoundedCall(functools.partial(exporter.start, options), cname, on_late=exporter.shutdown)
+                if not call.wait(self.call_timeout_s) and not call.abandon():
+                    problems[cname] = f"start did not return within {self.call_timeout_s} s; left behind"
+                    continue
+                error = call.error
+                if error is not None:
+                    problems[cname] = (str(error) if isinstance(error, EsfError)
+                                       else f"{type(error).__name__}: {error}")
                     continue
                 breaker = CircuitBreaker(
                     cname,
@@ -286,12 +387,12 @@ class ExporterSet:
         with self._lock:
             return {name: r.health() for name, r in self.runners.items()}
 
-    def stop_all(self, timeout_s: float) -> None:
+    def stop_all(self, timeout_s: float) -> list[str]:
+        """Stop every exporter within ``timeout_s`` seconds overall; returns the names left behind."""
         with self._lock:
             runners = list(self.runners.values())
             self.runners = {}
-        for runner in runners:
-            runner.stop(timeout_s)
+        return stop_runners(runners, timeout_s)
 
     def after_fork(self) -> None:
         # The parent's runner threads do not exist here, and its exporters (sockets) stay the parent's.

@@ -17,7 +17,14 @@ from ..resilience import BreakerState
 from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, render
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
-from ._exporting import DEFAULT_BUFFER_BATCHES, ExporterFactory, ExporterSet, canonical_name, discover_exporters
+from ._exporting import (
+    CALL_TIMEOUT_S,
+    DEFAULT_BUFFER_BATCHES,
+    ExporterFactory,
+    ExporterSet,
+    canonical_name,
+    discover_exporters,
+)
 from ._instruments import DEFAULT_RULES, Instruments
 from ._metrics import Child, Counter, Family, Gauge, Histogram, Kind
 from ._model import MAX_WINDOW_S, AggregationRule, MetricBatch, SeriesState, parse_rule
@@ -76,6 +83,9 @@ class Telemetry:
         Options per exporter that ``configure_exporters`` lays its options over (from settings).
     exporter_factories:
         Extra exporters by name, added to those found through entry points.
+    exporter_call_timeout_s:
+        Seconds ``configure_exporters`` waits for an exporter's ``start`` (and for the ``shutdown`` of
+        those it stops) before leaving it behind; ``close`` bounds ``shutdown`` by its own ``timeout_s``.
     enabled:
         ``False`` keeps metrics in memory only: no thread, no store, no exporters.
     """
@@ -97,6 +107,7 @@ class Telemetry:
         breaker_reset_s: float = 30.0,
         stuck_after_s: float = 30.0,
         enabled: bool = True,
+        exporter_call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         if max_label_sets < 1 or max_metrics < 1:
             raise ValidationError("telemetry: max_label_sets and max_metrics must be at least 1")
@@ -132,6 +143,7 @@ class Telemetry:
             on_drop=self._count_drop,
             on_breaker_change=self._breaker_changed,
             defaults={canonical_name(k): dict(v) for k, v in (exporter_defaults or {}).items()},
+            call_timeout_s=exporter_call_timeout_s,
         )
         self._init_process_state()
         _INSTANCES.add(self)
@@ -508,7 +520,11 @@ class Telemetry:
             return True
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the thread and exporters, push a final batch (the process's gauges are removed)."""
+        """Stop the thread and exporters, push a final batch (the process's gauges are removed).
+
+        Waits at most ``timeout_s`` seconds for the thread and ``timeout_s`` for all the exporters
+        together: an exporter whose ``export`` or ``shutdown`` never returns is left behind (logged).
+        """
         if self._closed:
             return
         self._closed = True

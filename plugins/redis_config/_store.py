@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
 from esf.errors import ConcurrencyConflict, ServiceUnavailable
 
-__all__ = ["COMMIT_SCRIPT", "RedisConfigStore"]
+__all__ = ["BEAT_SCRIPT", "COMMIT_SCRIPT", "NODES_SCRIPT", "RedisConfigStore"]
 
 log = logging.getLogger("esf.config.redis")
 
@@ -39,6 +39,27 @@ return {1, new}
 """
 
 
+#: KEYS: the node's key, the nodes sorted set. ARGV: node id, status JSON, TTL (ms), TTL (s). Stamps the
+#: heartbeat with the Redis server's clock (never the node's, which may be skewed), and forgets nodes
+#: silent for ten TTLs. Returns the server time used.
+BEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], string.format('%.6f', now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.6f', now - 10 * tonumber(ARGV[4])))
+return string.format('%.6f', now)
+"""
+
+#: KEYS: the nodes sorted set. ARGV: TTL (s). The nodes whose last heartbeat, by the Redis server's
+#: clock, is at most one TTL old, with that heartbeat's time: ``[id, time, id, time, …]``.
+NODES_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+return redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%.6f', now - tonumber(ARGV[1])), '+inf', 'WITHSCORES')
+"""
+
+
 class RedisConfigStore:
     """The configuration in Redis, under ``prefix``.
 
@@ -46,6 +67,10 @@ class RedisConfigStore:
     ``<prefix>history`` (hash: version -> entry), ``<prefix>node:<id>``
     (heartbeat, with a TTL) indexed by the sorted set ``<prefix>nodes``;
     channel ``<prefix>changes`` carries each new version.
+
+    Liveness is decided by the Redis server's clock alone: a heartbeat is
+    stamped with the server's ``TIME`` and read against it, so a node whose
+    clock is behind or ahead is neither taken for dead nor kept alive.
 
     Parameters:
         url: ``redis://host:port/db``.
@@ -68,6 +93,8 @@ class RedisConfigStore:
             url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0), health_check_interval=30
         )
         self._script = self._client.register_script(COMMIT_SCRIPT)
+        self._beat_script = self._client.register_script(BEAT_SCRIPT)
+        self._nodes_script = self._client.register_script(NODES_SCRIPT)
         self.k_state = f"{prefix}state"
         self.k_history = f"{prefix}history"
         self.k_nodes = f"{prefix}nodes"
@@ -144,12 +171,12 @@ class RedisConfigStore:
     # -- nodes ---------------------------------------------------------------
 
     def beat(self, node: NodeStatus, ttl_s: float) -> None:
+        """Record ``node``'s heartbeat, stamped with the Redis server's clock (``node.last_seen`` is ignored)."""
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.set(f"{self.prefix}node:{node.node_id}", json.dumps(node.to_dict()), px=int(ttl_s * 1000))
-            pipe.zadd(self.k_nodes, {node.node_id: node.last_seen})
-            pipe.zremrangebyscore(self.k_nodes, "-inf", time.time() - 10 * ttl_s)
-            pipe.execute()
+            self._beat_script(
+                keys=[f"{self.prefix}node:{node.node_id}", self.k_nodes],
+                args=[node.node_id, json.dumps(node.to_dict()), max(1, int(ttl_s * 1000)), ttl_s],
+            )
         except RedisError as exc:
             raise self._fail(exc) from exc
 
@@ -163,14 +190,20 @@ class RedisConfigStore:
             raise self._fail(exc) from exc
 
     def nodes(self, ttl_s: float) -> list[NodeStatus]:
+        """Nodes whose last heartbeat is at most ``ttl_s`` old by the Redis server's clock; ``last_seen`` is
+        that heartbeat's server time."""
         try:
-            ids = self._client.zrangebyscore(self.k_nodes, time.time() - ttl_s, "+inf")
-            if not ids:
+            flat = self._nodes_script(keys=[self.k_nodes], args=[ttl_s])
+            if not flat:
                 return []
-            raws = self._client.mget([f"{self.prefix}node:{i.decode()}" for i in ids])
+            seen = {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2)}
+            raws = self._client.mget([f"{self.prefix}node:{i}" for i in seen])
         except RedisError as exc:
             raise self._fail(exc) from exc
-        out = [NodeStatus.from_dict(json.loads(r)) for r in raws if r is not None]
+        out = [
+            dataclasses.replace(status, last_seen=seen.get(status.node_id, status.last_seen))
+            for status in (NodeStatus.from_dict(json.loads(r)) for r in raws if r is not None)
+        ]
         return sorted(out, key=lambda n: n.node_id)
 
     # -- notifications ---------------------------------------------------------

@@ -112,12 +112,20 @@ def connect_write(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-#: SQLSTATE classes/codes meaning "the server is not reachable / not serving".
-_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+#: SQLSTATE classes/codes meaning "the server is not reachable / not serving": connection errors,
+#: shutdowns, and insufficient resources (disk full, out of memory, too many connections).
+_UNREACHABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means the database server cannot be reached (as opposed to a SQL error)."""
+    """True when ``exc`` means the database cannot serve us now (as opposed to a SQL error).
+
+    A connection-pool timeout (no connection free within the pool's timeout)
+    counts as unreachable: the database is as unavailable to this process as
+    if it were down.
+    """
+    if isinstance(exc, sa.exc.TimeoutError):
+        return True
     if isinstance(exc, sa.exc.DBAPIError):
         if exc.connection_invalidated:
             return True

@@ -2,16 +2,24 @@
 
 ``outbox_put(session, kind, payload)`` adds a row in the caller's SQLAlchemy
 transaction: a rolled-back transaction leaves nothing to send. An
-:class:`OutboxRelay` drains the rows in insertion order, calls ``dispatch``
-for each and deletes the rows it dispatched. Delivery is at least once: a
-relay that dies after dispatching but before its commit dispatches those
-rows again, so receivers must be idempotent (jobs get a stable id).
+:class:`OutboxRelay` serves one ``kind``: it drains that kind's rows in
+insertion order, calls ``dispatch`` for each and deletes the rows it
+dispatched. Rows of other kinds are never read, dispatched or deleted by it;
+each kind needs its own relay (the jobs service runs the one for
+:data:`JOB_KIND` in every worker). Delivery is at least once: a relay that
+dies after dispatching but before its commit dispatches those rows again, so
+receivers must be idempotent (jobs get a stable id).
+
+Relays of one kind drain one at a time (a PostgreSQL advisory lock keyed by
+the kind, or SQLite's single write lock), which keeps that kind's order;
+relays of different kinds do not wait for each other on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,7 +36,7 @@ from ._schema import outbox
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-__all__ = ["MAX_OUTBOX_PAYLOAD_BYTES", "Dispatch", "OutboxRelay", "outbox_put"]
+__all__ = ["JOB_KIND", "MAX_OUTBOX_PAYLOAD_BYTES", "Dispatch", "OutboxRelay", "outbox_put"]
 
 log = logging.getLogger("esf.events.outbox")
 
@@ -36,8 +44,23 @@ log = logging.getLogger("esf.events.outbox")
 Dispatch = Callable[[str, dict[str, Any]], None]
 #: Largest payload (canonical JSON) accepted, in bytes.
 MAX_OUTBOX_PAYLOAD_BYTES = 1_048_576
-#: Key of the PostgreSQL advisory lock that lets one relay drain at a time (keeps the order).
-RELAY_LOCK_KEY = 0x65_73_66_6F_75_74_62_78  # "esfoutbx"
+#: The kind of the rows the jobs service writes (``job.enqueue(..., session=s)``).
+JOB_KIND = "job"
+#: First half of the PostgreSQL advisory lock that lets one relay per kind drain at a time (keeps the
+#: order); the second half is the CRC-32 of the kind.
+RELAY_LOCK_CLASS = 0x65_73_66_6F  # "esfo"
+
+
+def _check_kind(kind: object) -> str:
+    if not isinstance(kind, str) or not 1 <= len(kind) <= 50:
+        raise ValidationError(f"outbox kind {kind!r}: must be a string of 1 to 50 characters")
+    return kind
+
+
+def relay_lock_key(kind: str) -> tuple[int, int]:
+    """The two 32-bit keys of the advisory lock held by the relay draining ``kind`` (PostgreSQL)."""
+    crc = zlib.crc32(kind.encode("utf-8"))
+    return RELAY_LOCK_CLASS, crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def outbox_put(session: Session, kind: str, payload: Mapping[str, Any]) -> int:
@@ -57,8 +80,7 @@ def outbox_put(session: Session, kind: str, payload: Mapping[str, Any]) -> int:
         SerializationError: ``payload`` is not a JSON object.
         PayloadTooLarge: ``payload`` is larger than :data:`MAX_OUTBOX_PAYLOAD_BYTES`.
     """
-    if not isinstance(kind, str) or not 1 <= len(kind) <= 50:
-        raise ValidationError(f"outbox kind {kind!r}: must be a string of 1 to 50 characters")
+    _check_kind(kind)
     data = check_json_object(payload, "payload")
     size = len(canonical_json(data).encode("utf-8"))
     if size > MAX_OUTBOX_PAYLOAD_BYTES:
@@ -70,33 +92,43 @@ def outbox_put(session: Session, kind: str, payload: Mapping[str, Any]) -> int:
 
 
 class OutboxRelay:
-    """Drains the outbox in order, at least once.
+    """Drains the outbox rows of one kind in order, at least once.
 
     Parameters:
         engine: the engine of the database holding ``esf_outbox``.
-        dispatch: called as ``dispatch(kind, payload)`` for each message, in
-            insertion order. If it raises, the rows dispatched before are
-            deleted (committed), the failing row and the rest stay, and the
-            exception propagates from :meth:`drain`.
+        dispatch: called as ``dispatch(kind, payload)`` for each message of
+            ``kind``, in insertion order. If it raises, the rows dispatched
+            before are deleted (committed), the failing row and the rest stay,
+            and the exception propagates from :meth:`drain`.
+        kind: the only kind of row this relay reads, dispatches and deletes
+            (required: a relay never guesses; :data:`JOB_KIND` is the kind of
+            ``job.enqueue(..., session=)``).
+
+    Raises:
+        ValidationError: ``kind`` is not a string of 1 to 50 characters.
     """
 
-    def __init__(self, engine: Engine, dispatch: Dispatch) -> None:
+    def __init__(self, engine: Engine, dispatch: Dispatch, *, kind: str) -> None:
         self.engine = engine
         self.dispatch = dispatch
+        self.kind = _check_kind(kind)
         self._stop = threading.Event()
 
     def pending(self) -> int:
-        """Messages waiting in the outbox."""
+        """Messages of this relay's kind waiting in the outbox."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar_one())
+            query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.kind == self.kind)
+            return int(conn.execute(query).scalar_one())
 
     def drain(self, limit: int = 100) -> int:
-        """Dispatch up to ``limit`` messages, oldest first; returns how many were dispatched.
+        """Dispatch up to ``limit`` messages of this relay's kind, oldest first; returns how many were dispatched.
 
-        Only one relay drains at a time (a PostgreSQL advisory lock, or SQLite's
-        write lock); a relay that finds another one draining returns 0.
+        Only one relay per kind drains at a time (a PostgreSQL advisory lock
+        keyed by the kind, or SQLite's write lock); a relay that finds another
+        one of its kind draining returns 0.
 
         Raises:
+            ValidationError: ``limit`` is below 1.
             Exception: whatever ``dispatch`` raised (after committing the progress made).
         """
         if limit < 1:
@@ -105,11 +137,15 @@ class OutboxRelay:
         failure: BaseException | None = None
         with connect_write(self.engine) as conn:
             if conn.dialect.name == "postgresql":
-                got = conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RELAY_LOCK_KEY}).scalar()
-                if not got:
+                k1, k2 = relay_lock_key(self.kind)
+                got = conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k1, :k2)"), {"k1": k1, "k2": k2})
+                if not got.scalar():
                     return 0
             rows = conn.execute(
-                sa.select(outbox.c.id, outbox.c.kind, outbox.c.payload).order_by(outbox.c.id).limit(limit)
+                sa.select(outbox.c.id, outbox.c.kind, outbox.c.payload)
+                .where(outbox.c.kind == self.kind)
+                .order_by(outbox.c.id)
+                .limit(limit)
             ).all()
             sent: list[int] = []
             for row in rows:

@@ -10,7 +10,10 @@
   stream's events are written in the order they were appended. A daemon
   thread drains the spool (one entry = one original batch = one
   transaction), backing off exponentially (bounded by ``max_backoff_s``)
-  while the database stays unreachable.
+  while the database stays unreachable. An entry the reachable database
+  keeps refusing (any error but "unreachable", "duplicate" and "invalid") is
+  retried with the same backoff, and after ``max_attempts`` failures moved to
+  the spool's quarantine, so the entries after it are written in order.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from esf.errors import DuplicateEventId, EsfError, ServiceUnavailable, Timeout, ValidationError
+from esf.errors import DuplicateEventId, ServiceUnavailable, SpoolQuarantined, Timeout, ValidationError
 from esf.events._contract import AppendResult, PendingAppend
 from esf.events._model import StoredEvent
 from esf.events._spool import Spool
@@ -34,6 +37,17 @@ log = logging.getLogger("esf.events.spool")
 WriteBatch = Callable[[Sequence[PreparedEvent]], object]
 #: Fetch stored events by id, in the given order.
 FetchEvents = Callable[[Sequence[str]], list[StoredEvent]]
+#: Failed writes of one spooled entry (the database reachable) before it is quarantined.
+DEFAULT_MAX_ATTEMPTS = 10
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of a write failure, without the SQL parameters SQLAlchemy adds to its own text."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+        return f"{type(exc).__name__} ({type(orig).__name__}): {first}"[:2000]
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 class Breaker:
@@ -76,7 +90,15 @@ class Breaker:
 
 
 class Spooler:
-    """Owns the spool file of one store and its flusher thread."""
+    """Owns the spool file of one store and its flusher thread.
+
+    Parameters:
+        max_attempts: failed writes of one entry, while the database is
+            reachable, before the entry is quarantined (at least 1).
+
+    Raises:
+        ValidationError: ``max_attempts`` is below 1.
+    """
 
     def __init__(
         self,
@@ -88,7 +110,11 @@ class Spooler:
         min_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,
         batch_entries: int = 100,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValidationError(f"spool max_attempts: must be an integer of at least 1, not {max_attempts!r}")
+        self.max_attempts = max_attempts
         self.spool = spool
         self.breaker = breaker or Breaker()
         self._write = write
@@ -131,6 +157,18 @@ class Spooler:
         """Events waiting in the spool file (all processes of the node)."""
         return self.spool.depth()
 
+    def retry(self, entry_ids: list[int] | None = None) -> list[int]:
+        """Move quarantined entries (all when ``entry_ids`` is None) back into the spool and flush; returns ids."""
+        with self._cond:
+            ids = self.spool.retry(entry_ids)
+            if ids:
+                self._active = True
+                self._start_locked()
+                self._cond.notify_all()
+        if ids:
+            log.warning("quarantined spool entries %s put back in the spool; flushing", ids)
+        return ids
+
     # -- waiting ----------------------------------------------------------
 
     def _wait(self, pending: PendingAppend, timeout: float | None) -> list[StoredEvent]:
@@ -148,6 +186,13 @@ class Spooler:
         error = self.spool.dead_error(pending.spool_id)
         if error is not None:
             raise DuplicateEventId(f"spooled events could not be written: {error}", spool_id=pending.spool_id)
+        error = self.spool.quarantine_error(pending.spool_id)
+        if error is not None:
+            raise SpoolQuarantined(
+                f"spooled entry {pending.spool_id} kept failing and was quarantined (its events are kept, not "
+                f"written): {error}; see `esf events spool list`, then `esf events spool retry {pending.spool_id}`",
+                spool_id=pending.spool_id,
+            )
         return self._fetch(pending.event_ids)
 
     # -- flushing ---------------------------------------------------------
@@ -162,8 +207,12 @@ class Spooler:
     def _run(self) -> None:
         backoff = self.min_backoff_s
         while not self._stop.is_set():
-            with self.spool.drain_lock() as mine:
-                status = self._drain_once() if mine else "busy"
+            try:
+                with self.spool.drain_lock() as mine:
+                    status = self._drain_once() if mine else "busy"
+            except Exception:  # the spool file itself failed (disk full, I/O error): keep the thread, retry
+                log.exception("event spool %s: draining failed; will retry", self.spool.path)
+                status = "error"
             if status == "progress":
                 backoff = self.min_backoff_s
                 continue
@@ -195,12 +244,18 @@ class Spooler:
                 # Can never succeed: keep it aside (never drop it) and say so loudly.
                 log.error("spooled entry %d can never be written and was moved to the dead table: %s", entry.id, exc)
                 self.spool.bury(entry.id, f"[{exc.code}] {exc}")
-            except EsfError:
-                log.exception("spooled entry %d could not be written; will retry", entry.id)
-                return "error"
-            except Exception:
-                log.exception("unexpected error while flushing spooled entry %d; will retry", entry.id)
-                return "error"
+            except Exception as exc:
+                # The database answered but refused this entry: retry it a bounded number of times, then set
+                # it aside so that it does not block the entries after it.
+                error = _describe(exc)
+                attempts = self.spool.record_failure(entry.id, error)
+                if attempts < self.max_attempts:
+                    log.warning("spooled entry %d could not be written (attempt %d of %d): %s; will retry",
+                                entry.id, attempts, self.max_attempts, type(exc).__name__)
+                    return "error"
+                log.error("spooled entry %d failed %d times and was moved to the quarantine (`esf events spool "
+                          "list`); the entries after it go on: %s", entry.id, attempts, type(exc).__name__)
+                self.spool.quarantine(entry.id, error)
             else:
                 self.breaker.success()
                 self.spool.remove(entry.id)
@@ -209,7 +264,7 @@ class Spooler:
         return "progress"
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until the spool is empty (True) or ``timeout`` seconds passed (False)."""
+        """Block until the spool is empty (its entries written or quarantined: True) or ``timeout`` seconds passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.spool.depth() > 0:
             with self._cond:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from esf.errors import CircuitOpen, NotFound, ServiceUnavailable, ValidationError
 from esf.events._contract import AppendResult
 from esf.events._model import Event, StoredEvent
-from esf.events._spool import Spool
+from esf.events._spool import QuarantinedEntry, Spool
 from esf.events._validation import (
     DEFAULT_MAX_EVENT_BYTES,
     PreparedEvent,
@@ -36,7 +36,7 @@ from ._engine import connect_write, is_unreachable, make_engine, normalize_url, 
 from ._outbox import Dispatch, OutboxRelay
 from ._query import SqlQueryMixin
 from ._schema import checkpoints, event_head, events, streams
-from ._spooler import Breaker, Spooler
+from ._spooler import DEFAULT_MAX_ATTEMPTS, Breaker, Spooler
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -61,9 +61,12 @@ class SqlEventStore(SqlQueryMixin):
         migrate: run the migrations (idempotent) before the first use.
         engine: use this engine instead of creating one (tests, shared pools).
         pool_size: connections kept in the pool.
+        spool_max_attempts: failed writes of one spooled entry, while the
+            database is reachable, before the entry is quarantined (see
+            :meth:`spool_quarantine`).
 
     Raises:
-        ValidationError: unsupported URL or an in-memory SQLite database.
+        ValidationError: unsupported URL, an in-memory SQLite database, or ``spool_max_attempts`` below 1.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class SqlEventStore(SqlQueryMixin):
         migrate: bool = True,
         engine: Engine | None = None,
         pool_size: int = 5,
+        spool_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.url = normalize_url(url)
         self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size)
@@ -91,7 +95,8 @@ class SqlEventStore(SqlQueryMixin):
         self._closed = False
         self.spooler: Spooler | None = None
         if spool_path is not None:
-            self.spooler = Spooler(Spool(Path(spool_path)), self._write_spooled, self.get_many, breaker=self.breaker)
+            self.spooler = Spooler(Spool(Path(spool_path)), self._write_spooled, self.get_many, breaker=self.breaker,
+                                   max_attempts=spool_max_attempts)
         if migrate:
             try:
                 self._ensure_schema()
@@ -126,7 +131,7 @@ class SqlEventStore(SqlQueryMixin):
                 return
             try:
                 upgrade(self.engine)
-            except sa.exc.DBAPIError as exc:
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
                 if is_unreachable(exc):
                     raise unavailable(exc, self.url) from exc
                 raise
@@ -138,7 +143,7 @@ class SqlEventStore(SqlQueryMixin):
         try:
             with self.engine.connect() as conn:
                 yield conn
-        except sa.exc.DBAPIError as exc:
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             if is_unreachable(exc):
                 raise unavailable(exc, self.url) from exc
             raise
@@ -152,7 +157,7 @@ class SqlEventStore(SqlQueryMixin):
         except ServiceUnavailable:
             self.breaker.failure()
             raise
-        except sa.exc.DBAPIError as exc:
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             if is_unreachable(exc):
                 self.breaker.failure()
                 raise unavailable(exc, self.url) from exc
@@ -210,7 +215,7 @@ class SqlEventStore(SqlQueryMixin):
             self._ensure_schema()
             try:
                 stored, already = append_in(session.connection(), prepared, expected_version, self.node)
-            except sa.exc.DBAPIError as exc:
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
                 if is_unreachable(exc):
                     raise unavailable(exc, self.url) from exc
                 raise
@@ -355,9 +360,11 @@ class SqlEventStore(SqlQueryMixin):
             try:
                 info["spool_depth"] = self.spooler.depth()
                 info["spool_dead"] = self.spooler.spool.dead_count()
+                info["spool_quarantined"] = self.spooler.spool.quarantine_count()
             except Exception as exc:  # the spool file itself is broken: say so
                 info["spool_error"] = f"{type(exc).__name__}: {exc}"
-        if reachable and not info["spool_depth"] and not info.get("spool_dead") and "spool_error" not in info:
+        set_aside = info.get("spool_dead") or info.get("spool_quarantined")
+        if reachable and not info["spool_depth"] and not set_aside and "spool_error" not in info:
             info["status"] = "ok"
         elif reachable or (self.spooler is not None and "spool_error" not in info):
             info["status"] = "degraded"  # appends are still accepted (spooled)
@@ -365,8 +372,22 @@ class SqlEventStore(SqlQueryMixin):
             info["status"] = "down"
         return info
 
+    def spool_quarantine(self, limit: int = 100) -> list[QuarantinedEntry]:
+        """Spooled entries set aside after failing again and again (contract:
+        :meth:`esf.events.EventStore.spool_quarantine`); a read, nothing moves."""
+        if self.spooler is None:
+            return []
+        return self.spooler.spool.quarantined(limit)
+
+    def retry_quarantined(self, entry_ids: Sequence[int] | None = None) -> list[int]:
+        """Put quarantined entries back in the spool at their original place and start flushing (contract:
+        :meth:`esf.events.EventStore.retry_quarantined`)."""
+        if self.spooler is None:
+            return []
+        return self.spooler.retry(None if entry_ids is None else list(entry_ids))
+
     def flush_spool(self, timeout: float | None = None) -> bool:
-        """Block until every spooled event is written (True) or ``timeout`` seconds passed (False)."""
+        """Block until every spooled event is written or quarantined (True), or ``timeout`` seconds passed (False)."""
         if self.spooler is None:
             return True
         return self.spooler.flush(timeout)
@@ -397,10 +418,11 @@ class SqlEventStore(SqlQueryMixin):
         self._ensure_schema()
         return _ledger.once(session if session is not None else self.engine, key, job_id=job_id)
 
-    def outbox_relay(self, dispatch: Dispatch) -> OutboxRelay:
-        """An :class:`OutboxRelay` on this store's engine."""
+    def outbox_relay(self, dispatch: Dispatch, *, kind: str) -> OutboxRelay:
+        """An :class:`OutboxRelay` of ``kind``'s rows on this store's engine (contract:
+        :meth:`esf.events.EventStore.outbox_relay`)."""
         self._ensure_schema()
-        return OutboxRelay(self.engine, dispatch)
+        return OutboxRelay(self.engine, dispatch, kind=kind)
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:

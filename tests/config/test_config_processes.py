@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
+import uuid
 
 import pytest
 
@@ -114,3 +116,29 @@ def test_wait_all_returns_when_every_live_process_has_applied_and_times_out_nami
     finally:
         stop.set()
         _join(procs)
+
+
+def test_wait_all_judges_liveness_by_the_redis_clock_not_the_nodes_clocks(redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from esf.plugins.redis_config import RedisConfigStore
+
+    from esf.config import ConfigService, NodeStatus
+
+    from .conftest import FAST
+
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    writer = ConfigService(RedisConfigStore(redis_url, prefix=prefix), settings=FAST, data_dir=tmp_path / "w")
+    other = RedisConfigStore(redis_url, prefix=prefix)
+    try:
+        # Given a live node whose clock is an hour behind and which has not applied anything
+        now = time.time()
+        other.beat(NodeStatus("behind", "h1", 1, 0, now - 3600, now - 3600), FAST.node_ttl_s)
+        # Then it is live, and its heartbeat time is the Redis server's, not its own
+        [behind] = [n for n in writer.nodes() if n.node_id == "behind"]
+        assert abs(behind.last_seen - float(other._client.time()[0])) < 30
+        # When a batch is written with wait="all", then the barrier waits for it (and names it)
+        with pytest.raises(Timeout) as caught:
+            writer.update_batch({"a": 1}, wait="all", timeout=1.0)
+        assert caught.value.details["nodes"] == ["behind"]
+    finally:
+        other.close()
+        writer.close()

@@ -71,9 +71,20 @@ def test_notifications_carry_new_versions(spec, store):
 
 
 def test_heartbeats_expire_and_can_be_forgotten(store):
-    now = time.time()
-    store.beat(NodeStatus("n1", "h", 1, 3, now, now), ttl_s=30)
-    store.beat(NodeStatus("n2", "h", 2, 3, now - 100, now - 100), ttl_s=30)
-    assert [n.node_id for n in store.nodes(ttl_s=30)] == ["n1"]
+    # Given two nodes that beat, one of which then stops beating
+    def beat(node_id: str, ttl_s: float) -> None:
+        now = time.time()
+        store.beat(NodeStatus(node_id, "h", 1, 3, now, now), ttl_s=ttl_s)
+
+    beat("n1", 0.5)
+    beat("n2", 0.5)
+    assert [n.node_id for n in store.nodes(ttl_s=0.5)] == ["n1", "n2"]
+    # Then the silent one expires while the other, still beating, stays
+    deadline = time.monotonic() + 30
+    while [n.node_id for n in store.nodes(ttl_s=0.5)] != ["n1"]:
+        assert time.monotonic() < deadline, "the silent node's heartbeat never expired"
+        beat("n1", 0.5)
+        time.sleep(0.05)
+    # And a forgotten node is gone at once
     store.forget("n1")
-    assert store.nodes(ttl_s=30) == []
+    assert store.nodes(ttl_s=0.5) == []

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from esf.cli import build_parser, main
-from esf.cli._events import run_append, run_get, run_prune, run_tail, run_timeline
+from esf.cli._events import run_append, run_get, run_prune, run_spool_list, run_tail, run_timeline
 from esf.errors import NotFound, ValidationError
 from esf.events import Event
 
@@ -28,6 +28,9 @@ def test_the_parser_knows_every_events_action():
         ["events", "tail", "--type", "a.b", "--max-events", "1", "--timeout", "1"],
         ["events", "prune", "--older-than", "90d", "--type", "a.b"],
         ["events", "timeline", "c-1", "--json"],
+        ["events", "spool", "list", "--json"],
+        ["events", "spool", "retry", "3", "4", "--wait", "5"],
+        ["events", "spool", "retry", "--all"],
     ):
         assert callable(parser.parse_args(argv).handler)
 
@@ -91,3 +94,20 @@ def test_timeline_prints_text_or_json(store):
     run_timeline(store, "c-7", as_json=True, out=out)
     assert [d["event_type"] for d in json.loads(out.getvalue())] == ["order.created", "order.paid"]
     assert run_timeline(store, "none", out=io.StringIO()) == 1
+
+
+def test_spool_retry_needs_ids_or_all_but_not_both(capsys):
+    # When retry is given neither ids nor --all, or both, then it fails before touching any store
+    assert main(["events", "spool", "retry"]) == 1
+    assert "give entry ids" in capsys.readouterr().err
+    assert main(["events", "spool", "retry", "1", "--all"]) == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def test_spool_list_on_a_store_without_a_spool_says_there_is_nothing(store):
+    out = io.StringIO()
+    assert run_spool_list(store, out=out) == 0
+    assert out.getvalue() == "no quarantined spool entries\n"
+    out = io.StringIO()
+    assert run_spool_list(store, as_json=True, out=out) == 0
+    assert json.loads(out.getvalue()) == []

@@ -25,7 +25,7 @@ def test_outbox_messages_are_dispatched_in_order_only_after_commit(store):
         outbox_put(s, "job", {"n": 3})
         s.rollback()
     sent: list[tuple[str, dict]] = []
-    relay = OutboxRelay(store.engine, lambda kind, payload: sent.append((kind, payload)))
+    relay = OutboxRelay(store.engine, lambda kind, payload: sent.append((kind, payload)), kind="job")
     # When the relay drains
     assert relay.drain(10) == 2
     # Then the committed messages went out in order, the rolled-back one never, and the outbox is empty
@@ -40,7 +40,7 @@ def test_an_event_and_an_outbox_message_commit_together(store):
         outbox_put(s, "job", {"name": "send_mail"})
         s.commit()
     assert store.head() == 1
-    assert store.outbox_relay(lambda k, p: None).drain() == 1
+    assert store.outbox_relay(lambda k, p: None, kind="job").drain() == 1
 
 
 def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
@@ -56,7 +56,7 @@ def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
             raise ConnectionError("broker down")
         sent.append(payload["n"])
 
-    relay = OutboxRelay(store.engine, dispatch)
+    relay = OutboxRelay(store.engine, dispatch, kind="job")
     # When dispatch fails on the third message
     with pytest.raises(ConnectionError):
         relay.drain(10)
@@ -68,7 +68,7 @@ def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
 
 def test_the_relay_can_run_in_the_background_until_stopped(store):
     got = threading.Event()
-    relay = OutboxRelay(store.engine, lambda k, p: got.set())
+    relay = OutboxRelay(store.engine, lambda k, p: got.set(), kind="job")
     t = threading.Thread(target=relay.run, kwargs={"interval_s": 0.05})
     t.start()
     try:
@@ -80,6 +80,36 @@ def test_the_relay_can_run_in_the_background_until_stopped(store):
         relay.stop()
         t.join(30)
     assert not t.is_alive()
+
+
+def test_two_relays_each_send_and_delete_only_the_rows_of_their_own_kind(store):
+    # Given one transaction that writes rows of two kinds, interleaved
+    with Session(store.engine) as s:
+        for n in range(3):
+            outbox_put(s, "job", {"n": n})
+            outbox_put(s, "mail", {"n": n})
+        s.commit()
+    jobs: list[tuple[str, int]] = []
+    mails: list[tuple[str, int]] = []
+    job_relay = store.outbox_relay(lambda k, p: jobs.append((k, p["n"])), kind="job")
+    mail_relay = OutboxRelay(store.engine, lambda k, p: mails.append((k, p["n"])), kind="mail")
+    # When the job relay drains first
+    assert job_relay.drain(100) == 3
+    # Then it sent only its own rows, in order, and the other kind's rows are all still there
+    assert jobs == [("job", 0), ("job", 1), ("job", 2)]
+    assert mail_relay.pending() == 3 and job_relay.pending() == 0
+    # And the mail relay then sends exactly its own rows, in order
+    assert mail_relay.drain(100) == 3
+    assert mails == [("mail", 0), ("mail", 1), ("mail", 2)]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM esf_outbox")).scalar_one() == 0
+
+
+def test_a_relay_with_a_bad_kind_is_refused():
+    with pytest.raises(ValidationError):
+        OutboxRelay(None, lambda k, p: None, kind="")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        OutboxRelay(None, lambda k, p: None, kind="x" * 51)  # type: ignore[arg-type]
 
 
 def test_outbox_payloads_are_validated():

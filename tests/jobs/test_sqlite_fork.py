@@ -73,4 +73,4 @@ def test_a_pool_process_forked_while_the_outbox_relay_drains_can_write_to_the_ev
     # Then that pool process can write (SQLite's lock records of the relay did not follow it)
     assert child_wrote
     # And the message was relayed
-    assert fnd.events.outbox_relay(dispatch).pending() == 0
+    assert fnd.events.outbox_relay(dispatch, kind="job").pending() == 0

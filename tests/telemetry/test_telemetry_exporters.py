@@ -249,6 +249,82 @@ def test_a_hanging_and_a_raising_exporter_neither_block_emitters_nor_the_other_e
         t.close()
 
 
+class NeverReturningExporter:
+    """``start`` (when asked), ``export`` and ``shutdown`` block until the test releases them."""
+
+    def __init__(self, block_start: bool = False):
+        self.block_start = block_start
+        self.release = threading.Event()
+        self.exporting = threading.Event()
+        self.shutdowns = 0
+
+    def start(self, options):
+        if self.block_start:
+            self.release.wait()
+
+    def export(self, batch):
+        self.exporting.set()
+        self.release.wait()
+
+    def shutdown(self):
+        self.shutdowns += 1
+        self.release.wait()
+
+
+def returns_within(call, timeout_s: float = 30.0) -> bool:
+    """Run ``call`` on a thread; whether it returned before the deadline (a guard against a hang, not a timing)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return not thread.is_alive()
+
+
+def test_reconfiguring_and_closing_return_behind_an_exporter_whose_export_and_shutdown_never_return():
+    # Given an exporter blocked inside export(), whose shutdown() never returns either
+    stuck = NeverReturningExporter()
+    t = Telemetry(store=None, export_interval_s=3600, exporter_call_timeout_s=0.5,
+                  exporter_factories={"stuck": lambda: stuck, "record": RecordingExporter})
+    try:
+        t.configure_exporters({"stuck": {}, "record": {}})
+        t.export_now()
+        wait_until(stuck.exporting.is_set, "the exporter is blocked in export()")
+        # When it is disabled, then configure_exporters returns and the other exporter keeps running
+        assert returns_within(lambda: t.configure_exporters({"record": {}}))
+        assert t.exporter("stuck") is None and t.exporter("record") is not None
+        assert stuck.shutdowns == 1
+        # And close() returns too
+        assert returns_within(lambda: t.close(timeout_s=0.5))
+    finally:
+        stuck.release.set()
+        t.close()
+
+
+def test_an_exporter_whose_start_never_returns_is_reported_and_left_behind():
+    # Given an exporter whose start() never returns
+    stuck = NeverReturningExporter(block_start=True)
+    t = Telemetry(store=None, export_interval_s=3600, exporter_call_timeout_s=0.5,
+                  exporter_factories={"stuck": lambda: stuck, "record": RecordingExporter})
+    errors: list[Exception] = []
+
+    def configure():
+        try:
+            t.configure_exporters({"stuck": {}, "record": {}})
+        except ValidationError as exc:
+            errors.append(exc)
+
+    try:
+        # When it is configured, then configure_exporters returns with an error naming it, and the other runs
+        assert returns_within(configure)
+        assert len(errors) == 1 and "telemetry.stuck: start did not return" in str(errors[0])
+        assert t.exporter("stuck") is None and t.exporter("record") is not None
+        # And once its start() finally returns, the abandoned exporter is shut down
+        stuck.release.set()
+        wait_until(lambda: stuck.shutdowns == 1, "the late exporter is shut down")
+    finally:
+        stuck.release.set()
+        t.close()
+
+
 def test_exporters_are_enabled_reconfigured_and_disabled_at_run_time(tel):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

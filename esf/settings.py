@@ -92,6 +92,9 @@ class JobSettings:
     service_namespace: str = "esf"
     #: Warn or refuse at start when the Redis broker can evict keys or keeps nothing on disk.
     redis_durability_check: Literal["warn", "error", "off"] = "warn"
+    #: Seconds a DLQ replay's claim on an entry lasts: the entries of a replay that
+    #: died come back to their DLQ after this (Redis; RabbitMQ returns them at once).
+    dlq_claim_ttl_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -120,6 +123,7 @@ class JobSettings:
                 "max_deliveries",
                 "result_expires_s",
                 "max_payload_bytes",
+                "dlq_claim_ttl_s",
             ),
         )
 

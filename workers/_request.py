@@ -17,13 +17,21 @@ class EsfRequest(Request):  # type: ignore[misc]
     """A request whose hard time limit sends the job to its dead-letter queue."""
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
+        """Dead-letter the job killed by its hard time limit, then let Celery acknowledge it.
+
+        When the dead letter is not stored, the job is returned to its queue instead
+        (``reject(requeue=True)`` marks the request acknowledged, so Celery's own
+        acknowledgement that follows is skipped): the job is never dropped.
+        """
         if not soft:
             task = self.task
             if isinstance(task, EsfTask):
                 try:
                     self._dead_letter_timeout(task, timeout)
                 except Exception:
-                    log.exception("could not dead-letter job %s[%s] after its hard time limit", self.name, self.id)
+                    log.exception("could not dead-letter job %s[%s] after its hard time limit; "
+                                  "it goes back to its queue", self.name, self.id)
+                    self.reject(requeue=True)
         super().on_timeout(soft, timeout)
 
     def _dead_letter_timeout(self, task: EsfTask, timeout: float) -> None:

@@ -18,7 +18,7 @@ from .harness import Worker, wait_for
 
 def dlq_entry(fnd: Foundation, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]
     def find():  # type: ignore[no-untyped-def]
-        return next((e for e in fnd.jobs.dlq.list() if e.job_id == job_id), None)
+        return next((e for e in fnd.jobs.dlq.entries() if e.job_id == job_id), None)
 
     return wait_for(find, timeout=timeout, interval=0.5, message=f"DLQ entry for {job_id}")
 
@@ -64,7 +64,7 @@ def test_a_job_that_exhausts_its_retries_is_dead_lettered_with_its_failure_and_r
     assert sent == [handle.id]
     wait_for(lambda: int(fnd.jobs.coordinator.get("fixed") or 0) > before, message="replayed job ran")
     wait_for(lambda: fnd.jobs.status(handle.id) == "succeeded", message="replayed job succeeded")
-    assert all(e.job_id != handle.id for e in fnd.jobs.dlq.list())
+    assert all(e.job_id != handle.id for e in fnd.jobs.dlq.entries())
 
 
 def test_a_non_retryable_error_is_dead_lettered_at_once(fnd: Foundation, worker: Worker) -> None:
@@ -181,7 +181,7 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     # And a dead-lettered then replayed job records both
     cid2 = f"hist-{uuid.uuid4().hex[:8]}"
     handle = fnd.jobs.enqueue("t.non_retryable", 1, correlation_id=cid2)
-    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None), timeout=60)
+    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.entries() if e.job_id == handle.id), None), timeout=60)
     fnd.jobs.dlq.replay([entry.id])
     wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=90,
              message="dead-letter and replay events")

@@ -57,7 +57,7 @@ def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drain
         key = uuid.uuid4().hex
         handle = fnd.jobs.enqueue("t.crash", key)
         # Then after max_deliveries (3) it is dead-lettered instead of looping
-        entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None),
+        entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.entries() if e.job_id == handle.id), None),
                          timeout=120, interval=0.5, message="crash-looping job in the DLQ")
         assert entry.reason == "delivery_limit"
         assert 3 <= counter(fnd, f"crash:{key}") <= 4

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from celery.exceptions import TimeLimitExceeded
 from celery.worker.request import Request
 
 from esf.jobs._task import EsfTask
@@ -16,23 +17,40 @@ log = logging.getLogger("esf.workers")
 class EsfRequest(Request):  # type: ignore[misc]
     """A request whose hard time limit sends the job to its dead-letter queue."""
 
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        """Dead-letter the job killed by its hard time limit, then let Celery acknowledge it.
+    #: The hard time limit was handled (dead-lettered, or the job given back): Celery calls
+    #: both ``on_failure`` and ``on_timeout`` for it, in either order.
+    _esf_timeout_handled = False
 
-        When the dead letter is not stored, the job is returned to its queue instead
-        (``reject(requeue=True)`` marks the request acknowledged, so Celery's own
-        acknowledgement that follows is skipped): the job is never dropped.
-        """
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        """Dead-letter the job killed by its hard time limit before Celery acknowledges it."""
         if not soft:
-            task = self.task
-            if isinstance(task, EsfTask):
-                try:
-                    self._dead_letter_timeout(task, timeout)
-                except Exception:
-                    log.exception("could not dead-letter job %s[%s] after its hard time limit; "
-                                  "it goes back to its queue", self.name, self.id)
-                    self.reject(requeue=True)
+            self._handle_hard_timeout(timeout)
         super().on_timeout(soft, timeout)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
+        if isinstance(exc, TimeLimitExceeded):
+            limit = exc.args[0] if exc.args and isinstance(exc.args[0], int | float) else 0.0
+            self._handle_hard_timeout(float(limit))
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _handle_hard_timeout(self, timeout: float) -> None:
+        """Publish the job's dead letter; when it is not stored, give the job back to its queue.
+
+        ``reject(requeue=True)`` marks the request acknowledged, so the acknowledgement
+        Celery sends next is skipped: the job is never dropped.
+        """
+        task = self.task
+        if self._esf_timeout_handled or not isinstance(task, EsfTask):
+            return
+        self._esf_timeout_handled = True
+        try:
+            self._dead_letter_timeout(task, timeout)
+        except Exception:
+            log.exception("could not dead-letter job %s[%s] after its hard time limit; "
+                          "it goes back to its queue", self.name, self.id)
+            self.reject(requeue=True)
 
     def _dead_letter_timeout(self, task: EsfTask, timeout: float) -> None:
         from esf.jobs._meta import JobMeta

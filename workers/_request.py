@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from celery.exceptions import TimeLimitExceeded
@@ -63,12 +64,15 @@ class EsfRequest(Request):  # type: ignore[misc]
         headers = {**raw, **(raw.get("headers") or {})}
         _Req.headers = headers
         meta = JobMeta.from_headers(request_headers(_Req), task.esf_job.options.queue)
+        if meta.first_attempt_at is None:
+            # The first attempt is this one: it started when the pool process accepted it
+            # (billiard reports that on the monotonic clock, shared by the processes of one host).
+            now = time.time()
+            accepted = self.time_start if isinstance(self.time_start, int | float) else None
+            started = now - max(0.0, time.monotonic() - accepted) if accepted else now
+            meta = replace(meta, first_attempt_at=started)
         args: tuple[Any, ...] = tuple(self.args or ())
         kwargs: dict[str, Any] = dict(self.kwargs or {})
         exc = TimeoutError(f"hard time limit ({timeout:.0f} s) exceeded; the worker process was killed")
-        now = time.time()
         entry = task.dead_letter_entry(meta, args, kwargs, "time_limit", exc)
-        from dataclasses import replace
-
-        entry = replace(entry, job_id=str(self.id), last_attempt_at=now)
-        task.foundation.jobs.dead_letter(entry)
+        task.foundation.jobs.dead_letter(replace(entry, job_id=str(self.id)))

@@ -331,13 +331,16 @@ class JobService:
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
-        """This delivery's number for this attempt (brokers without a delivery count need it).
+        """This execution's number for this attempt of the job; called as the job starts running.
 
-        A first delivery is 1 without a round trip; kombu marks every message it
-        restores (worker lost, visibility timeout) as redelivered, and those are counted.
+        Only executions are counted, never deliveries: a message handed back before it ran
+        (a warm shutdown returning a held ETA job, a reconnect) adds nothing, because the
+        count is taken when a job starts. A first delivery is 1 without a round trip; a
+        redelivered job (the broker marks every message it hands out again) counts
+        ``1 + INCR deliveries:<job id>:<replay>:<attempt>``, so a job handed back unrun
+        before its first execution starts at 2. Both brokers count here; RabbitMQ's quorum
+        ``x-delivery-limit`` is a looser backstop.
         """
-        if self._fnd.settings.broker_kind == "amqp":
-            return 0  # the quorum queue's x-delivery-limit does it
         if not redelivered:
             return 1
         key = f"deliveries:{job_id}:{meta.replay}:{meta.attempt}"

@@ -255,6 +255,28 @@ def test_a_purge_racing_a_replay_loses_no_entry_it_was_not_asked_to_purge(fnd: F
         assert not left  # a Redis replay claims entries one by one: none is hidden from it
 
 
+def test_a_dead_letter_made_by_the_broker_reads_as_an_entry_with_its_last_attempt_time(
+    fnd: Foundation, broker: Broker
+) -> None:
+    if broker.kind != "amqp":
+        pytest.skip("only RabbitMQ dead-letters messages itself")
+    # Given a job message that a consumer rejects without requeueing (the quorum queue dead-letters it)
+    handle = fnd.jobs.enqueue("t.add", 2, 3)
+    before = time.time()
+    with Connection(broker.env["ESF_BROKER_URL"]) as conn:
+        channel = conn.channel()
+        message = wait_for(lambda: channel.basic_get(broker.queue, no_ack=False), timeout=10, message="the job")
+        channel.basic_reject(message.delivery_tag, requeue=False)
+        channel.close()
+    # When the DLQ is read
+    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.entries(broker.queue) if e.job_id == handle.id), None),
+                     timeout=30, message="the broker's dead letter")
+    # Then it names the job, its arguments, the reason, and when its last attempt ended
+    assert (entry.job, entry.args, entry.queue, entry.reason) == ("t.add", [2, 3], broker.queue, "rejected")
+    assert entry.last_attempt_at is not None and before - 1 <= entry.last_attempt_at <= time.time() + 1
+    assert entry.last_attempt_at == entry.dead_lettered_at
+
+
 _KILLED_REPLAY = """
 import os, signal, sys
 import esf

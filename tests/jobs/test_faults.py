@@ -61,7 +61,7 @@ def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drain
                          timeout=120, interval=0.5, message="crash-looping job in the DLQ")
         assert entry.reason == "delivery_limit"
         assert 3 <= counter(fnd, f"crash:{key}") <= 4
-        # And it carries its arguments and the time of its last attempt (on RabbitMQ the broker made it)
+        # And it carries its arguments and the time of its last attempt
         assert entry.job == "t.crash" and entry.args == [key] and entry.queue == broker.queue
         assert entry.last_attempt_at is not None and entry.last_attempt_at <= entry.dead_lettered_at
         # And the worker is still alive and drains other jobs

@@ -284,7 +284,7 @@ from tests.jobs import apps
 
 fnd = apps.build(esf.Settings.from_env())
 point, entry_id = sys.argv[1], sys.argv[2]
-real = fnd.jobs._resend
+real = fnd.jobs.dlq._resend
 
 def resend(entry, args, kwargs, corrected):
     if point == "before_send":
@@ -294,7 +294,7 @@ def resend(entry, args, kwargs, corrected):
         os.kill(os.getpid(), signal.SIGKILL)
     return job_id
 
-fnd.jobs._resend = resend
+fnd.jobs.dlq._resend = resend
 fnd.jobs.dlq.replay([entry_id])
 """
 
@@ -327,3 +327,46 @@ def test_a_replay_killed_at_any_point_sends_its_entry_at_most_twice_and_never_ze
     total = queued_job_ids(broker, broker.queue)
     assert total == [entry.job_id] * (2 if point == "after_send" else 1)
     assert fnd.jobs.dlq.depth(broker.queue)[broker.queue] == 0
+
+
+def _cli(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
+    env.update(broker.env)
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "esf.cli", "--app", "tests.jobs.apps:make", "dlq", *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_pages_with_a_cursor_purges_older_than_and_replays_all_with_progress(
+    fnd: Foundation, broker: Broker
+) -> None:
+    # Given two old entries and three new ones
+    old = publish(fnd, [make_entry(broker.queue, age_s=7200) for _ in range(2)])
+    new = publish(fnd, [make_entry(broker.queue) for _ in range(3)])
+    # When the CLI lists them two at a time, following the printed cursor
+    import json
+
+    first = json.loads(_cli(broker, "list", "--queue", broker.queue, "--limit", "2", "--json").stdout)
+    second = json.loads(_cli(broker, "list", "--queue", broker.queue, "--limit", "2", "--cursor",
+                             first["next_cursor"], "--json").stdout)
+    text = _cli(broker, "list", "--queue", broker.queue, "--limit", "2").stdout
+    # Then the pages follow each other and the text output names the next page's command
+    assert [e["id"] for e in first["entries"] + second["entries"]] == [e.id for e in (old + new)[:4]]
+    assert f"--cursor {first['next_cursor']}" in text
+    assert json.loads(_cli(broker, "depth", "--queue", broker.queue, "--json").stdout) == {broker.queue: 5}
+    # When entries older than an hour are purged
+    purged = _cli(broker, "purge", "--queue", broker.queue, "--older-than", "1h", "--batch-size", "1")
+    # Then only the old ones go, with a progress line per batch
+    assert "2 entries purged" in purged.stdout
+    assert "purged 2 of 5 entries read" in purged.stderr
+    # (RabbitMQ may give back in another order the entries an operation held and did not take)
+    assert sorted(e.id for e in fnd.jobs.dlq.entries(broker.queue)) == sorted(e.id for e in new)
+    # When every entry is replayed
+    replayed = _cli(broker, "replay", "--all", "--queue", broker.queue, "--batch-size", "2")
+    # Then each is sent once, with progress, and the DLQ is empty
+    assert "3 job(s) replayed" in replayed.stdout and "replayed 3 of 3 entries read" in replayed.stderr
+    assert sorted(queued_job_ids(broker, broker.queue)) == sorted(e.job_id for e in new)
+    assert fnd.jobs.dlq.depth(broker.queue)[broker.queue] == 0
+    # And a bad cursor is refused with a message, not a traceback
+    bad = _cli(broker, "list", "--queue", broker.queue, "--cursor", "nonsense")
+    assert bad.returncode != 0 and "invalid DLQ cursor" in bad.stderr and "Traceback" not in bad.stderr

@@ -180,6 +180,7 @@ class RedisDeadLetterStore:
                 if not raws:
                     break
                 batch_removed = 0
+                drop: list[bytes] = []  # act None: removed together, each by its exact payload
                 for raw in reversed(raws):
                     seen += 1
                     entry = self._read(raw, queue)
@@ -187,7 +188,7 @@ class RedisDeadLetterStore:
                         kept += 1
                         continue
                     if act is None:
-                        batch_removed += int(self._client.lrem(dlq, 1, raw))
+                        drop.append(raw)
                         continue
                     deadline = time.time() + self._claim_ttl_s
                     if not self._claim(keys=[dlq, claimed, claims], args=[raw, op, deadline]):
@@ -201,6 +202,11 @@ class RedisDeadLetterStore:
                     batch_removed += 1
                     if done():
                         break
+                if drop:
+                    pipe = self._client.pipeline(transaction=False)
+                    for raw in drop:
+                        pipe.lrem(dlq, 1, raw)
+                    batch_removed += sum(int(n) for n in pipe.execute())
                 removed += batch_removed
                 if on_batch is not None:
                     on_batch(batch_removed, len(raws))

@@ -84,3 +84,35 @@ def test_every_dlq_and_the_dead_letter_exchange_exist_once_a_worker_started(
         client = redis.Redis.from_url(broker.env["ESF_BROKER_URL"])
         for q in queues:
             assert client.exists(f"_kombu.binding.{q}.dlq"), q
+
+
+def test_a_dlq_that_redis_itself_refuses_leaves_the_job_on_its_queue_until_it_accepts_entries(
+    broker: Broker, fnd: Foundation, worker: Worker
+) -> None:
+    if broker.kind != "redis":
+        pytest.skip("a Redis fault: the DLQ key holds a string, so LPUSH fails with WRONGTYPE")
+    import redis
+
+    client = redis.Redis.from_url(broker.env["ESF_BROKER_URL"])
+    dlq, backup = f"{broker.queue}.dlq", f"{broker.queue}.dlq.kept-{uuid.uuid4().hex[:6]}"
+    # Given a DLQ that Redis refuses to push to (the entries already there are set aside)
+    if client.exists(dlq):
+        client.rename(dlq, backup)
+    client.set(dlq, "not a list")
+    try:
+        key = uuid.uuid4().hex
+        # When a job fails
+        handle = fnd.jobs.enqueue("t.fail_keyed", key)
+        # Then it stays on its queue and runs again
+        wait_for(lambda: runs(fnd, key) >= 2, timeout=120, interval=0.3, message="the job to run again")
+        assert "WRONGTYPE" in worker.log_path.read_text(errors="replace")
+    finally:
+        client.delete(dlq)
+    # When Redis accepts entries again, Then the job lands in the DLQ once
+    entry = wait_for(lambda: next(iter(entries_of(fnd, handle.id)), None), timeout=90, interval=0.5,
+                     message="the DLQ entry")
+    assert entry.args == [key]
+    drain(fnd)
+    assert len(entries_of(fnd, handle.id)) == 1
+    while client.lmove(backup, dlq, "LEFT", "RIGHT") is not None:  # the entries set aside, back as the oldest
+        pass

@@ -81,8 +81,11 @@ class JobSettings:
     stalled_consumer_restart_s: float = 30.0
     #: Record when a job starts (``status()`` then reports ``running``); one more write per job.
     track_started: bool = False
-    #: Deliveries of one attempt (a worker killed mid-job counts one) before
-    #: the job goes to the dead-letter queue.
+    #: Executions of one attempt that never finished (a worker killed mid-job
+    #: counts one) before the job goes to the dead-letter queue. Counted when a
+    #: redelivered job starts running, so a job handed back unrun (warm shutdown,
+    #: reconnect, a held ETA job) is not counted; RabbitMQ's x-delivery-limit is
+    #: set to 4 times this as a backstop.
     max_deliveries: int = 5
     result_expires_s: int = 86400
     #: Largest JSON-encoded job arguments accepted by ``enqueue`` (bytes).
@@ -92,6 +95,9 @@ class JobSettings:
     service_namespace: str = "esf"
     #: Warn or refuse at start when the Redis broker can evict keys or keeps nothing on disk.
     redis_durability_check: Literal["warn", "error", "off"] = "warn"
+    #: Seconds a DLQ replay's claim on an entry lasts: the entries of a replay that
+    #: died come back to their DLQ after this (Redis; RabbitMQ returns them at once).
+    dlq_claim_ttl_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -120,6 +126,7 @@ class JobSettings:
                 "max_deliveries",
                 "result_expires_s",
                 "max_payload_bytes",
+                "dlq_claim_ttl_s",
             ),
         )
 

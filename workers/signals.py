@@ -52,6 +52,12 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is not None:
         fnd.preload()
+        # Before the first job is consumed: on RabbitMQ a message the broker dead-letters
+        # into an exchange or queue that does not exist yet would be dropped.
+        try:
+            fnd.jobs.dlq.declare_all()
+        except Exception:
+            log.exception("could not declare the dead-letter queues at start; each is declared on first use")
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:

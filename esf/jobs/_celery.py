@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 DLX_EXCHANGE = "esf.dlx"
 #: RabbitMQ delivery limit of ESF's own service queues.
 SERVICE_DELIVERY_LIMIT = 5
+#: A job queue's RabbitMQ ``x-delivery-limit`` is ``jobs.max_deliveries`` times this.
+BROKER_DELIVERY_LIMIT_FACTOR = 4
 
 
 class EsfCelery(Celery):
@@ -115,8 +117,12 @@ def job_queue(settings: Settings, name: str) -> Queue:
                 "x-dead-letter-routing-key": dlq_name(name),
                 # Queue arguments cannot change once declared: ESF's shared service queues
                 # keep a fixed limit, so deployments with other settings can share a vhost.
+                # ESF counts executions itself (jobs.max_deliveries); the broker's limit is a
+                # backstop, looser because RabbitMQ 3.x also counts a message handed back
+                # unrun (a warm shutdown returning a held ETA job).
                 "x-delivery-limit": (
-                    SERVICE_DELIVERY_LIMIT if name in settings.jobs.service_queues else settings.jobs.max_deliveries
+                    SERVICE_DELIVERY_LIMIT if name in settings.jobs.service_queues
+                    else settings.jobs.max_deliveries * BROKER_DELIVERY_LIMIT_FACTOR
                 ),
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",

@@ -8,156 +8,69 @@ the broker's own dead-lettering (``x-dead-letter-exchange`` and a quorum
 ``x-delivery-limit``): a message the broker dead-letters arrives as the raw
 Celery message with ``x-death`` headers, and is read as an entry all the same.
 
-Listing reads the messages without consuming them (they are returned to the
-queue when the browsing channel closes); replay and purge acknowledge the
-entries they take.
+Reading never moves an entry (see ``_dlq_stores``): listing is paged with an
+opaque cursor, the depth is a count the broker keeps. Replay and purge take
+each entry exclusively and remove it only once its successor is durable.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, UnknownQueue, ValidationError
-from ._meta import H_ATTEMPT, H_CORRELATION, H_FIRST_ATTEMPT_AT, H_IDEMPOTENCY, H_QUEUE, H_REPLAY
+from ._deadletter_entry import (
+    DLQ_SUFFIX,
+    H_DLQ,
+    DeadLetter,
+    dlq_name,
+    entry_from_message,
+    poison_entry,
+)
 
 if TYPE_CHECKING:
-    from kombu import Connection, Message, Queue
+    from kombu import Connection, Queue
 
-#: Header marking a message published by ESF as a dead-letter entry.
-H_DLQ = "esf_dlq"
-#: Suffix of every dead-letter queue.
-DLQ_SUFFIX = ".dlq"
-#: Most messages one browse reads from one queue.
-MAX_BROWSE = 10_000
+    from ._dlq_stores import DeadLetterStore, OnBatch
 
+__all__ = [
+    "DLQ_SUFFIX",
+    "H_DLQ",
+    "DeadLetter",
+    "DeadLetterPage",
+    "DeadLetterQueues",
+    "dlq_name",
+    "entry_from_message",
+    "poison_entry",
+]
 
-def dlq_name(queue: str) -> str:
-    return queue + DLQ_SUFFIX
+#: Entries of one page when no limit is given.
+DEFAULT_PAGE_SIZE = 100
+#: Largest page (``limit``) one call returns.
+MAX_PAGE_SIZE = 10_000
+#: Entries replay and purge take per batch (progress is reported after each).
+DEFAULT_BATCH_SIZE = 100
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    """A dead-lettered job and why it failed."""
+class DeadLetterPage:
+    """One page of entries, oldest first, and the cursor of the next page (None: this was the last).
 
-    id: str
-    job_id: str
-    job: str
-    queue: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    correlation_id: str | None = None
-    idempotency_key: str | None = None
-    #: ``retries_exhausted``, ``non_retryable``, ``time_limit``, ``delivery_limit``,
-    #: ``undecodable``, ``unknown_job``, ``rejected``.
-    reason: str = "failed"
-    exception_type: str | None = None
-    exception_message: str | None = None
-    traceback: str | None = None
-    attempts: int = 0
-    first_attempt_at: float | None = None
-    last_attempt_at: float | None = None
-    dead_lettered_at: float = 0.0
-    replay: int = 0
-    #: Undecodable messages: the raw body, base64, and its content type.
-    raw_body: str | None = None
-    content_type: str | None = None
+    Iterating a page iterates its entries.
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    entries: tuple[DeadLetter, ...]
+    next_cursor: str | None = None
 
-    def summary(self) -> dict[str, Any]:
-        """The fields shown by ``esf dlq list``."""
-        return {
-            "id": self.id,
-            "job": self.job,
-            "job_id": self.job_id,
-            "queue": self.queue,
-            "reason": self.reason,
-            "error": f"{self.exception_type}: {self.exception_message}" if self.exception_type else None,
-            "attempts": self.attempts,
-            "dead_lettered_at": _iso(self.dead_lettered_at),
-        }
+    def __iter__(self) -> Iterator[DeadLetter]:
+        return iter(self.entries)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeadLetter:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
-
-
-def entry_from_message(body: bytes | str, headers: Mapping[str, Any] | None, content_type: str | None,
-                       fallback_queue: str) -> DeadLetter:
-    """Read a DLQ message: an ESF entry, or a raw Celery message dead-lettered by the broker."""
-    h = dict(headers or {})
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    if h.get(H_DLQ):
-        return DeadLetter.from_dict(json.loads(text))
-    # A Celery protocol-2 message dead-lettered by RabbitMQ (x-dead-letter-exchange / delivery-limit).
-    deaths = h.get("x-death") or []
-    first = deaths[0] if deaths and isinstance(deaths[0], Mapping) else {}
-    reason = str(h.get("x-first-death-reason") or first.get("reason") or "rejected")
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    try:
-        decoded = json.loads(text)
-        if isinstance(decoded, list) and len(decoded) >= 2:
-            args, kwargs = list(decoded[0]), dict(decoded[1])
-    except (ValueError, TypeError):
-        pass
-    when = first.get("time")
-    dead_at = when.timestamp() if isinstance(when, datetime) else time.time()
-    job_id = str(h.get("id") or uuid.uuid4())
-    return DeadLetter(
-        id=f"x-{job_id}",
-        job_id=job_id,
-        job=str(h.get("task") or "?"),
-        queue=str(h.get(H_QUEUE) or first.get("queue") or fallback_queue),
-        args=args,
-        kwargs=kwargs,
-        correlation_id=h.get(H_CORRELATION),
-        idempotency_key=h.get(H_IDEMPOTENCY),
-        reason="delivery_limit" if reason == "delivery_limit" else reason,
-        exception_type="WorkerLost" if reason == "delivery_limit" else "Rejected",
-        exception_message=(
-            f"dead-lettered by the broker ({reason}) after {h.get('x-delivery-count', '?')} deliveries"
-        ),
-        attempts=int(h.get(H_ATTEMPT) or 1),
-        first_attempt_at=h.get(H_FIRST_ATTEMPT_AT),
-        dead_lettered_at=dead_at,
-        replay=int(h.get(H_REPLAY) or 0),
-    )
-
-
-def poison_entry(body: bytes | str, headers: Mapping[str, Any] | None, content_type: str | None,
-                 queue: str, reason: str, exc: BaseException | None) -> DeadLetter:
-    """An entry for a message no handler could run (undecodable, unknown job, invalid)."""
-    h = dict(headers or {})
-    raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
-    return DeadLetter(
-        id=str(uuid.uuid4()),
-        job_id=str(h.get("id") or uuid.uuid4()),
-        job=str(h.get("task") or "?"),
-        queue=str(h.get(H_QUEUE) or queue),
-        correlation_id=h.get(H_CORRELATION) if isinstance(h.get(H_CORRELATION), str) else None,
-        reason=reason,
-        exception_type=type(exc).__name__ if exc else None,
-        exception_message=str(exc)[:2000] if exc else None,
-        attempts=0,
-        dead_lettered_at=time.time(),
-        raw_body=base64.b64encode(raw[:1_048_576]).decode(),
-        content_type=content_type,
-    )
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class DeadLetterQueues:
@@ -167,7 +80,9 @@ class DeadLetterQueues:
         connect: returns a new kombu ``Connection`` to the broker.
         queues: the routed queues (each has ``<queue>.dlq``).
         declare: returns the kombu ``Queue`` to use for a DLQ name (declared before use).
-        resend: sends a job again: ``resend(entry, args, kwargs) -> job_id``.
+        resend: sends a job again: ``resend(entry, args, kwargs, corrected) -> job_id``; returns
+            once the broker holds the job.
+        store: where the entries are read and taken from.
     """
 
     def __init__(
@@ -176,6 +91,7 @@ class DeadLetterQueues:
         queues: Sequence[str],
         declare: Callable[[str], Queue],
         resend: Callable[[DeadLetter, list[Any], dict[str, Any], bool], str],
+        store: DeadLetterStore,
         on_publish: Callable[[DeadLetter], None] | None = None,
         on_replay: Callable[[DeadLetter, str], None] | None = None,
     ) -> None:
@@ -183,13 +99,33 @@ class DeadLetterQueues:
         self._queues = tuple(queues)
         self._declare = declare
         self._resend = resend
+        self._store = store
         self._on_publish = on_publish
         self._on_replay = on_replay
 
     # -- writing ---------------------------------------------------------
 
+    def declare_all(self) -> None:
+        """Declare every DLQ (and on RabbitMQ the dead-letter exchange they are bound to).
+
+        A worker calls it as it starts, so a message the broker dead-letters is never
+        routed to a queue that does not exist yet.
+        """
+        conn = self._connect()
+        try:
+            with conn.channel() as channel:
+                for name in self._queues:
+                    self._declare(dlq_name(name))(channel).declare()
+        finally:
+            conn.release()
+
     def publish(self, entry: DeadLetter, connection: Connection | None = None) -> None:
-        """Put ``entry`` on ``<entry.queue>.dlq`` (confirmed where the broker supports it)."""
+        """Put ``entry`` on ``<entry.queue>.dlq``; returns once the broker confirmed it.
+
+        Raises:
+            Exception: the broker's or kombu's error when the entry was not stored; the
+                caller keeps the job (it must not be acknowledged).
+        """
         from kombu import Producer
 
         queue = self._declare(dlq_name(entry.queue))
@@ -227,52 +163,78 @@ class DeadLetterQueues:
             raise UnknownQueue(f"unknown queue {queue!r}; configured queues: {', '.join(self._queues)}")
         return (queue,)
 
-    def _browse(self, queue: str | None, take: Callable[[DeadLetter], bool]) -> builtins.list[DeadLetter]:
-        """Read every entry; acknowledge (remove) those for which ``take`` is true; return all read."""
-        seen: builtins.list[DeadLetter] = []
-        for name in self._names(queue):
-            conn = self._connect()
-            try:
-                channel = conn.channel()
-                bound = self._declare(dlq_name(name))(channel)
-                bound.declare()
-                held: builtins.list[Message] = []
-                try:
-                    for _ in range(MAX_BROWSE):
-                        message = bound.get(no_ack=False, accept=["json", "application/json"])
-                        if message is None:
-                            break
-                        held.append(message)
-                        entry = entry_from_message(message.body, message.headers, message.content_type, name)
-                        seen.append(entry)
-                        if take(entry):
-                            message.ack()
-                finally:
-                    channel.close()  # returns the messages not acknowledged
-            finally:
-                conn.release()
-        seen.sort(key=lambda e: e.dead_lettered_at)
-        return seen
+    def _parse_cursor(self, names: tuple[str, ...], cursor: str | None) -> tuple[int, int]:
+        if cursor is None:
+            return 0, 0
+        queue, sep, offset = cursor.rpartition("@")
+        if not sep or queue not in names or not offset.isdigit():
+            raise ValidationError(f"invalid DLQ cursor {cursor!r}: pass the next_cursor of a previous page "
+                                  "listed with the same queue", errors={"cursor": "invalid"})
+        return names.index(queue), int(offset)
 
-    def list(self, queue: str | None = None) -> builtins.list[DeadLetter]:
-        """Every entry, oldest first, without removing any."""
-        return self._browse(queue, lambda _e: False)
+    def list(self, queue: str | None = None, *, limit: int = DEFAULT_PAGE_SIZE,
+             cursor: str | None = None) -> DeadLetterPage:
+        """One page of entries, oldest first in each queue, without moving any.
+
+        Parameters:
+            queue: one routed queue (or its ``.dlq`` name); None lists every queue in turn.
+            limit: most entries returned (1 to ``MAX_PAGE_SIZE``).
+            cursor: the ``next_cursor`` of the previous page; None starts at the oldest entry.
+                A cursor is a position: entries removed before it in the meantime make the next
+                page skip as many entries, entries added never do.
+
+        Raises:
+            UnknownQueue: ``queue`` is not a routed queue.
+            ValidationError: ``limit`` is out of range or ``cursor`` is not one this call returned.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}",
+                                  errors={"limit": "out of range"})
+        names = self._names(queue)
+        index, offset = self._parse_cursor(names, cursor)
+        out: builtins.list[DeadLetter] = []
+        while index < len(names):
+            name = names[index]
+            entries, more = self._store.page(dlq_name(name), name, offset, limit - len(out))
+            out.extend(entries)
+            offset += len(entries)
+            if len(out) == limit:
+                if more:
+                    return DeadLetterPage(tuple(out), f"{name}@{offset}")
+                nxt = index + 1
+                return DeadLetterPage(tuple(out), f"{names[nxt]}@0" if nxt < len(names) else None)
+            index, offset = index + 1, 0
+        return DeadLetterPage(tuple(out), None)
+
+    def entries(self, queue: str | None = None, *, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[DeadLetter]:
+        """Every entry, page by page (see ``list``)."""
+        cursor: str | None = None
+        while True:
+            page = self.list(queue, limit=page_size, cursor=cursor)
+            yield from page.entries
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def depth(self, queue: str | None = None) -> dict[str, int]:
-        """Entries per queue."""
-        counts = {q: 0 for q in self._names(queue)}
-        for entry in self.list(queue):
-            counts[entry.queue] = counts.get(entry.queue, 0) + 1
-        return counts
+        """Entries per queue, from the broker's own count (no entry is read)."""
+        return {name: self._store.depth(dlq_name(name), name) for name in self._names(queue)}
 
     def show(self, entry_id: str) -> DeadLetter:
         """One entry by id (or by job id). Raises NotFound."""
-        for entry in self.list():
+        for entry in self.entries(page_size=1000):
             if entry_id in (entry.id, entry.job_id):
                 return entry
         raise NotFound(f"no dead-letter entry {entry_id!r}; list them with `esf dlq list`")
 
     # -- acting ------------------------------------------------------------
+
+    def recover(self, queue: str | None = None) -> int:
+        """Give back to their DLQ the entries held by a replay that died (after its claim expired).
+
+        Replay and purge do it first by themselves. Returns how many entries came back.
+        """
+        return sum(self._store.recover(dlq_name(name)) for name in self._names(queue))
 
     def replay(
         self,
@@ -281,45 +243,96 @@ class DeadLetterQueues:
         queue: str | None = None,
         args: builtins.list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: OnBatch | None = None,
     ) -> builtins.list[str]:
         """Send entries back to their original queue with their job id and correlation id.
 
-        ``ids=None`` replays every entry (of ``queue``). ``args``/``kwargs`` replace the
-        original arguments (recorded on the job as corrected). Returns the job ids sent.
-        Raises NotFound when a named id is not in any DLQ.
+        Each entry is taken exclusively, sent, and removed from its DLQ only once the broker
+        holds the job: two replays racing for an entry send it once, and a replay killed at
+        any point sends an entry at most twice, never zero times.
+
+        Parameters:
+            ids: entry ids or job ids; None replays every entry (of ``queue``) dead-lettered
+                before this call started, in batches.
+            args, kwargs: replace the original arguments of exactly one entry (recorded on the
+                job as corrected). An undecodable entry is replayed only with them.
+            batch_size: entries per batch; ``progress(removed, read)`` is called after each.
+
+        Returns:
+            The job ids sent, in order.
+
+        Raises:
+            NotFound: none of the named ids is a replayable entry of any DLQ.
+            ValidationError: an empty id list, or corrected arguments for several entries.
         """
         wanted = None if ids is None else set(ids)
         if wanted is not None and not wanted:
             raise ValidationError("replay: name at least one entry id, or replay all")
         if (args is not None or kwargs is not None) and (wanted is None or len(wanted) != 1):
             raise ValidationError("replay: corrected arguments apply to exactly one entry")
+        _check_batch(batch_size)
+        names = self._names(queue)
+        started = time.time()
         sent: builtins.list[str] = []
         found: set[str] = set()
+        corrected = args is not None or kwargs is not None
 
-        def take(entry: DeadLetter) -> bool:
-            if wanted is not None and not ({entry.id, entry.job_id} & wanted):
-                return False
-            if entry.raw_body is not None and args is None and kwargs is None:
-                return False  # an undecodable message cannot be replayed as it was
-            corrected = args is not None or kwargs is not None
+        def select(entry: DeadLetter) -> bool:
+            if wanted is not None:
+                if not ({entry.id, entry.job_id} & wanted) or ({entry.id, entry.job_id} & found):
+                    return False
+            elif entry.dead_lettered_at > started:
+                return False  # dead-lettered again while this replay runs: left for the next one
+            return entry.raw_body is None or corrected  # an undecodable message cannot be sent as it was
+
+        def act(entry: DeadLetter) -> None:
             new_args = list(args) if args is not None else list(entry.args)
             new_kwargs = dict(kwargs) if kwargs is not None else dict(entry.kwargs)
             job_id = self._resend(entry, new_args, new_kwargs, corrected)
             sent.append(job_id)
-            found.update({entry.id, entry.job_id} & (wanted or set()))
+            found.update({entry.id, entry.job_id})
             if self._on_replay is not None:
                 self._on_replay(replace(entry, args=new_args, kwargs=new_kwargs), job_id)
-            return True
 
-        self._browse(queue, take)
-        if wanted is not None and not (wanted & found):
+        def done() -> bool:
+            return wanted is not None and wanted <= found
+
+        for name in names:
+            if done():
+                break
+            self._store.process(dlq_name(name), name, select, act, batch_size=batch_size, on_batch=progress,
+                                done=done)
+        if wanted is not None and not sent:
             raise NotFound(f"no replayable dead-letter entry among {sorted(wanted)}")
         return sent
 
-    def purge(self, queue: str | None = None, *, older_than_s: float | None = None) -> int:
-        """Remove entries (older than ``older_than_s`` seconds when given). Returns how many."""
-        if older_than_s is not None and older_than_s < 0:
-            raise ValidationError("purge: older_than must not be negative")
-        cutoff = None if older_than_s is None else time.time() - older_than_s
-        removed = self._browse(queue, lambda e: cutoff is None or e.dead_lettered_at <= cutoff)
-        return sum(1 for e in removed if cutoff is None or e.dead_lettered_at <= cutoff)
+    def purge(self, queue: str | None = None, *, older_than_s: float | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, progress: OnBatch | None = None) -> int:
+        """Remove the entries dead-lettered before this call (and ``older_than_s`` seconds ago or more).
+
+        Each entry is removed by the operation that read it, by its exact content: an entry
+        a concurrent replay took is not counted, and entries arriving meanwhile are kept.
+
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            ValidationError: ``older_than_s`` is negative.
+        """
+        if older_than_s is not None and (isinstance(older_than_s, bool) or older_than_s < 0):
+            raise ValidationError("purge: older_than must not be negative", errors={"older_than_s": "negative"})
+        _check_batch(batch_size)
+        names = self._names(queue)
+        cutoff = time.time() - (older_than_s or 0.0)
+        removed = 0
+        for name in names:
+            removed += self._store.process(dlq_name(name), name, lambda e: e.dead_lettered_at <= cutoff, None,
+                                           batch_size=batch_size, on_batch=progress, done=lambda: False).removed
+        return removed
+
+
+def _check_batch(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_PAGE_SIZE:
+        raise ValidationError(f"batch_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {batch_size!r}",
+                              errors={"batch_size": "out of range"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
 from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
 from ._deadletter import DeadLetter, DeadLetterQueues
+from ._dlq_stores import DeadLetterStore, KombuDeadLetterStore, RedisDeadLetterStore
 from ._job import (
     _STATES,
     DEFAULT_BATCH_SIZE,
@@ -329,13 +331,16 @@ class JobService:
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
-        """This delivery's number for this attempt (brokers without a delivery count need it).
+        """This execution's number for this attempt of the job; called as the job starts running.
 
-        A first delivery is 1 without a round trip; kombu marks every message it
-        restores (worker lost, visibility timeout) as redelivered, and those are counted.
+        Only executions are counted, never deliveries: a message handed back before it ran
+        (a warm shutdown returning a held ETA job, a reconnect) adds nothing, because the
+        count is taken when a job starts. A first delivery is 1 without a round trip; a
+        redelivered job (the broker marks every message it hands out again) counts
+        ``1 + INCR deliveries:<job id>:<replay>:<attempt>``, so a job handed back unrun
+        before its first execution starts at 2. Both brokers count here; RabbitMQ's quorum
+        ``x-delivery-limit`` is a looser backstop.
         """
-        if self._fnd.settings.broker_kind == "amqp":
-            return 0  # the quorum queue's x-delivery-limit does it
         if not redelivered:
             return 1
         key = f"deliveries:{job_id}:{meta.replay}:{meta.attempt}"
@@ -362,9 +367,20 @@ class JobService:
             queues=settings.jobs.all_queues,
             declare=lambda name: dead_letter_queue(settings, name),
             resend=self._resend,
+            store=self._dlq_store(),
             on_publish=lambda entry: self._fnd.run_hooks("after_dead_letter", entry),
             on_replay=lambda entry, job_id: self._fnd.run_hooks("after_replay", entry, job_id=job_id),
         )
+
+    def _dlq_store(self) -> DeadLetterStore:
+        settings = self._fnd.settings
+        if settings.broker_kind == "redis":
+            import redis as _redis
+
+            client = _redis.Redis.from_url(settings.effective_broker_url, socket_timeout=30,
+                                           socket_connect_timeout=5, health_check_interval=10)
+            return RedisDeadLetterStore(client, settings.jobs.dlq_claim_ttl_s)
+        return KombuDeadLetterStore(self._connection, functools.partial(dead_letter_queue, settings))
 
     def _connection(self) -> Connection:
         conn: Connection = self._fnd.celery.connection_for_write()
@@ -372,8 +388,23 @@ class JobService:
         return conn
 
     def dead_letter(self, entry: DeadLetter) -> None:
-        """Publish ``entry`` to its queue's DLQ (from the worker)."""
-        self.dlq.publish(entry)
+        """Publish ``entry`` to its queue's DLQ (from the worker); returns once the broker holds it.
+
+        Raises:
+            Exception: the entry was not stored (counted as ``esf.dlq.publish_failed`` and
+                logged); the caller must keep the job on its queue.
+        """
+        try:
+            self.dlq.publish(entry)
+        except Exception as exc:
+            log.error("could not dead-letter job %s[%s] to %s.dlq (%s: %s); the job stays on its queue",
+                      entry.job, entry.job_id, entry.queue, type(exc).__name__, exc)
+            if self._fnd.settings.telemetry.enabled:
+                try:
+                    self._fnd.telemetry.counter("esf.dlq.publish_failed", {"queue": entry.queue}).inc()
+                except Exception:  # a metric must not hide the failure being reported
+                    log.exception("could not count a failed dead-letter publish")
+            raise
         log.error("job %s[%s] dead-lettered to %s.dlq: %s (%s: %s)", entry.job, entry.job_id, entry.queue,
                   entry.reason, entry.exception_type, entry.exception_message)
 

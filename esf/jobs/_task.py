@@ -7,10 +7,10 @@ import time
 import traceback
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from ..errors import EsfError, Retry, SkipJob
 from ..hooks import JobContext
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ._job import Job
 
 log = logging.getLogger("esf.jobs")
+
+#: Seconds a pool process waits before it gives back a job whose dead letter or retry
+#: could not be published (the broker redelivers it at once).
+REQUEUE_PAUSE_S = 1.0
 
 
 class JobDeadLettered(EsfError):
@@ -110,7 +114,7 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     if opts.rate_limit is not None:
         wait = jobs.rate_limit_wait(opts, args, kwargs)
         if wait > 0:
-            raise task.retry(countdown=wait, headers=_first_attempt(meta, now).headers())
+            retry_or_requeue(task, None, wait, _first_attempt(meta, now))
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     deliveries = jobs.count_delivery(str(task.request.id), meta, redelivered=redelivered)
     if deliveries > fnd.settings.jobs.max_deliveries:
@@ -118,7 +122,7 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
             f"job {task.name}[{task.request.id}] was delivered {deliveries} times without finishing "
             f"(its worker died each time); moved to {meta.queue}.dlq"
         )
-        jobs.dead_letter(task.dead_letter_entry(meta, args, kwargs, "delivery_limit", exc))
+        dead_letter_or_requeue(task, task.dead_letter_entry(meta, args, kwargs, "delivery_limit", exc))
         raise exc
 
     ctx = task.context(meta, args, kwargs, started_at=now)
@@ -160,8 +164,40 @@ def _fail(task: EsfTask, meta: JobMeta, ctx: JobContext, args: tuple[Any, ...], 
         fnd.run_hooks("after_retry", ctx, exc=exc, delay_s=wait)
         log.warning("job %s[%s] attempt %d failed (%s: %s); retrying in %.1fs", task.name, ctx.job_id,
                     meta.attempt, type(exc).__name__, exc, wait)
-        raise task.retry(exc=exc, countdown=wait, headers=replace(meta, attempt=meta.attempt + 1).headers())
+        retry_or_requeue(task, exc, wait, replace(meta, attempt=meta.attempt + 1))
     why = reason or ("retries_exhausted" if retryable else "non_retryable")
     tb = "".join(traceback.format_exception(exc))
-    fnd.jobs.dead_letter(task.dead_letter_entry(meta, args, kwargs, why, exc, tb))
+    dead_letter_or_requeue(task, task.dead_letter_entry(meta, args, kwargs, why, exc, tb))
     raise exc
+
+
+def dead_letter_or_requeue(task: EsfTask, entry: DeadLetter) -> None:
+    """Publish ``entry``; when the broker did not take it, give the job back to its queue.
+
+    Raising ``Reject(requeue=True)`` makes the worker return the message instead of
+    acknowledging it, so a job whose dead letter was not stored is never lost: it runs
+    again (its delivery counted) until its entry is stored.
+    """
+    try:
+        task.foundation.jobs.dead_letter(entry)
+    except Exception as exc:
+        time.sleep(REQUEUE_PAUSE_S)  # a DLQ that keeps refusing must not become a hot loop
+        raise Reject(f"dead letter not stored: {type(exc).__name__}: {exc}", requeue=True) from exc
+
+
+def retry_or_requeue(task: EsfTask, exc: BaseException | None, countdown: float, meta: JobMeta) -> NoReturn:
+    """Publish the next attempt; when that publish fails, give the job back to its queue.
+
+    Celery turns a failed retry publish into ``Reject(requeue=False)``, which deletes
+    the job on Redis without a dead letter; ESF requeues it instead (the attempt runs
+    again, its delivery counted).
+    """
+    try:
+        raise task.retry(exc=exc, countdown=countdown, headers=meta.headers())
+    except Reject as rejected:
+        if rejected.requeue:
+            raise
+        log.error("job %s[%s]: the retry could not be published (%s); the job stays on its queue",
+                  task.name, task.request.id, rejected.reason)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(f"retry not published: {rejected.reason}", requeue=True) from rejected

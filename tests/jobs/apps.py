@@ -9,6 +9,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import esf
 from esf.foundation import Foundation
+from esf.jobs._deadletter import DeadLetter
 
 
 class PermanentError(Exception):
@@ -96,7 +97,54 @@ def build(settings: esf.Settings | None = None) -> Foundation:
             s.commit()
         return first
 
+    @fnd.job(name="t.fail_keyed", retries=0)
+    def fail_keyed(key: str) -> None:
+        coord.incr(f"runs:{key}", 600)
+        raise PermanentError(f"cannot handle {key}")
+
+    @fnd.job(name="t.stubborn_keyed", retries=0, timeout=1)
+    def stubborn_keyed(key: str, seconds: float) -> None:
+        coord.incr(f"runs:{key}", 600)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except SoftTimeLimitExceeded:
+                continue
+
+    _inject_faults(fnd, flaky)
     return fnd
+
+
+def _inject_faults(fnd: Foundation, flaky: esf.Job) -> None:  # type: ignore[type-arg]
+    """Faults at the publish seams, switched on per job key from a test through the coordinator.
+
+    ``dlq-fault:<key>``: the DLQ refuses every entry of a job whose first argument is ``key``.
+    ``retry-fault:<key>``: the next retry of ``t.flaky(key, …)`` cannot be published (once).
+    """
+    from celery._state import get_current_worker_task
+    from kombu.exceptions import OperationalError
+
+    coord = fnd.jobs.coordinator
+    dlq = fnd.jobs.dlq
+    real_publish = dlq.publish
+
+    def publish(entry: DeadLetter, connection: object = None) -> None:
+        if entry.args and isinstance(entry.args[0], str) and coord.get(f"dlq-fault:{entry.args[0]}"):
+            raise OperationalError("injected fault: the dead-letter queue refused the entry")
+        real_publish(entry, connection)  # type: ignore[arg-type]
+
+    dlq.publish = publish  # type: ignore[method-assign]
+    real_apply = flaky.task.apply_async
+
+    def apply_async(args: object = None, kwargs: object = None, **options: object) -> object:
+        if get_current_worker_task() is not None and isinstance(args, list | tuple) and args:
+            if coord.get(f"retry-fault:{args[0]}"):
+                coord.delete(f"retry-fault:{args[0]}")
+                raise OperationalError("injected fault: the broker refused the retry")
+        return real_apply(args, kwargs, **options)
+
+    flaky.task.apply_async = apply_async
 
 
 _engines: dict[str, object] = {}

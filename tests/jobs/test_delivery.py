@@ -18,7 +18,7 @@ from .harness import Worker, wait_for
 
 def dlq_entry(fnd: Foundation, job_id: str, timeout: float = 60):  # type: ignore[no-untyped-def]
     def find():  # type: ignore[no-untyped-def]
-        return next((e for e in fnd.jobs.dlq.list() if e.job_id == job_id), None)
+        return next((e for e in fnd.jobs.dlq.entries() if e.job_id == job_id), None)
 
     return wait_for(find, timeout=timeout, interval=0.5, message=f"DLQ entry for {job_id}")
 
@@ -64,7 +64,7 @@ def test_a_job_that_exhausts_its_retries_is_dead_lettered_with_its_failure_and_r
     assert sent == [handle.id]
     wait_for(lambda: int(fnd.jobs.coordinator.get("fixed") or 0) > before, message="replayed job ran")
     wait_for(lambda: fnd.jobs.status(handle.id) == "succeeded", message="replayed job succeeded")
-    assert all(e.job_id != handle.id for e in fnd.jobs.dlq.list())
+    assert all(e.job_id != handle.id for e in fnd.jobs.dlq.entries())
 
 
 def test_a_non_retryable_error_is_dead_lettered_at_once(fnd: Foundation, worker: Worker) -> None:
@@ -77,13 +77,33 @@ def test_a_non_retryable_error_is_dead_lettered_at_once(fnd: Foundation, worker:
     assert entry.attempts == 1
 
 
-def test_a_job_past_its_hard_time_limit_is_dead_lettered(fnd: Foundation, worker: Worker) -> None:
+def test_a_job_past_its_hard_time_limit_is_dead_lettered_once_with_every_field_and_not_requeued(
+    fnd: Foundation, worker: Worker, broker: Broker
+) -> None:
     # Given a job that ignores its soft time limit (1 s) and runs past the hard one (2 s)
-    handle = fnd.jobs.enqueue("t.stubborn", 30)
+    key = uuid.uuid4().hex
+    enqueued = time.time()
+    handle = fnd.jobs.enqueue("t.stubborn_keyed", key, 30, correlation_id=f"corr-{key}")
+    # Then it is dead-lettered with every field of its failure
     entry = dlq_entry(fnd, handle.id, timeout=90)
     assert entry.reason == "time_limit"
-    # And the worker keeps running jobs
-    assert fnd.jobs.enqueue("t.add", 2, 3).wait(60) == 5
+    assert entry.job == "t.stubborn_keyed" and entry.args == [key, 30] and entry.kwargs == {}
+    assert entry.queue == broker.queue and entry.correlation_id == f"corr-{key}"
+    assert entry.exception_type == "TimeoutError" and "hard time limit" in (entry.exception_message or "")
+    assert entry.attempts == 1 and entry.replay == 0 and entry.raw_body is None
+    assert entry.first_attempt_at is not None and entry.last_attempt_at is not None
+    assert enqueued - 1 <= entry.first_attempt_at <= entry.last_attempt_at <= entry.dead_lettered_at
+    # And the worker keeps running jobs; the killed job was not also given back to its queue
+    handles = [fnd.jobs.enqueue("t.add", i, 3) for i in range(4)]
+    assert [h.wait(60) for h in handles] == [i + 3 for i in range(4)]
+    assert int(fnd.jobs.coordinator.get(f"runs:{key}") or 0) == 1
+    assert [e.id for e in fnd.jobs.dlq.entries() if e.job_id == handle.id] == [entry.id]
+    if broker.kind == "redis":  # a job given back waits at the far end of the list, or runs unacknowledged
+        import redis
+
+        client = redis.Redis.from_url(broker.env["ESF_BROKER_URL"])
+        held = [*client.lrange(broker.queue, 0, -1), *client.hvals("unacked")]
+        assert not [m for m in held if handle.id.encode() in m]
 
 
 def _publish_raw(fnd: Foundation, queue: str, body: bytes, content_type: str, headers: dict) -> None:  # type: ignore[type-arg]
@@ -181,7 +201,7 @@ def test_every_step_of_a_job_is_an_event_in_the_store(fnd: Foundation, worker: W
     # And a dead-lettered then replayed job records both
     cid2 = f"hist-{uuid.uuid4().hex[:8]}"
     handle = fnd.jobs.enqueue("t.non_retryable", 1, correlation_id=cid2)
-    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None), timeout=60)
+    entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.entries() if e.job_id == handle.id), None), timeout=60)
     fnd.jobs.dlq.replay([entry.id])
     wait_for(lambda: {"job.failed", "job.dead_lettered", "job.replayed"} <= set(_types(fnd, cid2)), timeout=90,
              message="dead-letter and replay events")

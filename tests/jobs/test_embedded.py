@@ -61,6 +61,6 @@ def test_a_second_process_enqueues_into_a_running_embedded_worker(tmp_path: Path
             cwd=ROOT, env=_env(data_dir), capture_output=True, text=True, timeout=120,
         )
         assert listed.returncode == 0, listed.stderr
-        assert json.loads(listed.stdout) == []
+        assert json.loads(listed.stdout) == {"entries": [], "next_cursor": None}
     finally:
         worker.stop()

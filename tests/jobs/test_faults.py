@@ -57,10 +57,13 @@ def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drain
         key = uuid.uuid4().hex
         handle = fnd.jobs.enqueue("t.crash", key)
         # Then after max_deliveries (3) it is dead-lettered instead of looping
-        entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == handle.id), None),
+        entry = wait_for(lambda: next((e for e in fnd.jobs.dlq.entries() if e.job_id == handle.id), None),
                          timeout=120, interval=0.5, message="crash-looping job in the DLQ")
         assert entry.reason == "delivery_limit"
         assert 3 <= counter(fnd, f"crash:{key}") <= 4
+        # And it carries its arguments and the time of its last attempt
+        assert entry.job == "t.crash" and entry.args == [key] and entry.queue == broker.queue
+        assert entry.last_attempt_at is not None and entry.last_attempt_at <= entry.dead_lettered_at
         # And the worker is still alive and drains other jobs
         assert fnd.jobs.enqueue("t.add", 1, 1).wait(60) == 2
     finally:

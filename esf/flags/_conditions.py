@@ -1,8 +1,10 @@
 """Attribute conditions of flags and segments: checked and compiled to closures when a definition is read.
 
 A compiled condition is a function of the evaluation context returning a bool.
-It raises :class:`EvaluationFailed` when an attribute it needs is missing or
-has the wrong type, so the caller gets its default with reason ``error``.
+It raises :class:`EvaluationFailed` when an attribute it needs has the wrong
+type, and ``KeyError`` (the attribute's name) when it is missing: no call or
+``try`` on the hot path; ``CompiledFlag.evaluate`` turns it into
+``EvaluationFailed``. Either way the caller gets its default with reason ``error``.
 """
 
 from __future__ import annotations
@@ -142,9 +144,7 @@ def compile_condition(node: Any, where: str, segments: Mapping[str, Condition], 
         if not isinstance(items, list | tuple) or not items:
             raise DefinitionError(f"{where}.{form}", "must be a non-empty list of conditions")
         parts = tuple(compile_condition(c, f"{where}.{form}[{i}]", segments, depth + 1) for i, c in enumerate(items))
-        if form == "all":
-            return lambda ctx: all(p(ctx) for p in parts)
-        return lambda ctx: any(p(ctx) for p in parts)
+        return _combine(form, parts)
     if form == "not":
         _only(node, {"not"}, where)
         inner = compile_condition(node["not"], f"{where}.not", segments, depth + 1)
@@ -190,11 +190,11 @@ def _compile_attr(node: Mapping[str, Any], where: str) -> Condition:
         target = canon(value)
         if isinstance(value, str):  # the common case, without tagging the attribute's value
             if op == "eq":
-                return lambda ctx: _get(ctx, attr) == value and type(_get(ctx, attr)) is str
-            return lambda ctx: not (_get(ctx, attr) == value and type(_get(ctx, attr)) is str)
+                return lambda ctx: (x := ctx[attr]) == value and type(x) is str
+            return lambda ctx: not ((x := ctx[attr]) == value and type(x) is str)
         if op == "eq":
-            return lambda ctx: canon(_get(ctx, attr)) == target
-        return lambda ctx: canon(_get(ctx, attr)) != target
+            return lambda ctx: canon(ctx[attr]) == target
+        return lambda ctx: canon(ctx[attr]) != target
     if op in ("in", "not_in"):
         if not isinstance(value, list | tuple) or not value or not all(_is_scalar(v) for v in value):
             raise DefinitionError(f"{where}.value", f"{op} takes a non-empty list of strings, numbers or booleans")
@@ -202,11 +202,11 @@ def _compile_attr(node: Mapping[str, Any], where: str) -> Condition:
         if all(isinstance(v, str) for v in value):  # strings only: no tagging needed
             strings = frozenset(value)
             if op == "in":
-                return lambda ctx: (x := _get(ctx, attr)) in strings and type(x) is str
-            return lambda ctx: not ((x := _get(ctx, attr)) in strings and type(x) is str)
+                return lambda ctx: (x := ctx[attr]) in strings and type(x) is str
+            return lambda ctx: not ((x := ctx[attr]) in strings and type(x) is str)
         if op == "in":
-            return lambda ctx: canon(_get(ctx, attr)) in members
-        return lambda ctx: canon(_get(ctx, attr)) not in members
+            return lambda ctx: canon(ctx[attr]) in members
+        return lambda ctx: canon(ctx[attr]) not in members
     if op == "starts_with":
         prefixes = (value,) if isinstance(value, str) else value
         if not isinstance(prefixes, list | tuple) or not prefixes or not all(isinstance(p, str) for p in prefixes):
@@ -231,35 +231,50 @@ def _compile_ordered(attr: str, op: str, value: Any, kind: str, where: str) -> C
     except ValueError as exc:
         raise DefinitionError(f"{where}.value", f"not a {kind}: {exc}") from None
 
-    def read(ctx: Mapping[str, Any]) -> Any:
-        raw = _get(ctx, attr)
+    def parsed(raw: Any) -> Any:
         try:
             return parse(raw)
         except ValueError as exc:
             raise EvaluationFailed(f"attribute {attr!r}: {exc}") from None
 
+    if kind == "number":
+        # The common case without a call: ints and floats compare as they are (a bool is not a number).
+        def read(ctx: Mapping[str, Any]) -> Any:
+            x = ctx[attr]
+            return x if type(x) is int or type(x) is float else parsed(x)
+    else:
+        def read(ctx: Mapping[str, Any]) -> Any:
+            return parsed(ctx[attr])
+
     if op == "eq":
-        return lambda ctx: bool(read(ctx) == bound)
+        return lambda ctx: read(ctx) == bound  # type: ignore[no-any-return]
     if op == "neq":
-        return lambda ctx: bool(read(ctx) != bound)
+        return lambda ctx: read(ctx) != bound  # type: ignore[no-any-return]
     if op == "lt":
-        return lambda ctx: bool(read(ctx) < bound)
+        return lambda ctx: read(ctx) < bound  # type: ignore[no-any-return]
     if op == "lte":
-        return lambda ctx: bool(read(ctx) <= bound)
+        return lambda ctx: read(ctx) <= bound  # type: ignore[no-any-return]
     if op == "gt":
-        return lambda ctx: bool(read(ctx) > bound)
-    return lambda ctx: bool(read(ctx) >= bound)
+        return lambda ctx: read(ctx) > bound  # type: ignore[no-any-return]
+    return lambda ctx: read(ctx) >= bound  # type: ignore[no-any-return]
 
 
-def _get(ctx: Mapping[str, Any], attr: str) -> Any:
-    try:
-        return ctx[attr]
-    except KeyError:
-        raise EvaluationFailed(f"attribute {attr!r} is missing from the context") from None
+def _combine(form: str, parts: tuple[Condition, ...]) -> Condition:
+    """``all``/``any`` of ``parts``, without a generator for one or two parts (the common cases)."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        if form == "all":
+            return lambda ctx: a(ctx) and b(ctx)
+        return lambda ctx: a(ctx) or b(ctx)
+    if form == "all":
+        return lambda ctx: all(p(ctx) for p in parts)
+    return lambda ctx: any(p(ctx) for p in parts)
 
 
 def _get_str(ctx: Mapping[str, Any], attr: str) -> str:
-    value = _get(ctx, attr)
+    value = ctx[attr]
     if not isinstance(value, str):
         raise EvaluationFailed(f"attribute {attr!r} is a {type(value).__name__}, not a string")
     return value

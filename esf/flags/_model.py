@@ -170,9 +170,12 @@ class CompiledFlag:
                 hit = self.targets.get(key)
                 if hit is not None:
                     return hit
-        for condition, serve in self.rules:
-            if condition(ctx):
-                return serve.pick(ctx)
+        try:
+            for condition, serve in self.rules:
+                if condition(ctx):
+                    return serve.pick(ctx)
+        except KeyError as exc:  # conditions index the context directly (no call per attribute)
+            raise EvaluationFailed(f"attribute {exc.args[0]!r} is missing from the context") from None
         assert self.serve is not None
         return self.serve.pick(ctx)
 

@@ -93,6 +93,7 @@ class FlagService:
         self._compiled = Compiled({}, {}, {})
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, str, str], Any] = {}
+        self._answer_counters: dict[int, tuple[Evaluation, Any]] = {}
         #: Evaluations answered with the caller's default, by flag.
         self.errors: Counter[str] = Counter()
 
@@ -115,8 +116,28 @@ class FlagService:
             The :class:`Evaluation` (value, variant, reason, rule).
         """
         carry = current_flags.get()
+        if carry is None and type(context) is dict:
+            # The hot path, inlined: one version check, one lookup, the compiled flag, one counter.
+            config = self._config()
+            if config.version != self._version:
+                self._refresh(config)
+            flags = self._compiled.flags
+            flag = flags.get(name)
+            if flag is not None:
+                try:
+                    answer = flag.evaluate(context, flags)
+                except EvaluationFailed as exc:
+                    answer = self._error(name, default, str(exc))
+                except Exception as exc:  # never break the caller
+                    answer = self._error(name, default, f"{type(exc).__name__} while evaluating")
+                else:
+                    if self._telemetry is not None:
+                        self._count(answer)
+                if self._sample:
+                    self._expose(answer, context, None)
+                return answer
         if carry is not None:
-            if context is None or context.get("key") == carry.context.get("key"):
+            if context is None or (isinstance(context, Mapping) and context.get("key") == carry.context.get("key")):
                 if carry.received and self._consistent:
                     wire = carry.answers.get(name)
                     if wire is not None:
@@ -166,12 +187,17 @@ class FlagService:
         except Exception as exc:  # a context whose mapping raises: never break the caller
             return self._error(name, default, f"{type(exc).__name__} while evaluating")
         if self._telemetry is not None:
-            key = (name, answer.variant or "", answer.reason)
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counter(key)
-            counter.inc()
+            self._count(answer)
         return answer
+
+    def _count(self, answer: Evaluation) -> None:
+        # Keyed by the answer object (compiled once per version; pinned by the entry, so its id
+        # is not reused while the entry exists): no key tuple to build per evaluation.
+        entry = self._answer_counters.get(id(answer))
+        if entry is None or entry[0] is not answer:
+            entry = self._answer_counters[id(answer)] = (answer, self._counter(
+                (answer.flag, answer.variant or "", answer.reason)))
+        entry[1].inc()
 
     def _missing(self, name: str) -> str:
         problem = self._compiled.problems.get(f"{FLAGS_PREFIX}.{name}")
@@ -191,8 +217,9 @@ class FlagService:
 
     def _counter(self, key: tuple[str, str, str]) -> Any:
         assert self._telemetry is not None
-        counter = self._telemetry().instruments.flag_counter(*key)
-        self._counters[key] = counter
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self._telemetry().instruments.flag_counter(*key)
         return counter
 
     def _refresh(self, config: ConfigService) -> None:
@@ -204,6 +231,7 @@ class FlagService:
             for path, problem in compiled.problems.items():
                 log.warning("flags: %s is invalid and evaluates to the caller's default: %s", path, problem)
             self._compiled = compiled
+            self._answer_counters = {}
             self._version = version
 
     # -- carrying into jobs ------------------------------------------------------

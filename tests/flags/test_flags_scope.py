@@ -1,0 +1,41 @@
+"""``fnd.flags.scope``: a request's context and answers, checked at the call site."""
+
+from __future__ import annotations
+
+import pytest
+
+from esf.errors import ValidationError
+from esf.jobs._meta import current_flags
+
+
+def test_a_scope_gives_its_context_to_evaluations_and_remembers_their_answers(sqlite_config, make_flags):
+    # Given a flag on for French users
+    flags = make_flags(sqlite_config)
+    flags.set("fr", {"rules": [{"if": {"attr": "country", "op": "eq", "value": "FR"}, "serve": {"variant": "on"}}],
+                     "serve": {"variant": "off"}})
+    # When a request scope evaluates it without a context, then with the same key, then with another key
+    with flags.scope({"key": "u1", "country": "FR"}) as scope:
+        assert flags.enabled("fr")
+        assert flags.enabled("fr", {"key": "u1", "country": "FR"})
+        assert not flags.enabled("fr", {"key": "u2", "country": "DE"})
+        # And a context that is not a mapping is an error answer, not an exception
+        assert flags.evaluate("fr", ["u1"], default="D").reason == "error"  # type: ignore[arg-type]
+        wire = scope.to_wire()
+    # Then the scope's answers (what a job enqueued here carries) are those for its own key
+    assert wire == {"context": {"key": "u1", "country": "FR"}, "answers": {"fr": [True, "on", "rule_match", 0]}}
+    # And outside the scope nothing is carried
+    assert current_flags.get() is None
+
+
+@pytest.mark.parametrize(("context", "problem"), [
+    (["not", "a", "mapping"], "not a mapping"),
+    ({"key": object()}, "not JSON"),
+    ({"key": "u", "blob": "x" * 5000}, "too large"),
+])
+def test_a_scope_refuses_a_context_that_cannot_travel_in_job_headers(sqlite_config, make_flags, context, problem):
+    flags = make_flags(sqlite_config)
+    with pytest.raises(ValidationError) as info:
+        with flags.scope(context):
+            pass
+    assert info.value.errors == {"context": problem}
+    assert current_flags.get() is None

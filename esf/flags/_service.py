@@ -132,7 +132,11 @@ class FlagService:
                     answer = self._error(name, default, f"{type(exc).__name__} while evaluating")
                 else:
                     if self._telemetry is not None:
-                        self._count(answer)
+                        entry = self._answer_counters.get(id(answer))
+                        if entry is not None and entry[0] is answer:
+                            entry[1].inc()
+                        else:
+                            self._count(answer)
                 if self._sample:
                     self._expose(answer, context, None)
                 return answer

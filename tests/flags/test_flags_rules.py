@@ -261,3 +261,30 @@ def test_a_definition_that_reached_the_store_without_validation_evaluates_to_the
         assert flags.enabled("fine", {"key": "u"})
     finally:
         config.close()
+
+
+def test_a_rollback_to_a_version_with_an_invalid_flag_is_refused(tmp_path, make_flags):
+    # Given version 1 written without the flag validator (an older process) holding an invalid flag,
+    # and version 2 without it
+    from esf.plugins.sqlite_config import SqliteConfigStore
+
+    from esf.config import ConfigService
+
+    from .conftest import FAST, flag_config
+
+    path = str(tmp_path / "c.sqlite")
+    plain = ConfigService(SqliteConfigStore(path), settings=FAST, data_dir=tmp_path / "p")
+    bad = plain.update("flags.broken", {"serve": {"percentage": 101}})
+    plain.update("flags.broken", DELETE)
+    plain.close()
+    config = flag_config(SqliteConfigStore(path), tmp_path / "q")
+    try:
+        version = config.version
+        # When a validating process rolls back to version 1
+        with pytest.raises(ValidationError) as info:
+            config.rollback(bad)
+        # Then the rollback is refused naming the flag, and nothing was written
+        assert "flags.broken" in info.value.errors and "serve.percentage" in str(info.value)
+        assert config.version == version
+    finally:
+        config.close()

@@ -376,6 +376,39 @@ class FlagService:
         self.definition(name)
         return self._config().update(f"{FLAGS_PREFIX}.{name}.kill", True, actor=actor)
 
+    def watch(self, callback: Callable[[list[str]], None]) -> Callable[[], None]:
+        """Call ``callback(names)`` after each configuration version that changes flags or segments.
+
+        ``names`` are the flags changed (every flag when a segment changed, since any may use it),
+        sorted. Calls come from the thread that applied the version, after the swap. The watch
+        belongs to this process's configuration service (a forked child watches again).
+
+        Returns:
+            A function that stops the watch.
+        """
+        def changed(event: Any) -> None:
+            names: set[str] = set()
+            for change in event.changes:
+                parts = change.path.split(".")
+                if parts[0] == SEGMENTS_PREFIX or len(parts) == 1:
+                    names.update(self.names())
+                    old, new = change.old, change.new
+                    for tree in (old, new):
+                        if parts[0] == FLAGS_PREFIX and isinstance(tree, Mapping):
+                            names.update(tree)
+                else:
+                    names.add(parts[1])
+            callback(sorted(names))
+
+        config = self._config()
+        subscriptions = [config.subscribe(FLAGS_PREFIX, changed), config.subscribe(SEGMENTS_PREFIX, changed)]
+
+        def stop() -> None:
+            for subscription in subscriptions:
+                subscription()
+
+        return stop
+
     def health(self) -> dict[str, Any]:
         """``{"status", "flags", "invalid", "errors"}``: invalid definitions make it ``degraded``."""
         problems = self.problems()

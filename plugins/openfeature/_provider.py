@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import ProviderEventDetails
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
@@ -36,7 +37,8 @@ class EsfProvider(AbstractProvider):
     its attributes are the other attributes. An answer whose value does not have
     the requested type is ``TYPE_MISMATCH`` with the caller's default, as the
     specification asks. Inside ``fnd.flags.scope`` or a job, answers are carried
-    like those of ``fnd.flags``.
+    like those of ``fnd.flags``. Every configuration version that changes flags or
+    segments emits ``PROVIDER_CONFIGURATION_CHANGED`` with the names of the flags.
 
     Parameters:
         flags: the flag service (``fnd.flags``).
@@ -45,9 +47,22 @@ class EsfProvider(AbstractProvider):
     def __init__(self, flags: FlagService) -> None:
         super().__init__()
         self._flags = flags
+        self._stop_watch: Any = None
 
     def get_metadata(self) -> Metadata:
         return Metadata(name="esf")
+
+    def initialize(self, evaluation_context: EvaluationContext) -> None:
+        """Emit ``PROVIDER_CONFIGURATION_CHANGED`` (with ``flags_changed``) for every flag change."""
+        if self._stop_watch is None:
+            self._stop_watch = self._flags.watch(
+                lambda names: self.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=names)))
+
+    def shutdown(self) -> None:
+        """Stop emitting change events."""
+        if self._stop_watch is not None:
+            self._stop_watch()
+            self._stop_watch = None
 
     def resolve_boolean_details(self, flag_key: str, default_value: bool,
                                 evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[bool]:

@@ -68,3 +68,23 @@ def test_the_sdk_gets_the_callers_default_with_the_openfeature_error_code(client
     assert of.get_integer_details("ratio", 3, ctx).error_code == ErrorCode.TYPE_MISMATCH
     # And the errors are counted like fnd.flags's own
     assert flags.errors["nope"] == 1 and flags.errors["checkout"] == 1
+
+
+def test_a_flag_change_reaches_sdk_handlers_as_a_configuration_changed_event(client, sqlite_config):
+    # Given an SDK handler of provider configuration changes, and two flags
+    from openfeature.event import ProviderEvent
+
+    flags, of = client
+    events = []
+    of.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, lambda details: events.append(details.flags_changed))
+    flags.set("a", {})
+    flags.set("b", {})
+    # When one flag is killed, then a batch changes both
+    flags.kill("a")
+    sqlite_config.update_batch({"flags.a.enabled": False, "flags.b.enabled": False})
+    # Then each change is one event naming the flags it changed
+    assert events == [["a"], ["b"], ["a"], ["a", "b"]]
+    # And after the provider shuts down, changes no longer emit
+    api.clear_providers()
+    flags.enable("a")
+    assert len(events) == 4

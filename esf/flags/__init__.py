@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from ._conditions import COMPARISONS, OPERATORS, parse_semver
-from ._model import (
+from ._service import FlagService, validate_flags
+from ._values import (
     BUCKETS,
     FLAGS_PREFIX,
     REASON_DEFAULT,
@@ -29,7 +30,6 @@ from ._model import (
     Evaluation,
     bucket,
 )
-from ._service import FlagService, validate_flags
 
 __all__ = [
     "BUCKETS",

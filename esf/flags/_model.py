@@ -6,123 +6,31 @@ A flag lives at ``flags.<name>`` in the configuration, a segment at
 
 from __future__ import annotations
 
-import hashlib
-import math
-from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._conditions import Condition, DefinitionError, EvaluationFailed, compile_condition
+from ._serve import Serve, compile_serve, sticky_attribute
+from ._values import (
+    FLAGS_PREFIX,
+    MAX_VARIANT_CHARS,
+    REASON_DEFAULT,
+    REASON_DISABLED,
+    REASON_KILL_SWITCH,
+    REASON_PREREQUISITE_FAILED,
+    REASON_RULE_MATCH,
+    REASON_TARGET_MATCH,
+    SEGMENTS_PREFIX,
+    Evaluation,
+)
 
-__all__ = [
-    "BUCKETS",
-    "FLAGS_PREFIX",
-    "SEGMENTS_PREFIX",
-    "CompiledFlag",
-    "Compiled",
-    "Evaluation",
-    "bucket",
-    "compile_all",
-]
-
-#: Configuration subtree of flag definitions.
-FLAGS_PREFIX = "flags"
-#: Configuration subtree of segment definitions.
-SEGMENTS_PREFIX = "flag_segments"
-#: Rollout buckets: weights are percentages with two decimals (0.01 % = one bucket).
-BUCKETS = 10_000
-#: Longest variant name (characters).
-MAX_VARIANT_CHARS = 64
-
-REASON_DEFAULT = "default"
-REASON_DISABLED = "disabled"
-REASON_KILL_SWITCH = "kill_switch"
-REASON_PREREQUISITE_FAILED = "prerequisite_failed"
-REASON_TARGET_MATCH = "target_match"
-REASON_RULE_MATCH = "rule_match"
-REASON_ROLLOUT = "rollout"
-REASON_ERROR = "error"
-#: Every reason an evaluation can give.
-REASONS = (REASON_DEFAULT, REASON_DISABLED, REASON_KILL_SWITCH, REASON_PREREQUISITE_FAILED, REASON_TARGET_MATCH,
-           REASON_RULE_MATCH, REASON_ROLLOUT, REASON_ERROR)
+__all__ = ["Compiled", "CompiledFlag", "compile_all"]
 
 _FLAG_KEYS = frozenset({"description", "enabled", "kill", "variants", "on_variant", "off_variant", "by", "allow",
                         "deny", "targets", "prerequisites", "rules", "serve"})
 _SEGMENT_KEYS = frozenset({"description", "if", "include", "exclude", "by"})
 _DEFAULT_VARIANTS: Mapping[str, Any] = {"on": True, "off": False}
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The answer for one flag and one context.
-
-    ``value`` is the served variant's value (the caller's default when ``reason`` is
-    ``error``); ``variant`` its name (``None`` on error); ``rule`` the index of the
-    matching rule (``rule_match``, or ``rollout`` inside a rule); ``error`` what went
-    wrong (``reason == "error"`` only).
-    """
-
-    flag: str
-    value: Any
-    variant: str | None
-    reason: str
-    rule: int | None = None
-    error: str | None = None
-
-    def to_wire(self) -> list[Any]:
-        """``[value, variant, reason, rule]``: the JSON form carried in job headers."""
-        return [_thaw(self.value), self.variant, self.reason, self.rule]
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-_sha1 = hashlib.sha1
-
-
-def bucket(salt: str, key: str) -> int:
-    """The rollout bucket (0..9999) of ``key``: a stable hash of the salt (the flag name by default) and the key."""
-    return int.from_bytes(_sha1(f"{salt}:{key}".encode()).digest()[:8], "big") % BUCKETS
-
-
-def _key_of(ctx: Mapping[str, Any], by: str) -> str:
-    try:
-        key = ctx[by]
-    except KeyError:
-        raise EvaluationFailed(f"attribute {by!r} (the rollout key) is missing from the context") from None
-    if type(key) is str:
-        return key
-    if isinstance(key, str):
-        return key
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
-    raise EvaluationFailed(f"attribute {by!r} (the rollout key) is a {type(key).__name__}, not a string")
-
-
-class _Serve:
-    """A fixed variant, or a weighted rollout over variants sticky by a hash of salt and key."""
-
-    __slots__ = ("answers", "by", "fixed", "salt", "thresholds")
-
-    def __init__(self, fixed: Evaluation | None, thresholds: tuple[int, ...], answers: tuple[Evaluation, ...],
-                 by: str, salt: str) -> None:
-        self.fixed = fixed
-        self.thresholds = thresholds
-        self.answers = answers
-        self.by = by
-        self.salt = salt
-
-    def pick(self, ctx: Mapping[str, Any]) -> Evaluation:
-        if self.fixed is not None:
-            return self.fixed
-        b = bucket(self.salt, _key_of(ctx, self.by))
-        return self.answers[bisect_right(self.thresholds, b)]
 
 
 class CompiledFlag:
@@ -141,8 +49,8 @@ class CompiledFlag:
         self.deny: frozenset[str] = frozenset()
         self.targets: dict[str, Evaluation] = {}
         self.prerequisites: tuple[tuple[str, frozenset[str]], ...] = ()
-        self.rules: tuple[tuple[Condition, _Serve], ...] = ()
-        self.serve: _Serve | None = None
+        self.rules: tuple[tuple[Condition, Serve], ...] = ()
+        self.serve: Serve | None = None
 
     def evaluate(self, ctx: Mapping[str, Any], flags: Mapping[str, CompiledFlag], depth: int = 0) -> Evaluation:
         """The answer for ``ctx``; ``flags`` resolves prerequisites.
@@ -282,7 +190,7 @@ def _compile_segment(definition: Any, segments: Mapping[str, Condition]) -> Cond
     if not isinstance(definition, Mapping):
         raise DefinitionError("", "a segment is an object")
     _check_keys(definition, _SEGMENT_KEYS)
-    by = _by(definition)
+    by = sticky_attribute(definition)
     include = _keys(definition.get("include", []), "include")
     exclude = _keys(definition.get("exclude", []), "exclude")
     condition = compile_condition(definition["if"], "if", segments) if "if" in definition else None
@@ -307,14 +215,6 @@ def _check_keys(definition: Mapping[str, Any], allowed: frozenset[str]) -> None:
         if key not in allowed:
             raise DefinitionError(str(key), f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
-
-def _by(definition: Mapping[str, Any]) -> str:
-    by = definition.get("by", "key")
-    if not isinstance(by, str) or not by:
-        raise DefinitionError("by", "must be a non-empty attribute name")
-    return by
-
-
 def _keys(value: Any, where: str) -> frozenset[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(k, str) for k in value):
         raise DefinitionError(where, "must be a list of key strings")
@@ -337,7 +237,7 @@ def _compile_flag(name: str, definition: Any, segments: Mapping[str, Condition])
     flag = CompiledFlag(name)
     flag.enabled = _bool(definition, "enabled", True)
     flag.kill = _bool(definition, "kill", False)
-    flag.by = _by(definition)
+    flag.by = sticky_attribute(definition)
     variants = definition.get("variants", _DEFAULT_VARIANTS)
     if not isinstance(variants, Mapping) or not variants:
         raise DefinitionError("variants", "must be a non-empty object {name: value}")
@@ -380,10 +280,10 @@ def _compile_flag(name: str, definition: Any, segments: Mapping[str, Condition])
         if not isinstance(rule, Mapping) or set(rule) != {"if", "serve"}:
             raise DefinitionError(where, "a rule is an object with exactly 'if' and 'serve'")
         condition = compile_condition(rule["if"], f"{where}.if", segments)
-        compiled_rules.append((condition, _serve(rule["serve"], f"{where}.serve", name, flag.by, on, off, answer,
+        compiled_rules.append((condition, compile_serve(rule["serve"], f"{where}.serve", name, flag.by, on, off, answer,
                                                  REASON_RULE_MATCH, i)))
     flag.rules = tuple(compiled_rules)
-    flag.serve = _serve(definition.get("serve", {"variant": on}), "serve", name, flag.by, on, off, answer,
+    flag.serve = compile_serve(definition.get("serve", {"variant": on}), "serve", name, flag.by, on, off, answer,
                         REASON_DEFAULT, None)
     return flag
 
@@ -471,73 +371,3 @@ def _cycle_from(start: str, flags: Mapping[str, CompiledFlag]) -> list[str] | No
                 stack.append((parent, [*path, parent]))
     return None
 
-
-def _serve(spec: Any, where: str, name: str, by: str, on: str, off: str, answer: Any, fixed_reason: str,
-           rule: int | None) -> _Serve:
-    """``{"variant": V}``, ``{"percentage": P}`` (on for P %, else off) or ``{"rollout": [{variant, weight}…]}``;
-    a rollout takes optional ``by`` (the sticky attribute) and ``salt`` (default: the flag name)."""
-    if not isinstance(spec, Mapping):
-        raise DefinitionError(where, "serve is an object: {variant}, {percentage} or {rollout}")
-    forms = [k for k in ("variant", "percentage", "rollout") if k in spec]
-    if len(forms) != 1:
-        raise DefinitionError(where, "serve has exactly one of variant, percentage, rollout")
-    form = forms[0]
-    if form == "variant":
-        if set(spec) != {"variant"}:
-            raise DefinitionError(where, "serve {variant} takes no other key")
-        v = spec["variant"]
-        if not isinstance(v, str) or answer is None:
-            raise DefinitionError(f"{where}.variant", "must be a variant name")
-        try:
-            fixed = answer(v, fixed_reason, rule)
-        except KeyError:
-            raise DefinitionError(f"{where}.variant", f"{v!r} is not a variant") from None
-        return _Serve(fixed, (), (), by, name)
-    extra = set(spec) - {form, "by", "salt"}
-    if extra:
-        raise DefinitionError(where, f"unknown key {sorted(extra)[0]!r}")
-    sticky = _by({"by": spec.get("by", by)})
-    salt = spec.get("salt", name)
-    if not isinstance(salt, str):
-        raise DefinitionError(f"{where}.salt", "must be a string")
-    if form == "percentage":
-        pct = spec["percentage"]
-        weights = [(on, pct), (off, 100 - pct)] if _is_number(pct) and on != off else None
-        if weights is None:
-            raise DefinitionError(f"{where}.percentage", "must be a number from 0 to 100 (on and off differ)")
-    else:
-        items = spec["rollout"]
-        if not isinstance(items, list | tuple) or not items:
-            raise DefinitionError(f"{where}.rollout", "must be a non-empty list of {variant, weight}")
-        weights = []
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping) or set(item) != {"variant", "weight"}:
-                raise DefinitionError(f"{where}.rollout[{i}]", "must be {\"variant\": NAME, \"weight\": PERCENT}")
-            weights.append((item["variant"], item["weight"]))
-    thresholds: list[int] = []
-    answers: list[Evaluation] = []
-    total = 0
-    seen: set[str] = set()
-    for i, (v, w) in enumerate(weights):
-        if not _is_number(w) or not 0 <= w <= 100:
-            raise DefinitionError(f"{where}.{form}", f"weight {w!r} is not a percentage from 0 to 100")
-        buckets = round(w * BUCKETS / 100)
-        if not math.isclose(buckets, w * BUCKETS / 100, abs_tol=1e-6):
-            raise DefinitionError(f"{where}.{form}", f"weight {w!r} has more than two decimals")
-        if not isinstance(v, str) or v in seen:
-            raise DefinitionError(f"{where}.{form}[{i}]", f"{v!r} is not a variant, or is listed twice")
-        seen.add(v)
-        try:
-            ans = answer(v, REASON_ROLLOUT, rule)
-        except KeyError:
-            raise DefinitionError(f"{where}.{form}[{i}]", f"{v!r} is not a variant") from None
-        total += buckets
-        thresholds.append(total)
-        answers.append(ans)
-    if total != BUCKETS:
-        raise DefinitionError(f"{where}.{form}", f"weights add up to {total / 100:g} %, not 100 %")
-    return _Serve(None, tuple(thresholds), tuple(answers), sticky, salt)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

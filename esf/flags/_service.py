@@ -14,15 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import NotFound, ValidationError
 from ..jobs._meta import FlagCarry, current_flags, current_job
 from ._conditions import EvaluationFailed
-from ._model import (
-    FLAGS_PREFIX,
-    REASON_ERROR,
-    SEGMENTS_PREFIX,
-    Compiled,
-    CompiledFlag,
-    Evaluation,
-    compile_all,
-)
+from ._model import Compiled, CompiledFlag, compile_all
+from ._values import FLAGS_PREFIX, REASON_ERROR, SEGMENTS_PREFIX, Evaluation
 
 if TYPE_CHECKING:
     from ..config import ConfigService

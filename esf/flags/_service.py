@@ -137,8 +137,11 @@ class FlagService:
             if context is None or (isinstance(context, Mapping) and context.get("key") == carry.context.get("key")):
                 if carry.received and self._consistent:
                     wire = carry.answers.get(name)
-                    if wire is not None:
-                        return Evaluation(name, wire[0], wire[1], wire[2], wire[3])
+                    if type(wire) is list and len(wire) == 4:  # a header is input: check its shape
+                        answer = Evaluation(name, wire[0], wire[1], wire[2], wire[3])
+                        if self._telemetry is not None:
+                            self._count_key((name, str(answer.variant or ""), str(answer.reason)))
+                        return answer
                 answer = self._evaluate(name, carry.context if context is None else context, default)
                 if answer.reason != REASON_ERROR:
                     carry.answers[name] = answer.to_wire()
@@ -203,14 +206,16 @@ class FlagService:
     def _error(self, name: str, default: Any, why: str) -> Evaluation:
         self._count_error(name, why)
         if self._telemetry is not None:
-            key = (name, "", REASON_ERROR)
-            (self._counters.get(key) or self._counter(key)).inc()
+            self._count_key((name, "", REASON_ERROR))
         return Evaluation(name, default, None, REASON_ERROR, None, why)
 
     def _count_error(self, name: str, why: str) -> None:
         self.errors[name] += 1
         if self.errors[name] == 1:
             log.warning("flag %r: answered with the caller's default (%s)", name, why)
+
+    def _count_key(self, key: tuple[str, str, str]) -> None:
+        (self._counters.get(key) or self._counter(key)).inc()
 
     def _counter(self, key: tuple[str, str, str]) -> Any:
         assert self._telemetry is not None
@@ -224,7 +229,12 @@ class FlagService:
             version = config.version
             if version == self._version:
                 return
-            compiled = compile_all(config.get(FLAGS_PREFIX, default=None), config.get(SEGMENTS_PREFIX, default=None))
+            try:
+                compiled = compile_all(config.get(FLAGS_PREFIX, default=None),
+                                       config.get(SEGMENTS_PREFIX, default=None))
+            except Exception:  # never break the callers: every flag answers with their default
+                log.exception("flags: the definitions of configuration version %d could not be compiled", version)
+                compiled = Compiled({}, {FLAGS_PREFIX: "the definitions could not be compiled (see the log)"}, {})
             for path, problem in compiled.problems.items():
                 log.warning("flags: %s is invalid and evaluates to the caller's default: %s", path, problem)
             self._compiled = compiled

@@ -39,3 +39,28 @@ def test_a_scope_refuses_a_context_that_cannot_travel_in_job_headers(sqlite_conf
             pass
     assert info.value.errors == {"context": problem}
     assert current_flags.get() is None
+
+
+@pytest.mark.parametrize(("consistency", "want"), [("consistent", "grid"), ("latest", "list")])
+def test_in_a_job_a_carried_answer_is_used_only_when_consistent_and_well_formed(sqlite_config, make_flags,
+                                                                                   consistency, want):
+    # Given a flag now serving "list", and a job whose headers carried "grid" for it and garbage for another
+    from esf.jobs._meta import FlagCarry
+
+    flags = make_flags(sqlite_config, job_consistency=consistency)
+    definition = {"variants": {"list": 1, "grid": 2}, "off_variant": "list", "serve": {"variant": "list"}}
+    flags.set("layout", definition)
+    flags.set("other", definition)
+    carry = FlagCarry({"key": "u1"}, {"layout": [2, "grid", "rollout", None], "other": "garbage"}, received=True)
+    token = current_flags.set(carry)
+    try:
+        # When the job evaluates both (no context: the carried one)
+        layout, other = flags.evaluate("layout"), flags.evaluate("other")
+        # And for another key
+        stranger = flags.evaluate("layout", {"key": "u2"})
+    finally:
+        current_flags.reset(token)
+    # Then the carried answer is used only in consistent mode, the malformed one never
+    assert layout.variant == want and (layout.reason == "rollout") == (consistency == "consistent")
+    assert (other.variant, other.reason) == ("list", "default")
+    assert stranger.variant == "list"

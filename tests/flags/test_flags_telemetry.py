@@ -27,5 +27,8 @@ def test_every_evaluation_is_counted_by_flag_variant_and_reason(tmp_path):
         got = {(s["labels"]["flag"], s["labels"]["variant"], s["labels"]["reason"]): s["value"] for s in series}
         assert got == {("beta", "on", "rule_match"): 3, ("beta", "off", "default"): 2, ("beta", "", "error"): 1,
                        ("ghost", "", "error"): 1, ("beta", "off", "disabled"): 1}
+        # And the Foundation's health reports the flag service
+        flags_health = fnd.health()["services"]["flags"]
+        assert flags_health == {"status": "ok", "flags": 1, "invalid": [], "errors": 2}
     finally:
         fnd.close()

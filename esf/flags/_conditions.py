@@ -9,6 +9,7 @@ type, and ``KeyError`` (the attribute's name) when it is missing: no call or
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
@@ -237,26 +238,21 @@ def _compile_ordered(attr: str, op: str, value: Any, kind: str, where: str) -> C
         except ValueError as exc:
             raise EvaluationFailed(f"attribute {attr!r}: {exc}") from None
 
+    compare = _COMPARE[op]
     if kind == "number":
-        # The common case without a call: ints and floats compare as they are (a bool is not a number).
-        def read(ctx: Mapping[str, Any]) -> Any:
+        # The common case without a parse call: ints and floats compare as they are (a bool is not a number).
+        def number(ctx: Mapping[str, Any]) -> bool:
             x = ctx[attr]
-            return x if type(x) is int or type(x) is float else parsed(x)
-    else:
-        def read(ctx: Mapping[str, Any]) -> Any:
-            return parsed(ctx[attr])
+            if type(x) is int or type(x) is float:
+                return compare(x, bound)
+            return compare(parsed(x), bound)
 
-    if op == "eq":
-        return lambda ctx: read(ctx) == bound  # type: ignore[no-any-return]
-    if op == "neq":
-        return lambda ctx: read(ctx) != bound  # type: ignore[no-any-return]
-    if op == "lt":
-        return lambda ctx: read(ctx) < bound  # type: ignore[no-any-return]
-    if op == "lte":
-        return lambda ctx: read(ctx) <= bound  # type: ignore[no-any-return]
-    if op == "gt":
-        return lambda ctx: read(ctx) > bound  # type: ignore[no-any-return]
-    return lambda ctx: read(ctx) >= bound  # type: ignore[no-any-return]
+        return number
+    return lambda ctx: compare(parsed(ctx[attr]), bound)
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "neq": operator.ne, "lt": operator.lt,
+                                                   "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
 
 
 def _combine(form: str, parts: tuple[Condition, ...]) -> Condition:

@@ -82,10 +82,10 @@ class CompiledFlag:
             for condition, serve in self.rules:
                 if condition(ctx):
                     return serve.pick(ctx)
-        except KeyError as exc:  # conditions index the context directly (no call per attribute)
+            assert self.serve is not None
+            return self.serve.pick(ctx)
+        except KeyError as exc:  # conditions and rollouts index the context directly (no call per attribute)
             raise EvaluationFailed(f"attribute {exc.args[0]!r} is missing from the context") from None
-        assert self.serve is not None
-        return self.serve.pick(ctx)
 
 
 @dataclass(frozen=True)

@@ -288,3 +288,17 @@ def test_a_rollback_to_a_version_with_an_invalid_flag_is_refused(tmp_path, make_
         assert config.version == version
     finally:
         config.close()
+
+
+def test_rollout_variants_follow_the_documented_bucket_of_salt_and_key(sqlite_config, make_flags):
+    # Given a 3-variant rollout with its own salt, on an integer attribute as the key
+    from esf.flags import bucket
+
+    flags = make_flags(sqlite_config)
+    flags.set("exp", {"variants": {"a": 1, "b": 2, "c": 3}, "off_variant": "a",
+                      "serve": {"rollout": [{"variant": "a", "weight": 10.5}, {"variant": "b", "weight": 0},
+                                            {"variant": "c", "weight": 89.5}], "by": "account", "salt": "s1"}})
+    # Then each key's variant is the one whose range holds bucket("s1", key): a < 1050 <= c (b has none)
+    for account in range(2000):
+        want = "a" if bucket("s1", str(account)) < 1050 else "c"
+        assert flags.variant("exp", {"key": "ignored", "account": account}) == want

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ValidationError
+from ..errors import NotFound, ValidationError
 from ._common import CommandError, load_foundation, parse_json_arg
 
 if TYPE_CHECKING:
@@ -93,7 +93,10 @@ def run_list(service: FlagService, args: argparse.Namespace) -> int:
     problems = service.problems()
     rows = []
     for name in service.names():
-        d = service.definition(name)
+        try:
+            d = service.definition(name)
+        except NotFound:  # stored as something else than an object (written without validation)
+            d = {}
         rows.append({"name": name, "state": _state(d), "variants": list(d.get("variants", {"on": 1, "off": 0})),
                      "rules": len(d.get("rules", ())), "valid": f"flags.{name}" not in problems,
                      "description": d.get("description", "")})

@@ -53,3 +53,27 @@ def test_an_invalid_definition_from_the_command_line_is_refused_with_its_code_an
     assert esf(tmp_path, "list")[1].strip() == "no flags"
     code, _, err = esf(tmp_path, "kill", "nope")
     assert code == 1 and "[not_found]" in err
+
+
+def test_list_marks_definitions_that_do_not_compile(tmp_path, make_flags, capsys):
+    # Given a store holding a flag that is not even an object (written without the flag validator) and a good one
+    import argparse
+
+    from esf.plugins.sqlite_config import SqliteConfigStore
+
+    from esf.cli import _flags as cli
+    from esf.config import ConfigService
+
+    from .conftest import FAST
+
+    config = ConfigService(SqliteConfigStore(str(tmp_path / "c.sqlite")), settings=FAST, data_dir=tmp_path / "n")
+    try:
+        config.update_batch({"flags.broken": 3, "flags.fine": {"enabled": False}})
+        # When the flags are listed
+        assert cli.run_list(make_flags(config), argparse.Namespace(json=True)) == 0
+        rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+        # Then the broken one is listed as invalid, and the good one with its state
+        assert rows["broken"]["valid"] is False and rows["fine"] == {
+            "name": "fine", "state": "off", "variants": ["on", "off"], "rules": 0, "valid": True, "description": ""}
+    finally:
+        config.close()

@@ -84,6 +84,7 @@ class FlagService:
         self._sample = settings.exposure_sample_rate
         self._version = -1
         self._compiled = Compiled({}, {}, {})
+        self._trees: tuple[Any, Any] = (None, None)
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, str, str], Any] = {}
         self._answer_counters: dict[int, tuple[Evaluation, Any]] = {}
@@ -229,15 +230,19 @@ class FlagService:
             version = config.version
             if version == self._version:
                 return
+            trees = (config.get(FLAGS_PREFIX, default=None), config.get(SEGMENTS_PREFIX, default=None))
+            if self._version >= 0 and trees == self._trees:
+                self._version = version  # another part of the configuration changed: nothing to compile
+                return
             try:
-                compiled = compile_all(config.get(FLAGS_PREFIX, default=None),
-                                       config.get(SEGMENTS_PREFIX, default=None))
+                compiled = compile_all(*trees)
             except Exception:  # never break the callers: every flag answers with their default
                 log.exception("flags: the definitions of configuration version %d could not be compiled", version)
                 compiled = Compiled({}, {FLAGS_PREFIX: "the definitions could not be compiled (see the log)"}, {})
             for path, problem in compiled.problems.items():
                 log.warning("flags: %s is invalid and evaluates to the caller's default: %s", path, problem)
             self._compiled = compiled
+            self._trees = trees
             self._answer_counters = {}
             self._version = version
 

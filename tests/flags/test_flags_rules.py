@@ -302,3 +302,16 @@ def test_rollout_variants_follow_the_documented_bucket_of_salt_and_key(sqlite_co
     for account in range(2000):
         want = "a" if bucket("s1", str(account)) < 1050 else "c"
         assert flags.variant("exp", {"key": "ignored", "account": account}) == want
+
+
+def test_a_change_elsewhere_in_the_configuration_does_not_recompile_the_flags(sqlite_config, make_flags):
+    # Given a compiled flag
+    flags = make_flags(sqlite_config)
+    flags.set("a", {"serve": {"percentage": 50}})
+    before = flags.compiled("a")
+    # When an unrelated path changes (a new configuration version)
+    sqlite_config.update("billing.retries", 3)
+    # Then the same compiled flag serves the new version; a flag change compiles again
+    assert flags.compiled("a") is before
+    flags.set("a", {"serve": {"percentage": 60}})
+    assert flags.compiled("a") is not before

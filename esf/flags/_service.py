@@ -64,7 +64,7 @@ class FlagService:
     Every change goes through the configuration service, so it is validated,
     versioned, audited, rolled back and propagated like any configuration
     batch. Evaluation reads the process's configuration snapshot and never
-    does I/O; definitions are compiled once per configuration version.
+    does I/O; definitions are compiled again only when a configuration version changes them.
 
     Parameters:
         config: returns the configuration service (``fnd.config``; rebuilt after a fork).

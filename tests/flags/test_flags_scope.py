@@ -64,3 +64,45 @@ def test_in_a_job_a_carried_answer_is_used_only_when_consistent_and_well_formed(
     assert layout.variant == want and (layout.reason == "rollout") == (consistency == "consistent")
     assert (other.variant, other.reason) == ("list", "default")
     assert stranger.variant == "list"
+
+
+def test_concurrent_requests_in_threads_and_tasks_keep_their_own_scopes(sqlite_config, make_flags):
+    # Given a flag on for even user numbers
+    import asyncio
+    import threading
+
+    flags = make_flags(sqlite_config)
+    flags.set("even", {"rules": [{"if": {"attr": "n", "op": "in", "value": [0, 2, 4, 6, 8]},
+                                  "serve": {"variant": "on"}}], "serve": {"variant": "off"}})
+    seen = {}
+
+    def request(n):
+        with flags.scope({"key": f"u{n}", "n": n}) as scope:
+            for _ in range(200):
+                flags.evaluate("even")
+            seen[f"thread-{n}"] = scope.to_wire()
+
+    async def task(n):
+        with flags.scope({"key": f"u{n}", "n": n}) as scope:
+            for _ in range(50):
+                flags.evaluate("even")
+                await asyncio.sleep(0)
+            seen[f"task-{n}"] = scope.to_wire()
+
+    async def tasks():
+        await asyncio.gather(*(task(n) for n in range(10)))
+
+    # When ten threads and ten asyncio tasks each evaluate in their own scope at the same time
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+    # Then each scope holds only its own context and answer
+    for n in range(10):
+        want = "on" if n % 2 == 0 else "off"
+        for kind in ("thread", "task"):
+            wire = seen[f"{kind}-{n}"]
+            assert wire["context"] == {"key": f"u{n}", "n": n}
+            assert wire["answers"]["even"][1] == want

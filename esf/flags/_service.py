@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFound, ValidationError
+from ..errors import NotFound, ServiceUnavailable, ValidationError
 from ..jobs._meta import FlagCarry, current_flags, current_job
 from ._conditions import EvaluationFailed
 from ._model import Compiled, CompiledFlag, compile_all
@@ -296,6 +296,33 @@ class FlagService:
             self._record(Event("flag.exposure", data, stream_id=f"flag-{answer.flag}", correlation_id=correlation_id))
         except Exception:
             log.warning("flags: an exposure of %r could not be recorded", answer.flag, exc_info=True)
+
+    def track(self, event_type: str, context: Mapping[str, Any] | None = None,
+              data: Mapping[str, Any] | None = None) -> None:
+        """Record that ``event_type`` happened for ``context`` (``order.placed`` after an exposure), in the
+        background through ``fnd.record``: data ``{"key": <the context's key>, **data}``, with the
+        correlation id of the current scope or job, so ``followed_by`` pairs it with the exposures.
+
+        Raises:
+            ValidationError: ``event_type`` is not a valid event type, or ``data`` is not a JSON object.
+            ServiceUnavailable: this flag service records no events.
+        """
+        if self._record is None:
+            raise ServiceUnavailable("flags: this flag service has no event store to record to")
+        from ..events import Event
+
+        carry = current_flags.get()
+        if context is None and carry is not None:
+            context = carry.context
+        if data is not None and not isinstance(data, Mapping):
+            raise ValidationError(f"track: data is a mapping, not {type(data).__name__}", errors={"data": "invalid"})
+        key = context.get("key") if isinstance(context, Mapping) else None
+        payload = {"key": key if isinstance(key, str | int) and not isinstance(key, bool) else None, **(data or {})}
+        correlation_id = carry.correlation_id if carry is not None else None
+        if correlation_id is None:
+            job = current_job.get()
+            correlation_id = job.correlation_id if job is not None else None
+        self._record(Event(event_type, payload, correlation_id=correlation_id))
 
     # -- reading and writing definitions -----------------------------------------
 

@@ -10,6 +10,7 @@ from openfeature.event import ProviderEventDetails
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
+from openfeature.track import TrackingEventDetails
 
 from esf.flags import Evaluation, FlagService
 
@@ -57,6 +58,21 @@ class EsfProvider(AbstractProvider):
         if self._stop_watch is None:
             self._stop_watch = self._flags.watch(
                 lambda names: self.emit_provider_configuration_changed(ProviderEventDetails(flags_changed=names)))
+
+    def track(self, tracking_event_name: str, evaluation_context: EvaluationContext | None = None,
+              tracking_event_details: TrackingEventDetails | None = None) -> None:
+        """Record the tracking event as an ESF event (``fnd.flags.track``): data ``key``, ``value`` and the
+        details' attributes, with the current scope's or job's correlation id.
+
+        Raises:
+            ValidationError: the name is not a valid event type, or the details are not JSON.
+        """
+        data: dict[str, Any] = {}
+        if tracking_event_details is not None:
+            data.update(tracking_event_details.attributes)
+            if tracking_event_details.value is not None:
+                data["value"] = tracking_event_details.value
+        self._flags.track(tracking_event_name, _context(evaluation_context) or None, data)
 
     def shutdown(self) -> None:
         """Stop emitting change events."""

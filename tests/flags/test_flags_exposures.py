@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 import esf
 from esf import Event, Q
 from esf.settings import FlagSettings, TelemetrySettings
@@ -67,3 +69,42 @@ def test_no_exposure_is_recorded_when_the_sample_rate_is_zero_and_errors_are_nev
     finally:
         quiet.close()
         loud.close()
+
+
+def test_through_the_openfeature_api_alone_exposures_and_tracked_events_pair_with_followed_by(pg_url, tmp_path):
+    # Given an application using only the OpenFeature API over ESF, with exposures on
+    import uuid
+
+    from esf.plugins.openfeature import EsfProvider
+    from openfeature import api
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.track import TrackingEventDetails
+
+    fnd = _foundation(pg_url, tmp_path, 1.0)
+    domain = f"test-{uuid.uuid4().hex[:8]}"
+    api.set_provider(EsfProvider(fnd.flags), domain)
+    client = api.get_client(domain)
+    try:
+        fnd.flags.set("checkout", EXPERIMENT)
+        variants = {}
+        # When 20 requests evaluate the experiment and every other one tracks a purchase, each in its scope
+        for i in range(20):
+            ctx = EvaluationContext(f"user-{i}", {"plan": "pro"})
+            with fnd.flags.scope({"key": f"user-{i}"}, correlation_id=f"req-{i}"):
+                variants[f"req-{i}"] = client.get_string_details("checkout", "old", ctx).variant
+                if i % 2 == 0:
+                    client.track("order.placed", ctx, TrackingEventDetails(value=9.5, attributes={"sku": "x"}))
+        assert fnd.flush(timeout=60)
+        # Then followed_by pairs each B exposure with the purchase of the same request
+        pairs = fnd.events.followed_by(Q.type("flag.exposure") & (Q.data("variant") == "B"),
+                                       Q.type("order.placed"), within=timedelta(hours=1))
+        want = {cid for cid, v in variants.items() if v == "B" and int(cid[4:]) % 2 == 0}
+        assert want and {a.correlation_id for a, _ in pairs} == want
+        order = pairs[0][1]
+        assert dict(order.data) == {"key": order.correlation_id.replace("req", "user"), "value": 9.5, "sku": "x"}
+        # And a tracking event name that is not an event type is refused at the call site
+        with pytest.raises(esf.ValidationError):
+            client.track("not a type!", EvaluationContext("user-1"))
+    finally:
+        api.clear_providers()
+        fnd.close()

@@ -9,6 +9,7 @@ import pytest
 
 import esf
 from esf import JobHandle
+from tests.jobs.conftest import Broker, delete_amqp_queues
 from tests.jobs.harness import Worker, settings_env
 
 from . import flag_apps
@@ -16,12 +17,15 @@ from . import flag_apps
 EXPERIMENT = {"variants": {"list": "list", "grid": "grid"}, "off_variant": "list"}
 
 
-@pytest.mark.parametrize("consistency", ["consistent", "latest"])
+@pytest.mark.parametrize(("broker", "consistency"), [("redis", "consistent"), ("redis", "latest"),
+                                                    ("amqp", "consistent")])
 def test_a_job_sees_the_variant_of_the_request_that_enqueued_it_even_after_the_flag_changed(
-        redis_url, tmp_path, consistency):
-    # Given an application on Redis whose flag "checkout" serves "grid" to everyone
+        redis_url, amqp_url, tmp_path, broker, consistency):
+    # Given an application (broker Redis or RabbitMQ, configuration on Redis) whose flag "checkout"
+    # serves "grid" to everyone
     queue = f"q-{uuid.uuid4().hex[:8]}"
-    env = settings_env(redis_url, queues=(queue,), data_dir=str(tmp_path / "data"), extra={
+    env = settings_env(redis_url if broker == "redis" else amqp_url, queues=(queue,), redis_url=redis_url,
+                       data_dir=str(tmp_path / "data"), extra={
         "ESF_CONFIG_REDIS_PREFIX": f"test:{uuid.uuid4().hex[:8]}:", "ESF_TELEMETRY_ENABLED": "false",
         "ESF_EVENTS_RECORD_JOB_EVENTS": "false", "ESF_FLAGS_JOB_CONSISTENCY": consistency})
     fnd = flag_apps.build(esf.Settings.from_env(env))
@@ -49,6 +53,8 @@ def test_a_job_sees_the_variant_of_the_request_that_enqueued_it_even_after_the_f
         if worker is not None:
             worker.stop()
         fnd.close()
+        if broker == "amqp":
+            delete_amqp_queues(Broker("amqp", env, queue))
     if consistency == "consistent":
         # Then the job and its child see the request's answer, with the request's reason
         assert (result["variant"], result["value"], result["reason"]) == ("grid", "grid", "default")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .config import ConfigService
     from .events import EventStore
     from .events._async import AsyncAppend, AsyncAppender
+    from .flags import FlagService
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
     from .telemetry import Telemetry
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
-SERVICES = ("events", "config", "telemetry")
+SERVICES = ("events", "config", "telemetry", "flags")
 
 
 class Foundation:
@@ -225,9 +226,23 @@ class Foundation:
                 self.telemetry.apply_config(service.get("telemetry", default={}))
 
         service.subscribe("telemetry", telemetry_changed)
+        from .flags import FLAGS_PREFIX, SEGMENTS_PREFIX, validate_flags
+
+        service.register_validator(validate_flags, prefixes=(FLAGS_PREFIX, SEGMENTS_PREFIX))
         if self.settings.telemetry.enabled:
             service.subscribe("", lambda change: self.telemetry.instruments.record_config_update(change.version))
         return service
+
+    # -- feature flags -------------------------------------------------------------
+
+    @cached_property
+    def flags(self) -> FlagService:
+        """Feature flags kept in the configuration (``flags.*``), evaluated in this process."""
+        from .flags import FlagService
+
+        return FlagService(lambda: self.config, settings=self.settings.flags,
+                           telemetry=(lambda: self.telemetry) if self.settings.telemetry.enabled else None,
+                           record=self.record)
 
     # -- telemetry ---------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .secrets import Secret
 __all__ = [
     "ConfigSettings",
     "EventSettings",
+    "FlagSettings",
     "FlowerSettings",
     "JobSettings",
     "Settings",
@@ -299,6 +300,22 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class FlagSettings:
+    """Feature flags (evaluated locally from the configuration's ``flags`` subtree)."""
+
+    #: Share of evaluations recorded as ``flag.exposure`` events (0: none, 1: every one; in a
+    #: ``fnd.flags.scope`` or a job, at most one per flag).
+    exposure_sample_rate: float = 0.0
+    #: What a job evaluating a flag its enqueuing request evaluated gets: ``consistent`` (the
+    #: request's answer, carried in the job's headers) or ``latest`` (a fresh evaluation).
+    job_consistency: Literal["consistent", "latest"] = "consistent"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.exposure_sample_rate <= 1.0:
+            raise SettingsError("flags.exposure_sample_rate: must be from 0 to 1", setting="flags.exposure_sample_rate")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything ESF needs to start. Build it with :meth:`from_env` or directly.
 
@@ -321,6 +338,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     config: ConfigSettings = field(default_factory=ConfigSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    flags: FlagSettings = field(default_factory=FlagSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

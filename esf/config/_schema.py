@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +11,12 @@ from ..errors import ValidationError
 from ._paths import DELETE, deep_merge, is_under, lookup, overlaps, path_error, set_path
 from ._types import REDACTED
 
-__all__ = ["Rules", "SchemaSource"]
+__all__ = ["Rules", "SchemaSource", "Validator"]
 
 #: A pydantic model class or a JSON Schema (a mapping).
 SchemaSource = Any
+#: A validator of the document a batch would produce: ``(document, changed paths) -> {path: problem}``.
+Validator = Callable[[Mapping[str, Any], Collection[str]], Mapping[str, str]]
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Rules:
     secret: set[str] = field(default_factory=set)
     #: Allowlist of writable subtrees; ``None`` (no allowlist registered): everything not protected.
     writable: set[str] | None = None
+    #: Validators in code, each with the subtrees whose changes it checks.
+    validators: list[tuple[tuple[str, ...], Validator]] = field(default_factory=list)
 
     def add(
         self,
@@ -116,6 +120,10 @@ class Rules:
                 sub = {}
             for path, problem in _schema_errors(entry, sub):
                 if any(overlaps(path, c) for c in changed):
+                    problems.setdefault(path, problem)
+        for prefixes, validator in self.validators:
+            if any(overlaps(c, p) for c in changed for p in prefixes):
+                for path, problem in validator(effective, changed).items():
                     problems.setdefault(path, problem)
         return problems
 

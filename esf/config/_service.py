@@ -21,9 +21,9 @@ from ..errors import (
 )
 from ..settings import ConfigSettings
 from ._batch import Denied, apply_changes, check_batch, copy_document, make_entry, restore_secrets
-from ._paths import deep_merge, is_under, leaf_diff
+from ._paths import deep_merge, is_under, leaf_diff, path_error
 from ._replica import Replica
-from ._schema import Rules, SchemaSource
+from ._schema import Rules, SchemaSource, Validator
 from ._types import (
     Change,
     Commit,
@@ -244,6 +244,24 @@ class ConfigService(Replica):
                 writable=writable,
             )
             self._install(self._snap.stored)
+
+    def register_validator(self, validator: Validator, *, prefixes: Iterable[str]) -> None:
+        """Check every later batch that changes a path at, under or above one of ``prefixes`` with ``validator``.
+
+        ``validator(document, changed)`` gets the document the batch would produce
+        (defaults included) and the changed paths, and returns ``{path: problem}``;
+        any problem rejects the whole batch (nothing is written). It runs for
+        rollbacks too. It must not raise, block or touch the store.
+
+        Raises:
+            ValidationError: a prefix is not a valid path.
+        """
+        prefixes = tuple(prefixes)
+        bad = {p: problem for p in prefixes if (problem := path_error(p)) is not None}
+        if bad or not prefixes:
+            raise ValidationError("invalid validator prefixes", errors=bad or {"prefixes": "none given"})
+        with self._lock:
+            self._rules.validators.append((prefixes, validator))
 
     # -- nodes and health ------------------------------------------------------
 

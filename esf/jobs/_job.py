@@ -12,7 +12,7 @@ from .._ids import new_id, new_ids
 from .._json import check_json, check_size, dumps
 from ..errors import JobFailed, Timeout, UnknownQueue, ValidationError
 from ..hooks import JobContext
-from ._meta import JobMeta, current_job
+from ._meta import JobMeta, current_flags, current_job
 from ._options import JobOptions
 
 if TYPE_CHECKING:
@@ -241,6 +241,7 @@ class Job(Generic[P, R]):
             idempotency_key=idempotency_key,
             enqueued_at=time.time(),
             parent_id=parent.job_id if parent else None,
+            flags=_carried_flags(),
         )
         return PreparedJob(job_id=job_id, args=tuple(args), kwargs=kwargs, meta=meta)
 
@@ -269,6 +270,12 @@ class Job(Generic[P, R]):
                           correlation_id=prepared.meta.correlation_id,
                           idempotency_key=prepared.meta.idempotency_key, enqueued_at=prepared.meta.enqueued_at,
                           parent_id=prepared.meta.parent_id)
+
+
+def _carried_flags() -> dict[str, Any] | None:
+    """The flag context and answers of the current request or job, for the new job's headers."""
+    carry = current_flags.get()
+    return carry.to_wire() if carry is not None else None
 
 
 class PreparedJob:

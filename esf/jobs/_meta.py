@@ -19,6 +19,8 @@ H_REPLAY = "esf_replay"
 H_REPLAYED_FROM = "esf_replayed_from"
 H_ARGS_CORRECTED = "esf_args_corrected"
 H_PARENT = "esf_parent_id"
+#: Feature-flag evaluation context and answers of the enqueuing request (see ``esf.flags``).
+H_FLAGS = "esf_flags"
 
 ALL_HEADERS = (
     H_CORRELATION,
@@ -31,6 +33,7 @@ ALL_HEADERS = (
     H_REPLAYED_FROM,
     H_ARGS_CORRECTED,
     H_PARENT,
+    H_FLAGS,
 )
 
 
@@ -48,6 +51,8 @@ class JobMeta:
     replayed_from: str | None = None
     args_corrected: bool = False
     parent_id: str | None = None
+    #: ``{"context": {...}, "answers": {flag: [value, variant, reason, rule]}}`` (JSON), or None.
+    flags: Mapping[str, Any] | None = None
 
     def headers(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +72,8 @@ class JobMeta:
                 out[name] = value
         if self.args_corrected:
             out[H_ARGS_CORRECTED] = True
+        if self.flags:
+            out[H_FLAGS] = self.flags
         return out
 
     @classmethod
@@ -90,11 +97,19 @@ class JobMeta:
             replayed_from=_opt_str(h.get(H_REPLAYED_FROM)),
             args_corrected=bool(h.get(H_ARGS_CORRECTED)),
             parent_id=_opt_str(h.get(H_PARENT)),
+            flags=_opt_flags(h.get(H_FLAGS)),
         )
 
 
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _opt_flags(value: Any) -> Mapping[str, Any] | None:
+    if isinstance(value, Mapping) and isinstance(value.get("context"), Mapping) \
+            and isinstance(value.get("answers"), Mapping):
+        return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -106,3 +121,31 @@ class Current:
 
 
 current_job: contextvars.ContextVar[Current | None] = contextvars.ContextVar("esf_current_job", default=None)
+
+
+class FlagCarry:
+    """Flag evaluations of one request or job: its context and the answers given so far.
+
+    ``esf.flags`` fills it (``fnd.flags.scope(context)``, or from a job's headers);
+    a job enqueued while it is current carries it in the ``esf_flags`` header.
+    """
+
+    __slots__ = ("answers", "context", "correlation_id", "exposed", "received")
+
+    def __init__(self, context: Mapping[str, Any], answers: Mapping[str, list[Any]] | None = None, *,
+                 received: bool = False, correlation_id: str | None = None) -> None:
+        self.context = context
+        #: flag -> ``[value, variant, reason, rule]`` (JSON).
+        self.answers: dict[str, list[Any]] = dict(answers or {})
+        #: True in a job: ``answers`` came from the enqueuing request.
+        self.received = received
+        self.correlation_id = correlation_id
+        #: Flags whose exposure was already recorded in this scope.
+        self.exposed: set[str] = set()
+
+    def to_wire(self) -> dict[str, Any] | None:
+        return {"context": dict(self.context), "answers": dict(self.answers)}
+
+
+#: The flag evaluations of the running request or job (None outside any).
+current_flags: contextvars.ContextVar[FlagCarry | None] = contextvars.ContextVar("esf_current_flags", default=None)

@@ -15,7 +15,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from ..errors import EsfError, Retry, SkipJob
 from ..hooks import JobContext
 from ._deadletter import DeadLetter
-from ._meta import ALL_HEADERS, Current, JobMeta, current_job
+from ._meta import ALL_HEADERS, Current, FlagCarry, JobMeta, current_flags, current_job
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -128,6 +128,10 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     ctx = task.context(meta, args, kwargs, started_at=now)
     fnd.run_hooks("before_process", ctx)
     token = current_job.set(Current(job_id=ctx.job_id, correlation_id=meta.correlation_id))
+    # The enqueuing request's flag answers (or none: a job never sees the previous job's).
+    flags_token = current_flags.set(
+        FlagCarry(meta.flags["context"], meta.flags["answers"], received=True, correlation_id=meta.correlation_id)
+        if meta.flags else None)
     started = time.perf_counter()
     try:
         result = job.fn(*args, **kwargs)
@@ -140,6 +144,7 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     except Exception as exc:
         _fail(task, meta, ctx, args, kwargs, exc, started, retryable=opts.retryable(exc))
     finally:
+        current_flags.reset(flags_token)
         current_job.reset(token)
     fnd.run_hooks("after_process", ctx, result=result, runtime_s=time.perf_counter() - started)
     return result

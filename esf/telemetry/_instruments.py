@@ -18,7 +18,8 @@ esf.config.version                              gauge      (max)              ``
 esf.config.propagation_lag_seconds              histogram  —                  ``record_config_update``
 esf.dlq.depth                                   gauge      queue (max)        ``set_dlq_depth``
 esf.cache.hits / misses                         counter    cache              ``record_cache``
-esf.flags.evaluations                           counter    flag, result       ``record_flag``
+esf.flags.evaluations                           counter    flag, variant,     ``record_flag``
+                                                           reason
 esf.breaker.state                               gauge      breaker (max)      ``record_breaker_state``
 esf.telemetry.dropped                           counter    exporter           exporter runners
 esf.telemetry.label_overflow                    counter    metric             label-set cap
@@ -40,6 +41,7 @@ from ..resilience import STATE_VALUES, BreakerState
 from ._model import AggregationRule
 
 if TYPE_CHECKING:
+    from ._metrics import Counter
     from ._service import Telemetry
 
 #: Aggregation rules the service starts with (prefix -> rule).
@@ -89,10 +91,13 @@ class Instruments:
         """A circuit breaker changed state: pass this method as ``CircuitBreaker(on_state_change=…)``."""
         self._t.gauge("esf.breaker.state", {"breaker": breaker}).set(STATE_VALUES[state])
 
-    def record_flag(self, flag: str, result: bool | str) -> None:
-        """One feature-flag evaluation and its result (``True``/``False`` or a variant name)."""
-        value = ("on" if result else "off") if isinstance(result, bool) else str(result)
-        self._t.counter("esf.flags.evaluations", {"flag": flag, "result": value}).inc()
+    def record_flag(self, flag: str, variant: str, reason: str) -> None:
+        """One feature-flag evaluation: its variant (``""`` on error) and reason."""
+        self.flag_counter(flag, variant, reason).inc()
+
+    def flag_counter(self, flag: str, variant: str, reason: str) -> Counter:
+        """The evaluation counter of one flag, variant and reason (kept by the flag service: one lookup)."""
+        return self._t.counter("esf.flags.evaluations", {"flag": flag, "variant": variant, "reason": reason})
 
 
 def _job_labels(ctx: JobContext) -> dict[str, str]:

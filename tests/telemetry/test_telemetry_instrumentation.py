@@ -72,7 +72,7 @@ def test_service_helpers_record_under_the_documented_names(tel):
     ins.set_dlq_depth("billing", 4)
     ins.record_cache("users", hit=True)
     ins.record_cache("users", hit=False)
-    ins.record_flag("new_checkout", True)
+    ins.record_flag("new_checkout", "on", "rollout")
     breaker = CircuitBreaker("db", failure_threshold=1, on_state_change=ins.record_breaker_state)
     breaker.record_failure()
     m = tel.snapshot(cluster=False)["metrics"]
@@ -81,7 +81,8 @@ def test_service_helpers_record_under_the_documented_names(tel):
     assert m["esf.config.version"]["series"][0]["value"] == 12
     assert m["esf.dlq.depth"]["series"][0] == {"labels": {"queue": "billing"}, "value": 4}
     assert m["esf.cache.hits"]["series"][0]["value"] == 1
-    assert m["esf.flags.evaluations"]["series"][0]["labels"] == {"flag": "new_checkout", "result": "on"}
+    assert m["esf.flags.evaluations"]["series"][0]["labels"] == {"flag": "new_checkout", "variant": "on",
+                                                                     "reason": "rollout"}
     assert m["esf.breaker.state"]["series"][0] == {"labels": {"breaker": "db"}, "value": 1}
     # Shared-state gauges merge with max across processes
     assert tel.rules.for_name("esf.dlq.depth").gauge_merge == "max"

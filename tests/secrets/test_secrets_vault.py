@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import pytest
+from esf.plugins.vault_secrets import VaultSecretsProvider
 
 from esf.errors import PermissionDenied, SecretNotFound, ServiceUnavailable, ValidationError
-from esf.plugins.vault_secrets import VaultSecretsProvider
 from esf.secrets import Secret, SecretChange, SecretsService
 from esf.settings import SecretsSettings
 from tests.secrets.conftest import Bao

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from ._hooks import SecretCredentialProvider, SecretHeaderAuth, rotating_engine, rotating_redis
 from ._refs import SecretRef, has_reference, parse_reference
 from ._service import SecretsService, Subscription
 from ._types import Lease, SecretChange, SecretData, SecretsProvider, Subscriber
@@ -26,6 +27,8 @@ __all__ = [
     "Lease",
     "Secret",
     "SecretChange",
+    "SecretCredentialProvider",
+    "SecretHeaderAuth",
     "SecretData",
     "SecretRef",
     "SecretsProvider",
@@ -36,6 +39,8 @@ __all__ = [
     "has_reference",
     "load_provider_class",
     "parse_reference",
+    "rotating_engine",
+    "rotating_redis",
 ]
 
 #: Entry points (group ``esf.plugins``) of the bundled backends, and where they live.

@@ -58,6 +58,27 @@ class LeaseKeeper:
                 return held.lease
             return self._renew_or_reissue(path, held, now)
 
+    def verify(self, path: str) -> bool:
+        """Ask the backend whether the held lease of ``path`` still exists; issue a new one if not.
+
+        Returns:
+            ``True`` when a new lease was issued (the caller may retry with it).
+        """
+        held = self._held.get(path)
+        if held is None:
+            return False
+        service = self._service
+        with self._lock_of(path):
+            current = self._held.get(path)
+            if current is not None and current.lease.lease_id != held.lease.lease_id:
+                return True  # another thread already issued a new one
+            try:
+                service.call(service.provider.lease_ttl, held.lease.lease_id)
+            except (NotFound, PermissionDenied):
+                self._issue(path, held, reason="lease revoked")
+                return True
+        return False
+
     def reissue(self, path: str, reason: str) -> Lease:
         """Issue a new lease of ``path`` now (its credentials were refused); notifies subscribers."""
         with self._lock_of(path):

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from esf.plugins.vault_secrets import VaultSecretsProvider
+
 from esf.secrets import SecretChange, SecretsService, rotating_engine
 from esf.settings import SecretsSettings
 from tests.secrets.conftest import Bao

@@ -77,7 +77,7 @@ def test_a_secret_cannot_be_sent_as_json() -> None:
 
 def test_an_unknown_backend_or_bad_setting_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as info:
-        Foundation(Settings(data_dir=str(tmp_path), secrets=SecretsSettings(backend="nope"))).secrets
+        _ = Foundation(Settings(data_dir=str(tmp_path), secrets=SecretsSettings(backend="nope"))).secrets
     assert "secrets.backend" in str(info.value)
     with pytest.raises(SettingsError) as margin:
         Settings.from_env({"ESF_SECRETS_RENEW_MARGIN": "1.5"})

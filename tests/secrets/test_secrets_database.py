@@ -178,3 +178,29 @@ def test_without_a_refresh_only_the_statement_that_meets_the_dropped_role_fails(
     new_user = secrets.lease(creds_path)["username"].reveal()
     assert new_user != old_user
     assert outcomes == ["UndefinedObject", new_user, new_user]
+
+
+def test_seconds_to_expiry_is_a_gauge_and_reissues_are_counted(bao: Bao, creds_path: str, tmp_path: Any) -> None:
+    from esf.settings import Settings, TelemetrySettings
+    from esf.telemetry import create_telemetry
+
+    # Given a service reporting to a telemetry of its own
+    telemetry = create_telemetry(Settings(data_dir=str(tmp_path), telemetry=TelemetrySettings(store="none")))
+    provider = VaultSecretsProvider(bao.url, token=__import__("esf").Secret(bao.root_token), timeout_s=2)
+    secrets = SecretsService(provider, SecretsSettings(backend="vault"), telemetry=lambda: telemetry)
+    try:
+        # When a lease is issued, then revoked and issued again by a refresh
+        first = secrets.lease(creds_path)
+        expiry = _series(telemetry, "esf.secrets.expires_in_s")
+        bao.client().sys.revoke_lease(first.lease_id)
+        secrets.refresh()
+        # Then the gauge held the lease's 30 s, and the re-issue counted one rotation of kind "lease"
+        assert expiry == {(("path", creds_path),): 30.0}
+        assert _series(telemetry, "esf.secrets.rotations") == {(("kind", "lease"), ("path", creds_path)): 1}
+    finally:
+        telemetry.close()
+
+
+def _series(telemetry: Any, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    metric = telemetry.snapshot(cluster=False)["metrics"].get(name, {"series": []})
+    return {tuple(sorted(s["labels"].items())): s["value"] for s in metric["series"]}

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from esf.plugins.vault_secrets import VaultSecretsProvider
 
+from esf.errors import ServiceUnavailable
 from esf.secrets import SecretChange, SecretsService, rotating_engine
 from esf.settings import SecretsSettings
 from tests.secrets.conftest import Bao
@@ -19,8 +20,7 @@ from tests.secrets.conftest import Bao
 PATH_ROLE = "app"
 
 
-@pytest.fixture
-def creds_path(bao: Bao, pg_url: str) -> Iterator[str]:
+def configure_database(bao: Bao, pg_url: str) -> str:
     """``database/creds/<role>``: roles of 30 s (renewable to 120 s) in the test's own database."""
     client = bao.client()
     if "database/" not in client.sys.list_mounted_secrets_engines():
@@ -35,10 +35,16 @@ def creds_path(bao: Bao, pg_url: str) -> Iterator[str]:
         name=name, db_name=name, default_ttl="30s", max_ttl="120s",
         creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
                              "VALID UNTIL '{{expiration}}';"])
+    return f"database/creds/{name}"
+
+
+@pytest.fixture
+def creds_path(bao: Bao, pg_url: str) -> Iterator[str]:
+    path = configure_database(bao, pg_url)
     try:
-        yield f"database/creds/{name}"
+        yield path
     finally:
-        client.sys.revoke_prefix(f"database/creds/{name}")
+        bao.client().sys.revoke_prefix(path)
 
 
 def new_service(bao: Bao, events: list[tuple[str, dict[str, Any]]], **settings: Any) -> SecretsService:
@@ -204,3 +210,23 @@ def test_seconds_to_expiry_is_a_gauge_and_reissues_are_counted(bao: Bao, creds_p
 def _series(telemetry: Any, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     metric = telemetry.snapshot(cluster=False)["metrics"].get(name, {"series": []})
     return {tuple(sorted(s["labels"].items())): s["value"] for s in metric["series"]}
+
+
+def test_a_held_lease_is_served_while_vault_is_down_until_it_expires(private_bao: Bao, pg_url: str) -> None:
+    # Given a lease of 30 s held by a service whose clock the test moves
+    path = configure_database(private_bao, pg_url)
+    secrets = new_service(private_bao, [], breaker_failures=100)
+    now = [time.time()]
+    secrets._clock = lambda: now[0]
+    lease = secrets.lease(path)
+    private_bao.client().sys.revoke_prefix(path)  # drop its role now: the server is about to go away
+    # When Vault stops and the renewal point (15 s) has passed
+    private_bao.stop()
+    now[0] += 20
+    # Then the held lease is still served, and health says why it is degraded
+    assert secrets.lease(path) is lease
+    assert secrets.health()["status"] == "degraded"
+    # When the lease has ended, then ServiceUnavailable
+    now[0] += 15
+    with pytest.raises(ServiceUnavailable):
+        secrets.lease(path)

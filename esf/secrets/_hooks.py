@@ -32,7 +32,7 @@ PASSWORD_KEY = "password"  # noqa: S105
 
 def _credentials(secrets: SecretsService, path: str, source: Source) -> Mapping[str, Secret]:
     if source == "lease":
-        return secrets.lease(path).data  # type: ignore[no-any-return]
+        return secrets.lease(path).data
     return secrets.read(path).data
 
 

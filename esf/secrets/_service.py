@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EsfError, NotFound, ServiceUnavailable, ValidationError
+from ..errors import EsfError, ServiceUnavailable, ValidationError
 from ..resilience import CircuitBreaker
 from ._leases import LeaseKeeper
 from ._refs import SecretRef, resolve_references
-from ._types import SecretChange, SecretData, SecretsProvider, Subscriber
+from ._types import Lease, SecretChange, SecretData, SecretsProvider, Subscriber
 from ._value import Secret
 
 if TYPE_CHECKING:
@@ -191,13 +191,10 @@ class SecretsService:
 
     # -- leases ------------------------------------------------------------------
 
-    def lease(self, path: str) -> Any:
+    def lease(self, path: str) -> Lease:
         """The current dynamic secret at ``path`` (``database/creds/app``), issued on first use, renewed
         before it ends (at ``1 - secrets.renew_margin`` of its duration) and issued again when a renewal
         is refused. A re-issue notifies the path's subscribers.
-
-        Returns:
-            a :class:`Lease`.
 
         Raises:
             ValidationError: ``path`` is malformed or the backend has no dynamic secrets.
@@ -239,7 +236,10 @@ class SecretsService:
             before = self._last_rotation.get(path)
             try:
                 entry = self._cache.get((path, None))
-                self._fetch(path, None, entry, self._clock()) if entry is None else self._refetch(path, entry)
+                if entry is None:
+                    self._fetch(path, None, None, self._clock())
+                else:
+                    self._refetch(path, entry)
                 report["checked"].append(path)
                 if self._last_rotation.get(path) != before:
                     report["rotated"].append(path)
@@ -259,10 +259,7 @@ class SecretsService:
         return report
 
     def _refetch(self, path: str, entry: _Cached) -> None:
-        try:
-            fresh = self.call(self.provider.read, path, None)
-        except NotFound:
-            raise
+        fresh: SecretData = self.call(self.provider.read, path, None)
         self._store(path, None, fresh, entry)
 
     def _auth_outcome(self, auth: dict[str, Any]) -> None:

@@ -132,6 +132,27 @@ def test_approle_logs_in_and_renews_its_token_while_it_is_renewable(bao: Bao) ->
     assert [k for k, _ in events if k.startswith("secrets.token_")] == ["secrets.token_renewed"]
 
 
+def test_approle_logs_in_again_when_its_token_reached_its_maximum_ttl(bao: Bao) -> None:
+    # Given an AppRole whose tokens last 4 s and cannot be renewed past 4 s
+    role_id, secret_id = approle(bao, token_ttl="4s", token_max_ttl="4s")
+    put(bao, "approle-max", password="pw")
+    provider = VaultSecretsProvider(bao.url, auth="approle", role_id=role_id, secret_id=Secret(secret_id),
+                                    timeout_s=2, renew_margin=0.5)
+    events: list[tuple[str, dict[str, Any]]] = []
+    secrets = service(provider, events)
+    assert secrets.get("approle-max", "password").reveal() == "pw"
+    first = provider.client.token
+    # When less than half of its TTL is left and the service refreshes
+    deadline = time.monotonic() + 10
+    while provider.client.auth.token.lookup_self()["data"]["ttl"] > 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    report = secrets.refresh()
+    # Then a renewal could not extend it, so the service logged in again for a new token
+    assert report["auth"]["action"] == "login"
+    assert provider.client.token != first
+    assert [k for k, _ in events if k.startswith("secrets.token_")] == ["secrets.token_login"]
+
+
 def test_approle_logs_in_again_when_its_token_has_expired(bao: Bao) -> None:
     # Given an AppRole whose tokens expire after 2 s and cannot be renewed past that
     role_id, secret_id = approle(bao, token_ttl="2s", token_max_ttl="2s")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EsfError, ServiceUnavailable, ValidationError
+from ..errors import EsfError, SecretNotFound, ServiceUnavailable, ValidationError
 from ..resilience import CircuitBreaker
 from ._leases import LeaseKeeper
 from ._refs import SecretRef, resolve_references
@@ -81,6 +81,7 @@ class SecretsService:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int | None], _Cached] = {}
+        self._cache_ttl_s = settings.cache_ttl_s
         self._subscribers: dict[str, list[Subscriber]] = defaultdict(list)
         self._last_rotation: dict[str, float] = {}
         #: Why the backend is unreachable (``None``: it answered last time).
@@ -105,8 +106,14 @@ class SecretsService:
             SecretNotFound: no such secret, version or key.
             ServiceUnavailable: the backend is unreachable and no usable cached value is left.
         """
-        data = self.read(path, version)
-        return pick(data, key)
+        if version is None and key is not None:
+            # Hot path: a fresh cache entry holds only valid paths, so the checks of read() are not needed.
+            entry = self._cache.get((path, None))
+            if entry is not None and self._clock() - entry.fetched_at < self._cache_ttl_s:
+                value = entry.data.data.get(key)
+                if value is not None:
+                    return value
+        return pick(self.read(path, version), key)
 
     def read(self, path: str, version: int | None = None) -> SecretData:
         """Every key of the secret at ``path`` (see :meth:`get`; same errors)."""
@@ -380,8 +387,6 @@ def pick(data: SecretData, key: str | None) -> Secret:
         ValidationError: ``key`` is ``None`` and the secret holds several keys.
         SecretNotFound: no such key.
     """
-    from ..errors import SecretNotFound
-
     if key is None:
         if len(data.data) == 1:
             return next(iter(data.data.values()))

@@ -128,3 +128,16 @@ def test_the_foundation_reports_secrets_health_and_records_rotations_as_events(f
     stored = fnd.events.read_stream("secrets")
     assert [e.event_type for e in stored] == ["secrets.rotated"]
     assert "hunter" not in repr([e.data for e in stored])
+
+
+def test_a_secret_passed_as_a_job_argument_is_refused_at_the_call_site(fnd: Any) -> None:
+    # Given a job and a secret
+    @fnd.job(name="t.takes_value")
+    def takes_value(value: str) -> None:
+        return None
+
+    secret = fnd.secrets.get("db", "password")
+    # When the secret itself is enqueued, then the call fails before anything is sent, naming no value
+    with pytest.raises(SerializationError) as info:
+        takes_value.enqueue(secret)
+    assert "Secret" in str(info.value) and "hunter" not in str(info.value)

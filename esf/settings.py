@@ -325,6 +325,8 @@ class SecretsSettings:
     cache_ttl_s: float = 30.0
     #: Seconds between two runs of ``esf.secrets.refresh`` on the beat schedule.
     refresh_interval_s: float = 60.0
+    #: Paths every refresh reads (besides those the process has read or subscribed to).
+    watch: tuple[str, ...] = ()
     #: Consecutive backend failures that open the backend's circuit breaker.
     breaker_failures: int = 3
     #: Seconds an open breaker waits before a trial call.

@@ -217,7 +217,7 @@ class SecretsService:
         issue again those that were revoked.
 
         Parameters:
-            paths: more paths to watch (added to those read or subscribed in this process).
+            paths: more paths to read (added to ``secrets.watch`` and to those read or subscribed in this process).
 
         Returns:
             ``{"checked", "rotated", "renewed", "reissued", "failed", "auth"}`` (paths and error codes only).
@@ -225,6 +225,7 @@ class SecretsService:
         Raises:
             ServiceUnavailable: the backend could not be reached for any of the checks (worth a retry).
         """
+        paths = (*self.settings.watch, *paths)
         for p in paths:
             check_path(p)
         report: dict[str, Any] = {"checked": [], "rotated": [], "renewed": [], "reissued": [], "failed": {}}

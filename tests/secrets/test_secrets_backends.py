@@ -50,6 +50,16 @@ def test_the_file_backend_sees_an_edited_file_as_a_rotation(tmp_path: Path) -> N
     assert [c.kind for c in heard] == ["version"]
 
 
+def test_refresh_reads_the_watched_paths_of_the_settings(tmp_path: Path) -> None:
+    # Given a service that never read "api" but watches it
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"api": {"token": "t"}, "db": {"password": "p"}}))
+    secrets = SecretsService(FileSecretsProvider(path), SecretsSettings(backend="file", watch=("api",)))
+    # When it refreshes, then the watched path was read (and the other one was not)
+    assert secrets.refresh()["checked"] == ["api"]
+    assert [c["path"] for c in secrets.status()["cached"]] == ["api"]
+
+
 def test_a_malformed_secrets_file_is_refused_without_quoting_it(tmp_path: Path) -> None:
     path = tmp_path / "secrets.json"
     path.write_text('{"db": {"password": "leaky-value"')

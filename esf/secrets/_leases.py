@@ -32,14 +32,15 @@ class LeaseKeeper:
     def __init__(self, service: SecretsService) -> None:
         self._service = service
         self._held: dict[str, _Held] = {}
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # Re-entrant: a subscriber told of a re-issue may ask for the lease again from the same thread.
+        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._guard = threading.Lock()
 
     def paths(self) -> list[str]:
         """Paths with a held lease."""
         return list(self._held)
 
-    def _lock_of(self, path: str) -> threading.Lock:
+    def _lock_of(self, path: str) -> threading.RLock:
         with self._guard:
             return self._locks[path]
 

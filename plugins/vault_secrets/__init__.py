@@ -7,6 +7,7 @@ Kubernetes). Every call has the ``secrets.timeout_s`` timeout. Errors name the p
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -87,6 +88,7 @@ class VaultSecretsProvider:
         self._logged_in = False
         self._last_login: float | None = None
         self._exc = hvac.exceptions
+        self._pid = os.getpid()
         self.client = hvac.Client(url=url, token=token.reveal() if token else None, namespace=namespace,
                                   verify=ca_cert if (verify and ca_cert) else verify, timeout=timeout_s)
 
@@ -134,6 +136,10 @@ class VaultSecretsProvider:
         """Run one hvac call; translate its errors (a refused token triggers one login and a retry)."""
         import requests
 
+        if self._pid != os.getpid():
+            # A forked child (a prefork pool process) must not share the parent's keep-alive sockets.
+            self.client.adapter.session = requests.Session()
+            self._pid = os.getpid()
         exc = self._exc
         try:
             return fn()

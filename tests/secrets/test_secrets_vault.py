@@ -196,3 +196,22 @@ def test_an_unreachable_vault_is_service_unavailable_within_the_timeout() -> Non
         secrets.get("x", "y")
     health = secrets.health()
     assert health["status"] == "degraded" and "unreachable" in health["reason"]
+
+
+def test_a_forked_child_reads_over_its_own_http_session(bao: Bao) -> None:
+    import os
+
+    # Given a provider that has read once (its session holds a keep-alive connection)
+    put(bao, "forked", password="pw")
+    provider = token_provider(bao)
+    assert provider.read("forked").data["password"].reveal() == "pw"
+    # When a child process reads after a fork
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it read with a session of its own
+        before = provider.client.adapter.session
+        ok = provider.read("forked").data["password"].reveal() == "pw"
+        os._exit(0 if ok and provider.client.adapter.session is not before else 1)
+    _, status = os.waitpid(pid, 0)
+    # Then the child used a new session, and the parent still reads with its own
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert provider.read("forked").data["password"].reveal() == "pw"

@@ -377,7 +377,8 @@ class SecretsService:
                 "cached": cached, "last_rotation": dict(self._last_rotation)}
 
     def close(self) -> None:
-        """Close the backend's connections (held leases are left to expire)."""
+        """Stop the lease keeper and close the backend's connections (held leases are left to expire)."""
+        self.leases.close()
         self.provider.close()
 
 

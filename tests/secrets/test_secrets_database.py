@@ -15,13 +15,14 @@ from esf.plugins.vault_secrets import VaultSecretsProvider
 from esf.errors import ServiceUnavailable
 from esf.secrets import SecretChange, SecretsService, rotating_engine
 from esf.settings import SecretsSettings
+from tests.jobs.harness import wait_for
 from tests.secrets.conftest import Bao
 
 PATH_ROLE = "app"
 
 
-def configure_database(bao: Bao, pg_url: str) -> str:
-    """``database/creds/<role>``: roles of 30 s (renewable to 120 s) in the test's own database."""
+def configure_database(bao: Bao, pg_url: str, ttl: str = "30s") -> str:
+    """``database/creds/<role>``: roles of ``ttl`` (renewable to 120 s) in the test's own database."""
     client = bao.client()
     if "database/" not in client.sys.list_mounted_secrets_engines():
         client.sys.enable_secrets_engine("database")
@@ -32,7 +33,7 @@ def configure_database(bao: Bao, pg_url: str) -> str:
         connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:5432/{dbname}?sslmode=disable",
         username="postgres", password="trust-auth-ignores-it", allowed_roles=[name])
     client.secrets.database.create_role(
-        name=name, db_name=name, default_ttl="30s", max_ttl="120s",
+        name=name, db_name=name, default_ttl=ttl, max_ttl="120s",
         creation_statements=["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
                              "VALID UNTIL '{{expiration}}';"])
     return f"database/creds/{name}"
@@ -48,6 +49,8 @@ def creds_path(bao: Bao, pg_url: str) -> Iterator[str]:
 
 
 def new_service(bao: Bao, events: list[tuple[str, dict[str, Any]]], **settings: Any) -> SecretsService:
+    # Without the keeper thread, unless asked: each test decides when leases are checked.
+    settings.setdefault("keep_leases", False)
     provider = VaultSecretsProvider(bao.url, token=__import__("esf").Secret(bao.root_token), timeout_s=2)
     return SecretsService(provider, SecretsSettings(backend="vault", **settings),
                           emit=lambda kind, payload: events.append((kind, payload)))
@@ -193,7 +196,8 @@ def test_seconds_to_expiry_is_a_gauge_and_reissues_are_counted(bao: Bao, creds_p
     # Given a service reporting to a telemetry of its own
     telemetry = create_telemetry(Settings(data_dir=str(tmp_path), telemetry=TelemetrySettings(store="none")))
     provider = VaultSecretsProvider(bao.url, token=__import__("esf").Secret(bao.root_token), timeout_s=2)
-    secrets = SecretsService(provider, SecretsSettings(backend="vault"), telemetry=lambda: telemetry)
+    secrets = SecretsService(provider, SecretsSettings(backend="vault", keep_leases=False),
+                             telemetry=lambda: telemetry)
     try:
         # When a lease is issued, then revoked and issued again by a refresh
         first = secrets.lease(creds_path)
@@ -230,3 +234,21 @@ def test_a_held_lease_is_served_while_vault_is_down_until_it_expires(private_bao
     now[0] += 15
     with pytest.raises(ServiceUnavailable):
         secrets.lease(path)
+
+
+def test_the_keeper_thread_renews_a_lease_nobody_asks_for_before_it_ends(bao: Bao, pg_url: str) -> None:
+    # Given a lease of 4 s (renewable to 120 s) held by a process that never asks for it again
+    path = configure_database(bao, pg_url, ttl="4s")
+    events: list[tuple[str, dict[str, Any]]] = []
+    secrets = new_service(bao, events, keep_leases=True)
+    try:
+        lease = secrets.lease(path)
+        # When three of its original lifetimes have passed
+        wait_for(lambda: sum(k == "secrets.lease_renewed" for k, _ in events) >= 3, timeout=30,
+                 message="three renewals by the keeper thread")
+        # Then Vault still knows the lease: it was renewed in the background each time
+        assert bao.client().sys.read_lease(lease.lease_id)["data"]["ttl"] > 0
+        assert time.time() > lease.expires_at
+    finally:
+        secrets.close()
+        bao.client().sys.revoke_prefix(path)

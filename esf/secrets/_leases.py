@@ -51,6 +51,8 @@ class LeaseKeeper:
 
     def get(self, path: str) -> Lease:
         """The held lease of ``path``, renewed or issued again when due (see ``SecretsService.lease``)."""
+        if self._thread_pid != os.getpid() and self._held:
+            self._keep_alive()  # a forked child inherits the leases, not the thread
         held = self._held.get(path)
         now = self._service._clock()
         if held is not None and now < self._renew_at(held):

@@ -252,3 +252,25 @@ def test_the_keeper_thread_renews_a_lease_nobody_asks_for_before_it_ends(bao: Ba
     finally:
         secrets.close()
         bao.client().sys.revoke_prefix(path)
+
+
+def test_a_forked_child_keeps_the_leases_it_inherited_alive_with_its_own_thread(bao: Bao, creds_path: str) -> None:
+    import os
+
+    # Given a process holding a lease, with its keeper thread
+    secrets = new_service(bao, [], keep_leases=True)
+    try:
+        secrets.lease(creds_path)
+        assert secrets.leases._thread is not None and secrets.leases._thread.is_alive()
+        # When a child forked from it asks for the lease
+        pid = os.fork()
+        if pid == 0:
+            secrets.lease(creds_path)
+            thread = secrets.leases._thread
+            os._exit(0 if thread is not None and thread.is_alive() and secrets.leases._thread_pid == os.getpid()
+                     else 1)
+        _, status = os.waitpid(pid, 0)
+        # Then the child runs a keeper thread of its own
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        secrets.close()

@@ -327,9 +327,9 @@ class SecretsSettings:
     refresh_interval_s: float = 60.0
     #: Paths every refresh reads (besides those the process has read or subscribed to).
     watch: tuple[str, ...] = ()
-    #: A thread in each process holding leases renews them at their renewal point and checks them
-    #: with the backend every ``refresh_interval_s`` (a job on the broker cannot reach every process).
-    keep_leases: bool = True
+    #: A thread in each process holding leases or subscriptions renews the leases at their renewal
+    #: point and refreshes every ``refresh_interval_s`` (a job on the broker cannot reach every process).
+    refresh_thread: bool = True
     #: Consecutive backend failures that open the backend's circuit breaker.
     breaker_failures: int = 3
     #: Seconds an open breaker waits before a trial call.

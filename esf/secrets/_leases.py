@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,9 +35,6 @@ class LeaseKeeper:
         # Re-entrant: a subscriber told of a re-issue may ask for the lease again from the same thread.
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._guard = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._thread_pid = 0
-        self._stop = threading.Event()
 
     def paths(self) -> list[str]:
         """Paths with a held lease."""
@@ -51,8 +46,7 @@ class LeaseKeeper:
 
     def get(self, path: str) -> Lease:
         """The held lease of ``path``, renewed or issued again when due (see ``SecretsService.lease``)."""
-        if self._thread_pid != os.getpid() and self._held:
-            self._keep_alive()  # a forked child inherits the leases, not the thread
+        self._service.keeper.ensure()
         held = self._held.get(path)
         now = self._service._clock()
         if held is not None and now < self._renew_at(held):
@@ -135,7 +129,7 @@ class LeaseKeeper:
             raise ValidationError(f"secret {path!r} is not a dynamic secret (no lease); read it with get()")
         lease = Lease(path, data.lease_id, data.data, now, now + duration, data.renewable)
         self._held[path] = _Held(lease, now)
-        self._keep_alive()
+        service.keeper.ensure(wake=True)
         service.gauge("esf.secrets.expires_in_s", {"path": path}, duration)
         if held is None:
             service.emit("secrets.lease_issued", {"path": path, "lease_id": lease.lease_id, "ttl_s": duration})
@@ -183,46 +177,14 @@ class LeaseKeeper:
                 service.count("esf.secrets.failures", {"operation": "lease"})
         return report
 
+    def next_renewal_in(self) -> float | None:
+        """Seconds until the earliest renewal point of the held leases (``None``: no lease)."""
+        now = self._service._clock()
+        due = [self._renew_at(h) - now for h in list(self._held.values())]
+        return min(due) if due else None
+
     def describe(self, now: float) -> list[dict[str, Any]]:
         """Held leases: path, lease id, seconds to expiry, renewable."""
         return [{"path": p, "lease_id": h.lease.lease_id, "expires_in_s": round(h.lease.expires_at - now, 3),
                  "renewable": h.lease.renewable, "issued_at": h.lease.issued_at}
                 for p, h in sorted(self._held.items())]
-
-    # -- the keeper thread ---------------------------------------------------------
-
-    def _keep_alive(self) -> None:
-        """Start this process's keeper thread (once per process: a forked child starts its own)."""
-        if not self._service.settings.keep_leases or self._stop.is_set():
-            return
-        with self._guard:
-            if self._thread is not None and self._thread_pid == os.getpid() and self._thread.is_alive():
-                return
-            self._thread_pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="esf-secrets-leases", daemon=True)
-            self._thread.start()
-
-    def _next_check_in(self) -> float:
-        """Seconds until the earliest renewal point of the held leases, at most ``refresh_interval_s``."""
-        settings = self._service.settings
-        now = self._service._clock()
-        due = [self._renew_at(h) - now for h in list(self._held.values())]
-        return max(0.2, min([settings.refresh_interval_s, *due]))
-
-    def _run(self) -> None:
-        # Leases live in this process: no job on a broker can renew them for it. The thread renews each
-        # at its renewal point and checks them all every refresh interval (a revoked one is issued again),
-        # so an idle pool's connections are not cut when an unrenewed lease ends.
-        while not self._stop.wait(self._next_check_in()):
-            try:
-                self.refresh_all()
-            except Exception:
-                log.exception("secrets: the lease keeper failed; retrying")
-                time.sleep(1.0)
-
-    def close(self) -> None:
-        """Stop the keeper thread (leases are left to expire)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and self._thread_pid == os.getpid():
-            thread.join(timeout=5)

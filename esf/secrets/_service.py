@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EsfError, SecretNotFound, ServiceUnavailable, ValidationError
 from ..resilience import CircuitBreaker
+from ._keeper import Keeper
 from ._leases import LeaseKeeper
 from ._refs import SecretRef, resolve_references
 from ._types import Lease, SecretChange, SecretData, SecretsProvider, Subscriber
@@ -90,6 +91,7 @@ class SecretsService:
         self.breaker = CircuitBreaker(f"secrets.{provider.name}", failure_threshold=settings.breaker_failures,
                                       reset_timeout_s=settings.breaker_reset_s)
         self.leases = LeaseKeeper(self)
+        self.keeper = Keeper(self)
 
     # -- reading ---------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class SecretsService:
             raise ValidationError("subscribe: callback must be callable")
         with self._lock:
             self._subscribers[path].append(callback)
+        self.keeper.ensure()
         return Subscription(self, path, callback)
 
     def _unsubscribe(self, path: str, callback: Subscriber) -> None:
@@ -378,7 +381,7 @@ class SecretsService:
 
     def close(self) -> None:
         """Stop the lease keeper and close the backend's connections (held leases are left to expire)."""
-        self.leases.close()
+        self.keeper.close()
         self.provider.close()
 
 

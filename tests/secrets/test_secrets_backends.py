@@ -15,6 +15,7 @@ from esf._json import check_json
 from esf.errors import SecretNotFound, SerializationError, SettingsError, ValidationError
 from esf.secrets import Secret, SecretChange, SecretsService, parse_reference
 from esf.settings import SecretsSettings
+from tests.jobs.harness import wait_for
 
 
 def test_the_env_backend_reads_prefixed_variables_as_keys() -> None:
@@ -48,6 +49,26 @@ def test_the_file_backend_sees_an_edited_file_as_a_rotation(tmp_path: Path) -> N
     # Then the new value is served and the subscriber heard once
     assert secrets.get("db", "password").reveal() == "two-2"
     assert [c.kind for c in heard] == ["version"]
+
+
+def test_a_subscriber_hears_of_a_rotation_from_the_refresh_thread_without_any_read(tmp_path: Path) -> None:
+    # Given a subscribed process that refreshes every 0.3 s in the background and never reads again
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"db": {"password": "one"}}))
+    secrets = SecretsService(FileSecretsProvider(path),
+                             SecretsSettings(backend="file", cache_ttl_s=3600, refresh_interval_s=0.3))
+    heard: list[SecretChange] = []
+    secrets.subscribe("db", heard.append)
+    try:
+        wait_for(lambda: secrets.status()["cached"], timeout=10, message="the first background read")
+        # When the secret changes
+        path.write_text(json.dumps({"db": {"password": "two-2"}}))
+        # Then the subscriber hears of it from the thread
+        wait_for(lambda: heard, timeout=10, message="the rotation notice")
+        assert [c.path for c in heard] == ["db"]
+    finally:
+        secrets.close()
+    assert not secrets.keeper.running
 
 
 def test_refresh_reads_the_watched_paths_of_the_settings(tmp_path: Path) -> None:

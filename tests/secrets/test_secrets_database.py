@@ -50,7 +50,7 @@ def creds_path(bao: Bao, pg_url: str) -> Iterator[str]:
 
 def new_service(bao: Bao, events: list[tuple[str, dict[str, Any]]], **settings: Any) -> SecretsService:
     # Without the keeper thread, unless asked: each test decides when leases are checked.
-    settings.setdefault("keep_leases", False)
+    settings.setdefault("refresh_thread", False)
     provider = VaultSecretsProvider(bao.url, token=__import__("esf").Secret(bao.root_token), timeout_s=2)
     return SecretsService(provider, SecretsSettings(backend="vault", **settings),
                           emit=lambda kind, payload: events.append((kind, payload)))
@@ -196,7 +196,7 @@ def test_seconds_to_expiry_is_a_gauge_and_reissues_are_counted(bao: Bao, creds_p
     # Given a service reporting to a telemetry of its own
     telemetry = create_telemetry(Settings(data_dir=str(tmp_path), telemetry=TelemetrySettings(store="none")))
     provider = VaultSecretsProvider(bao.url, token=__import__("esf").Secret(bao.root_token), timeout_s=2)
-    secrets = SecretsService(provider, SecretsSettings(backend="vault", keep_leases=False),
+    secrets = SecretsService(provider, SecretsSettings(backend="vault", refresh_thread=False),
                              telemetry=lambda: telemetry)
     try:
         # When a lease is issued, then revoked and issued again by a refresh
@@ -236,11 +236,11 @@ def test_a_held_lease_is_served_while_vault_is_down_until_it_expires(private_bao
         secrets.lease(path)
 
 
-def test_the_keeper_thread_renews_a_lease_nobody_asks_for_before_it_ends(bao: Bao, pg_url: str) -> None:
+def test_the_refresh_thread_renews_a_lease_nobody_asks_for_before_it_ends(bao: Bao, pg_url: str) -> None:
     # Given a lease of 4 s (renewable to 120 s) held by a process that never asks for it again
     path = configure_database(bao, pg_url, ttl="4s")
     events: list[tuple[str, dict[str, Any]]] = []
-    secrets = new_service(bao, events, keep_leases=True)
+    secrets = new_service(bao, events, refresh_thread=True)
     try:
         lease = secrets.lease(path)
         # When three of its original lifetimes have passed
@@ -254,21 +254,20 @@ def test_the_keeper_thread_renews_a_lease_nobody_asks_for_before_it_ends(bao: Ba
         bao.client().sys.revoke_prefix(path)
 
 
-def test_a_forked_child_keeps_the_leases_it_inherited_alive_with_its_own_thread(bao: Bao, creds_path: str) -> None:
+def test_a_forked_child_keeps_the_leases_it_inherited_alive_with_a_thread_of_its_own(bao: Bao, creds_path: str) -> None:
     import os
 
     # Given a process holding a lease, with its keeper thread
-    secrets = new_service(bao, [], keep_leases=True)
+    secrets = new_service(bao, [], refresh_thread=True)
     try:
         secrets.lease(creds_path)
-        assert secrets.leases._thread is not None and secrets.leases._thread.is_alive()
+        assert secrets.keeper.running
         # When a child forked from it asks for the lease
         pid = os.fork()
         if pid == 0:
+            before = secrets.keeper.running
             secrets.lease(creds_path)
-            thread = secrets.leases._thread
-            os._exit(0 if thread is not None and thread.is_alive() and secrets.leases._thread_pid == os.getpid()
-                     else 1)
+            os._exit(0 if not before and secrets.keeper.running else 1)
         _, status = os.waitpid(pid, 0)
         # Then the child runs a keeper thread of its own
         assert os.waitstatus_to_exitcode(status) == 0

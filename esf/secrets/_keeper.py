@@ -39,6 +39,10 @@ class Keeper:
         self._wake = threading.Event()
         self._last_full = time.monotonic()
 
+    def reset_locks(self) -> None:
+        """A new lock (in a forked child: the parent's thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     @property
     def running(self) -> bool:
         """Whether this process's thread is alive."""

@@ -36,6 +36,11 @@ class LeaseKeeper:
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._guard = threading.Lock()
 
+    def reset_locks(self) -> None:
+        """New locks (in a forked child: a thread of the parent may have held one at the fork)."""
+        self._locks = defaultdict(threading.RLock)
+        self._guard = threading.Lock()
+
     def paths(self) -> list[str]:
         """Paths with a held lease."""
         return list(self._held)

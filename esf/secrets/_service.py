@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,10 +90,15 @@ class SecretsService:
         #: Why the backend is unreachable (``None``: it answered last time).
         self._down_reason: str | None = None
         self._down_since: float | None = None
-        self.breaker = CircuitBreaker(f"secrets.{provider.name}", failure_threshold=settings.breaker_failures,
-                                      reset_timeout_s=settings.breaker_reset_s)
+        self.breaker = self._new_breaker()
         self.leases = LeaseKeeper(self)
         self.keeper = Keeper(self)
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def _new_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(f"secrets.{self.provider.name}", failure_threshold=self.settings.breaker_failures,
+                              reset_timeout_s=self.settings.breaker_reset_s)
 
     # -- reading ---------------------------------------------------------------
 
@@ -383,6 +390,17 @@ class SecretsService:
         """Stop the lease keeper and close the backend's connections (held leases are left to expire)."""
         self.keeper.close()
         self.provider.close()
+
+
+def _after_fork(ref: weakref.ref[SecretsService]) -> None:
+    """In a forked child: new locks, since another thread of the parent may have held one at the fork."""
+    service = ref()
+    if service is None:
+        return
+    service._lock = threading.Lock()
+    service.breaker = service._new_breaker()
+    service.leases.reset_locks()
+    service.keeper.reset_locks()
 
 
 def pick(data: SecretData, key: str | None) -> Secret:

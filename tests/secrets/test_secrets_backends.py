@@ -172,3 +172,45 @@ def test_a_secret_passed_as_a_job_argument_is_refused_at_the_call_site(fnd: Any)
     with pytest.raises(SerializationError) as info:
         takes_value.enqueue(secret)
     assert "Secret" in str(info.value) and "hunter" not in str(info.value)
+
+
+def test_a_child_forked_while_another_thread_held_a_lock_does_not_hang(tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    # Given a service whose lock another thread holds at the moment of a fork
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"db": {"password": "p"}}))
+    secrets = SecretsService(FileSecretsProvider(path), SecretsSettings(backend="file", refresh_thread=False))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with secrets._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: reads and subscribes, which take the service's locks
+        secrets.get("db", "password")
+        secrets.subscribe("db", lambda change: None)
+        os._exit(0)
+    release.set()
+    holder.join(10)
+    # Then the child finishes (it got locks of its own) instead of waiting forever
+    deadline = time.monotonic() + 20
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a lock held by another thread of its parent")
+    assert os.waitstatus_to_exitcode(status) == 0

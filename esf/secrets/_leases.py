@@ -113,7 +113,7 @@ class LeaseKeeper:
                 self._held[path] = _Held(renewed, now)
                 service.emit("secrets.lease_renewed", {"path": path, "lease_id": lease.lease_id, "ttl_s": ttl})
                 service.count("esf.secrets.renewals", {"path": path})
-                service.gauge("esf.secrets.expires_in_s", {"path": path}, ttl)
+                self._expiry_gauges(path, ttl, now + ttl)
                 return renewed
             # The lease reached its maximum TTL: a renewal no longer extends it.
         try:
@@ -135,7 +135,7 @@ class LeaseKeeper:
         lease = Lease(path, data.lease_id, data.data, now, now + duration, data.renewable)
         self._held[path] = _Held(lease, now)
         service.keeper.ensure(wake=True)
-        service.gauge("esf.secrets.expires_in_s", {"path": path}, duration)
+        self._expiry_gauges(path, duration, now + duration)
         if held is None:
             service.emit("secrets.lease_issued", {"path": path, "lease_id": lease.lease_id, "ttl_s": duration})
         else:
@@ -169,7 +169,7 @@ class LeaseKeeper:
                                       held.lease.renewable)
                         held = _Held(short, held.valid_from)
                         self._held[path] = held
-                    service.gauge("esf.secrets.expires_in_s", {"path": path}, left)
+                    self._expiry_gauges(path, left, now + left)
                     if now >= self._renew_at(held):
                         before = held.lease.lease_id
                         after = self._renew_or_reissue(path, held, now)
@@ -181,6 +181,12 @@ class LeaseKeeper:
                 service.emit("secrets.failed", {"path": path, "operation": "lease", "error": exc.code})
                 service.count("esf.secrets.failures", {"operation": "lease"})
         return report
+
+    def _expiry_gauges(self, path: str, left_s: float, expires_at: float) -> None:
+        # Seconds left as of the last check, and the end as an epoch time, which stays right between checks
+        # (alert on ``esf_secrets_expires_at_s - time() < …``).
+        self._service.gauge("esf.secrets.expires_in_s", {"path": path}, left_s)
+        self._service.gauge("esf.secrets.expires_at_s", {"path": path}, expires_at)
 
     def next_renewal_in(self) -> float | None:
         """Seconds until the earliest renewal point of the held leases (``None``: no lease)."""

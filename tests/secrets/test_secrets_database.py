@@ -206,6 +206,8 @@ def test_seconds_to_expiry_is_a_gauge_and_reissues_are_counted(bao: Bao, creds_p
         secrets.refresh()
         # Then the gauge held the lease's 30 s, and the re-issue counted one rotation of kind "lease"
         assert expiry == {(("path", creds_path),): 30.0}
+        assert _series(telemetry, "esf.secrets.expires_at_s")[(("path", creds_path),)] == pytest.approx(
+            secrets.lease(creds_path).expires_at)
         assert _series(telemetry, "esf.secrets.rotations") == {(("kind", "lease"), ("path", creds_path)): 1}
     finally:
         telemetry.close()

@@ -144,7 +144,8 @@ class VaultSecretsProvider:
         try:
             return fn()
         except (exc.Forbidden, exc.Unauthorized):
-            if not relogin or self.auth == "token":
+            if not relogin or self.auth == "token" or self._token_valid():
+                # A valid token refused by policy: logging in again would only mint more tokens.
                 raise PermissionDenied(f"Vault refused {what} (permission denied)", path=what) from None
         except exc.InvalidPath:
             raise SecretNotFound(f"Vault has nothing at {what}", path=what) from None
@@ -158,6 +159,14 @@ class VaultSecretsProvider:
         self._logged_in = False
         self.login()
         return self._guard(fn, what, relogin=False, missing=missing)
+
+    def _token_valid(self) -> bool:
+        """Whether Vault still accepts the current token (an unreachable Vault counts as not known: False)."""
+        try:
+            self.client.auth.token.lookup_self()
+        except Exception:
+            return False
+        return True
 
     def maintain(self) -> dict[str, Any]:
         """Renew the token when less than ``renew_margin`` of its TTL is left and it is renewable; log in

@@ -177,6 +177,22 @@ def test_approle_logs_in_again_when_its_token_has_expired(bao: Bao) -> None:
     assert provider.client.token != first
 
 
+def test_a_path_refused_by_policy_is_permission_denied_without_a_new_login(bao: Bao) -> None:
+    # Given an AppRole whose policy reads only secret/data/*
+    role_id, secret_id = approle(bao, token_ttl="60s", token_max_ttl="120s")
+    put(bao, "allowed", password="pw")
+    provider = VaultSecretsProvider(bao.url, auth="approle", role_id=role_id, secret_id=Secret(secret_id),
+                                    timeout_s=2)
+    secrets = service(provider)
+    assert secrets.get("allowed", "password").reveal() == "pw"
+    token = provider.client.token
+    # When it asks for a dynamic secret its policy does not allow
+    with pytest.raises(PermissionDenied):
+        secrets.lease("sys/not-allowed")
+    # Then the token, still valid, was kept: no login was made for a policy refusal
+    assert provider.client.token == token
+
+
 def test_token_auth_without_a_token_and_approle_without_credentials_are_refused_at_start() -> None:
     from esf.errors import SettingsError
 

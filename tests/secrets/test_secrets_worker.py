@@ -51,10 +51,15 @@ def test_the_refresh_job_runs_on_the_secrets_queue_and_detects_a_new_version(
         first = job.enqueue([path]).wait(60)
         put(bao, path, token="v2-value")
         second = job.enqueue([path]).wait(60)
+        # And a run that cannot succeed (a malformed path) is dead-lettered on the service's DLQ
+        bad = job.enqueue(["../escape"])
+        dead = wait_for(lambda: next((e for e in fnd.jobs.dlq.list() if e.job_id == bad.id), None),
+                        timeout=60, message="the failed refresh to be dead-lettered")
     finally:
         worker.stop()
         fnd.close()
     # Then the first run only checked the path, the second found the rotation
+    assert dead.queue == fnd.settings.jobs.service_queue("secrets") and dead.job == "esf.secrets.refresh"
     assert first["checked"] == [path] and first["rotated"] == []
     assert second["rotated"] == [path]
     assert "v1-value" not in json.dumps([first, second])

@@ -12,7 +12,8 @@ failures apart without relying on class paths::
     │   └── QueryError               invalid_query
     ├── NotFound                     not_found
     │   ├── UnknownJob               unknown_job
-    │   └── UnknownQueue             unknown_queue
+    │   ├── UnknownQueue             unknown_queue
+    │   └── SecretNotFound           secret_not_found
     ├── Conflict                     conflict
     │   ├── DuplicateEventId         duplicate_event_id
     │   └── ConcurrencyConflict      concurrency_conflict
@@ -54,6 +55,7 @@ __all__ = [
     "PermissionDenied",
     "QueryError",
     "Retry",
+    "SecretNotFound",
     "SerializationError",
     "ServiceUnavailable",
     "SettingsError",
@@ -133,6 +135,12 @@ class UnknownQueue(NotFound):
     """The queue is not one of the configured queues."""
 
     code = "unknown_queue"
+
+
+class SecretNotFound(NotFound):
+    """No secret (or no such key or version of it) exists at that path."""
+
+    code = "secret_not_found"
 
 
 class Conflict(EsfError):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .flags import FlagService
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
+    from .secrets import SecretsService
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
@@ -36,6 +37,7 @@ _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
 SERVICES = ("events", "config", "telemetry", "flags")
+SERVICES = ("events", "config", "telemetry", "secrets")
 
 
 class Foundation:
@@ -225,6 +227,8 @@ class Foundation:
             if "telemetry" in self.__dict__:
                 self.telemetry.apply_config(service.get("telemetry", default={}))
 
+        # ``secret://path#key`` values are resolved by the secrets service on read, never stored resolved.
+        service.secret_resolver = lambda value: self.secrets.resolve_references(value)
         service.subscribe("telemetry", telemetry_changed)
         from .flags import FLAGS_PREFIX, SEGMENTS_PREFIX, validate_flags
 
@@ -252,6 +256,20 @@ class Foundation:
         from .telemetry import create_telemetry
 
         return create_telemetry(self.settings)
+
+    # -- secrets -------------------------------------------------------------------
+
+    @cached_property
+    def secrets(self) -> SecretsService:
+        """Secrets (environment, file or Vault): cached reads, leases, rotation notices; events never hold values."""
+        from .events import Event
+        from .secrets import create_secrets_service
+
+        def emit(kind: str, payload: dict[str, Any]) -> None:
+            self.record(Event(kind, payload, stream_id="secrets"))
+
+        telemetry = (lambda: self.telemetry) if self.settings.telemetry.enabled else None
+        return create_secrets_service(self.settings, emit=emit, telemetry=telemetry)
 
     # -- hooks -----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "FlagSettings",
     "FlowerSettings",
     "JobSettings",
+    "SecretsSettings",
     "Settings",
     "TelemetrySettings",
     "WorkerSettings",
@@ -313,6 +314,61 @@ class FlagSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.exposure_sample_rate <= 1.0:
             raise SettingsError("flags.exposure_sample_rate: must be from 0 to 1", setting="flags.exposure_sample_rate")
+class SecretsSettings:
+    """The secrets service (see docs/secrets.md); ``ESF_SECRETS_<FIELD>``."""
+
+    #: Backend: ``env``, ``file``, ``vault`` or any ``secrets.<name>`` entry point of group ``esf.plugins``.
+    backend: str = "env"
+    #: ``env`` backend: variable ``<env_prefix><PATH>_<KEY>`` (upper case, ``/`` and ``-`` as ``_``).
+    env_prefix: str = "SECRET_"
+    #: ``file`` backend: a JSON object ``{path: {key: value}}`` (default ``<data_dir>/secrets.json``).
+    file_path: str | None = None
+    vault_url: str = "http://127.0.0.1:8200"
+    #: ``token``, ``approle`` or ``kubernetes``.
+    vault_auth: Literal["token", "approle", "kubernetes"] = "token"
+    vault_token: Secret | None = None
+    vault_role_id: str | None = None
+    vault_secret_id: Secret | None = None
+    vault_kubernetes_role: str | None = None
+    vault_kubernetes_jwt_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    #: Mount of the auth method (default: the method's name, ``approle`` or ``kubernetes``).
+    vault_auth_mount: str | None = None
+    #: Mount of the KV version 2 engine.
+    vault_mount: str = "secret"
+    vault_namespace: str | None = None
+    #: Verify Vault's TLS certificate (``vault_ca_cert``: a CA bundle file to verify it with).
+    vault_verify: bool = True
+    vault_ca_cert: str | None = None
+    #: Longest time, in seconds, one call to the backend may take on a request path.
+    timeout_s: float = 5.0
+    #: Renew a lease (or the token) when less than this fraction of its duration is left.
+    renew_margin: float = 0.5
+    #: While the backend is unreachable, a cached value without a lease is served for at most this many
+    #: seconds after its last successful read; then reads raise ``ServiceUnavailable``.
+    hard_expiry_s: float = 3600.0
+    #: A cached value younger than this is served without asking the backend (seconds).
+    cache_ttl_s: float = 30.0
+    #: Seconds between two runs of ``esf.secrets.refresh`` on the beat schedule.
+    refresh_interval_s: float = 60.0
+    #: Paths every refresh reads (besides those the process has read or subscribed to).
+    watch: tuple[str, ...] = ()
+    #: A thread in each process holding leases or subscriptions renews the leases at their renewal
+    #: point and refreshes every ``refresh_interval_s`` (a job on the broker cannot reach every process).
+    refresh_thread: bool = True
+    #: Consecutive backend failures that open the backend's circuit breaker.
+    breaker_failures: int = 3
+    #: Seconds an open breaker waits before a trial call.
+    breaker_reset_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "secrets", ("timeout_s", "hard_expiry_s", "refresh_interval_s", "breaker_failures",
+                                    "breaker_reset_s"))
+        _non_negative(self, "secrets", ("cache_ttl_s",))
+        if not 0 < self.renew_margin < 1:
+            raise SettingsError("secrets.renew_margin: must be between 0 and 1 (a fraction of the lease)",
+                                setting="secrets.renew_margin")
+        if not self.backend:
+            raise SettingsError("secrets.backend: must not be empty", setting="secrets.backend")
 
 
 @dataclass(frozen=True)
@@ -339,6 +395,7 @@ class Settings:
     config: ConfigSettings = field(default_factory=ConfigSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     flags: FlagSettings = field(default_factory=FlagSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

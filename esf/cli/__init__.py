@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_config",
     "_metrics",
     "_flags",
+    "_secrets",
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from ..errors import NotFound, ServiceUnavailable, ValidationError
+from ..secrets._refs import has_reference
 from ..settings import ConfigSettings
 from ._batch import copy_document, restore_secrets
 from ._paths import leaf_diff, overlaps, path_error
@@ -92,6 +93,8 @@ class Replica:
         self.node_id = node_id or f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._started_at = time.time()
         self.test_hooks = TestHooks()
+        #: Turns values holding ``secret://path#key`` references into secrets on read (set by the Foundation).
+        self.secret_resolver: Callable[[Any], Any] | None = None
         #: Event counts since start, for telemetry: ``notifications`` received, ``gaps`` seen
         #: (a notification more than one version ahead), ``reloads`` of the document,
         #: ``reconciled`` (reloads found by polling or reconciliation rather than a notification),
@@ -145,6 +148,12 @@ class Replica:
             if default is MISSING:
                 raise NotFound(f"no configuration value at {path!r}", path=path)
             return default
+        resolver = self.secret_resolver
+        if resolver is not None and has_reference(value):
+            # A ``secret://`` reference is resolved at each read (it stays a reference in the store,
+            # the history and the events); keeping it off the fast path lets rotations show at once.
+            cache.values.pop(path, None)
+            return resolver(value)
         return value
 
     @property

@@ -1,0 +1,136 @@
+"""Read-through: one loader per key across processes (a leased lock), refresh-ahead, stale on error."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
+    from ._local import Entry
+    from ._service import CacheCore, NsState
+
+__all__ = ["LoaderCall", "Refresher", "fetch", "run_loader"]
+
+log = logging.getLogger("esf.cache")
+
+
+@dataclass(frozen=True)
+class LoaderCall:
+    """How to produce a value: ``fn()``; ``name``/``args``/``kwargs`` let a worker make the same call
+    (a registered loader, called as ``loader(*args, **kwargs)``). ``name`` None: not refreshable."""
+
+    fn: Callable[[], Any]
+    name: str | None = None
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Starts a refresh-ahead of ``(namespace, key, call, ttl_s, refresh_after_s)`` somewhere else.
+Refresher = Callable[["NsState", str, LoaderCall, float, float], None]
+
+
+def run_loader(core: CacheCore, ns: NsState, call: LoaderCall,
+               telemetry: Callable[[], Telemetry] | None = None) -> Any:
+    """Call the loader, counting its calls, failures and time."""
+    started = time.perf_counter()
+    try:
+        return call.fn()
+    except Exception:
+        ns.load_errors += 1
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        ns.loads += 1
+        ns.load_seconds += elapsed
+        if telemetry is not None:
+            try:
+                telemetry().histogram("esf.cache.load_seconds", {"namespace": ns.name}).observe(elapsed)
+            except Exception:
+                log.debug("cache: could not record the loader time", exc_info=True)
+
+
+def fetch(core: CacheCore, ns: NsState, key: str, call: LoaderCall, *, ttl_s: float | None,
+          refresh_after_s: float | None, stale_on_error: bool, refresher: Refresher | None,
+          telemetry: Callable[[], Telemetry] | None = None) -> Any:
+    """The cached value of ``key``, else ``call``'s value, stored (see ``Namespace.fetch``)."""
+    if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0):
+        raise ValidationError(f"cache ttl: must be a number of seconds greater than zero, got {ttl_s!r}")
+    if refresh_after_s is not None:
+        if isinstance(refresh_after_s, bool) or not isinstance(refresh_after_s, int | float) or not refresh_after_s > 0:
+            raise ValidationError(f"cache refresh_after: must be a number of seconds greater than zero, "
+                                  f"got {refresh_after_s!r}")
+        if call.name is None:
+            raise ValidationError("cache refresh_after needs a registered loader (fnd.cache.loader(name)) or a "
+                                  "@fnd.cached function: a worker must be able to call it again")
+    ttl = float(ttl_s) if ttl_s is not None else ns.ttl_s
+    entry = core.local_hit(ns, key)
+    stale: Entry | None = None
+    shared_ok = False
+    if entry is None:
+        entry, stale, shared_ok = core.read(ns, key)
+    if entry is not None:
+        if refresh_after_s is not None and entry.refresh_at and time.time() >= entry.refresh_at \
+                and refresher is not None:
+            refresher(ns, key, call, ttl, float(refresh_after_s))
+        return entry.value
+    if shared_ok and core.tier is not None:
+        return _coordinated(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+    return _load(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+
+
+def _load(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: float, refresh_after_s: float | None,
+          stale: Entry | None, stale_on_error: bool, telemetry: Callable[[], Telemetry] | None) -> Any:
+    try:
+        value = run_loader(core, ns, call, telemetry)
+    except Exception:
+        if stale_on_error and stale is not None:
+            ns.stale_served += 1
+            log.warning("cache: the loader of %s/%s failed; serving the last good value", ns.name, key,
+                        exc_info=True)
+            return stale.value
+        raise
+    core.put(ns, key, value, ttl_s=ttl, refresh_after_s=refresh_after_s)
+    return value
+
+
+def _coordinated(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: float,
+                 refresh_after_s: float | None, stale: Entry | None, stale_on_error: bool,
+                 telemetry: Callable[[], Telemetry] | None) -> Any:
+    """One loader across processes: the holder of ``l:<ns>:<key>`` loads; the others wait for its value,
+    take the lock when it is freed (or its lease ran out: a killed holder), or load themselves at the deadline."""
+    settings = core.settings
+    lock = f"l:{ns.name}:{key}"
+    token = uuid.uuid4().hex
+    got = core.acquire(lock, token, settings.lock_lease_s)
+    if got is None:
+        return _load(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+    if not got:
+        ns.stampede_waits += 1
+        deadline = time.monotonic() + settings.stampede_wait_s
+        while not got:
+            time.sleep(settings.stampede_poll_s)
+            entry, newer_stale, ok = core.read(ns, key, count=False)
+            if entry is not None:
+                return entry.value
+            stale = newer_stale or stale
+            if not ok or time.monotonic() >= deadline:
+                log.debug("cache: %s/%s: no value from another process in time; loading here", ns.name, key)
+                return _load(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+            got = core.acquire(lock, token, settings.lock_lease_s)
+            if got is None:
+                return _load(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+    try:
+        # The previous holder may have stored the value just before freeing the lock.
+        entry, newer_stale, _ = core.read(ns, key, count=False)
+        if entry is not None:
+            return entry.value
+        return _load(core, ns, key, call, ttl, refresh_after_s, newer_stale or stale, stale_on_error, telemetry)
+    finally:
+        core.release(lock, token)

@@ -95,6 +95,8 @@ class CacheCore:
         self.generation = 0
         self.invalidations_received = 0
         self._exported: dict[tuple[str, str], float] = {}
+        #: Set once the listener is subscribed (the in-process tier is then kept coherent by messages).
+        self.subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -370,6 +372,7 @@ class CacheCore:
             self.local.clear()
             self.breaker.record_success()
             self._replay()
+            self.subscribed.set()
             return
         self.invalidations_received += 1
         if message.origin == self.origin:
@@ -464,6 +467,7 @@ class CacheCore:
         self._pending_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread = None
+        self.subscribed = threading.Event()
         self.origin = self._new_origin()
 
 

@@ -1,0 +1,89 @@
+"""Redis stopped and started under the cache: reads never raise, loaders run directly, and invalidations made
+meanwhile reach the other processes once Redis is back."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.cache.conftest import wait_until
+
+pytestmark = pytest.mark.slow
+
+OUTAGE = {"redis_timeout_s": 0.2, "breaker_failures": 2, "breaker_reset_s": 0.3, "coherence_s": 0.2}
+
+
+def test_reads_go_on_while_redis_is_stopped_and_started(make_cache, private_redis):
+    # Given a cache on a Redis of this test's own, and a value in it
+    cache = make_cache(private_redis.url, **OUTAGE)
+    cache.put("kept", "v1", ttl=60)
+    errors: list[BaseException] = []
+    served: list[object] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                served.append(cache.get("kept"))
+                served.append(cache.fetch("loaded", lambda: "from loader", ttl=60))
+            except BaseException as exc:  # any exception is a failure of the guarantee
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        # When Redis stops while a thread reads
+        private_redis.stop()
+        assert wait_until(lambda: cache.health().status == "degraded", timeout=10)
+        degraded_reads = len(served)
+        assert wait_until(lambda: len(served) > degraded_reads + 50, timeout=10)
+        # Then the value in process and the loader's value are served, counted as degraded
+        assert cache.get("kept") == "v1"
+        assert cache.stats().namespaces["default"].degraded > 0
+        # When Redis starts again
+        private_redis.start()
+        # Then the cache is healthy again and keeps serving
+        assert wait_until(lambda: cache.health().status == "ok", timeout=15)
+        assert wait_until(lambda: cache.stats().breaker == "closed", timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert errors == []
+    assert set(served) <= {"v1", "from loader"}
+    assert cache.get("kept") == "v1"
+
+
+def test_a_fetch_with_redis_down_calls_the_loader_and_never_raises(make_cache, private_redis):
+    # Given a cache whose Redis is down
+    cache = make_cache(private_redis.url, **OUTAGE)
+    private_redis.stop()
+    calls = []
+
+    def load():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    # When a key is fetched twice
+    first = cache.fetch("k", load)
+    second = cache.fetch("k", load)
+    # Then the loader ran once (its value kept in process) and the cache reports itself degraded
+    assert first == second == {"n": 1}
+    assert len(calls) == 1
+    assert cache.health().status == "degraded"
+
+
+def test_a_delete_made_while_redis_is_down_reaches_the_other_processes_when_it_is_back(make_cache, private_redis):
+    # Given two caches (two processes' worth) holding "user:1"
+    a = make_cache(private_redis.url, **OUTAGE)
+    b = make_cache(private_redis.url, **OUTAGE)
+    a.put("user:1", "old")
+    assert b.get("user:1") == "old"
+    # When Redis stops, A deletes the key, and Redis starts again
+    private_redis.stop()
+    assert wait_until(lambda: a.delete("user:1") is False and a.health().status == "degraded", timeout=10)
+    assert a.health().pending_invalidations >= 1
+    private_redis.start()
+    # Then the delete is replayed: B no longer sees the old value and A has nothing pending
+    assert wait_until(lambda: b.get("user:1") is None, timeout=15)
+    assert wait_until(lambda: a.health().pending_invalidations == 0, timeout=15)

@@ -95,6 +95,7 @@ class CacheCore:
         self.generation = 0
         self.invalidations_received = 0
         self._exported: dict[tuple[str, str], float] = {}
+        self._export_lock = threading.Lock()
         #: Set once the listener is subscribed (the in-process tier is then kept coherent by messages).
         self.subscribed = threading.Event()
         self._stop = threading.Event()
@@ -184,8 +185,9 @@ class CacheCore:
                     self.local.set(nk, entry)
                 ns.shared_hits += c
                 return entry, None, True
-        # Degraded: the in-process copy until its own expiry, else a miss.
-        ns.degraded += c
+        # The in-process tier alone (embedded), or degraded: the in-process copy until its own expiry.
+        if tier is not None:
+            ns.degraded += c
         if local is not None:
             if wall < local.expires_at:
                 ns.local_hits += c
@@ -245,7 +247,7 @@ class CacheCore:
         expires_at = wall + ttl
         refresh_at = wall + refresh_after_s if refresh_after_s is not None and refresh_after_s < ttl else 0.0
         shared = self._write_shared(ns, key, payload, ttl, expires_at, refresh_at)
-        bound = min(self.settings.coherence_s, ttl) if shared else ttl
+        bound = min(self.settings.coherence_s, ttl) if shared and self.tier is not None else ttl
         # What every process decodes from the shared tier, so this process serves the same value.
         entry = Entry(freeze(ns.codec.decode(payload)), ns.version or 0,
                       len(payload) + ENTRY_OVERHEAD_BYTES, expires_at, refresh_at, now + bound,
@@ -411,10 +413,15 @@ class CacheCore:
         """Add the counters' increments since the last export to telemetry."""
         if self._telemetry is None:
             return
+        with self._export_lock:
+            self._export()
+
+    def _export(self) -> None:
+        assert self._telemetry is not None
         try:
             telemetry = self._telemetry()
             for ns in list(self._namespaces.values()):
-                for field in (*_COUNTERS, "load_seconds"):
+                for field in _COUNTERS:
                     value = float(getattr(ns, field))
                     last = self._exported.get((ns.name, field), 0.0)
                     if value > last:
@@ -466,6 +473,7 @@ class CacheCore:
         self._ns_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._export_lock = threading.Lock()
         self._thread = None
         self.subscribed = threading.Event()
         self.origin = self._new_origin()

@@ -28,6 +28,10 @@ def make_cache(data_dir: Path, unique: str) -> Iterator[Callable[..., TwoTierCac
         settings = cache_settings(data_dir, redis_url, f"t{unique}:", **cache)
         c = create_cache(settings)
         made.append(c)
+        if redis_url is not None:
+            # Subscribed first: the subscription drops what the process holds (messages may have been missed).
+            c.core.ensure_started()
+            assert c.core.subscribed.wait(10)
         return c
 
     yield make

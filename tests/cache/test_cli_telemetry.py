@@ -25,6 +25,9 @@ def fnd(env):
     f = Foundation(Settings(data_dir=env["ESF_DATA_DIR"], redis_url=env["ESF_REDIS_URL"],
                             cache=CacheSettings(redis_prefix=env["ESF_CACHE_REDIS_PREFIX"]),
                             telemetry=TelemetrySettings(store="redis")))
+    # Subscribed first: the subscription drops what the process holds (messages may have been missed).
+    f.cache.core.ensure_started()
+    assert f.cache.core.subscribed.wait(10)
     yield f
     f.close()
 
@@ -77,8 +80,6 @@ def test_esf_cache_get_prints_a_cached_value_and_fails_for_an_absent_one(fnd, ca
 def test_esf_cache_invalidate_drops_a_key_or_a_whole_namespace_on_every_process(fnd, capsys):
     # Given two keys of "prices" held in the application's process
     prices = fnd.cache.namespace("prices")
-    fnd.cache.core.ensure_started()
-    assert fnd.cache.core.subscribed.wait(10)
     prices.put("sku-1", 1)
     prices.put("sku-2", 2)
     # When one key is invalidated from the command line

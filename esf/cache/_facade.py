@@ -148,6 +148,7 @@ class TwoTierCache:
         self._loaders: dict[str, Callable[..., Any]] = {}
         self._refreshing: dict[tuple[str, str], float] = {}
         self._default = self.namespace(DEFAULT_NAMESPACE)
+        self._default_state = self._default._ns
 
     def __repr__(self) -> str:
         return f"<TwoTierCache backend={self.core.backend}>"
@@ -170,7 +171,13 @@ class TwoTierCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         """``namespace("default").get``."""
-        return self._default.get(key, default)
+        state = self._default_state
+        entry = self.core.local_hit(state, key)
+        if entry is None:
+            entry = self.core.read(state, key)[0]
+            if entry is None:
+                return default
+        return entry.value
 
     def put(self, key: str, value: Any, *, ttl: float | None = None, refresh_after: float | None = None) -> bool:
         """``namespace("default").put``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,29 +43,50 @@ class _TimedLRU(cachetools.TLRUCache[Any, Entry]):
         super().__init__(maxsize, ttu=lambda _k, e, _now: e.drop_at, timer=time.monotonic, getsizeof=getsizeof)
 
 
-def _counting(base: Any) -> Any:
-    """``base`` counting the entries it evicts to make room (``popitem``)."""
+class _Tracked:
+    """Mixed into a cachetools class: counts evictions and keeps ``mirror`` (the lock-free read index) in step
+    with every entry cachetools removes by itself."""
 
-    class Counting(base):  # type: ignore[misc,valid-type]
-        evictions = 0
+    evictions = 0
+    mirror: dict[Any, Entry]
 
-        def popitem(self) -> Any:
-            item = super().popitem()
-            self.evictions += 1
-            return item
+    def popitem(self) -> Any:
+        item = super().popitem()  # type: ignore[misc]
+        self.evictions += 1
+        self.mirror.pop(item[0], None)
+        return item
 
-    return Counting
+    def expire(self, time: Any = None) -> Any:
+        expired = super().expire(time)  # type: ignore[misc]
+        for key, _ in expired:
+            self.mirror.pop(key, None)
+        return expired
 
 
-_POLICIES: dict[str, Any] = {
-    "ttl": _counting(_TimedLRU),
-    "lru": _counting(cachetools.LRUCache),
-    "lfu": _counting(cachetools.LFUCache),
-}
+class _TrackedTimedLRU(_Tracked, _TimedLRU):
+    pass
+
+
+class _TrackedLRU(_Tracked, cachetools.LRUCache[Any, Entry]):
+    pass
+
+
+class _TrackedLFU(_Tracked, cachetools.LFUCache[Any, Entry]):
+    pass
+
+
+_POLICIES: dict[str, Any] = {"ttl": _TrackedTimedLRU, "lru": _TrackedLRU, "lfu": _TrackedLFU}
+
+#: Keys read lock-free and not yet applied to the policy's recency/frequency (older ones are dropped).
+READ_BUFFER = 4096
 
 
 class LocalTier:
     """A bounded in-process cache; every method is thread-safe.
+
+    Hits read ``mirror`` (a plain dict, without the lock) and note the key in ``reads``; the lock holder
+    applies those reads to the eviction policy before it next changes the cache (a lossy read buffer, as
+    in Caffeine), so LRU and LFU decisions follow the reads without a lock on every hit.
 
     Parameters:
         policy: ``ttl``, ``lru`` or ``lfu``.
@@ -77,11 +99,31 @@ class LocalTier:
         self.max_bytes = max_bytes
         self.lock = threading.Lock()
         self._cache: Any = _POLICIES[policy](max_bytes, getsizeof=_size)
+        self.mirror: dict[Any, Entry] = {}
+        self._cache.mirror = self.mirror
+        self.reads: deque[Any] = deque(maxlen=READ_BUFFER)
 
     def get(self, key: Any) -> Entry | None:
         with self.lock:
-            entry: Entry | None = self._cache.get(key)
+            self._drain()
+            try:
+                entry: Entry = self._cache[key]
+            except KeyError:
+                return None
         return entry
+
+    def _drain(self) -> None:
+        """Apply the buffered lock-free reads to the policy (the caller holds the lock)."""
+        reads, cache = self.reads, self._cache
+        while reads:
+            try:
+                cache[reads.popleft()]
+            except (KeyError, IndexError):
+                pass
+
+    def drain(self) -> None:
+        with self.lock:
+            self._drain()
 
     def set(self, key: Any, entry: Entry) -> bool:
         """Keep ``entry``; returns False when it cannot fit at all (larger than ``max_bytes``)."""
@@ -89,28 +131,38 @@ class LocalTier:
             self.pop(key)
             return False
         with self.lock:
+            self._drain()
             cache = self._cache
             if key not in cache:
                 while len(cache) >= self.max_entries:
                     cache.popitem()
             cache[key] = entry
+            self.mirror[key] = entry
         return True
 
     def pop(self, key: Any) -> None:
+        if key not in self.mirror:
+            return
         with self.lock:
             self._cache.pop(key, None)
+            self.mirror.pop(key, None)
 
     def drop_namespace(self, namespace: str) -> int:
         """Remove every entry of ``namespace``; returns how many."""
         with self.lock:
-            doomed = [k for k in self._cache if k[0] == namespace]
+            doomed = [k for k in self.mirror if k[0] == namespace]
             for k in doomed:
                 self._cache.pop(k, None)
+                self.mirror.pop(k, None)
         return len(doomed)
 
     def clear(self) -> None:
         with self.lock:
-            self._cache.clear()
+            evictions = self._cache.evictions
+            self._cache.clear()  # MutableMapping.clear pops items one by one: not evictions
+            self._cache.evictions = evictions
+            self.mirror.clear()
+            self.reads.clear()
 
     def __len__(self) -> int:
         with self.lock:

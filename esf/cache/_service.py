@@ -44,13 +44,15 @@ _COUNTERS = ("local_hits", "shared_hits", "misses", "loads", "load_errors", "sta
 class NsState:
     """One namespace in this process: its codec, default TTL and counters."""
 
-    __slots__ = ("codec", "load_seconds", "name", "ttl_s", "version", *_COUNTERS)
+    __slots__ = ("codec", "load_seconds", "name", "ttl_s", "version", "version_until", *_COUNTERS)
 
     def __init__(self, name: str, codec: Codec, ttl_s: float) -> None:
         self.name = name
         self.codec = codec
         self.ttl_s = ttl_s
+        #: The namespace's version as last seen, trusted until ``version_until`` (monotonic seconds).
         self.version: int | None = None
+        self.version_until = 0.0
         self.load_seconds = 0.0
         self.local_hits = 0
         self.shared_hits = 0
@@ -138,13 +140,17 @@ class CacheCore:
     # -- reading ---------------------------------------------------------------
 
     def local_hit(self, ns: NsState, key: str) -> Entry | None:
-        """The in-process copy of ``key`` when it may be served without asking the shared tier."""
-        local = self.local
-        with local.lock:
-            entry = local._cache.get((ns.name, key))
-            if entry is not None and time.monotonic() < entry.checked_until:
-                ns.local_hits += 1
-                return entry  # type: ignore[no-any-return]
+        """The in-process copy of ``key`` when it may be served without asking the shared tier (no lock)."""
+        nk = (ns.name, key)
+        try:
+            entry = self.local.mirror.get(nk)
+        except TypeError:  # an unhashable key
+            check_key(key)
+            raise
+        if entry is not None and time.monotonic() < entry.checked_until:
+            self.local.reads.append(nk)
+            ns.local_hits += 1
+            return entry
         return None
 
     def read(self, ns: NsState, key: str, *, count: bool = True) -> tuple[Entry | None, Entry | None, bool]:
@@ -158,7 +164,7 @@ class CacheCore:
         self.ensure_started()
         nk = (ns.name, key)
         now, wall = time.monotonic(), time.time()
-        local = self.local.get(nk)
+        local = self.local.mirror.get(nk)
         if local is not None and now < local.checked_until:
             ns.local_hits += c
             return local, None, True
@@ -166,13 +172,17 @@ class CacheCore:
         if tier is not None and self.breaker.allow():
             generation = self.generation
             try:
-                version, raw = tier.read(ns.name, key)
+                version = ns.version
+                if version is None or now >= ns.version_until:
+                    # Bumps arrive as messages; a lost one is caught here, within coherence_s.
+                    version = tier.version(ns.name)
+                    ns.version, ns.version_until = version, now + self.settings.coherence_s
+                raw = tier.get(ns.name, version, key)
             except ServiceUnavailable as exc:
                 self.breaker.record_failure()
                 log.debug("cache: shared tier unavailable on read (%s)", exc)
             else:
                 self.breaker.record_success()
-                ns.version = version
                 if raw is None:
                     self.local.pop(nk)
                     ns.misses += c
@@ -264,7 +274,9 @@ class CacheCore:
         if self.breaker.allow():
             raw = b"%d:%d:" % (int(expires_at * 1000), int(refresh_at * 1000)) + payload
             try:
-                ns.version = tier.write(ns.name, key, raw, ttl + self.settings.stale_grace_s, message)
+                version = tier.write(ns.name, key, raw, ttl + self.settings.stale_grace_s, message)
+                if version != ns.version:
+                    ns.version, ns.version_until = version, time.monotonic() + self.settings.coherence_s
             except ServiceUnavailable as exc:
                 self.breaker.record_failure()
                 log.debug("cache: shared tier unavailable on write (%s)", exc)
@@ -310,7 +322,7 @@ class CacheCore:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
-                ns.version = version
+                ns.version, ns.version_until = version, time.monotonic() + self.settings.coherence_s
                 return version
         ns.degraded += 1
         self._remember(Invalidation("bump", ns.name, self.origin))
@@ -362,6 +374,7 @@ class CacheCore:
         self.tier.watch(self._on_message, self._stop, self._tick)
 
     def _tick(self) -> None:
+        self.local.drain()
         now = time.monotonic()
         if now - getattr(self, "_last_export", 0.0) >= 1.0:
             self._last_export = now
@@ -372,6 +385,8 @@ class CacheCore:
         if message is None:
             # (Re)subscribed: messages sent meanwhile are lost, so nothing held here can be trusted.
             self.local.clear()
+            for known in list(self._namespaces.values()):
+                known.version_until = 0.0
             self.breaker.record_success()
             self._replay()
             self.subscribed.set()
@@ -383,7 +398,7 @@ class CacheCore:
             self.local.drop_namespace(message.namespace)
             state = self._namespaces.get(message.namespace)
             if state is not None and message.version is not None:
-                state.version = message.version
+                state.version, state.version_until = message.version, time.monotonic() + self.settings.coherence_s
         elif message.key is not None:
             self.local.pop((message.namespace, message.key))
 

@@ -151,8 +151,12 @@ class SharedTier(Protocol):
     entry of the namespace unreachable at once (they expire by their TTL).
     """
 
-    def read(self, namespace: str, key: str) -> tuple[int, bytes | None]:
-        """The namespace's current version and the entry stored under it (None when absent), in one step."""
+    def version(self, namespace: str) -> int:
+        """The namespace's current version (0 before its first bump)."""
+        ...
+
+    def get(self, namespace: str, version: int, key: str) -> bytes | None:
+        """The entry of ``key`` stored under ``version`` (None when absent)."""
         ...
 
     def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation) -> int:

@@ -1,4 +1,4 @@
-"""``RedisCacheTier``: every operation one round trip (a Lua script where it reads the namespace version)."""
+"""``RedisCacheTier``: every operation one round trip (a Lua script where a write needs the namespace version)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ log = logging.getLogger("esf.cache.redis")
 # Keys (ARGV[1] is the prefix): v:<ns> the namespace version, d:<ns>:<version>:<key> an entry,
 # namespaces (set) every namespace written to. The data key depends on the version read in the same
 # script, so the tier needs one Redis server (not Redis Cluster).
-READ = """
-local v = redis.call('GET', ARGV[1] .. 'v:' .. ARGV[2]) or '0'
-return {v, redis.call('GET', ARGV[1] .. 'd:' .. ARGV[2] .. ':' .. v .. ':' .. ARGV[3])}
-"""
 #: ARGV: prefix, namespace, key, data, ttl ms, channel, message.
 WRITE = """
 local v = redis.call('GET', ARGV[1] .. 'v:' .. ARGV[2]) or '0'
@@ -82,7 +78,6 @@ class RedisCacheTier:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30,
             retry=Retry(NoBackoff(), 1),
         )
-        self._read = self._client.register_script(READ)
         self._write = self._client.register_script(WRITE)
         self._delete = self._client.register_script(DELETE)
         self._bump = self._client.register_script(BUMP)
@@ -91,12 +86,19 @@ class RedisCacheTier:
     def _fail(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"Redis cache tier {_strip_credentials(self._url)}: {type(exc).__name__}: {exc}")
 
-    def read(self, namespace: str, key: str) -> tuple[int, bytes | None]:
+    def version(self, namespace: str) -> int:
         try:
-            version, data = self._read(args=[self.prefix, namespace, key])
+            raw = self._client.get(f"{self.prefix}v:{namespace}")
         except (RedisError, OSError) as exc:
             raise self._fail(exc) from exc
-        return int(version), data
+        return int(raw) if raw is not None else 0
+
+    def get(self, namespace: str, version: int, key: str) -> bytes | None:
+        try:
+            data: bytes | None = self._client.get(f"{self.prefix}d:{namespace}:{version}:{key}")
+        except (RedisError, OSError) as exc:
+            raise self._fail(exc) from exc
+        return data
 
     def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation) -> int:
         try:

@@ -108,6 +108,19 @@ def test_a_lost_invalidation_leaves_a_stale_copy_no_longer_than_the_coherence_bo
     assert time.monotonic() - changed_at < 1.5
 
 
+def test_a_lost_namespace_bump_is_noticed_within_the_coherence_bound(nodes, redis_url):
+    # Given two processes holding "sku" of "prices" in process, revalidated every 0.5 s
+    a, b = nodes(2, coherence_s=0.5)
+    a.call(op="put", key="sku", value=1, namespace="prices")
+    assert b.call(op="get", key="sku", namespace="prices") == 1
+    # When the namespace version is bumped without any message (as when the message is lost)
+    redis.Redis.from_url(redis_url).incr(f"{nodes.prefix}v:prices")
+    bumped_at = time.monotonic()
+    # Then B stops serving the old version's value within the bound
+    assert wait_until(lambda: b.call(op="get", key="sku", namespace="prices") is None, timeout=3.0)
+    assert time.monotonic() - bumped_at < 1.5
+
+
 def test_fifty_concurrent_misses_across_four_processes_run_the_loader_once(nodes, redis_url):
     # Given four processes
     procs = nodes(4)

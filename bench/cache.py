@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cachetools
 import redis
 from _common import Report, lease_redis_db, parse_args
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from esf.cache import create_cache
 from esf.settings import CacheSettings, Settings, TelemetrySettings
@@ -47,6 +49,9 @@ def bench_hits(report: Report, url: str, n: int, runs: int) -> None:
     near = create_cache(_settings(url, prefix, coherence_s=60.0))
     shared_only = create_cache(_settings(url, prefix, local_max_entries=0))
     raw = redis.Redis.from_url(url)
+    # The same GET through a client set up as the cache's (socket timeouts, one retry): what the timeouts cost.
+    timed = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30,
+                                 retry=Retry(NoBackoff(), 1))
     try:
         near.put("k", VALUE, ttl=600)
         assert near.get("k") == VALUE and shared_only.get("k") == VALUE
@@ -54,25 +59,36 @@ def bench_hits(report: Report, url: str, n: int, runs: int) -> None:
         bare["k"] = VALUE
         data_key = f"{prefix}d:default:0:k"
         assert raw.get(data_key) is not None
-        esf_local, bare_local, esf_shared, raw_get = [], [], [], []
+        esf_local, bare_local, esf_shared, raw_get, timed_get = [], [], [], [], []
         shared_n = max(200, n // 50)
-        for _ in range(runs):
-            esf_local.append(timeit.timeit("get('k')", globals={"get": near.get}, number=n) / n * 1e9)
-            bare_local.append(timeit.timeit("c['k']", globals={"c": bare}, number=n) / n * 1e9)
-            esf_shared.append(timeit.timeit("get('k')", globals={"get": shared_only.get}, number=shared_n)
-                              / shared_n * 1e6)
-            raw_get.append(timeit.timeit("get(key)", globals={"get": raw.get, "key": data_key}, number=shared_n)
-                           / shared_n * 1e6)
+        contenders = [
+            (esf_local, lambda: timeit.timeit("get('k')", globals={"get": near.get}, number=n) / n * 1e9),
+            (bare_local, lambda: timeit.timeit("c['k']", globals={"c": bare}, number=n) / n * 1e9),
+            (esf_shared, lambda: timeit.timeit("get('k')", globals={"get": shared_only.get}, number=shared_n)
+             / shared_n * 1e6),
+            (raw_get, lambda: timeit.timeit("get(key)", globals={"get": raw.get, "key": data_key},
+                                            number=shared_n) / shared_n * 1e6),
+            (timed_get, lambda: timeit.timeit("get(key)", globals={"get": timed.get, "key": data_key},
+                                              number=shared_n) / shared_n * 1e6),
+        ]
+        for run in range(runs):
+            # Each pair side by side, the order of the pair's members swapped from run to run.
+            for pair in (contenders[0:2], contenders[2:5]):
+                for samples, measure in (pair if run % 2 == 0 else pair[::-1]):
+                    samples.append(measure())
         report.add("local_hit.esf_ns", esf_local, "ns")
         report.add("local_hit.ttlcache_ns", bare_local, "ns")
         report.add("shared_hit.esf_us", esf_shared, "us")
         report.add("shared_hit.redis_get_us", raw_get, "us")
+        report.add("shared_hit.redis_get_timeouts_us", timed_get, "us")
         report.paired_ratio("local_hit.esf_vs_ttlcache", esf_local, bare_local)
         report.paired_ratio("shared_hit.esf_vs_redis_get", esf_shared, raw_get)
+        report.paired_ratio("shared_hit.esf_vs_redis_get_timeouts", esf_shared, timed_get)
     finally:
         near.close()
         shared_only.close()
         raw.close()
+        timed.close()
 
 
 def _stampede_process(url: str, prefix: str, threads: int, start_at: float, out: Any) -> None:

@@ -315,9 +315,10 @@ class CacheSettings:
     coherence_s: float = 2.0
     #: Lease of the lock that lets one process run a loader (seconds); a killed holder's lock
     #: frees itself after this.
-    lock_lease_s: float = 10.0
-    #: Longest wait for another process's loader before running it here (seconds).
-    stampede_wait_s: float = 5.0
+    lock_lease_s: float = 5.0
+    #: Longest wait for another process's loader before running it here (seconds). Keep it above
+    #: ``lock_lease_s``: a killed holder is then replaced by one waiter, not by all of them.
+    stampede_wait_s: float = 10.0
     #: Seconds between two looks at the shared tier while waiting for another process's loader.
     stampede_poll_s: float = 0.02
     #: Socket timeout of every call to the shared tier (seconds).

@@ -327,7 +327,8 @@ class CacheSettings:
     breaker_failures: int = 3
     #: Seconds the open breaker waits before a trial call.
     breaker_reset_s: float = 2.0
-    #: Invalidations made while the shared tier is down, kept to be replayed when it returns.
+    #: Invalidations made while the shared tier is down, kept to be replayed when it returns (beyond
+    #: this, a namespace's pending invalidations fold into one bump of it).
     max_pending_invalidations: int = 10_000
 
     def __post_init__(self) -> None:

@@ -92,7 +92,10 @@ class CacheCore:
         self._ns_lock = threading.Lock()
         self._pending: deque[Invalidation] = deque()
         self._pending_lock = threading.Lock()
-        self._dropped_invalidations = 0
+        #: Namespaces with a bump among the pending invalidations.
+        self._pending_bumps: set[str] = set()
+        #: Times a full list of pending invalidations was folded into a namespace bump.
+        self.collapsed_invalidations = 0
         #: Incremented by every invalidation received: a read that saw it change must not fill the local tier.
         self.generation = 0
         self.invalidations_received = 0
@@ -329,11 +332,20 @@ class CacheCore:
         return None
 
     def _remember(self, message: Invalidation) -> None:
+        """Keep an invalidation for when the shared tier is back. Never dropped: a pending bump of a
+        namespace makes its other invalidations redundant, and when the list is full, one bump of the
+        message's namespace replaces all of that namespace's (coarser, but nothing stale survives)."""
         with self._pending_lock:
-            if len(self._pending) >= self.settings.max_pending_invalidations:
-                self._pending.popleft()
-                self._dropped_invalidations += 1
-            self._pending.append(message)
+            if message.namespace in self._pending_bumps:
+                return
+            if message.op == "delete" and len(self._pending) < self.settings.max_pending_invalidations:
+                self._pending.append(message)
+                return
+            self._pending = deque(m for m in self._pending if m.namespace != message.namespace)
+            self._pending.append(Invalidation("bump", message.namespace, self.origin))
+            self._pending_bumps.add(message.namespace)
+            if message.op == "delete":
+                self.collapsed_invalidations += 1
 
     def acquire(self, name: str, token: str, lease_s: float) -> bool | None:
         """Take a shared lock; None when the shared tier cannot be asked."""
@@ -421,6 +433,8 @@ class CacheCore:
             with self._pending_lock:
                 if self._pending and self._pending[0] is message:
                     self._pending.popleft()
+                    if message.op == "bump":
+                        self._pending_bumps.discard(message.namespace)
 
     # -- telemetry, health -------------------------------------------------------
 

@@ -87,3 +87,24 @@ def test_a_delete_made_while_redis_is_down_reaches_the_other_processes_when_it_i
     # Then the delete is replayed: B no longer sees the old value and A has nothing pending
     assert wait_until(lambda: b.get("user:1") is None, timeout=15)
     assert wait_until(lambda: a.health().pending_invalidations == 0, timeout=15)
+
+
+def test_invalidations_past_the_pending_limit_fold_into_a_namespace_bump_and_none_is_lost(make_cache, private_redis):
+    # Given two caches holding three keys of "prices", and room for 2 pending invalidations
+    a = make_cache(private_redis.url, **OUTAGE, max_pending_invalidations=2)
+    b = make_cache(private_redis.url, **OUTAGE)
+    for k in ("p1", "p2", "p3"):
+        a.namespace("prices").put(k, k)
+        assert b.namespace("prices").get(k) == k
+    b.put("other", "kept")
+    # When Redis stops and A deletes all three keys
+    private_redis.stop()
+    for k in ("p1", "p2", "p3"):
+        a.namespace("prices").delete(k)
+    # Then the three deletes were folded into one pending bump of "prices"
+    assert a.health().pending_invalidations == 1 and a.core.collapsed_invalidations == 1
+    # And when Redis is back, B no longer serves any of them, while other namespaces are untouched
+    private_redis.start()
+    for k in ("p1", "p2", "p3"):
+        assert wait_until(lambda k=k: b.namespace("prices").get(k) is None, timeout=15)
+    assert b.get("other") == "kept"

@@ -86,3 +86,22 @@ def test_a_refresh_whose_loader_keeps_failing_lands_in_the_cache_dead_letter_que
     assert entry.exception_type == "ConnectionError" and entry.attempts >= 2
     # And callers were served the current value all along
     assert set(seen) == {5}
+
+
+def test_a_warmer_loads_its_keys_in_the_worker_and_this_process_then_hits(fnd, worker):
+    # Given three keys with a value at the source
+    keys = [f"w-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
+    for i, key in enumerate(keys):
+        fnd.redis.set(f"source:{key}", str(i))
+    # When they are warmed through the esf.cache queue
+    handle = fnd.cache.warm("t.price", keys, namespace="prices", ttl=60)
+    assert handle.wait(60) == {"namespace": "prices", "stored": 3}
+    # Then this process reads them from the cache, loaded by the worker and not here
+    prices = fnd.cache.namespace("prices")
+    assert [prices.get(k) for k in keys] == [0, 1, 2]
+    assert all(_pids(fnd, k) and os.getpid() not in _pids(fnd, k) for k in keys)
+    # And an unknown loader or a bad key is refused before anything is sent
+    with pytest.raises(esf.ValidationError):
+        fnd.cache.warm("no.such.loader", keys)
+    with pytest.raises(esf.ValidationError):
+        fnd.cache.warm("t.price", ["bad\nkey"])

@@ -190,7 +190,15 @@ class CacheCore:
                     self.local.pop(nk)
                     ns.misses += c
                     return None, local if local is not None and now < local.drop_at else None, True
-                entry = self.decode(ns, raw, version, now, wall)
+                try:
+                    entry = self.decode(ns, raw, version, now, wall)
+                except Exception:
+                    # Bytes this codec cannot read (another codec, or a foreign writer): a miss; the
+                    # loader's value replaces them.
+                    log.warning("cache: %s/%s holds an entry that cannot be decoded; treating it as a miss",
+                                ns.name, key, exc_info=True)
+                    ns.misses += c
+                    return None, None, True
                 if wall >= entry.expires_at:
                     ns.misses += c
                     return None, entry, True

@@ -178,3 +178,14 @@ def test_stale_on_error_serves_the_last_good_value_when_the_loader_fails(cache):
     with pytest.raises(ConnectionError):
         cache.fetch("rate", failing)
     assert cache.stats().namespaces["default"].stale_served == 1
+
+
+def test_an_entry_that_cannot_be_decoded_is_a_miss_that_the_loader_replaces(make_cache, redis_url, unique):
+    # Given a shared entry written by a foreign writer in a format the codec cannot read
+    import redis
+
+    cache = make_cache(redis_url)
+    redis.Redis.from_url(redis_url).set(f"t{unique}:d:default:0:odd", b"not-a-header")
+    # When it is fetched, Then it is a miss: the loader's value is served and stored
+    assert cache.fetch("odd", lambda: "fresh") == "fresh"
+    assert cache.get("odd") == "fresh"

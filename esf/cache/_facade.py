@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import ValidationError
 from ._bindings import EventInvalidator, InvalidationRule, KeyOf
 from ._fetch import LoaderCall, fetch, run_loader
-from ._service import CacheCore, NsState
+from ._service import CacheCore
+from ._state import NsState
 from ._types import DEFAULT_NAMESPACE, KEY_RE, CacheHealth, CacheStats, Codec, check_key
 
 if TYPE_CHECKING:

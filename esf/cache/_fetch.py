@@ -14,7 +14,8 @@ from ..errors import ValidationError
 if TYPE_CHECKING:
     from ..telemetry import Telemetry
     from ._local import Entry
-    from ._service import CacheCore, NsState
+    from ._service import CacheCore
+    from ._state import NsState
 
 __all__ = ["LoaderCall", "Refresher", "fetch", "run_loader"]
 

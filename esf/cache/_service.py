@@ -8,14 +8,13 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitOpen, PayloadTooLarge, ServiceUnavailable
-from ..events import FrozenDict, FrozenList
 from ..resilience import CircuitBreaker
 from ._local import ENTRY_OVERHEAD_BYTES, Entry, LocalTier
+from ._state import CounterExport, NsState, PendingInvalidations, check_seconds, freeze
 from ._types import (
     DEFAULT_NAMESPACE,
     CacheHealth,
@@ -23,7 +22,6 @@ from ._types import (
     Codec,
     Invalidation,
     JsonCodec,
-    NamespaceStats,
     SharedTier,
     check_key,
     check_namespace,
@@ -33,41 +31,9 @@ if TYPE_CHECKING:
     from ..settings import CacheSettings
     from ..telemetry import Telemetry
 
-__all__ = ["CacheCore", "NsState", "freeze"]
+__all__ = ["CacheCore"]
 
 log = logging.getLogger("esf.cache")
-
-_COUNTERS = ("local_hits", "shared_hits", "misses", "loads", "load_errors", "stampede_waits", "degraded",
-             "stale_served", "refreshes")
-
-
-class NsState:
-    """One namespace in this process: its codec, default TTL and counters."""
-
-    __slots__ = ("codec", "load_seconds", "name", "ttl_s", "version", "version_until", *_COUNTERS)
-
-    def __init__(self, name: str, codec: Codec, ttl_s: float) -> None:
-        self.name = name
-        self.codec = codec
-        self.ttl_s = ttl_s
-        #: The namespace's version as last seen, trusted until ``version_until`` (monotonic seconds).
-        self.version: int | None = None
-        self.version_until = 0.0
-        self.load_seconds = 0.0
-        self.local_hits = 0
-        self.shared_hits = 0
-        self.misses = 0
-        self.loads = 0
-        self.load_errors = 0
-        self.stampede_waits = 0
-        self.degraded = 0
-        self.stale_served = 0
-        self.refreshes = 0
-
-    def stats(self) -> NamespaceStats:
-        return NamespaceStats(version=self.version, load_seconds=self.load_seconds,
-                              **{c: getattr(self, c) for c in _COUNTERS})
-
 
 class CacheCore:
     """Reads, writes, invalidation and coherence of both tiers (``fnd.cache`` adds fetch and bindings).
@@ -87,20 +53,13 @@ class CacheCore:
         self.local = LocalTier(settings.local_policy, settings.local_max_entries, settings.local_max_bytes)
         self.breaker = CircuitBreaker("cache.redis", failure_threshold=settings.breaker_failures,
                                       reset_timeout_s=settings.breaker_reset_s)
-        self._telemetry = telemetry
         self._namespaces: dict[str, NsState] = {}
         self._ns_lock = threading.Lock()
-        self._pending: deque[Invalidation] = deque()
-        self._pending_lock = threading.Lock()
-        #: Namespaces with a bump among the pending invalidations.
-        self._pending_bumps: set[str] = set()
-        #: Times a full list of pending invalidations was folded into a namespace bump.
-        self.collapsed_invalidations = 0
+        self.pending = PendingInvalidations(settings.max_pending_invalidations)
         #: Incremented by every invalidation received: a read that saw it change must not fill the local tier.
         self.generation = 0
         self.invalidations_received = 0
-        self._exported: dict[tuple[str, str], float] = {}
-        self._export_lock = threading.Lock()
+        self._export = CounterExport(telemetry)
         #: Set once the listener is subscribed (the in-process tier is then kept coherent by messages).
         self.subscribed = threading.Event()
         self._stop = threading.Event()
@@ -259,9 +218,9 @@ class CacheCore:
                 be encoded or is too large (nothing is stored).
         """
         check_key(key)
-        ttl = _check_seconds("ttl", ttl_s if ttl_s is not None else ns.ttl_s)
+        ttl = check_seconds("ttl", ttl_s if ttl_s is not None else ns.ttl_s)
         if refresh_after_s is not None:
-            _check_seconds("refresh_after", refresh_after_s)
+            check_seconds("refresh_after", refresh_after_s)
         payload = self.encode(ns, value)
         self.ensure_started()
         now, wall = time.monotonic(), time.time()
@@ -340,20 +299,7 @@ class CacheCore:
         return None
 
     def _remember(self, message: Invalidation) -> None:
-        """Keep an invalidation for when the shared tier is back. Never dropped: a pending bump of a
-        namespace makes its other invalidations redundant, and when the list is full, one bump of the
-        message's namespace replaces all of that namespace's (coarser, but nothing stale survives)."""
-        with self._pending_lock:
-            if message.namespace in self._pending_bumps:
-                return
-            if message.op == "delete" and len(self._pending) < self.settings.max_pending_invalidations:
-                self._pending.append(message)
-                return
-            self._pending = deque(m for m in self._pending if m.namespace != message.namespace)
-            self._pending.append(Invalidation("bump", message.namespace, self.origin))
-            self._pending_bumps.add(message.namespace)
-            if message.op == "delete":
-                self.collapsed_invalidations += 1
+        self.pending.add(message, self.origin)
 
     def acquire(self, name: str, token: str, lease_s: float) -> bool | None:
         """Take a shared lock; None when the shared tier cannot be asked."""
@@ -425,11 +371,7 @@ class CacheCore:
     def _replay(self) -> None:
         """Send the invalidations made while the shared tier was down (oldest first)."""
         assert self.tier is not None
-        while True:
-            with self._pending_lock:
-                if not self._pending:
-                    return
-                message = self._pending[0]
+        while (message := self.pending.first()) is not None:
             try:
                 if message.op == "bump":
                     self.tier.bump(message.namespace, self.origin)
@@ -438,40 +380,13 @@ class CacheCore:
                     self.tier.delete(message.namespace, message.key, message)
             except (ServiceUnavailable, CircuitOpen):
                 return
-            with self._pending_lock:
-                if self._pending and self._pending[0] is message:
-                    self._pending.popleft()
-                    if message.op == "bump":
-                        self._pending_bumps.discard(message.namespace)
+            self.pending.done(message)
 
     # -- telemetry, health -------------------------------------------------------
 
     def export(self) -> None:
         """Add the counters' increments since the last export to telemetry."""
-        if self._telemetry is None:
-            return
-        with self._export_lock:
-            self._export()
-
-    def _export(self) -> None:
-        assert self._telemetry is not None
-        try:
-            telemetry = self._telemetry()
-            for ns in list(self._namespaces.values()):
-                for field in _COUNTERS:
-                    value = float(getattr(ns, field))
-                    last = self._exported.get((ns.name, field), 0.0)
-                    if value > last:
-                        self._exported[(ns.name, field)] = value
-                        name, labels = _metric(field, ns.name)
-                        telemetry.counter(name, labels).inc(value - last)
-            evictions = float(self.local.evictions)
-            last = self._exported.get(("", "evictions"), 0.0)
-            if evictions > last:
-                self._exported[("", "evictions")] = evictions
-                telemetry.counter("esf.cache.evictions").inc(evictions - last)
-        except Exception:  # telemetry never fails the cache
-            log.debug("cache: could not export counters", exc_info=True)
+        self._export.export(list(self._namespaces.values()), self.local.evictions)
 
     def stats(self) -> CacheStats:
         """This process's counters and the in-process tier's size."""
@@ -479,7 +394,7 @@ class CacheCore:
         return CacheStats(
             backend="redis" if self.tier is not None else "local",
             local_entries=len(self.local), local_bytes=self.local.bytes, evictions=self.local.evictions,
-            invalidations_received=self.invalidations_received, pending_invalidations=len(self._pending),
+            invalidations_received=self.invalidations_received, pending_invalidations=len(self.pending),
             breaker=self.breaker.state,
             namespaces={name: ns.stats() for name, ns in list(self._namespaces.items())},
         )
@@ -487,7 +402,7 @@ class CacheCore:
     def health(self) -> CacheHealth:
         """``degraded`` while the shared tier's breaker is open or invalidations wait to be replayed."""
         state = self.breaker.state
-        pending = len(self._pending)
+        pending = len(self.pending)
         backend: Any = self.backend
         if self.tier is not None and (state != "closed" or pending):
             reason = f"shared tier unreachable (breaker {state})" if state != "closed" else \
@@ -508,37 +423,12 @@ class CacheCore:
     def _after_fork_in_child(self) -> None:
         self.local.reset_lock()
         self._ns_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
+        self.pending.reset_lock()
         self._start_lock = threading.Lock()
-        self._export_lock = threading.Lock()
+        self._export.reset_lock()
         self._thread = None
         self.subscribed = threading.Event()
         self.origin = self._new_origin()
-
-
-def _metric(field: str, namespace: str) -> tuple[str, dict[str, str]]:
-    labels = {"namespace": namespace}
-    if field in ("local_hits", "shared_hits"):
-        return "esf.cache.hits", {**labels, "tier": field.split("_")[0]}
-    return f"esf.cache.{field}", labels
-
-
-def _check_seconds(name: str, value: float) -> float:
-    from ..errors import ValidationError
-
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValidationError(f"cache {name}: must be a number of seconds greater than zero, got {value!r}")
-    return float(value)
-
-
-def freeze(value: Any) -> Any:
-    """``value`` with its containers made read-only (a cached value is shared by every caller)."""
-    kind = type(value)
-    if kind is dict:
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
-    if kind is list or kind is tuple:
-        return FrozenList(freeze(v) for v in value)
-    return value
 
 
 _after_fork_refs: weakref.WeakSet[CacheCore] = weakref.WeakSet()

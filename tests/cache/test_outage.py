@@ -102,7 +102,7 @@ def test_invalidations_past_the_pending_limit_fold_into_a_namespace_bump_and_non
     for k in ("p1", "p2", "p3"):
         a.namespace("prices").delete(k)
     # Then the three deletes were folded into one pending bump of "prices"
-    assert a.health().pending_invalidations == 1 and a.core.collapsed_invalidations == 1
+    assert a.health().pending_invalidations == 1 and a.core.pending.collapsed == 1
     # And when Redis is back, B no longer serves any of them, while other namespaces are untouched
     private_redis.start()
     for k in ("p1", "p2", "p3"):

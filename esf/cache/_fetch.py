@@ -87,7 +87,11 @@ def fetch(core: CacheCore, ns: NsState, key: str, call: LoaderCall, *, ttl_s: fl
 
 
 def _load(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: float, refresh_after_s: float | None,
-          stale: Entry | None, stale_on_error: bool, telemetry: Callable[[], Telemetry] | None) -> Any:
+          stale: Entry | None, stale_on_error: bool, telemetry: Callable[[], Telemetry] | None,
+          lock: tuple[str, str] | None = None) -> Any:
+    """Run the loader and store its value, unless the namespace was bumped (or, holding ``lock``, the key was
+    deleted) while it ran: a value read before an invalidation is returned but not stored."""
+    version = ns.version
     try:
         value = run_loader(core, ns, call, telemetry)
     except Exception:
@@ -97,7 +101,7 @@ def _load(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: float, 
                         exc_info=True)
             return stale.value
         raise
-    core.put(ns, key, value, ttl_s=ttl, refresh_after_s=refresh_after_s)
+    core.put(ns, key, value, ttl_s=ttl, refresh_after_s=refresh_after_s, if_version=version, if_lock=lock)
     return value
 
 
@@ -132,6 +136,7 @@ def _coordinated(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: 
         entry, newer_stale, _ = core.read(ns, key, count=False)
         if entry is not None:
             return entry.value
-        return _load(core, ns, key, call, ttl, refresh_after_s, newer_stale or stale, stale_on_error, telemetry)
+        return _load(core, ns, key, call, ttl, refresh_after_s, newer_stale or stale, stale_on_error, telemetry,
+                     lock=(lock, token))
     finally:
         core.release(lock, token)

@@ -207,11 +207,13 @@ class CacheCore:
         return data
 
     def put(self, ns: NsState, key: str, value: Any, *, ttl_s: float | None = None,
-            refresh_after_s: float | None = None) -> bool:
+            refresh_after_s: float | None = None, if_version: int | None = None,
+            if_lock: tuple[str, str] | None = None) -> bool:
         """Store ``value`` in both tiers and evict the in-process copies of every other process.
 
         Returns False when the shared tier was unreachable (the value is then in this process only,
-        and the other processes' copies are evicted once it is back).
+        and the other processes' copies are evicted once it is back), or when ``if_version``/``if_lock``
+        did not hold (nothing stored: a loaded value read before an invalidation is not kept).
 
         Raises:
             ValidationError: a bad key, a non-positive ``ttl_s``/``refresh_after_s``, or a value that cannot
@@ -226,7 +228,9 @@ class CacheCore:
         now, wall = time.monotonic(), time.time()
         expires_at = wall + ttl
         refresh_at = wall + refresh_after_s if refresh_after_s is not None and refresh_after_s < ttl else 0.0
-        shared = self._write_shared(ns, key, payload, ttl, expires_at, refresh_at)
+        shared = self._write_shared(ns, key, payload, ttl, expires_at, refresh_at, if_version, if_lock)
+        if shared is None:
+            return False  # an invalidation came first: the value is not stored
         bound = min(self.settings.coherence_s, ttl) if shared and self.tier is not None else ttl
         # What every process decodes from the shared tier, so this process serves the same value.
         entry = Entry(freeze(ns.codec.decode(payload)), ns.version or 0,
@@ -236,7 +240,7 @@ class CacheCore:
         return shared
 
     def _write_shared(self, ns: NsState, key: str, payload: bytes, ttl: float, expires_at: float,
-                      refresh_at: float) -> bool:
+                      refresh_at: float, if_version: int | None, if_lock: tuple[str, str] | None) -> bool | None:
         tier = self.tier
         if tier is None:
             return True
@@ -244,7 +248,12 @@ class CacheCore:
         if self.breaker.allow():
             raw = b"%d:%d:" % (int(expires_at * 1000), int(refresh_at * 1000)) + payload
             try:
-                version = tier.write(ns.name, key, raw, ttl + self.settings.stale_grace_s, message)
+                version = tier.write(ns.name, key, raw, ttl + self.settings.stale_grace_s, message,
+                                     if_version=if_version, if_lock=if_lock)
+                if version is None:
+                    self.breaker.record_success()
+                    ns.version_until = 0.0  # read the version again before the next read
+                    return None
                 if version != ns.version:
                     ns.version, ns.version_until = version, time.monotonic() + self.settings.coherence_s
             except ServiceUnavailable as exc:

@@ -159,12 +159,16 @@ class SharedTier(Protocol):
         """The entry of ``key`` stored under ``version`` (None when absent)."""
         ...
 
-    def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation) -> int:
-        """Store ``data`` for ``ttl_s`` seconds under the current version, publish ``message``; returns the version."""
+    def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation, *,
+              if_version: int | None = None, if_lock: tuple[str, str] | None = None) -> int | None:
+        """Store ``data`` for ``ttl_s`` seconds under the current version and publish ``message``; returns the
+        version. Returns None without storing when the version is not ``if_version``, or when the lock
+        ``if_lock[0]`` is not held by the token ``if_lock[1]``."""
         ...
 
     def delete(self, namespace: str, key: str, message: Invalidation) -> None:
-        """Remove ``key`` under the current version and publish ``message``."""
+        """Remove ``key`` under the current version, free its loader lock ``l:<namespace>:<key>``, publish
+        ``message``."""
         ...
 
     def bump(self, namespace: str, origin: str) -> int:

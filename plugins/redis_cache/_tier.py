@@ -23,18 +23,28 @@ log = logging.getLogger("esf.cache.redis")
 # Keys (ARGV[1] is the prefix): v:<ns> the namespace version, d:<ns>:<version>:<key> an entry,
 # namespaces (set) every namespace written to. The data key depends on the version read in the same
 # script, so the tier needs one Redis server (not Redis Cluster).
-#: ARGV: prefix, namespace, key, data, ttl ms, channel, message.
+#: ARGV: prefix, namespace, key, data, ttl ms, channel, message, expected version ('' any), lock name ('' none),
+#: token. Refused (-1) when the namespace moved past the expected version or the lock is no longer the token's
+#: (a loader's value read before a bump or a delete is not stored).
 WRITE = """
 local v = redis.call('GET', ARGV[1] .. 'v:' .. ARGV[2]) or '0'
+if ARGV[8] ~= '' and v ~= ARGV[8] then
+  return -1
+end
+if ARGV[9] ~= '' and redis.call('GET', ARGV[1] .. ARGV[9]) ~= ARGV[10] then
+  return -1
+end
 redis.call('SET', ARGV[1] .. 'd:' .. ARGV[2] .. ':' .. v .. ':' .. ARGV[3], ARGV[4], 'PX', ARGV[5])
 redis.call('SADD', ARGV[1] .. 'namespaces', ARGV[2])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return tonumber(v)
 """
-#: ARGV: prefix, namespace, key, channel, message.
+#: ARGV: prefix, namespace, key, channel, message. Also frees the key's loader lock (l:<ns>:<key>), so that a
+#: load under way cannot store the value it read before the delete.
 DELETE = """
 local v = redis.call('GET', ARGV[1] .. 'v:' .. ARGV[2]) or '0'
 local n = redis.call('DEL', ARGV[1] .. 'd:' .. ARGV[2] .. ':' .. v .. ':' .. ARGV[3])
+redis.call('DEL', ARGV[1] .. 'l:' .. ARGV[2] .. ':' .. ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return n
 """
@@ -100,13 +110,16 @@ class RedisCacheTier:
             raise self._fail(exc) from exc
         return data
 
-    def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation) -> int:
+    def write(self, namespace: str, key: str, data: bytes, ttl_s: float, message: Invalidation, *,
+              if_version: int | None = None, if_lock: tuple[str, str] | None = None) -> int | None:
+        lock, token = if_lock if if_lock is not None else ("", "")
         try:
-            stored = self._write(args=[self.prefix, namespace, key, data, max(1, int(ttl_s * 1000)),
-                                       self.channel, message.to_json()])
+            stored = int(self._write(args=[
+                self.prefix, namespace, key, data, max(1, int(ttl_s * 1000)), self.channel, message.to_json(),
+                "" if if_version is None else str(if_version), lock, token]))
         except (RedisError, OSError) as exc:
             raise self._fail(exc) from exc
-        return int(stored)
+        return None if stored < 0 else stored
 
     def delete(self, namespace: str, key: str, message: Invalidation) -> None:
         try:

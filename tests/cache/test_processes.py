@@ -157,3 +157,35 @@ def test_a_sigkilled_lock_holder_does_not_block_the_others_past_its_lease(nodes,
     assert results == ["from waiter"] * 3
     assert int(client.get(f"{nodes.prefix}test:loads")) == 2  # the killed holder's call and one waiter's
     assert time.monotonic() - killed_at < 10
+
+
+@pytest.mark.parametrize("invalidation", ["bump", "delete"])
+def test_a_value_loaded_before_an_invalidation_is_returned_but_not_stored(make_cache, redis_url, invalidation):
+    import threading
+
+    # Given a fetch on A whose loader has read the old value and is still running
+    a, b = make_cache(redis_url), make_cache(redis_url)
+    prices_a, prices_b = a.namespace("prices"), b.namespace("prices")
+    read_done, release = threading.Event(), threading.Event()
+    got = []
+
+    def slow_loader():
+        read_done.set()
+        assert release.wait(10)
+        return "old"
+
+    thread = threading.Thread(target=lambda: got.append(prices_a.fetch("sku", slow_loader)))
+    thread.start()
+    assert read_done.wait(10)
+    # When B invalidates the namespace or the key meanwhile, and then the loader returns
+    if invalidation == "bump":
+        prices_b.bump()
+    else:
+        prices_b.delete("sku")
+    release.set()
+    thread.join(10)
+    # Then A's caller got the loaded value, but no process finds it cached: the next fetch loads again
+    assert got == ["old"]
+    assert prices_b.get("sku") is None
+    assert wait_until(lambda: prices_a.get("sku") is None, timeout=2)
+    assert prices_a.fetch("sku", lambda: "new") == "new"

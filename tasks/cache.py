@@ -19,9 +19,9 @@ def register(foundation: Foundation) -> None:
     @foundation.job(name=REFRESH_JOB, queue=queue, retries=3, backoff=1.0, max_backoff=30.0,
                     retry_on=(Exception,), timeout=120)
     def refresh(namespace: str, key: str, loader: str, args: list[Any], kwargs: dict[str, Any], ttl: float,
-                refresh_after: float | None = None) -> dict[str, Any]:
+                refresh_after: float | None = None, claim: str | None = None) -> dict[str, Any]:
         """Run the registered ``loader`` and store its value as ``key`` of ``namespace`` (refresh-ahead)."""
-        foundation.cache.refresh(namespace, key, loader, args, kwargs, ttl, refresh_after)
+        foundation.cache.refresh(namespace, key, loader, args, kwargs, ttl, refresh_after, claim)
         return {"namespace": namespace, "key": key}
 
     @foundation.job(name=WARM_JOB, queue=queue, retries=3, backoff=1.0, max_backoff=30.0,

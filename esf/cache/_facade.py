@@ -306,26 +306,30 @@ class TwoTierCache:
 
     # -- refresh-ahead and warmers ---------------------------------------------------
 
-    def refresh_later(self, ns: NsState, key: str, call: LoaderCall, ttl_s: float, refresh_after_s: float) -> None:
-        """Have ``key`` reloaded in the background, once across processes while a refresh is under way."""
+    def refresh_later(self, ns: NsState, key: str, call: LoaderCall, ttl_s: float, refresh_after_s: float,
+                      claim_s: float) -> None:
+        """Have ``key`` reloaded in the background: one refresh across processes for the ``claim_s`` seconds the
+        current value has left (a refresh that fails is not sent again for this value: the next miss loads)."""
         mark = (ns.name, key)
         now = time.monotonic()
         if self._refreshing.get(mark, 0.0) > now:
             return
-        self._refreshing[mark] = now + self.settings.lock_lease_s
+        claim = max(self.settings.lock_lease_s, claim_s)
+        self._refreshing[mark] = now + claim
         if len(self._refreshing) > 10_000:
             self._refreshing = {k: v for k, v in self._refreshing.items() if v > now}
-        if self.core.acquire(f"r:{ns.name}:{key}", uuid.uuid4().hex, self.settings.lock_lease_s) is False:
-            return  # another process is refreshing it
+        token = uuid.uuid4().hex
+        if self.core.acquire(f"r:{ns.name}:{key}", token, claim) is False:
+            return  # another process sent it
         request: dict[str, Any] = {"namespace": ns.name, "key": key, "loader": call.name, "args": list(call.args),
-                   "kwargs": dict(call.kwargs), "ttl": ttl_s, "refresh_after": refresh_after_s}
+                   "kwargs": dict(call.kwargs), "ttl": ttl_s, "refresh_after": refresh_after_s, "claim": token}
         ns.refreshes += 1
         self._send(REFRESH_JOB, request, lambda: self.refresh(**request))
 
     def refresh(self, namespace: str, key: str, loader: str, args: list[Any], kwargs: dict[str, Any],
-                ttl: float, refresh_after: float | None = None) -> None:
+                ttl: float, refresh_after: float | None = None, claim: str | None = None) -> None:
         """Run loader ``loader(*args, **kwargs)`` now and store its value as ``key`` (the ``esf.cache.refresh``
-        job's body).
+        job's body); then free the refresh ``claim`` so that the new value can be refreshed in its turn.
 
         Raises:
             ValidationError: ``loader`` is not registered in this process. Whatever the loader raises.
@@ -336,6 +340,8 @@ class TwoTierCache:
         state = self.namespace(namespace)._ns
         value = run_loader(self.core, state, LoaderCall(functools.partial(fn, *args, **kwargs), loader), self.telemetry)
         self.core.put(state, key, value, ttl_s=ttl, refresh_after_s=refresh_after)
+        if claim is not None:
+            self.core.release(f"r:{namespace}:{key}", claim)
 
     def warm(self, loader: str, keys: Iterable[str], *, namespace: str = DEFAULT_NAMESPACE,
              ttl: float | None = None) -> Any:

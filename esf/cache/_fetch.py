@@ -33,8 +33,9 @@ class LoaderCall:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: Starts a refresh-ahead of ``(namespace, key, call, ttl_s, refresh_after_s)`` somewhere else.
-Refresher = Callable[["NsState", str, LoaderCall, float, float], None]
+#: Starts a refresh-ahead of ``(namespace, key, call, ttl_s, refresh_after_s, claim_s)`` somewhere else, at most
+#: once per ``claim_s`` seconds (the time the current value has left).
+Refresher = Callable[["NsState", str, LoaderCall, float, float, float], None]
 
 
 def run_loader(core: CacheCore, ns: NsState, call: LoaderCall,
@@ -79,7 +80,7 @@ def fetch(core: CacheCore, ns: NsState, key: str, call: LoaderCall, *, ttl_s: fl
     if entry is not None:
         if refresh_after_s is not None and entry.refresh_at and time.time() >= entry.refresh_at \
                 and refresher is not None:
-            refresher(ns, key, call, ttl, float(refresh_after_s))
+            refresher(ns, key, call, ttl, float(refresh_after_s), entry.expires_at - time.time())
         return entry.value
     if shared_ok and core.tier is not None:
         return _coordinated(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)

@@ -110,3 +110,17 @@ def test_esf_cache_stats_reports_namespaces_and_the_counters_of_every_process(fn
     assert report["namespaces"]["prices"] == 1
     assert report["metrics"]["esf.cache.hits{namespace=prices,tier=local}"] == 1
     assert report["metrics"]["esf.cache.loads{namespace=prices}"] == 1
+
+
+def test_fnd_cached_caches_a_function_under_the_key_it_is_given(fnd):
+    calls = []
+
+    @fnd.cached(ttl=30, key=lambda user_id: f"perm:{user_id}")
+    def permissions(user_id):
+        calls.append(user_id)
+        return [f"read:{user_id}"]
+
+    # When the function is called twice, Then it ran once, and its value is the cache entry of its key
+    assert permissions(1) == permissions(1) == ["read:1"]
+    assert calls == [1]
+    assert fnd.cache.get("perm:1") == ["read:1"]

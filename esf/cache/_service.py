@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitOpen, PayloadTooLarge, ServiceUnavailable
-from ..resilience import CircuitBreaker
+from ..resilience import BreakerState, CircuitBreaker
 from ._local import ENTRY_OVERHEAD_BYTES, Entry, LocalTier
 from ._state import CounterExport, NsState, PendingInvalidations, check_seconds, freeze
 from ._types import (
@@ -50,9 +50,10 @@ class CacheCore:
         self.settings = settings
         self.tier = tier
         self.node = node
+        self._telemetry = telemetry
         self.local = LocalTier(settings.local_policy, settings.local_max_entries, settings.local_max_bytes)
         self.breaker = CircuitBreaker("cache.redis", failure_threshold=settings.breaker_failures,
-                                      reset_timeout_s=settings.breaker_reset_s)
+                                      reset_timeout_s=settings.breaker_reset_s, on_state_change=self._breaker_changed)
         self._namespaces: dict[str, NsState] = {}
         self._ns_lock = threading.Lock()
         self.pending = PendingInvalidations(settings.max_pending_invalidations)
@@ -68,6 +69,16 @@ class CacheCore:
         self.origin = self._new_origin()
         self.namespace_state(DEFAULT_NAMESPACE)
         _after_fork_refs.add(self)
+
+    def _breaker_changed(self, name: str, state: BreakerState) -> None:
+        """The shared tier's breaker changed state: the ``esf.breaker.state{breaker="cache.redis"}`` gauge."""
+        log.info("cache: the shared tier's circuit breaker is %s", state.replace("_", "-"))
+        if self._telemetry is None:
+            return
+        try:
+            self._telemetry().instruments.record_breaker_state(name, state)
+        except Exception:  # telemetry never fails the cache
+            log.debug("cache: could not record the breaker state", exc_info=True)
 
     def _new_origin(self) -> str:
         return f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -108,3 +108,27 @@ def test_invalidations_past_the_pending_limit_fold_into_a_namespace_bump_and_non
     for k in ("p1", "p2", "p3"):
         assert wait_until(lambda k=k: b.namespace("prices").get(k) is None, timeout=15)
     assert b.get("other") == "kept"
+
+
+def test_the_shared_tiers_breaker_state_is_a_telemetry_gauge(data_dir, private_redis, unique):
+    from esf.cache import create_cache
+    from esf.settings import CacheSettings, Settings, TelemetrySettings
+    from esf.telemetry import create_telemetry
+
+    # Given a cache reporting to telemetry
+    settings = Settings(data_dir=str(data_dir), redis_url=private_redis.url,
+                        cache=CacheSettings(redis_prefix=f"t{unique}:", **OUTAGE),
+                        telemetry=TelemetrySettings(store="none"))
+    telemetry = create_telemetry(settings)
+    cache = create_cache(settings, telemetry=lambda: telemetry)
+    try:
+        cache.put("k", 1)
+        # When Redis stops and reads fail over to the in-process tier
+        private_redis.stop()
+        assert wait_until(lambda: cache.get("missing") is None and cache.health().breaker == "open", timeout=10)
+        # Then the gauge esf.breaker.state{breaker=cache.redis} reads 1 (open)
+        series = telemetry.snapshot("esf.breaker", cluster=False)["metrics"]["esf.breaker.state"]["series"]
+        assert [s["value"] for s in series if s["labels"] == {"breaker": "cache.redis"}] == [1]
+    finally:
+        cache.close()
+        telemetry.close()

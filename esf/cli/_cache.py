@@ -88,7 +88,14 @@ def run_stats(fnd: Foundation, args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_shared_tier(fnd: Foundation) -> None:
+    if fnd.cache.core.tier is None:
+        raise CommandError("the cache has no shared tier (no Redis configured): each process keeps its own "
+                           "entries, out of reach of this command", exit_code=1)
+
+
 def run_get(fnd: Foundation, args: argparse.Namespace) -> int:
+    _require_shared_tier(fnd)
     value = fnd.cache.namespace(args.namespace).get(args.key, _ABSENT)
     if value is _ABSENT:
         raise CommandError(f"{args.namespace}/{args.key}: not cached", exit_code=1)
@@ -97,6 +104,7 @@ def run_get(fnd: Foundation, args: argparse.Namespace) -> int:
 
 
 def run_invalidate(fnd: Foundation, args: argparse.Namespace) -> int:
+    _require_shared_tier(fnd)
     ns = fnd.cache.namespace(args.namespace)
     if args.key is None:
         version = ns.bump()
@@ -104,7 +112,7 @@ def run_invalidate(fnd: Foundation, args: argparse.Namespace) -> int:
             raise CommandError(f"{args.namespace}: the shared tier is unreachable; nothing invalidated", exit_code=1)
         print(f"{args.namespace}: every key invalidated (version {version})")
         return 0
-    if not ns.delete(args.key) and fnd.cache.core.tier is not None:
+    if not ns.delete(args.key):
         raise CommandError(f"{args.namespace}/{args.key}: the shared tier is unreachable; nothing invalidated",
                            exit_code=1)
     print(f"{args.namespace}/{args.key}: invalidated")

@@ -124,3 +124,16 @@ def test_fnd_cached_caches_a_function_under_the_key_it_is_given(fnd):
     assert permissions(1) == permissions(1) == ["read:1"]
     assert calls == [1]
     assert fnd.cache.get("perm:1") == ["read:1"]
+
+
+def test_esf_cache_get_and_invalidate_refuse_without_a_shared_tier(monkeypatch, data_dir, capsys):
+    # Given no Redis configured (each process has its own in-process tier)
+    monkeypatch.setenv("ESF_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("ESF_TELEMETRY_STORE", "none")
+    # When the commands that need the shared tier run, Then they exit 1 and say why
+    for argv in (["cache", "invalidate", "prices"], ["cache", "get", "k"]):
+        assert main(argv) == 1
+        assert "no shared tier" in capsys.readouterr().err
+    # And stats still report the backend
+    assert main(["cache", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "local"

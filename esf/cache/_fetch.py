@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ._service import CacheCore
     from ._state import NsState
 
-__all__ = ["LoaderCall", "Refresher", "fetch", "run_loader"]
+__all__ = ["Flight", "LoaderCall", "Refresher", "fetch", "run_loader"]
 
 log = logging.getLogger("esf.cache")
 
@@ -83,8 +84,50 @@ def fetch(core: CacheCore, ns: NsState, key: str, call: LoaderCall, *, ttl_s: fl
             refresher(ns, key, call, ttl, float(refresh_after_s), entry.expires_at - time.time())
         return entry.value
     if shared_ok and core.tier is not None:
-        return _coordinated(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
-    return _load(core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry)
+        return _single_flight(core, ns, key, lambda: _coordinated(
+            core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry))
+    return _single_flight(core, ns, key, lambda: _load(
+        core, ns, key, call, ttl, refresh_after_s, stale, stale_on_error, telemetry))
+
+
+class Flight:
+    """One load under way in this process; the other threads missing the same key wait for its outcome."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+def _single_flight(core: CacheCore, ns: NsState, key: str, run: Callable[[], Any]) -> Any:
+    """``run()`` once per key in this process at a time: the threads that miss the key meanwhile get its value
+    (or its exception) instead of asking Redis or the loader themselves. Works without Redis too (embedded
+    mode, or Redis down). A thread that waited ``stampede_wait_s + lock_lease_s`` runs ``run()`` itself."""
+    mark = (ns.name, key)
+    with core.flights_lock:
+        flight = core.flights.get(mark)
+        leader = flight is None
+        if flight is None:
+            flight = core.flights[mark] = Flight()
+    if not leader:
+        ns.stampede_waits += 1
+        if flight.done.wait(core.settings.stampede_wait_s + core.settings.lock_lease_s):
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        return run()
+    try:
+        flight.value = run()
+        return flight.value
+    except BaseException as exc:
+        flight.error = exc
+        raise
+    finally:
+        with core.flights_lock:
+            core.flights.pop(mark, None)
+        flight.done.set()
 
 
 def _load(core: CacheCore, ns: NsState, key: str, call: LoaderCall, ttl: float, refresh_after_s: float | None,

@@ -57,6 +57,9 @@ class CacheCore:
         self._namespaces: dict[str, NsState] = {}
         self._ns_lock = threading.Lock()
         self.pending = PendingInvalidations(settings.max_pending_invalidations)
+        #: Loads under way in this process, by ``(namespace, key)`` (see ``_fetch.Flight``).
+        self.flights: dict[tuple[str, str], Any] = {}
+        self.flights_lock = threading.Lock()
         #: Incremented by every invalidation received: a read that saw it change must not fill the local tier.
         self.generation = 0
         self.invalidations_received = 0
@@ -444,6 +447,8 @@ class CacheCore:
         self.local.reset_lock()
         self._ns_lock = threading.Lock()
         self.pending.reset_lock()
+        self.flights = {}
+        self.flights_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._export.reset_lock()
         self._thread = None

@@ -132,3 +132,32 @@ def test_the_shared_tiers_breaker_state_is_a_telemetry_gauge(data_dir, private_r
     finally:
         cache.close()
         telemetry.close()
+
+
+def test_with_redis_down_threads_missing_the_same_key_run_the_loader_once(make_cache, private_redis):
+    import threading
+    import time
+
+    # Given a cache whose Redis is down, and 8 threads missing the same key at once
+    cache = make_cache(private_redis.url, **OUTAGE)
+    private_redis.stop()
+    assert wait_until(lambda: cache.get("warm-up") is None and cache.health().status == "degraded", timeout=10)
+    calls, results = [], []
+    start = threading.Barrier(8)
+
+    def load():
+        calls.append(1)
+        time.sleep(0.3)
+        return "v"
+
+    def run():
+        start.wait()
+        results.append(cache.fetch("k", load))
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Then the loader ran once in this process and every thread got its value
+    assert len(calls) == 1 and results == ["v"] * 8

@@ -189,3 +189,59 @@ def test_an_entry_that_cannot_be_decoded_is_a_miss_that_the_loader_replaces(make
     # When it is fetched, Then it is a miss: the loader's value is served and stored
     assert cache.fetch("odd", lambda: "fresh") == "fresh"
     assert cache.get("odd") == "fresh"
+
+
+def test_threads_missing_the_same_key_at_once_run_the_loader_once_in_this_process(cache):
+    import threading
+
+    # Given 10 threads that miss the same key together, with a loader taking 0.3 s
+    calls, results = [], []
+    start = threading.Barrier(10)
+
+    def load():
+        calls.append(1)
+        import time
+
+        time.sleep(0.3)
+        return {"report": 1}
+
+    def run():
+        start.wait()
+        results.append(cache.fetch("report", load))
+
+    threads = [threading.Thread(target=run) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Then the loader ran once and every thread got its value (embedded mode too)
+    assert len(calls) == 1
+    assert results == [{"report": 1}] * 10
+
+
+def test_a_loader_error_reaches_every_thread_waiting_for_it_and_nothing_is_stored(cache):
+    import threading
+
+    start = threading.Barrier(5)
+    errors = []
+
+    def load():
+        import time
+
+        time.sleep(0.2)
+        raise ConnectionError("source down")
+
+    def run():
+        start.wait()
+        try:
+            cache.fetch("broken", load)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(errors) == 5
+    assert cache.get("broken") is None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import redis
     from celery.canvas import Signature
 
+    from .cache import TwoTierCache
     from .config import ConfigService
     from .events import EventStore
     from .events._async import AsyncAppend, AsyncAppender
@@ -38,6 +39,7 @@ _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 #: Services a Foundation creates on first use, in start-up order.
 SERVICES = ("events", "config", "telemetry", "flags")
 SERVICES = ("events", "config", "telemetry", "secrets")
+SERVICES = ("events", "config", "cache", "telemetry")
 
 
 class Foundation:
@@ -270,6 +272,19 @@ class Foundation:
 
         telemetry = (lambda: self.telemetry) if self.settings.telemetry.enabled else None
         return create_secrets_service(self.settings, emit=emit, telemetry=telemetry)
+    # -- cache -------------------------------------------------------------------
+
+    @cached_property
+    def cache(self) -> TwoTierCache:
+        """The cache: an in-process tier in front of Redis (the in-process tier alone without Redis)."""
+        from .cache import create_foundation_cache
+
+        return create_foundation_cache(self)
+
+    def cached(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Cache a function's results: ``@fnd.cached`` or ``@fnd.cached(ttl=, key=, namespace=, refresh_after=,
+        stale_on_error=)`` (see :meth:`esf.cache.TwoTierCache.cached`)."""
+        return self.cache.cached(fn, **options)
 
     # -- hooks -----------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .errors import SettingsError
 from .secrets import Secret
 
 __all__ = [
+    "CacheSettings",
     "ConfigSettings",
     "EventSettings",
     "FlagSettings",
@@ -369,6 +370,59 @@ class SecretsSettings:
                                 setting="secrets.renew_margin")
         if not self.backend:
             raise SettingsError("secrets.backend: must not be empty", setting="secrets.backend")
+class CacheSettings:
+    """The cache service: an in-process tier in front of a shared Redis tier (see docs/cache.md)."""
+
+    #: ``auto``: the Redis tier when a Redis is configured, else the in-process tier alone;
+    #: ``redis``: require Redis; ``local``: the in-process tier alone.
+    backend: Literal["auto", "redis", "local"] = "auto"
+    #: Prefix of every Redis key and of the invalidation channel.
+    redis_prefix: str = "esf:cache:"
+    #: Eviction policy of the in-process tier: ``ttl`` (soonest expiry first, then least recently
+    #: used), ``lru`` or ``lfu``.
+    local_policy: Literal["ttl", "lru", "lfu"] = "ttl"
+    #: Entries kept in the in-process tier (0 turns the tier off).
+    local_max_entries: int = 10_000
+    #: Bytes (encoded values plus keys) kept in the in-process tier.
+    local_max_bytes: int = 64 * 1024 * 1024
+    #: Largest encoded value accepted (bytes); a larger one raises ``PayloadTooLarge``.
+    max_value_bytes: int = 1_048_576
+    #: Time to live of an entry when the call names none (seconds).
+    default_ttl_s: float = 300.0
+    #: Seconds an expired value is still kept, to be served by ``stale_on_error``.
+    stale_grace_s: float = 60.0
+    #: Longest time an in-process copy is served without checking the shared tier (seconds):
+    #: the bound on staleness when an invalidation message is lost.
+    coherence_s: float = 2.0
+    #: Lease of the lock that lets one process run a loader (seconds); a killed holder's lock
+    #: frees itself after this.
+    lock_lease_s: float = 5.0
+    #: Longest wait for another process's loader before running it here (seconds). Keep it above
+    #: ``lock_lease_s``: a killed holder is then replaced by one waiter, not by all of them.
+    stampede_wait_s: float = 10.0
+    #: Seconds between two looks at the shared tier while waiting for another process's loader.
+    stampede_poll_s: float = 0.02
+    #: Socket timeout of every call to the shared tier (seconds).
+    redis_timeout_s: float = 0.5
+    #: Consecutive shared-tier failures that open its circuit breaker.
+    breaker_failures: int = 3
+    #: Seconds the open breaker waits before a trial call.
+    breaker_reset_s: float = 2.0
+    #: Invalidations made while the shared tier is down, kept to be replayed when it returns (beyond
+    #: this, a namespace's pending invalidations fold into one bump of it).
+    max_pending_invalidations: int = 10_000
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "cache", ("local_max_entries", "stale_grace_s"))
+        _positive(
+            self,
+            "cache",
+            ("local_max_bytes", "max_value_bytes", "default_ttl_s", "coherence_s", "lock_lease_s",
+             "stampede_wait_s", "stampede_poll_s", "redis_timeout_s", "breaker_failures", "breaker_reset_s",
+             "max_pending_invalidations"),
+        )
+        if not self.redis_prefix:
+            raise SettingsError("cache.redis_prefix: must not be empty", setting="cache.redis_prefix")
 
 
 @dataclass(frozen=True)
@@ -396,6 +450,7 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     flags: FlagSettings = field(default_factory=FlagSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -16,3 +16,6 @@ def register(foundation: Foundation) -> None:
     from . import secrets
 
     secrets.register(foundation)
+    from . import cache
+
+    cache.register(foundation)

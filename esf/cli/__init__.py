@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_metrics",
     "_flags",
     "_secrets",
+    "_cache",
 )
 
 

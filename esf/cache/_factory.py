@@ -1,0 +1,82 @@
+"""Build the cache from Settings (and wire it to a Foundation's events, configuration, jobs and telemetry)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import SettingsError
+from ._bindings import EventInvalidator, InvalidatingEventStore
+from ._facade import TwoTierCache
+from ._service import CacheCore
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from ..settings import Settings
+    from ..telemetry import Telemetry
+    from ._types import SharedTier
+
+__all__ = ["create_cache", "create_foundation_cache", "load_tier_class"]
+
+#: Entry point (group ``esf.plugins``) of the bundled shared tier, and the module that holds it.
+_BUNDLED = {"cache.redis": ("esf.plugins.redis_cache", "RedisCacheTier")}
+
+
+def load_tier_class(name: str) -> Any:
+    """The shared-tier class registered as ``name`` in the ``esf.plugins`` entry-point group."""
+    for ep in entry_points(group="esf.plugins", name=name):
+        return ep.load()
+    module, attr = _BUNDLED[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def create_cache(settings: Settings, *, redis_url: str | None = None,
+                 telemetry: Callable[[], Telemetry] | None = None, **options: Any) -> TwoTierCache:
+    """The cache for ``settings``: the Redis tier behind the in-process one when a Redis is configured
+    (``cache.backend`` ``auto`` or ``redis``), else the in-process tier alone.
+
+    Parameters:
+        redis_url: overrides ``settings.effective_redis_url``.
+        telemetry: returns the Telemetry the counters go to.
+        options: passed to :class:`TwoTierCache` (``dispatch``, ``watch_events``, ``config``).
+
+    Raises:
+        SettingsError: ``cache.backend`` is ``redis`` and no Redis is configured.
+    """
+    cfg = settings.cache
+    url = redis_url or settings.effective_redis_url
+    tier: SharedTier | None = None
+    if cfg.backend == "redis" and not url:
+        raise SettingsError("cache.backend is 'redis' but no Redis is configured; set ESF_REDIS_URL",
+                            setting="cache.backend")
+    if url and cfg.backend != "local":
+        tier = load_tier_class("cache.redis")(url, prefix=cfg.redis_prefix, timeout_s=cfg.redis_timeout_s)
+    core = CacheCore(cfg, tier, node=settings.node, telemetry=telemetry)
+    return TwoTierCache(core, telemetry=telemetry, **options)
+
+
+def create_foundation_cache(foundation: Foundation) -> TwoTierCache:
+    """``fnd.cache``: refresh-ahead and warmers go to the ``esf.cache`` queue, counters to ``fnd.telemetry``,
+    ``invalidate_on`` watches ``fnd.events``, ``bind_config`` subscribes to ``fnd.config``."""
+    settings = foundation.settings
+    telemetry = (lambda: foundation.telemetry) if settings.telemetry.enabled else None
+
+    def dispatch(job: str, request: dict[str, Any]) -> Any:
+        return foundation.jobs.get(job).enqueue(**request)
+
+    def watch_events(invalidator: EventInvalidator) -> None:
+        current = foundation.__dict__.get("events")
+        if isinstance(current, InvalidatingEventStore):
+            return
+        if current is not None:
+            wrapped = InvalidatingEventStore(lambda: current, invalidator)
+        else:
+            # Opened on first use, as ``fnd.events`` is.
+            build = cast(Any, type(foundation).__dict__["events"]).func
+            wrapped = InvalidatingEventStore(lambda: build(foundation), invalidator)
+        foundation.__dict__["events"] = wrapped
+
+    return create_cache(settings, telemetry=telemetry, dispatch=dispatch, watch_events=watch_events,
+                        config=lambda: foundation.config)

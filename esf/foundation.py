@@ -37,9 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
-SERVICES = ("events", "config", "telemetry", "flags")
-SERVICES = ("events", "config", "telemetry", "secrets")
-SERVICES = ("events", "config", "cache", "telemetry")
+SERVICES = ("events", "config", "cache", "telemetry", "flags", "secrets")
 
 
 class Foundation:

@@ -315,6 +315,9 @@ class FlagSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.exposure_sample_rate <= 1.0:
             raise SettingsError("flags.exposure_sample_rate: must be from 0 to 1", setting="flags.exposure_sample_rate")
+
+
+@dataclass(frozen=True)
 class SecretsSettings:
     """The secrets service (see docs/secrets.md); ``ESF_SECRETS_<FIELD>``."""
 
@@ -370,6 +373,9 @@ class SecretsSettings:
                                 setting="secrets.renew_margin")
         if not self.backend:
             raise SettingsError("secrets.backend: must not be empty", setting="secrets.backend")
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """The cache service: an in-process tier in front of a shared Redis tier (see docs/cache.md)."""
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .events._async import AsyncAppend, AsyncAppender
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
+    from .services import ServiceRegistry
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
@@ -101,6 +102,16 @@ class Foundation:
         self.__dict__["jobs"] = service
         register(self)
         return service
+
+    @cached_property
+    def services(self) -> ServiceRegistry:
+        """ESF's own service tasks (``esf.<service>.<verb>`` on ``esf.<service>``) and their default schedules."""
+        from .services import ServiceRegistry
+
+        registry = ServiceRegistry(self)
+        self.__dict__["services"] = registry
+        _ = self.jobs  # declares them (tasks/<service>.py) when the jobs service is built
+        return registry
 
     @overload
     def job(self, fn: F, /) -> Job[Any, Any]: ...

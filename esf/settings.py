@@ -31,6 +31,7 @@ __all__ = [
     "EventSettings",
     "FlowerSettings",
     "JobSettings",
+    "ServicesSettings",
     "Settings",
     "TelemetrySettings",
     "WorkerSettings",
@@ -288,6 +289,38 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class ServicesSettings:
+    """ESF's own service tasks: the default schedules ``esf beat`` runs (see docs/services.md).
+
+    Each default schedule has a switch (``<service>_<verb>``) and an interval in seconds
+    (``<service>_<verb>_every_s``); ``schedules = false`` turns every one of them off.
+    A schedule switched off here is removed from the schedule store when beat starts.
+    """
+
+    #: Master switch of every default schedule.
+    schedules: bool = True
+    #: ``esf.events.prune``: delete events older than ``events_retention_s`` (off: deleting history is a choice).
+    events_prune: bool = False
+    events_prune_every_s: float = 3600.0
+    #: Age, in seconds, beyond which ``esf.events.prune`` deletes events (the retention rules still keep
+    #: each stream's latest event and anything a subscription has not processed).
+    events_retention_s: float = 90 * 86400.0
+    #: Event types ``esf.events.prune`` deletes (empty: every type).
+    events_prune_types: tuple[str, ...] = ()
+    #: ``esf.events.outbox_sweep``: relay outbox rows that no in-process relay took.
+    events_outbox_sweep: bool = True
+    events_outbox_sweep_every_s: float = 60.0
+    #: ``esf.config.reconcile``: republish to processes that stay behind, record ``config.diverged``,
+    #: clear processes that are gone.
+    config_reconcile: bool = True
+    config_reconcile_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
+                                     "config_reconcile_every_s"))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything ESF needs to start. Build it with :meth:`from_env` or directly.
 
@@ -310,6 +343,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     config: ConfigSettings = field(default_factory=ConfigSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -299,6 +299,8 @@ class ServicesSettings:
 
     #: Master switch of every default schedule.
     schedules: bool = True
+    #: Longest delay, in seconds, between two attempts of any service task (None: each task's own policy).
+    max_backoff_s: float | None = None
     #: ``esf.events.prune``: delete events older than ``events_retention_s`` (off: deleting history is a choice).
     events_prune: bool = False
     events_prune_every_s: float = 3600.0
@@ -318,6 +320,8 @@ class ServicesSettings:
     def __post_init__(self) -> None:
         _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
                                      "config_reconcile_every_s"))
+        if self.max_backoff_s is not None and not self.max_backoff_s > 0:
+            raise SettingsError("services.max_backoff_s: must be > 0 (or unset)", setting="services.max_backoff_s")
 
 
 @dataclass(frozen=True)

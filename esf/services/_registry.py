@@ -95,9 +95,13 @@ class ServiceRegistry:
 
         def decorator(fn: Callable[..., Any]) -> Job[Any, Any]:
             jobs = self._fnd.jobs
+            if schedule is not None and name in {s.name for s in jobs.schedules.declared()}:
+                raise ValidationError(f"a schedule named {name!r} is already declared", errors={"name": "duplicate"})
             queue = self._fnd.settings.jobs.service_queue(service)
-            job = jobs.declare(fn, name=name, queue=queue, retries=retries, backoff=backoff,
-                               max_backoff=max_backoff, retry_on=retry_on, timeout=timeout)
+            cap = self._fnd.settings.services.max_backoff_s
+            first, most = (backoff, max_backoff) if cap is None else (min(backoff, cap), min(max_backoff, cap))
+            job = jobs.declare(fn, name=name, queue=queue, retries=retries, backoff=first,
+                               max_backoff=most, retry_on=retry_on, timeout=timeout)
             self._declared[name] = self._describe(job, service, idempotency=idempotency, schedule=schedule)
             if schedule is not None:
                 if schedule.enabled:

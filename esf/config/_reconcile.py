@@ -4,13 +4,13 @@ Each process already reconciles itself (it reads the store's version every
 ``config.reconcile_interval_s``). This pass looks at all of them from outside:
 it clears the heartbeats of processes that are gone, announces the current
 version again for processes that stay behind (pub/sub is at-most-once), and
-returns a ``config.diverged`` record for each of them, whose event id is stable
-per (store, node, version) so that running the pass again records it once.
+returns a ``config.diverged`` record for each of them, whose event id and content
+are fixed per (store, node, its version, the store's version), so running the pass
+again records it once.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,7 +64,8 @@ def reconcile(service: ConfigService) -> Reconciliation:
 
 
 def _diverged_event(identity: str, node: NodeStatus, store_version: int) -> dict[str, Any]:
-    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"esf-config:{identity}#diverged:{node.node_id}@{node.version}"))
-    return {"type": "config.diverged", "event_id": event_id, "node_id": node.node_id, "host": node.host,
-            "pid": node.pid, "version": node.version, "store_version": store_version,
-            "last_seen": node.last_seen, "at": time.time()}
+    # Only fields fixed for (node, version, store version): a rerun appends the very same event (a no-op).
+    name = f"esf-config:{identity}#diverged:{node.node_id}@{node.version}/{store_version}"
+    return {"type": "config.diverged", "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+            "node_id": node.node_id, "host": node.host, "pid": node.pid, "version": node.version,
+            "store_version": store_version}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -82,7 +83,7 @@ def test_esf_services_json_matches_the_registry_and_the_schedule_store(data_dir:
     fnd = apps.make()
     try:
         fnd.jobs.schedules.sync_declared()
-        expected = [t.to_dict() for t in fnd.services.tasks()]
+        expected = [{**dataclasses.asdict(t), "retry_on": list(t.retry_on)} for t in fnd.services.tasks()]
     finally:
         fnd.close()
     # When `esf services --json` runs in another process
@@ -149,7 +150,7 @@ def test_a_bad_service_task_declaration_is_refused_and_declares_nothing(fnd: Fou
     before = fnd.jobs.names()
     cases = [
         dict(service="billing", verb="run", idempotency="x"),
-        dict(service="cache", verb="Warm-Up", idempotency="x"),
+        dict(service="cache", verb="WarmUp", idempotency="x"),
         dict(service="cache", verb="warm", idempotency=" "),
         dict(service="cache", verb="warm", idempotency="x", schedule=DefaultSchedule(cron="61 * * * *")),
         dict(service="events", verb="prune", idempotency="x"),

@@ -191,3 +191,25 @@ def test_the_services_profile_consumes_only_the_service_queues_and_the_applicati
                                                        "secrets")}
     assert queues("application") == set(jobs.queues)
     assert queues("default") == set(jobs.all_queues)
+
+
+def test_the_readme_and_docs_tables_list_every_declared_service_task_as_declared(data_dir: Path) -> None:
+    # Given the registry of a Foundation with the default namespace and settings
+    fnd = Foundation(esf.Settings(data_dir=str(data_dir)))
+    try:
+        declared = {t.name: t for t in fnd.services.tasks() if t.declared}
+    finally:
+        fnd.close()
+    for doc in (ROOT / "README.md", ROOT / "docs" / "services.md"):
+        # When the service-task table of the document is read
+        rows = [[c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+                for line in doc.read_text().splitlines() if line.startswith("| `esf.")]
+        table = {r[0]: r for r in rows}
+        # Then it has one row per declared task, with its queue, retries and time limit
+        assert set(table) == set(declared), doc
+        for name, t in declared.items():
+            row = table[name]
+            assert row[1] == t.queue, (doc, row)
+            assert row[2].split()[0] == str(t.retries), (doc, row)
+            assert row[3] == f"{t.timeout_s:g} s", (doc, row)
+            assert (t.schedule is None) == (row[4] in ("—", "-")), (doc, row)

@@ -230,6 +230,9 @@ class Foundation:
                               event_id=payload.get("event_id")))
 
         service = create_config_service(self.settings, audit=audit)
+        from .config._deferred import DeferredBatches
+
+        service.deferred = DeferredBatches(self)
 
         def telemetry_changed(_change: Any) -> None:
             if "telemetry" in self.__dict__:

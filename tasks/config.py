@@ -3,6 +3,8 @@
 ``esf.config.reconcile`` compares every live process's applied version with the
 store, announces the version again to those that stay behind (recording a
 ``config.diverged`` event for each) and clears the heartbeats of processes that are gone.
+``esf.config.apply_batch`` applies a batch handed over by ``fnd.config.update_batch_async``
+or ``schedule_batch`` (an ETA task); a refused batch is dead-lettered with its error.
 """
 
 from __future__ import annotations
@@ -38,3 +40,16 @@ def register(foundation: Foundation) -> None:
             foundation.events.append([Event("config.diverged", dict(d), stream_id="config",
                                             event_id=str(d["event_id"])) for d in report.diverged])
         return report.to_dict()
+
+    @foundation.services.task(CONFIG_SERVICE, "apply_batch", retries=5, backoff=1.0, max_backoff=30.0, timeout=60,
+                              retry_on=(ServiceUnavailable,),
+                              idempotency="a scheduled batch's event stream records its claim and outcome, so a "
+                                          "redelivery applies nothing twice; give expected_version to an "
+                                          "immediate batch for the same")
+    def apply_batch(changes: dict[str, Any], expected_version: int | None = None, actor: str | None = None,
+                    batch_id: str | None = None) -> dict[str, Any]:
+        """Apply one configuration batch (compare-and-set with ``expected_version``); a refusal is dead-lettered."""
+        from esf.config._deferred import DeferredBatches
+
+        deferred: DeferredBatches = foundation.config.deferred
+        return deferred.apply(changes, expected_version=expected_version, actor=actor, batch_id=batch_id)

@@ -166,3 +166,22 @@ def test_a_config_service_built_on_its_own_refuses_deferred_batches(data_dir: Pa
             service.update_batch_async({"a": 1})
     finally:
         service.close()
+
+
+def test_a_batch_claimed_by_its_task_can_no_longer_be_cancelled_and_a_cancelled_one_is_not_applied(
+        fnd: Foundation) -> None:
+    # Given two batches due in an hour (no worker runs them)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    claimed = fnd.config.schedule_batch({"billing.retries": 1}, at=at)
+    cancelled = fnd.config.schedule_batch({"billing.retries": 2}, at=at)
+    deferred = fnd.config.deferred
+    # When the first is claimed (its task appended config.batch_applying) and the second cancelled
+    deferred._append(claimed.id, "config.batch_applying", {}, 1)
+    deferred.cancel(cancelled.id)
+    # Then cancelling the first is a conflict, and running the second's task applies nothing
+    with pytest.raises(Conflict):
+        deferred.cancel(claimed.id)
+    before = fnd.config.version
+    assert deferred.apply({"billing.retries": 2}, expected_version=None, actor=None, batch_id=cancelled.id) == {
+        "batch_id": cancelled.id, "cancelled": True}
+    assert fnd.config.version == before

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .._sqlite import fork_guard
 from ..errors import EsfError, Retry, SkipJob, ValidationError
 from ..hooks import JobContext, JobHooks
+from ._async import APPEND_JOB
 from ._model import Event
 from ._validation import MAX_STREAM_ID_CHARS, STREAM_ID_RE
 
@@ -52,7 +53,7 @@ JOB_EVENT_TYPES: tuple[str, ...] = (
 )
 #: ESF's own jobs that leave no history: an event append would only record itself. Every other
 #: service task (``esf.events.prune`` …) is an ordinary job with its lifecycle in the history.
-UNRECORDED_JOBS = frozenset({"esf.events.append"})
+UNRECORDED_JOBS = frozenset({APPEND_JOB})
 #: Longest error message kept in an event, in characters.
 MAX_ERROR_MESSAGE_CHARS = 2000
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/+=$\-]")

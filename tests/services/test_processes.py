@@ -152,5 +152,14 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert report["store_version"] == 0 and report["diverged"] == []
         assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue("events")) == []
         assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue("config")) == []
+        # And their lifecycle is in the job history, whose last run `esf services` shows
+        status = wait_for(lambda: (s := {r.task.name: r for r in fnd.services.status()})
+                          and all(s[n].last_run and s[n].last_run["type"] == "job.succeeded" for n in SCHEDULED)
+                          and s, timeout=60, message="the last runs in the job history")
+        assert {status[n].last_run["job_id"] for n in SCHEDULED} == set(sent.values())
+        # (the enqueue's event was spooled here while the database was down, and arrives when it drains)
+        steps = {"job.enqueued", "job.started", "job.retried", "job.dead_lettered", "job.replayed", "job.succeeded"}
+        wait_for(lambda: {e.event_type for e in fnd.events.read_correlation("c-esf.events.prune")} >= steps,
+                 timeout=60, message="every lifecycle step of the prune job in the history")
     finally:
         fnd.close()

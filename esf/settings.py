@@ -316,10 +316,15 @@ class ServicesSettings:
     #: clear processes that are gone.
     config_reconcile: bool = True
     config_reconcile_every_s: float = 30.0
+    #: ``esf.telemetry.export``: push the cluster-wide view to these push-style exporters (``statsd``) from one
+    #: task run per interval, instead of a partial view from every process; the schedule runs when any is named.
+    telemetry_push_exporters: tuple[str, ...] = ()
+    telemetry_export: bool = True
+    telemetry_export_every_s: float = 10.0
 
     def __post_init__(self) -> None:
         _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
-                                     "config_reconcile_every_s"))
+                                     "config_reconcile_every_s", "telemetry_export_every_s"))
         if self.max_backoff_s is not None and not self.max_backoff_s > 0:
             raise SettingsError("services.max_backoff_s: must be > 0 (or unset)", setting="services.max_backoff_s")
 

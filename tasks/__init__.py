@@ -16,3 +16,6 @@ def register(foundation: Foundation) -> None:
     from . import config
 
     config.register(foundation)
+    from . import telemetry
+
+    telemetry.register(foundation)

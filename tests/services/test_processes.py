@@ -20,7 +20,8 @@ from .forwarder import Forwarder
 
 pytestmark = pytest.mark.slow
 
-SCHEDULED = ("esf.events.prune", "esf.events.outbox_sweep", "esf.config.reconcile")
+SCHEDULED = ("esf.events.prune", "esf.events.outbox_sweep", "esf.config.reconcile", "esf.telemetry.export")
+SERVICES = ("events", "config", "telemetry")
 
 
 def fires_of(fire_log: Path, name: str) -> list[dict[str, object]]:
@@ -32,6 +33,7 @@ def test_two_beats_fire_each_default_schedule_once_per_occurrence(redis_url: str
     # Given two `esf beat` processes started at once, every default schedule on and due every second
     env = beat_env("redis", redis_url=redis_url, data_dir=data_dir)
     env.update({"ESF_SERVICES_SCHEDULES": "true", "ESF_SERVICES_EVENTS_PRUNE": "true",
+                "ESF_SERVICES_TELEMETRY_PUSH_EXPORTERS": "statsd",
                 "ESF_JOBS_SERVICE_NAMESPACE": f"esf-{unique}", "BEAT_TEST_FIRE_LOG": str(tmp_path / "fires.jsonl")})
     for name in SCHEDULED:
         env[f"ESF_SERVICES_{name.removeprefix('esf.').replace('.', '_').upper()}_EVERY_S"] = "1"
@@ -55,7 +57,8 @@ def test_two_beats_fire_each_default_schedule_once_per_occurrence(redis_url: str
             assert all((b - a) % 1000 == 0 and b > a for a, b in itertools.pairwise(sorted(dues)))
             assert {f["queue"] for f in fires} == {fnd.settings.jobs.service_queue(name.split(".")[1])}
         # And the broker holds exactly the fired messages, one per occurrence
-        for service, names in (("events", SCHEDULED[:2]), ("config", SCHEDULED[2:])):
+        for service in SERVICES:
+            names = [n for n in SCHEDULED if n.split(".")[1] == service]
             queued = [json.loads(m) for m in fnd.redis.lrange(fnd.settings.jobs.service_queue(service), 0, -1)]
             keys = sorted(m["headers"]["esf_idempotency_key"] for m in queued)
             assert keys == sorted(str(f["key"]) for n in names for f in fires_of(fire_log, n))
@@ -89,6 +92,7 @@ def services_worker(redis_url: str, data_dir: Path, tmp_path: Path,
         "ESF_WORKERS_PROFILE": "services", "ESF_REDIS_URL": redis.url, "ESF_RESULT_BACKEND": redis_url,
         "ESF_DATABASE_URL": db_url,
         "ESF_SERVICES_SCHEDULES": "false", "ESF_SERVICES_MAX_BACKOFF_S": "0.2",
+        "ESF_SERVICES_TELEMETRY_PUSH_EXPORTERS": "statsd",
         "ESF_CONFIG_STORE_TIMEOUT_S": "1"})
     worker = Worker(env, tmp_path / "worker.log", concurrency=2, app="tests.services.apps:make")
     try:
@@ -118,18 +122,18 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
     forwarder, redis, _ = down
     fnd = Foundation(esf.Settings.from_env(env))
     try:
-        # Given the event store's database and the configuration store unreachable
-        # When prune, the outbox sweep and reconcile are enqueued
+        # Given the event store's database and the Redis of the configuration and telemetry stores unreachable
+        # When prune, the outbox sweep, reconcile and the telemetry export are enqueued
         sent = {name: fnd.jobs.enqueue(name, correlation_id=f"c-{name}").id for name in SCHEDULED}
 
         def entries() -> dict[str, esf.jobs.DeadLetter]:
-            found = {e.job: e for q in ("events", "config")
+            found = {e.job: e for q in SERVICES
                      for e in fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(q))}
             return found if set(found) >= set(SCHEDULED) else {}
 
         # Then each ends, its retries spent, in its service's DLQ with the reason and its correlation id
         try:
-            dead = wait_for(entries, timeout=180, message="three dead letters")
+            dead = wait_for(entries, timeout=180, message="four dead letters")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{worker.log()}") from None
         for name in SCHEDULED:
@@ -137,9 +141,11 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
             assert entry.job_id == sent[name]
             assert entry.queue == fnd.settings.jobs.service_queue(name.split(".")[1])
             assert entry.reason == "retries_exhausted", entry
-            assert entry.attempts == 4 and entry.correlation_id == f"c-{name}"
+            assert entry.attempts == fnd.jobs.get(name).options.retries + 1
+            assert entry.correlation_id == f"c-{name}"
         assert dead["esf.events.prune"].exception_type == "ServiceUnavailable"
         assert dead["esf.config.reconcile"].exception_type == "ServiceUnavailable"
+        assert dead["esf.telemetry.export"].exception_type == "ServiceUnavailable"
         # When the servers are back and every entry is replayed
         forwarder.open()
         redis.start()
@@ -150,8 +156,9 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert fnd.jobs.wait(sent["esf.events.outbox_sweep"], timeout=60) == {"relayed": 0}
         report = fnd.jobs.wait(sent["esf.config.reconcile"], timeout=60)
         assert report["store_version"] == 0 and report["diverged"] == []
-        assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue("events")) == []
-        assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue("config")) == []
+        assert fnd.jobs.wait(sent["esf.telemetry.export"], timeout=60)["exported"] == ["telemetry.statsd"]
+        for service in SERVICES:
+            assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(service)) == []
         # And their lifecycle is in the job history, whose last run `esf services` shows
         status = wait_for(lambda: (s := {r.task.name: r for r in fnd.services.status()})
                           and all(s[n].last_run and s[n].last_run["type"] == "job.succeeded" for n in SCHEDULED)

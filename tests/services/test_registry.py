@@ -214,3 +214,26 @@ def test_the_readme_and_docs_tables_list_every_declared_service_task_as_declared
             assert row[2].split()[0] == str(t.retries), (doc, row)
             assert row[3] == f"{t.timeout_s:g} s", (doc, row)
             assert (t.schedule is None) == (row[4] in ("—", "-")), (doc, row)
+
+
+def test_esf_services_prints_one_line_per_task_with_its_queue_dlq_and_schedule_state(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from esf.cli import main
+
+    # Given the application's schedules in the store, and prune switched off
+    for k, v in env_for(data_dir).items():
+        monkeypatch.setenv(k, v)
+    fnd = apps.make()
+    try:
+        fnd.jobs.schedules.sync_declared()
+    finally:
+        fnd.close()
+    # When `esf services` prints its table
+    assert main(["--app", "tests.services.apps:make", "services"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    # Then each task has its line: queue, DLQ, and whether beat fires it
+    assert lines["esf.config.reconcile"].split()[1:5] == ["acme.config", "acme.config.dlq", "3", "120s"]
+    assert "every 30s (on; services.config_reconcile)" in lines["esf.config.reconcile"]
+    assert "every 3600s (off; services.events_prune)" in lines["esf.events.prune"]
+    assert "(plain job)" in lines["esf.cache.warm"] and lines["esf.cache.warm"].rstrip().endswith("-")
+    assert "app.hello" not in lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EsfError, ServiceUnavailable, UnknownJob, ValidationError
@@ -13,6 +14,7 @@ from ..settings import SERVICES
 from ._types import DefaultSchedule, ServiceTask, ServiceTaskStatus
 
 if TYPE_CHECKING:
+    from ..events import StoredEvent
     from ..foundation import Foundation
     from ..jobs import Job
 
@@ -22,6 +24,13 @@ log = logging.getLogger("esf.services")
 VERB_RE = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
 #: Lifecycle events that end a run (the newest one is a task's last run).
 _RUN_ENDS = ("job.succeeded", "job.failed")
+#: Newest run-ending events looked at for the last run.
+_LAST_RUN_SCAN = 50
+
+
+def _step_time(event: StoredEvent) -> float:
+    at = event.data.get("at")
+    return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else event.recorded_at.timestamp()
 
 
 def task_name(service: str, verb: str) -> str:
@@ -154,10 +163,12 @@ class ServiceRegistry:
             last_run = None
             try:
                 found = self._fnd.events.query((Q.types(*_RUN_ENDS) & (Q.data("job") == t.name))
-                                               .query(order="desc", limit=1))
+                                               .query(order="desc", limit=_LAST_RUN_SCAN))
                 if found:
-                    e = found[0]
-                    last_run = {"type": e.event_type, "at": e.recorded_at.isoformat(),
+                    # By the time of the step, not the position: events spooled while the database was
+                    # down are stored after newer ones.
+                    e = max(found, key=_step_time)
+                    last_run = {"type": e.event_type, "at": datetime.fromtimestamp(_step_time(e), UTC).isoformat(),
                                 "job_id": e.data.get("job_id"), "runtime_s": e.data.get("runtime_s")}
             except EsfError as exc:
                 problems.append(f"job history: {exc}")

@@ -53,8 +53,9 @@ def push_cluster_view(foundation: Foundation, names: Sequence[str]) -> dict[str,
                               errors={n: "unknown" for n in unknown})
     batch = foundation.telemetry.batch(cluster=True)
     if batch.scope != "cluster":
-        raise ServiceUnavailable("telemetry: the shared store is unreachable (or telemetry.store is 'none'); "
-                                 "a one-process view is not pushed")
+        store = foundation.telemetry.health()["store"]
+        why = store["error"] or ("telemetry.store is 'none'" if store["kind"] is None else "unreadable")
+        raise ServiceUnavailable(f"telemetry: no cluster-wide view ({why}); a one-process view is not pushed")
     coord = foundation.jobs.coordinator
     owner = uuid.uuid4().hex
     if not coord.acquire_lease(PUSH_LEASE, owner, PUSH_LEASE_TTL_S):

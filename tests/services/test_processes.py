@@ -149,6 +149,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         # When the servers are back and every entry is replayed
         forwarder.open()
         redis.start()
+        wait_for(lambda: _answers(redis.url), timeout=30, message="the Redis serving (not only listening)")
         for name in SCHEDULED:
             fnd.jobs.dlq.replay([dead[name].id])
         # Then each succeeds, with its own result, and the DLQs are empty
@@ -156,7 +157,11 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert fnd.jobs.wait(sent["esf.events.outbox_sweep"], timeout=60) == {"relayed": 0}
         report = fnd.jobs.wait(sent["esf.config.reconcile"], timeout=60)
         assert report["store_version"] == 0 and report["diverged"] == []
-        assert fnd.jobs.wait(sent["esf.telemetry.export"], timeout=60)["exported"] == ["telemetry.statsd"]
+        try:
+            exported = fnd.jobs.wait(sent["esf.telemetry.export"], timeout=60)
+        except Exception as exc:
+            raise AssertionError(f"{exc}\n{worker.log()}") from None
+        assert exported["exported"] == ["telemetry.statsd"]
         for service in SERVICES:
             assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(service)) == []
         # And their lifecycle is in the job history, whose last run `esf services` shows
@@ -170,3 +175,16 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
                  timeout=60, message="every lifecycle step of the prune job in the history")
     finally:
         fnd.close()
+
+
+def _answers(url: str) -> bool:
+    """The Redis answers PING: it has finished loading its data, not only opened its port."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
     from .secrets import SecretsService
+    from .services import ServiceRegistry
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
@@ -104,6 +105,16 @@ class Foundation:
         self.__dict__["jobs"] = service
         register(self)
         return service
+
+    @cached_property
+    def services(self) -> ServiceRegistry:
+        """ESF's own service tasks (``esf.<service>.<verb>`` on ``esf.<service>``) and their default schedules."""
+        from .services import ServiceRegistry
+
+        registry = ServiceRegistry(self)
+        self.__dict__["services"] = registry
+        _ = self.jobs  # declares them (tasks/<service>.py) when the jobs service is built
+        return registry
 
     @overload
     def job(self, fn: F, /) -> Job[Any, Any]: ...
@@ -222,6 +233,9 @@ class Foundation:
                               event_id=payload.get("event_id")))
 
         service = create_config_service(self.settings, audit=audit)
+        from .config._deferred import DeferredBatches
+
+        service.deferred = DeferredBatches(self)
 
         def telemetry_changed(_change: Any) -> None:
             if "telemetry" in self.__dict__:

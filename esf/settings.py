@@ -34,6 +34,7 @@ __all__ = [
     "FlowerSettings",
     "JobSettings",
     "SecretsSettings",
+    "ServicesSettings",
     "Settings",
     "TelemetrySettings",
     "WorkerSettings",
@@ -429,6 +430,44 @@ class CacheSettings:
         )
         if not self.redis_prefix:
             raise SettingsError("cache.redis_prefix: must not be empty", setting="cache.redis_prefix")
+class ServicesSettings:
+    """ESF's own service tasks: the default schedules ``esf beat`` runs (see docs/services.md).
+
+    Each default schedule has a switch (``<service>_<verb>``) and an interval in seconds
+    (``<service>_<verb>_every_s``); ``schedules = false`` turns every one of them off.
+    A schedule switched off here is removed from the schedule store when beat starts.
+    """
+
+    #: Master switch of every default schedule.
+    schedules: bool = True
+    #: Longest delay, in seconds, between two attempts of any service task (None: each task's own policy).
+    max_backoff_s: float | None = None
+    #: ``esf.events.prune``: delete events older than ``events_retention_s`` (off: deleting history is a choice).
+    events_prune: bool = False
+    events_prune_every_s: float = 3600.0
+    #: Age, in seconds, beyond which ``esf.events.prune`` deletes events (the retention rules still keep
+    #: each stream's latest event and anything a subscription has not processed).
+    events_retention_s: float = 90 * 86400.0
+    #: Event types ``esf.events.prune`` deletes (empty: every type).
+    events_prune_types: tuple[str, ...] = ()
+    #: ``esf.events.outbox_sweep``: relay outbox rows that no in-process relay took.
+    events_outbox_sweep: bool = True
+    events_outbox_sweep_every_s: float = 60.0
+    #: ``esf.config.reconcile``: republish to processes that stay behind, record ``config.diverged``,
+    #: clear processes that are gone.
+    config_reconcile: bool = True
+    config_reconcile_every_s: float = 30.0
+    #: ``esf.telemetry.export``: push the cluster-wide view to these push-style exporters (``statsd``) from one
+    #: task run per interval, instead of a partial view from every process; the schedule runs when any is named.
+    telemetry_push_exporters: tuple[str, ...] = ()
+    telemetry_export: bool = True
+    telemetry_export_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
+                                     "config_reconcile_every_s", "telemetry_export_every_s"))
+        if self.max_backoff_s is not None and not self.max_backoff_s > 0:
+            raise SettingsError("services.max_backoff_s: must be > 0 (or unset)", setting="services.max_backoff_s")
 
 
 @dataclass(frozen=True)
@@ -457,6 +496,7 @@ class Settings:
     flags: FlagSettings = field(default_factory=FlagSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

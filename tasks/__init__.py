@@ -19,3 +19,9 @@ def register(foundation: Foundation) -> None:
     from . import cache
 
     cache.register(foundation)
+    from . import config
+
+    config.register(foundation)
+    from . import telemetry
+
+    telemetry.register(foundation)

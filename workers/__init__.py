@@ -17,7 +17,7 @@ __all__ = ["PROFILES", "WorkerProfile", "get_profile", "run_worker", "worker_arg
 def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str = "INFO",
                 hostname: str | None = None) -> list[str]:
     """The ``celery worker`` arguments for ``profile``."""
-    queues = profile.queues or foundation.settings.jobs.all_queues
+    queues = profile.resolve_queues(foundation.settings.jobs)
     unknown = [q for q in queues if q not in foundation.settings.jobs.all_queues]
     if unknown:
         from esf.errors import UnknownQueue

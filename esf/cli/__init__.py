@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_flags",
     "_secrets",
     "_cache",
+    "_services",
 )
 
 

@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_handler(run_health))
 
+    from ._config_scheduled import add_commands
+
+    add_commands(sub)
+
 
 def _write_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expected-version", type=int, default=None, help="compare-and-set")

@@ -262,6 +262,49 @@ class ConfigService(Replica):
             raise ValidationError("invalid validator prefixes", errors=bad or {"prefixes": "none given"})
         with self._lock:
             self._rules.validators.append((prefixes, validator))
+    # -- deferred batches (the esf.config.apply_batch service task) ------------------
+
+    #: Set by the Foundation (an ``esf.config._deferred.DeferredBatches``): deferred batches need its jobs.
+    deferred: Any = None
+
+    def update_batch_async(
+        self, changes: Mapping[str, Any], *, expected_version: int | None = None, actor: str | None = None
+    ) -> Any:
+        """Check ``changes`` now (paths, permissions, JSON values) and apply them on a worker.
+
+        Raises:
+            ValidationError: bad paths or values; a secret or ``DELETE`` value (neither travels in a task).
+            PermissionDenied: read-only or restricted paths. Nothing is sent on any error.
+            ServiceUnavailable: no Foundation jobs (a service built on its own), or the broker is unreachable.
+
+        Returns:
+            the job's ``JobHandle``: ``wait(timeout)`` returns ``{"version": N}``, or raises ``JobFailed``
+            (``remote_type`` ``ConcurrencyConflict`` …) when the batch was refused.
+        """
+        return self._deferred().update_batch_async(changes, expected_version=expected_version, actor=actor)
+
+    def schedule_batch(
+        self, changes: Mapping[str, Any], *, at: Any, expected_version: int | None = None, actor: str | None = None
+    ) -> Any:
+        """Apply ``changes`` at ``at`` (an aware ``datetime``) through an ETA task with compare-and-set.
+
+        A batch refused at that time (``expected_version`` no longer current, a schema error) is
+        dead-lettered to ``esf.config.dlq`` with its error; ``esf config scheduled`` lists, shows
+        and cancels pending batches.
+
+        Raises:
+            ValidationError, PermissionDenied, ServiceUnavailable: as :meth:`update_batch_async`; ``at`` naive.
+
+        Returns:
+            the ``ScheduledBatch`` (``id``, ``at``, ``state`` …).
+        """
+        return self._deferred().schedule_batch(changes, at=at, expected_version=expected_version, actor=actor)
+
+    def _deferred(self) -> Any:
+        if self.deferred is None:
+            raise ServiceUnavailable("deferred configuration batches need a Foundation (fnd.config), whose jobs "
+                                     "apply them")
+        return self.deferred
 
     # -- nodes and health ------------------------------------------------------
 

@@ -257,6 +257,14 @@ class ConfigStore(Protocol):
         """Nodes that have beaten within ``ttl_s`` seconds by the store's clock, sorted by node id."""
         ...
 
+    def forget_gone(self, ttl_s: float) -> list[str]:
+        """Remove the heartbeats of nodes silent for more than ``ttl_s`` seconds; returns their ids."""
+        ...
+
+    def notify(self, version: int) -> None:
+        """Announce ``version`` again to every watching process (a process that missed it resynchronises)."""
+        ...
+
     def watch(self, callback: NotifyCallback) -> None:
         """Start delivering notifications to ``callback`` from a background thread (once per store)."""
         ...

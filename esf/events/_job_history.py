@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .._sqlite import fork_guard
 from ..errors import EsfError, Retry, SkipJob, ValidationError
 from ..hooks import JobContext, JobHooks
+from ._async import APPEND_JOB
 from ._model import Event
 from ._validation import MAX_STREAM_ID_CHARS, STREAM_ID_RE
 
@@ -50,8 +51,9 @@ JOB_EVENT_TYPES: tuple[str, ...] = (
     "job.dead_lettered",
     "job.replayed",
 )
-#: Jobs whose names start with this are ESF's own and leave no history.
-INTERNAL_JOB_PREFIX = "esf."
+#: ESF's own jobs that leave no history: an event append would only record itself. Every other
+#: service task (``esf.events.prune`` …) is an ordinary job with its lifecycle in the history.
+UNRECORDED_JOBS = frozenset({APPEND_JOB})
 #: Longest error message kept in an event, in characters.
 MAX_ERROR_MESSAGE_CHARS = 2000
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/+=$\-]")
@@ -202,8 +204,8 @@ class JobHistoryHooks(JobHooks):
     # -- buffering ----------------------------------------------------------
 
     def _job_event(self, event_type: str, ctx: JobContext, extra: Mapping[str, Any]) -> None:
-        if ctx.job_name.startswith(INTERNAL_JOB_PREFIX):
-            return  # ESF's own service jobs (an event append) would only record themselves
+        if ctx.job_name in UNRECORDED_JOBS:
+            return
         data = {"job": _clean(ctx.job_name, 200), "queue": _clean(ctx.queue, 200), "attempt": ctx.attempt}
         data.update(extra)
         self._emit(event_type, ctx.job_id, _ref(ctx.correlation_id), _ref(ctx.parent_id), data)

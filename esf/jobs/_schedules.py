@@ -467,6 +467,7 @@ class ScheduleService:
         self._fnd = foundation
         self._store = store
         self._declared: dict[str, Schedule] = {}
+        self._retired: set[str] = set()
         self._parsed: dict[str, tuple[int, str, Schedule]] = {}
 
     @property
@@ -649,6 +650,12 @@ class ScheduleService:
         self._declared[schedule.name] = schedule
         return schedule
 
+    def retire(self, name: str) -> None:
+        """Declare that the code-declared schedule ``name`` is switched off: :meth:`sync_declared` removes
+        it from the store (a schedule of that name added at run time is left alone)."""
+        self._declared.pop(name, None)
+        self._retired.add(name)
+
     def declared(self) -> builtins.list[Schedule]:
         """The schedules declared in code in this process."""
         return list(self._declared.values())
@@ -661,9 +668,15 @@ class ScheduleService:
         across restarts. A definition that did not change is not rewritten, so restarting beat does
         not move ``next_run_at``. Schedules added at run time are left alone.
 
+        Code-declared schedules that were retired (:meth:`retire`) are removed.
+
         Returns:
             the names written.
         """
+        for name in sorted(self._retired):
+            record = self.store.get(name)
+            if record is not None and Schedule.from_record(record).origin == "code" and self.store.delete(name):
+                log.info("schedule %s is switched off in settings; removed from the store", name)
         written: builtins.list[str] = []
         for declared in self._declared.values():
             record = self.store.get(declared.name)

@@ -206,6 +206,25 @@ class RedisConfigStore:
         ]
         return sorted(out, key=lambda n: n.node_id)
 
+    def forget_gone(self, ttl_s: float) -> list[str]:
+        try:
+            ids = self._client.zrangebyscore(self.k_nodes, "-inf", time.time() - ttl_s)
+            gone = [i.decode() for i in ids]
+            if gone:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.zrem(self.k_nodes, *gone)
+                pipe.delete(*[f"{self.prefix}node:{g}" for g in gone])
+                pipe.execute()
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+        return sorted(gone)
+
+    def notify(self, version: int) -> None:
+        try:
+            self._client.publish(self.channel, str(int(version)))
+        except RedisError as exc:
+            raise self._fail(exc) from exc
+
     # -- notifications ---------------------------------------------------------
 
     def watch(self, callback: NotifyCallback) -> None:

@@ -164,6 +164,16 @@ class SqliteConfigStore:
             ).fetchall()
         return [NodeStatus.from_dict(json.loads(r[0])) for r in rows]
 
+    def forget_gone(self, ttl_s: float) -> list[str]:
+        with self._db() as db:
+            rows = db.execute("SELECT node_id FROM config_nodes WHERE last_seen < ?", (time.time() - ttl_s,)).fetchall()
+            gone = sorted(str(r[0]) for r in rows)
+            db.executemany("DELETE FROM config_nodes WHERE node_id = ?", [(g,) for g in gone])
+        return gone
+
+    def notify(self, version: int) -> None:
+        """Nothing to send: every process polls the version every ``poll_interval_s``."""
+
     # -- notifications ---------------------------------------------------------
 
     def watch(self, callback: NotifyCallback) -> None:

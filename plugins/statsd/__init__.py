@@ -49,6 +49,9 @@ class StatsdExporter:
     ``max_packet_bytes`` (1432)."""
 
     scope = "local"
+    #: Push-style: ``esf.telemetry.export`` can push the cluster-wide view through it
+    #: (``services.telemetry_push_exporters``).
+    push = True
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -128,6 +131,19 @@ class StatsdExporter:
             size += n
         if packet:
             self._sock.sendto("\n".join(packet).encode(), self._addr)
+
+    def export_state(self) -> dict[str, Any]:
+        """What was sent so far (JSON): the cumulative values the next batch's increases are taken from."""
+        return {"counters": [[n, [list(p) for p in labels], v] for (n, labels), v in self._last_counters.items()],
+                "buckets": [[n, [list(p) for p in labels], lo, up, c]
+                            for (n, labels, lo, up), c in self._last_buckets.items()]}
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`export_state` of another instance (another process, an earlier run)."""
+        self._last_counters = {(str(n), tuple((str(k), str(v)) for k, v in labels)): float(value)
+                               for n, labels, value in state.get("counters", ())}
+        self._last_buckets = {(str(n), tuple((str(k), str(v)) for k, v in labels), float(lo), float(up)): int(c)
+                              for n, labels, lo, up, c in state.get("buckets", ())}
 
     def shutdown(self) -> None:
         if self._sock is not None:

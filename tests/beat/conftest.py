@@ -22,7 +22,9 @@ def beat_env(kind: str, *, redis_url: str | None, data_dir: Path) -> dict[str, s
     """ESF_* settings: ``redis`` (Redis broker, store and coordinator) or ``sqlite`` (SQLite store and
     coordinator under ``data_dir``, no server; the in-memory broker, since the tests count fires at enqueue)."""
     env = {"ESF_DATA_DIR": str(data_dir), "ESF_JOBS_QUEUES": "default,other",
-           "ESF_JOBS_DEFAULT_QUEUE": "default", "ESF_JOBS_REDIS_DURABILITY_CHECK": "off"}
+           "ESF_JOBS_DEFAULT_QUEUE": "default", "ESF_JOBS_REDIS_DURABILITY_CHECK": "off",
+           # These tests count the fires of their own schedules: no default service schedules.
+           "ESF_SERVICES_SCHEDULES": "false"}
     if kind == "redis":
         assert redis_url
         env["ESF_BROKER_URL"] = redis_url

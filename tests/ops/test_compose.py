@@ -36,8 +36,8 @@ REQUIRED_ENV = {
     "METRICS_PASSWORD": "metrics-test-password",
 }
 
-SERVICES = {"redis", "rabbitmq", "postgres", "vault", "worker", "beat", "flower", "prometheus"}
-ESF_SERVICES = ("worker", "beat", "flower")
+SERVICES = {"redis", "rabbitmq", "postgres", "vault", "worker", "services", "beat", "flower", "prometheus"}
+ESF_SERVICES = ("worker", "services", "beat", "flower")
 
 
 def _require_tool(*names: str) -> list[str]:
@@ -137,6 +137,16 @@ def test_esf_services_run_the_esf_commands_for_the_application(resolved: dict[st
         assert env["ESF_REDIS_URL"] == "redis://:redis-test-password@redis:6379/0"
         assert env["ESF_DATABASE_URL"] == "postgresql://esf:pg-test-password@postgres:5432/esf"
     assert services["flower"]["environment"]["ESF_FLOWER_PASSWORD"] == "flower-test-password"
+
+
+def test_the_foundation_s_own_work_runs_on_a_worker_apart_from_application_jobs(resolved: dict[str, Any]) -> None:
+    # Given the resolved compose file
+    services = resolved["services"]
+    app = REQUIRED_ENV["ESF_APP"]
+    # Then the `services` container consumes ESF's queues only, and the application workers none of them
+    assert services["services"]["command"] == ["esf", "--app", app, "worker", "--profile", "services"]
+    assert "ESF_WORKERS_PROFILE" not in services["services"]["environment"]
+    assert services["worker"]["environment"]["ESF_WORKERS_PROFILE"] == "application"
 
 
 def test_published_ports_listen_on_loopback_only(resolved: dict[str, Any]) -> None:

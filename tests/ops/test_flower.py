@@ -178,6 +178,26 @@ def test_flower_lists_the_worker_and_a_finished_job(flower: Flower, worker: Work
     assert "t.add" in workers[names[0]]["registered"]
 
 
+def test_flower_lists_the_foundation_s_service_tasks_after_they_ran(flower: Flower, fnd: Foundation) -> None:
+    # Given the worker consumes the service queues too (default profile)
+    # When two service tasks run to completion
+    handles = {name: fnd.jobs.get(name).enqueue() for name in ("esf.events.outbox_sweep", "esf.config.reconcile")}
+    for handle in handles.values():
+        handle.wait(timeout=60)
+
+    # Then Flower's task list has each, by id and name, as succeeded on its service queue
+    def listed() -> dict[str, Any] | None:
+        status, body = get(flower.url("/api/tasks?limit=1000"))
+        assert status == 200, body
+        tasks = {name: body.get(h.id) for name, h in handles.items()}
+        return tasks if all(t and t.get("state") == "SUCCESS" for t in tasks.values()) else None
+
+    tasks = wait_for(listed, timeout=60, interval=0.5, message="Flower to list the service tasks as SUCCESS")
+    for name, task in tasks.items():
+        assert task["name"] == name
+        assert task["routing_key"] == fnd.settings.jobs.service_queue(name.split(".")[1])
+
+
 def test_flower_api_refuses_requests_without_credentials(flower: Flower) -> None:
     assert get(flower.url("/api/workers"), auth=None)[0] == 401
     assert get(flower.url("/api/tasks"), auth=None)[0] == 401

@@ -12,7 +12,8 @@ failures apart without relying on class paths::
     │   └── QueryError               invalid_query
     ├── NotFound                     not_found
     │   ├── UnknownJob               unknown_job
-    │   └── UnknownQueue             unknown_queue
+    │   ├── UnknownQueue             unknown_queue
+    │   └── UnknownSubscription      unknown_subscription
     ├── Conflict                     conflict
     │   ├── DuplicateEventId         duplicate_event_id
     │   └── ConcurrencyConflict      concurrency_conflict
@@ -60,6 +61,7 @@ __all__ = [
     "Timeout",
     "UnknownJob",
     "UnknownQueue",
+    "UnknownSubscription",
     "ValidationError",
     "error_from_code",
 ]
@@ -131,6 +133,12 @@ class UnknownQueue(NotFound):
     """The queue is not one of the configured queues."""
 
     code = "unknown_queue"
+
+
+class UnknownSubscription(NotFound):
+    """No subscription or projection has that name."""
+
+    code = "unknown_subscription"
 
 
 class Conflict(EsfError):

@@ -32,6 +32,7 @@ __all__ = [
     "FlowerSettings",
     "JobSettings",
     "Settings",
+    "SubscriptionSettings",
     "TelemetrySettings",
     "WorkerSettings",
 ]
@@ -189,6 +190,23 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class SubscriptionSettings:
+    """Subscriptions and projections (``[subscriptions]``, ``ESF_SUBSCRIPTIONS_*``)."""
+
+    #: Run the dispatcher in every worker's main process.
+    dispatcher: bool = True
+    #: Listen for wake-ups (PostgreSQL LISTEN/NOTIFY); off: poll only.
+    wakeups: bool = True
+    #: Seconds between two looks when nothing woke the dispatcher (the only trigger on SQLite).
+    poll_interval_s: float = 0.5
+    #: Seconds between two updates of the lag gauges.
+    lag_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "subscriptions", ("poll_interval_s", "lag_interval_s"))
+
+
+@dataclass(frozen=True)
 class ConfigSettings:
     """The configuration service."""
 
@@ -310,6 +328,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     config: ConfigSettings = field(default_factory=ConfigSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -13,3 +13,6 @@ def register(foundation: Foundation) -> None:
     from . import events
 
     events.register(foundation)
+    from . import subscriptions
+
+    subscriptions.register(foundation)

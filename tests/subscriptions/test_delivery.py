@@ -54,3 +54,68 @@ def test_a_subscription_catches_up_then_follows_live_events_and_misses_none_when
              message="the checkpoint reaching the head")
     status = fnd.subscriptions.status("orders")
     assert (status.queued, status.in_flight, status.dead, status.lag_events) == (0, 0, 0, 0)
+
+
+def test_new_events_wake_the_dispatcher_without_waiting_for_its_poll(subs_env: Env) -> None:
+    # Given a worker whose dispatcher polls only once a minute
+    fnd = subs_env.foundation()
+    subs_env.worker(ESF_SUBSCRIPTIONS_POLL_INTERVAL_S="60")
+    first = append_orders(fnd, 20, seed=3)
+    wait_for(lambda: set(subs_env.seen()) >= set(first), timeout=30, message="the first events")
+    # When more events are appended
+    more = append_orders(fnd, 20, seed=4)
+    # Then the NOTIFY of their commit wakes it well before the next poll
+    wait_for(lambda: set(subs_env.seen()) >= set(more), timeout=20, message="delivery on a wake-up")
+
+
+def test_events_whose_wake_up_notifications_are_lost_are_still_delivered(subs_env: Env) -> None:
+    # Given a worker whose dispatcher polls every second, and is caught up
+    fnd = subs_env.foundation()
+    subs_env.worker(ESF_SUBSCRIPTIONS_POLL_INTERVAL_S="1")
+    first = append_orders(fnd, 10, seed=5)
+    wait_for(lambda: set(subs_env.seen()) >= set(first), timeout=30, message="the first events")
+    # When every notification is dropped on purpose (the trigger that sends them is gone)
+    subs_env.sql("DROP TRIGGER esf_event_head_notify ON esf_event_head")
+    # And its listening connection is killed as well
+    subs_env.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = 'esf-subscriptions' AND datname = current_database()")
+    more = append_orders(fnd, 30, seed=6)
+    # Then the checkpoint, not the notification, decides: every event is delivered by the poll
+    wait_for(lambda: set(subs_env.seen()) >= set(more), timeout=30, message="delivery without wake-ups")
+    assert set(subs_env.seen()) == set(first) | set(more)
+
+
+@pytest.mark.slow
+def test_events_of_one_stream_are_handled_in_order_one_at_a_time_while_streams_run_in_parallel(
+        subs_env: Env) -> None:
+    # Given two workers of two processes each and batches of 3 events
+    fnd = subs_env.foundation()
+    extra = {"ESF_TEST_SUBS_BATCH": "3"}
+    subs_env.worker(**extra)
+    subs_env.worker(**extra)
+    # When events of 8 streams are appended, interleaved, with handlers of varying speed
+    expected = []
+    for seed in range(4):
+        expected += append_orders(fnd, 40, streams=8, seed=10 + seed, sleep=0.01 * (seed % 3))
+    wait_for(lambda: set(subs_env.seen()) >= set(expected), timeout=90, message="delivery")
+    # Then each stream saw its events exactly in position order
+    by_stream: dict[str, list[int]] = {}
+    for e in fnd.events.query(ORDERS):
+        by_stream.setdefault(e.stream_id, []).append(e.position)
+    for stream, positions in by_stream.items():
+        assert subs_env.key(stream) == positions, stream
+    # And the handling interleaved streams (they were not serialised into one order)
+    assert subs_env.seen() != sorted(subs_env.seen())
+
+
+def test_a_subscription_without_partitions_handles_every_event_in_one_strict_order(subs_env: Env) -> None:
+    # Given a subscription with partition_by=None and two workers
+    fnd = subs_env.foundation()
+    extra = {"ESF_TEST_SUBS_PARTITION": "none", "ESF_TEST_SUBS_BATCH": "2"}
+    subs_env.worker(**extra)
+    subs_env.worker(**extra)
+    # When events of many streams are appended
+    expected = append_orders(fnd, 60, streams=8, seed=20)
+    # Then they are handled exactly in position order
+    wait_for(lambda: set(subs_env.seen()) >= set(expected), timeout=60, message="delivery")
+    assert subs_env.seen() == expected

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_events",
     "_config",
     "_metrics",
+    "_subscriptions",
 )
 
 

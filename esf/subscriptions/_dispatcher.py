@@ -35,6 +35,8 @@ log = logging.getLogger("esf.subscriptions")
 
 #: Channels the PostgreSQL listener waits on.
 CHANNELS = ("esf_events", "esf_subscriptions")
+#: Longest wait on the listener before looking at the stop flag, in seconds.
+STOP_SLICE_S = 0.25
 
 
 class Dispatcher:
@@ -109,10 +111,7 @@ class Dispatcher:
             return
         if self.wakeups and self._listening():
             try:
-                got = False
-                for _ in self._listener.notifies(timeout=self.poll_interval_s, stop_after=1):
-                    got = True
-                if got:
+                if self._notified():
                     self.wakeups_seen += 1
                     # Coalesce the notifications already waiting into this one tick.
                     for _ in self._listener.notifies(timeout=0.001):
@@ -123,6 +122,17 @@ class Dispatcher:
                             type(exc).__name__, exc)
                 self._close_listener()
         self._wake.wait(self.poll_interval_s)
+
+    def _notified(self) -> bool:
+        """Wait up to one poll interval for a notification, in short slices so that stop() is prompt."""
+        deadline = time.monotonic() + self.poll_interval_s
+        while not (self._stop.is_set() or self._wake.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for _ in self._listener.notifies(timeout=min(left, STOP_SLICE_S), stop_after=1):
+                return True
+        return False
 
     def _listening(self) -> bool:
         """True when a listener is connected; connects one on PostgreSQL (then ticks at once)."""

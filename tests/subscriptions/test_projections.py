@@ -1,0 +1,29 @@
+"""A projection's writes commit with its checkpoint: each event takes effect exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from esf import Event
+from tests.jobs.harness import wait_for
+
+from .conftest import Env
+
+
+@pytest.mark.slow
+def test_a_projection_applies_each_event_once_even_when_its_process_dies_between_handler_and_commit(
+        subs_env: Env) -> None:
+    # Given a worker, and paid orders of which three kill their pool process after the write, before the commit
+    fnd = subs_env.foundation()
+    subs_env.worker()
+    events = [Event("order.paid", {"order": i, "total": i, "crash_once": i in (3, 17, 18)}, stream_id=f"o-{i % 4}")
+              for i in range(40)]
+    stored = fnd.events.append(events)
+    # When the projection has caught up
+    wait_for(lambda: fnd.subscriptions.status("totals").checkpoint == fnd.events.head(), timeout=90,
+             message="the projection's checkpoint")
+    # Then the processes did die mid-batch
+    assert len(subs_env.redis.lrange("crashes", 0, -1)) == 3
+    # And every event has exactly one row in the read model
+    rows = subs_env.sql("SELECT position, count(*) FROM proj_totals GROUP BY position ORDER BY position")
+    assert [(int(p), int(n)) for p, n in rows] == [(e.position, 1) for e in stored]

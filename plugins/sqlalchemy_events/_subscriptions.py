@@ -338,7 +338,7 @@ class SqlSubscriptionBackend:
         return [row_to_event(r) for r in rows]
 
     def complete(self, name: str, batch_id: int, conn: Connection | None = None) -> bool:
-        """The batch's handler succeeded: forget the batch, advance the checkpoint, wake the dispatcher.
+        """The batch's handler succeeded: forget the batch (a trigger wakes the dispatchers), advance the checkpoint.
 
         Parameters:
             conn: a connection in the caller's transaction (a projection's), or None for a new one.
@@ -354,8 +354,6 @@ class SqlSubscriptionBackend:
         cursor = conn.execute(sa.select(subscriptions.c.cursor).where(subscriptions.c.name == name)).scalar()
         if cursor is not None:
             self._advance_checkpoint(conn, name, int(cursor))
-        if self.dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_notify('esf_subscriptions', :n)"), {"n": name})
         return bool(n)
 
     @contextmanager
@@ -397,8 +395,6 @@ class SqlSubscriptionBackend:
             cursor = conn.execute(sa.select(subscriptions.c.cursor).where(subscriptions.c.name == name)).scalar()
             if cursor is not None:
                 self._advance_checkpoint(conn, name, int(cursor))
-            if self.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_notify('esf_subscriptions', :n)"), {"n": name})
         return bool(n)
 
     # -- checkpoint --------------------------------------------------------------

@@ -74,8 +74,13 @@ def test_events_whose_wake_up_notifications_are_lost_are_still_delivered(subs_en
     subs_env.worker(ESF_SUBSCRIPTIONS_POLL_INTERVAL_S="1")
     first = append_orders(fnd, 10, seed=5)
     wait_for(lambda: set(subs_env.seen()) >= set(first), timeout=30, message="the first events")
-    # When every notification is dropped on purpose (the trigger that sends them is gone)
+    # When every notification is dropped on purpose (the triggers that send them are gone)
+    wait_for(lambda: fnd.subscriptions.status("orders").checkpoint == fnd.events.head(), timeout=30,
+             message="the last completion")
     subs_env.sql("DROP TRIGGER esf_event_head_notify ON esf_event_head")
+    subs_env.sql("DROP TRIGGER esf_subscription_batch_done ON esf_subscription_batches")
+    canary = append_orders(fnd, 10, seed=8)  # may still ride on a wake-up sent before the drop
+    wait_for(lambda: set(subs_env.seen()) >= set(canary), timeout=30, message="the canary events")
     more = append_orders(fnd, 30, seed=6)
     # Then the checkpoint, not the notification, decides: every event is delivered by the poll
     wait_for(lambda: set(subs_env.seen()) >= set(more), timeout=30, message="delivery without wake-ups")
@@ -85,7 +90,7 @@ def test_events_whose_wake_up_notifications_are_lost_are_still_delivered(subs_en
     last = append_orders(fnd, 30, seed=7)
     # Then they are delivered too, and nothing else
     wait_for(lambda: set(subs_env.seen()) >= set(last), timeout=30, message="delivery without a listener")
-    assert sorted(subs_env.seen()) == sorted(first + more + last)
+    assert sorted(subs_env.seen()) == sorted(first + canary + more + last)
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ whose handler was dead-lettered (``dead``). The checkpoint itself stays in
 ``esf_checkpoints``.
 
 On PostgreSQL a trigger on ``esf_event_head`` (updated once by every append
-transaction) sends ``NOTIFY esf_events``, delivered when the append commits.
+transaction) sends ``NOTIFY esf_events``, delivered when the append commits,
+and triggers on ``esf_subscription_batches`` send ``NOTIFY esf_subscriptions``
+when a batch is handled or dead-lettered (its partition is free again).
 
 Revision ID: 0003_subscriptions
 Revises: 0002_binary_collation
@@ -41,6 +43,21 @@ _NOTIFY_TRIGGER = """
 CREATE TRIGGER esf_event_head_notify AFTER INSERT OR UPDATE ON esf_event_head
 FOR EACH ROW EXECUTE FUNCTION esf_notify_events()
 """
+# A batch handled (deleted) or dead-lettered frees its partition: wake the dispatchers.
+_BATCH_FUNCTION = """
+CREATE OR REPLACE FUNCTION esf_notify_subscriptions() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('esf_subscriptions', OLD.name);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql
+"""
+_BATCH_TRIGGERS = (
+    """CREATE TRIGGER esf_subscription_batch_done AFTER DELETE ON esf_subscription_batches
+    FOR EACH ROW EXECUTE FUNCTION esf_notify_subscriptions()""",
+    """CREATE TRIGGER esf_subscription_batch_dead AFTER UPDATE ON esf_subscription_batches
+    FOR EACH ROW WHEN (NEW.state = 'dead' AND OLD.state <> 'dead') EXECUTE FUNCTION esf_notify_subscriptions()""",
+)
 
 
 def upgrade() -> None:
@@ -75,11 +92,17 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_NOTIFY_FUNCTION)
         op.execute(_NOTIFY_TRIGGER)
+        op.execute(_BATCH_FUNCTION)
+        for trigger in _BATCH_TRIGGERS:
+            op.execute(trigger)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS esf_event_head_notify ON esf_event_head")
         op.execute("DROP FUNCTION IF EXISTS esf_notify_events()")
+        op.execute("DROP TRIGGER IF EXISTS esf_subscription_batch_done ON esf_subscription_batches")
+        op.execute("DROP TRIGGER IF EXISTS esf_subscription_batch_dead ON esf_subscription_batches")
+        op.execute("DROP FUNCTION IF EXISTS esf_notify_subscriptions()")
     op.drop_table("esf_subscription_batches")
     op.drop_table("esf_subscriptions")

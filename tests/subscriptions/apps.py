@@ -64,3 +64,23 @@ def build(settings: esf.Settings | None = None) -> Foundation:
 
 def make() -> Foundation:
     return build()
+
+
+def make_embedded() -> Foundation:
+    """The embedded (SQLite, no server) app: a subscription writing to a file and a projection."""
+    fnd = Foundation(esf.Settings.from_env())
+    seen = fnd.settings.data_path / "seen.txt"
+
+    @fnd.subscription("lite", filter=Q.type("order.paid") & (Q.data("total") > 100), batch_size=5)
+    def lite(event: Any) -> None:
+        with open(seen, "a") as f:
+            f.write(f"{event.position}\n")
+
+    @fnd.projection("lite_totals", filter=Q.type("order.paid"), batch_size=5)
+    def lite_totals(event: Any, session: Any) -> None:
+        import sqlalchemy as sa
+
+        session.execute(sa.text("INSERT INTO proj_totals (position, total) VALUES (:p, :t)"),
+                        {"p": event.position, "t": event.data.get("total")})
+
+    return fnd

@@ -260,7 +260,8 @@ class SqlSubscriptionBackend:
             read = 0
             if counts.get(QUEUED, 0) < max_in_flight:
                 read, cursor = self._read(conn, name, cursor, filter, partition_by, batch_size, max_in_flight)
-            sent = self._send(conn, name, max_in_flight - int(counts.get(SENT, 0)), make_job)
+            queued = counts.get(QUEUED, 0) + (1 if read else 0)
+            sent = self._send(conn, name, max_in_flight - int(counts.get(SENT, 0)), make_job) if queued else 0
             self._advance_checkpoint(conn, name, cursor)
         return TickResult(read=read, sent=sent, cursor=cursor)
 
@@ -306,20 +307,26 @@ class SqlSubscriptionBackend:
         b = subscription_batches
         busy = {r[0] for r in conn.execute(sa.select(b.c.partition_key).where(b.c.name == name, b.c.state == SENT)
                                            .distinct())}
-        chosen: list[Any] = []
-        for r in conn.execute(sa.select(b.c.id, b.c.partition_key, b.c.positions, b.c.correlation_id)
-                              .where(b.c.name == name, b.c.state == QUEUED).order_by(b.c.id)):
-            if r.partition_key in busy:
+        chosen: dict[int, str] = {}
+        # Ids and keys only: the queue of a subscription with many keys can hold many batches.
+        for batch_id, key in conn.execute(sa.select(b.c.id, b.c.partition_key)
+                                          .where(b.c.name == name, b.c.state == QUEUED).order_by(b.c.id)):
+            if key in busy:
                 continue
-            busy.add(r.partition_key)
-            chosen.append(r)
+            busy.add(key)
+            chosen[int(batch_id)] = key
             if len(chosen) >= room:
                 break
+        if not chosen:
+            return 0
         now = _now()
-        for r in chosen:
-            payload = make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id)
-            conn.execute(sa.insert(outbox).values(created_at=now, kind="job", payload=payload))
-            conn.execute(sa.update(b).where(b.c.id == r.id).values(state=SENT, job_id=payload["job_id"], sent_at=now))
+        rows = conn.execute(sa.select(b.c.id, b.c.positions, b.c.correlation_id).where(b.c.id.in_(list(chosen)))
+                            .order_by(b.c.id)).all()
+        payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
+        conn.execute(sa.insert(outbox), [{"created_at": now, "kind": "job", "payload": p} for p in payloads])
+        conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
+                     .values(state=SENT, job_id=sa.bindparam("b_job"), sent_at=now),
+                     [{"b_id": int(r.id), "b_job": p["job_id"]} for r, p in zip(rows, payloads, strict=True)])
         return len(chosen)
 
     # -- handling --------------------------------------------------------------
@@ -351,9 +358,7 @@ class SqlSubscriptionBackend:
                 return self.complete(name, batch_id, own)
         n = conn.execute(sa.delete(subscription_batches).where(subscription_batches.c.id == batch_id,
                                                                subscription_batches.c.name == name)).rowcount
-        cursor = conn.execute(sa.select(subscriptions.c.cursor).where(subscriptions.c.name == name)).scalar()
-        if cursor is not None:
-            self._advance_checkpoint(conn, name, int(cursor))
+        self._advance_checkpoint(conn, name)
         return bool(n)
 
     @contextmanager
@@ -392,9 +397,7 @@ class SqlSubscriptionBackend:
                 conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
                              .values(paused=True, stopped_reason=(reason or "")[:MAX_ERROR_CHARS] or None,
                                      updated_at=_now()))
-            cursor = conn.execute(sa.select(subscriptions.c.cursor).where(subscriptions.c.name == name)).scalar()
-            if cursor is not None:
-                self._advance_checkpoint(conn, name, int(cursor))
+            self._advance_checkpoint(conn, name)
         return bool(n)
 
     # -- checkpoint --------------------------------------------------------------
@@ -405,11 +408,28 @@ class SqlSubscriptionBackend:
             value = conn.execute(sa.select(checkpoints.c.position).where(checkpoints.c.name == name)).scalar()
         return None if value is None else int(value)
 
-    def _advance_checkpoint(self, conn: Connection, name: str, cursor: int) -> None:
-        b = subscription_batches
-        first = conn.execute(sa.select(sa.func.min(b.c.first_position))
-                             .where(b.c.name == name, b.c.state != DEAD)).scalar()
-        self._set_checkpoint(conn, name, cursor if first is None else min(cursor, int(first) - 1))
+    def _advance_checkpoint(self, conn: Connection, name: str, cursor: int | None = None) -> None:
+        """Checkpoint := one below the oldest batch queued or sent, else the cursor; one statement.
+
+        Parameters:
+            cursor: the cursor when the caller has it (else read in the same statement).
+        """
+        greatest, least = ("GREATEST", "LEAST") if self.dialect == "postgresql" else ("MAX", "MIN")
+        cursor_sql = ":c" if cursor is not None else "s.cursor"
+        stmt = sa.text(
+            "INSERT INTO esf_checkpoints (name, position, updated_at) "
+            f"SELECT s.name, COALESCE({least}({cursor_sql}, (SELECT min(b.first_position) - 1 "
+            "FROM esf_subscription_batches b WHERE b.name = s.name AND b.state <> 'dead')), "
+            f"{cursor_sql}), :t FROM esf_subscriptions s WHERE s.name = :n "
+            # "WHERE true" lets SQLite tell the upsert clause from a join (its documented ambiguity).
+            + ("AND true " if self.dialect == "sqlite" else "")
+            + f"ON CONFLICT (name) DO UPDATE SET position = {greatest}(esf_checkpoints.position, excluded.position), "
+            "updated_at = excluded.updated_at"
+        ).bindparams(sa.bindparam("t", type_=sa.DateTime(timezone=True)))
+        params: dict[str, Any] = {"n": name, "t": _now()}
+        if cursor is not None:
+            params["c"] = cursor
+        conn.execute(stmt, params)
 
     def _set_checkpoint(self, conn: Connection, name: str, position: int) -> None:
         # Never backwards (two transactions may compute it from different snapshots; the

@@ -19,6 +19,7 @@ on from the same state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -54,6 +55,8 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._listener: Any = None
         self._lag_at = 0.0
+        #: Subscriptions to tick on the next round, when only batch completions woke it (None: all).
+        self._names: set[str] | None = None
         #: Wake-ups received (notifications), for tests and ``esf subscriptions list``.
         self.wakeups_seen = 0
 
@@ -84,8 +87,9 @@ class Dispatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            names, self._names = self._names, None
             try:
-                self._guarded(self._service.dispatch)
+                self._guarded(functools.partial(self._service.dispatch, names))
             except Exception as exc:
                 log.warning("subscriptions: dispatch failed (%s: %s); retrying", type(exc).__name__, exc)
                 self._stop.wait(min(self.poll_interval_s, 1.0))
@@ -111,11 +115,14 @@ class Dispatcher:
             return
         if self.wakeups and self._listening():
             try:
-                if self._notified():
+                first = self._notified()
+                if first is not None:
                     self.wakeups_seen += 1
-                    # Coalesce the notifications already waiting into this one tick.
-                    for _ in self._listener.notifies(timeout=0.001):
-                        pass
+                    # Coalesce the notifications already waiting into this one round.
+                    notes = [first, *self._listener.notifies(timeout=0.001)]
+                    if all(n.channel == "esf_subscriptions" for n in notes):
+                        # Only partitions freed: tick just those subscriptions.
+                        self._names = {n.payload for n in notes}
                 return
             except Exception as exc:
                 log.warning("subscriptions: the wake-up listener failed (%s: %s); polling until it is back",
@@ -123,16 +130,20 @@ class Dispatcher:
                 self._close_listener()
         self._wake.wait(self.poll_interval_s)
 
-    def _notified(self) -> bool:
-        """Wait up to one poll interval for a notification, in short slices so that stop() is prompt."""
+    def _notified(self) -> Any:
+        """Wait up to one poll interval for a notification, in short slices so that stop() is prompt.
+
+        Returns:
+            The first notification, or None when the interval passed (or stop/wake was asked).
+        """
         deadline = time.monotonic() + self.poll_interval_s
         while not (self._stop.is_set() or self._wake.is_set()):
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
-            for _ in self._listener.notifies(timeout=min(left, STOP_SLICE_S), stop_after=1):
-                return True
-        return False
+                return None
+            for note in self._listener.notifies(timeout=min(left, STOP_SLICE_S), stop_after=1):
+                return note
+        return None
 
     def _listening(self) -> bool:
         """True when a listener is connected; connects one on PostgreSQL (then ticks at once)."""

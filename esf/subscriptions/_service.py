@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -254,22 +254,27 @@ class SubscriptionService:
         return self.backend.tick(name, filter=sub.filter, partition_by=sub.partition_by, batch_size=sub.batch_size,
                                  max_in_flight=sub.max_in_flight, make_job=make_job)
 
-    def dispatch(self) -> int:
-        """Tick every declared subscription until none has more to read now, relaying the jobs.
+    def dispatch(self, names: Collection[str] | None = None) -> int:
+        """Tick the declared subscriptions (``names``, or all) until none has more to read now; relay the jobs.
 
         Returns:
             The number of handler jobs sent.
         """
+        subs = [s for s in self.declared() if names is None or s.name in names]
         sent = 0
         more = True
         while more:
             more = False
-            for sub in self.declared():
+            for sub in subs:
                 result = self.tick(sub.name)
                 sent += result.sent
                 more = more or result.read >= sub.batch_size * sub.max_in_flight
         if sent:
-            self._fnd.jobs.outbox.drain()
+            outbox = self._fnd.jobs.outbox
+            if outbox.drain() < sent:
+                # Another relay held the outbox (it returns at once): have this process's relay
+                # thread drain again right after, rather than at its next interval.
+                outbox.wake()
         return sent
 
     def start_dispatcher(self) -> None:

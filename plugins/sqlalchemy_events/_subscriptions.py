@@ -216,9 +216,11 @@ class SqlSubscriptionBackend:
     # -- dispatching -----------------------------------------------------------
 
     def _lock(self, conn: Connection, name: str, *, wait: bool) -> Any:
-        stmt = sa.select(subscriptions).where(subscriptions.c.name == name)
+        """The subscription's row, locked, with the store's head (one round trip)."""
+        head = sa.select(event_head.c.position).where(event_head.c.id == 1).scalar_subquery()
+        stmt = sa.select(subscriptions, head.label("head")).where(subscriptions.c.name == name)
         if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=not wait)
+            stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
         return conn.execute(stmt).first()
 
     def _where(self, filter: Filter | None) -> Any:
@@ -259,17 +261,17 @@ class SqlSubscriptionBackend:
             }
             read = 0
             if counts.get(QUEUED, 0) < max_in_flight:
-                read, cursor = self._read(conn, name, cursor, filter, partition_by, batch_size, max_in_flight)
+                read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
+                                          max_in_flight)
             queued = counts.get(QUEUED, 0) + (1 if read else 0)
             sent = self._send(conn, name, max_in_flight - int(counts.get(SENT, 0)), make_job) if queued else 0
             self._advance_checkpoint(conn, name, cursor)
         return TickResult(read=read, sent=sent, cursor=cursor)
 
-    def _read(self, conn: Connection, name: str, cursor: int, filter: Filter | None, partition_by: str | None,
-              batch_size: int, max_in_flight: int) -> tuple[int, int]:
-        # The head is read first: every event at or below it is committed and visible to the
-        # next statement (positions are commit-ordered), so the cursor may move up to it.
-        head = int(conn.execute(sa.select(event_head.c.position)).scalar_one())
+    def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
+              partition_by: str | None, batch_size: int, max_in_flight: int) -> tuple[int, int]:
+        # The head was read first (with the lock): every event at or below it is committed and
+        # visible to the next statement (positions are commit-ordered), so the cursor may move up to it.
         if head <= cursor:
             return 0, cursor
         limit = batch_size * max_in_flight

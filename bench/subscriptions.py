@@ -1,10 +1,10 @@
 """Subscriptions on PostgreSQL with a Redis broker: live latency, catch-up read rate, handler throughput.
 
-1. **Live latency**: one event appended at a time (every 20 ms) to a subscription on
-   ``bench.ping``; the handler measures from just before the append to the moment it runs
-   (append, commit, NOTIFY, dispatcher tick, outbox relay, broker, worker). Side by side in
-   the same run, alternating: a plain job enqueued to the same queue, measured from just before
-   ``enqueue`` to its handler. Ratio: subscription p50 / job p50.
+1. **Live latency**: one event appended at a time (every 40 ms, each in a stream of its own) to a
+   subscription on ``bench.ping`` partitioned by stream; the handler measures from just before
+   the append to the moment it runs (append, commit, NOTIFY, dispatcher tick, outbox relay,
+   broker, worker). Side by side in the same run, alternating: a plain job enqueued to the
+   same queue, measured from just before ``enqueue`` to its handler. Ratio: subscription p50 / job p50.
 2. **Catch-up read rate**: N stored events (default 1,000,000; ``--quick`` 100,000), of which
    a filter (``event_type = 'order.paid' AND data.total > 100``) matches 10 %. The dispatcher's
    ticks (read, cut into batches, outbox rows, checkpoint), with every sent batch completed at
@@ -106,8 +106,8 @@ def latency(report: Report, env: dict[str, str], r: redis.Redis[bytes], n: int, 
     job = fnd.job(name="bench.ping_job", queue=fnd.settings.jobs.service_queue("events"), retries=0)(ping_job)
     proc = start_worker(env, 2, tmp / "lat.log")
     try:
-        for _ in range(10):  # warm-up: connections, first imports
-            fnd.events.append(Event("bench.ping", {"t": time.time()}))
+        for i in range(10):  # warm-up: connections, first imports
+            fnd.events.append(Event("bench.ping", {"t": time.time()}, stream_id=f"warm-{i}"))
             job.enqueue(time.time())
             time.sleep(0.05)
         deadline = time.monotonic() + 60
@@ -116,7 +116,7 @@ def latency(report: Report, env: dict[str, str], r: redis.Redis[bytes], n: int, 
         r.delete("bench:lat", "bench:job_lat")
         for i in range(n):
             if i % 2:
-                fnd.events.append(Event("bench.ping", {"t": time.time()}))
+                fnd.events.append(Event("bench.ping", {"t": time.time()}, stream_id=f"ping-{i}"))
             else:
                 job.enqueue(time.time())
             time.sleep(0.02)

@@ -1,6 +1,6 @@
 """The application bench/subscriptions.py runs in its worker subprocesses (settings from ESF_* variables).
 
-- ``lat``: a live subscription on ``bench.ping`` (one strict order, batches of one); its handler
+- ``lat``: a live subscription on ``bench.ping`` (partitioned by stream; every ping has its own); its handler
   pushes ``now - data.t`` (seconds from the append's start to the handler) to ``bench:lat``.
 - ``bench.ping_job``: the baseline, a plain job whose handler pushes ``now - t`` (enqueue to handler).
 - ``thr``: a subscription on ``bench.work`` partitioned by stream; its handler spends
@@ -40,7 +40,7 @@ def _spin(ms: float) -> None:
 def make() -> Foundation:
     fnd = Foundation(esf.Settings.from_env())
 
-    @fnd.subscription("lat", filter=Q.type("bench.ping"), partition_by=None, batch_size=1, retries=0)
+    @fnd.subscription("lat", filter=Q.type("bench.ping"), partition_by="stream_id", max_in_flight=32, retries=0)
     def lat(event: Any) -> None:
         client().rpush("bench:lat", time.time() - float(event.data["t"]))
 

@@ -13,7 +13,7 @@ from esf.errors import UnknownSubscription, ValidationError
 from tests.jobs.harness import wait_for
 
 from .conftest import Env
-from .test_delivery import append_orders
+from .test_delivery import ORDERS, append_orders
 
 APP = "tests.subscriptions.apps:make"
 
@@ -102,3 +102,27 @@ def test_delete_forgets_the_state_and_unknown_names_and_bad_options_are_refused(
         fnd.subscriptions.subscribe("orders", lambda e: None, filter=Q.type("x"))
     with pytest.raises(ValidationError):
         fnd.subscriptions.reset("orders", to=None, to_time=datetime(2026, 1, 1))
+
+
+def test_the_dispatcher_reports_each_subscriptions_lag_as_telemetry_gauges(subs_env: Env) -> None:
+    # Given stored events and no worker (nothing is handled), and a dispatcher running in this process
+    fnd = subs_env.foundation(ESF_TELEMETRY_ENABLED="true", ESF_TELEMETRY_STORE="none",
+                              ESF_SUBSCRIPTIONS_LAG_INTERVAL_S="0.1")
+    expected = append_orders(fnd, 20, seed=50)
+    fnd.subscriptions.start_dispatcher()
+    try:
+        def lag(name: str) -> dict[str, float]:
+            metric = fnd.telemetry.snapshot(cluster=False)["metrics"].get(name)
+            return {s["labels"]["subscription"]: s["value"] for s in metric["series"]} if metric else {}
+
+        # When the dispatcher has sent the first batches
+        behind = fnd.events.head() - (expected[0] - 1)
+        # Then the gauges say how far behind each subscription is, in events and in seconds
+        wait_for(lambda: lag("esf.subscriptions.lag_events").get("orders") == behind, timeout=30,
+                 message="the lag gauge")
+        assert lag("esf.subscriptions.lag_seconds")["orders"] > 0
+        status = fnd.subscriptions.status("orders")
+        streams = {e.stream_id for e in fnd.events.query(ORDERS)}
+        assert (status.lag_events, status.in_flight) == (behind, min(8, len(streams)))
+    finally:
+        fnd.subscriptions.stop_dispatcher()

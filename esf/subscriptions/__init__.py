@@ -128,12 +128,17 @@ class SubscriptionBackend(Protocol):
         """A write transaction holding the batch: yields ``(connection, state)``; commits on exit."""
         ...
 
-    def record_error(self, name: str, batch_id: int, error: str) -> None:
-        """Keep the last failure of a batch's handler."""
+    def record_error(self, name: str, batch_id: int, error: str, position: int | None = None) -> None:
+        """Keep the last failure of a batch's handler and the failing event's position."""
         ...
 
-    def mark_dead(self, name: str, batch_id: int, *, pause: bool, reason: str | None = None) -> bool:
-        """The batch's job was dead-lettered: it no longer blocks its partition."""
+    def mark_dead(self, name: str, batch_id: int, *, pause: bool, reason: str | None = None,
+                  partition_by: str | None = None) -> bool:
+        """The batch's job was dead-lettered: only the failing key's events stay dead; the rest goes on."""
+        ...
+
+    def batch_positions(self, name: str, batch_id: int) -> list[int] | None:
+        """The positions a batch holds now, or None once it is gone."""
         ...
 
     def checkpoint(self, name: str) -> int | None:

@@ -316,10 +316,14 @@ class SubscriptionService:
         """
         sub = self.get(name)
         backend = self.backend
-        if backend.batch_state(name, batch_id) is None:
+        state = backend.batch_state(name, batch_id)
+        if state is None:
             return {"skipped": True}
+        if state == "dead":
+            # A replay: the dead batch keeps only the failing key's events (the others went on).
+            positions = backend.batch_positions(name, batch_id) or []
         events = backend.load(positions)
-        failure: builtins.list[str] = []
+        failure: builtins.list[Any] = []
         try:
             if sub.projection:
                 return self._project(sub, batch_id, events, failure)
@@ -329,14 +333,14 @@ class SubscriptionService:
         except BaseException:
             if failure:
                 try:
-                    backend.record_error(name, batch_id, failure[0])
+                    backend.record_error(name, batch_id, failure[0], failure[1])
                 except Exception:
                     log.warning("subscription %s: could not record the failure of batch %s", name, batch_id)
             raise
         return {"handled": len(events)}
 
     def _project(self, sub: Subscription, batch_id: int, events: builtins.list[StoredEvent],
-                 failure: builtins.list[str]) -> dict[str, Any]:
+                 failure: builtins.list[Any]) -> dict[str, Any]:
         from sqlalchemy.orm import Session
 
         with self.backend.handling(sub.name, batch_id) as (conn, state):
@@ -353,14 +357,14 @@ class SubscriptionService:
         return {"handled": len(events)}
 
     @staticmethod
-    def _call(sub: Subscription, event: StoredEvent, failure: builtins.list[str], *extra: Any) -> None:
+    def _call(sub: Subscription, event: StoredEvent, failure: builtins.list[Any], *extra: Any) -> None:
         try:
             sub.handler(event, *extra)
         except BaseException as exc:
             where = (f"subscription {sub.name!r}: the handler failed at position {event.position} "
                      f"(event {event.event_id}, type {event.event_type})")
             exc.add_note(where)
-            failure.append(f"{where}: {type(exc).__name__}: {exc}")
+            failure[:] = [f"{where}: {type(exc).__name__}: {exc}", event.position]
             raise
 
     def dead_lettered(self, entry: DeadLetter) -> None:
@@ -370,7 +374,8 @@ class SubscriptionService:
         if sub is None or not entry.args:
             return
         reason = f"batch {entry.args[0]} dead-lettered: {entry.exception_type}: {entry.exception_message}"
-        self.backend.mark_dead(name, int(entry.args[0]), pause=sub.on_dead_letter == "pause", reason=reason)
+        self.backend.mark_dead(name, int(entry.args[0]), pause=sub.on_dead_letter == "pause", reason=reason,
+                               partition_by=sub.partition_by)
         log.warning("subscription %s: %s", name, reason)
 
 

@@ -124,7 +124,8 @@ subscription_batches = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False),
-    Column("partition_key", String(400), nullable=False),
+    #: The partition keys of the batch's events (no two batches in flight share one).
+    Column("partition_keys", JsonType, nullable=False),
     Column("first_position", BigInteger, nullable=False),
     Column("last_position", BigInteger, nullable=False),
     Column("positions", JsonType, nullable=False),
@@ -134,6 +135,7 @@ subscription_batches = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("error", String(2000), nullable=True),
+    #: The position of the event whose handler failed last.
+    Column("failed_position", BigInteger, nullable=True),
     Index("ix_esf_subscription_batches_state", "name", "state", "id"),
-    Index("ix_esf_subscription_batches_partition", "name", "partition_key", "id"),
 )

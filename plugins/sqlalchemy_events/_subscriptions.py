@@ -1,16 +1,18 @@
 """Subscription state on SQLAlchemy: the read cursor, the batches in flight, the checkpoint.
 
 A subscription reads the events that match its filter in position order and
-cuts them into batches, one partition key per batch. Every batch is a row of
+cuts them into batches. Every batch is a row of
 ``esf_subscription_batches`` until its handler succeeded:
 
-- ``queued``: read and assigned, not sent yet (its partition is busy, or the
+- ``queued``: read and assigned, not sent yet (one of its keys is busy, or the
   subscription has ``max_in_flight`` batches out already);
 - ``sent``: its handler job is in the outbox or on its queue;
 - ``dead``: its handler job was dead-lettered (kept for the replay).
 
-A partition never has more than one ``sent`` batch, so the events of one key
-are handled one batch at a time, in position order. The checkpoint
+A batch holds whole groups of keys read together (several keys, up to
+``batch_size`` events); no key is ever in two ``sent`` batches, and a batch
+is sent only when none of its keys is in an older batch still queued, so the
+events of one key are handled one batch at a time, in position order. The checkpoint
 (``esf_checkpoints``) is the highest position P such that every matching event
 at or below P was handled (or dead-lettered): one below the first position of
 the oldest batch still queued or sent, or the cursor when there is none.
@@ -282,20 +284,34 @@ class SqlSubscriptionBackend:
             .order_by(events.c.position).limit(limit)
         ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1].position)
+        # One group per key, in the order of their first event. Whole groups are packed into batches of
+        # up to batch_size events; a larger group is cut into chunks of its own. Batches of one read
+        # therefore share no key and can all run at once.
         groups: dict[str, list[Any]] = {}
         for r in rows:
             groups.setdefault(r.k or "", []).append(r)
+        packs: list[list[Any]] = []
+        current: list[Any] = []
+        for members in groups.values():
+            if len(members) >= batch_size:
+                packs.extend(members[i:i + batch_size] for i in range(0, len(members), batch_size))
+                continue
+            if len(current) + len(members) > batch_size:
+                packs.append(current)
+                current = []
+            current.extend(members)
+        if current:
+            packs.append(current)
         now = _now()
         values = []
-        for k, members in groups.items():
-            for i in range(0, len(members), batch_size):
-                chunk = members[i:i + batch_size]
-                values.append({"name": name, "partition_key": k, "first_position": int(chunk[0].position),
-                               "last_position": int(chunk[-1].position),
-                               "positions": [int(r.position) for r in chunk],
-                               "correlation_id": chunk[0].correlation_id, "state": QUEUED, "job_id": None,
-                               "created_at": now, "sent_at": None, "error": None})
-        # Insert in position order, so batch ids follow positions within each partition.
+        for pack in packs:
+            pack.sort(key=lambda r: r.position)
+            values.append({"name": name, "partition_keys": sorted({r.k or "" for r in pack}),
+                           "first_position": int(pack[0].position), "last_position": int(pack[-1].position),
+                           "positions": [int(r.position) for r in pack], "correlation_id": pack[0].correlation_id,
+                           "state": QUEUED, "job_id": None, "created_at": now, "sent_at": None, "error": None,
+                           "failed_position": None})
+        # Insert in position order, so batch ids follow positions within each key.
         values.sort(key=lambda v: v["first_position"])
         if values:
             conn.execute(sa.insert(subscription_batches), values)
@@ -307,23 +323,25 @@ class SqlSubscriptionBackend:
         if room <= 0:
             return 0
         b = subscription_batches
-        busy = {r[0] for r in conn.execute(sa.select(b.c.partition_key).where(b.c.name == name, b.c.state == SENT)
-                                           .distinct())}
-        chosen: dict[int, str] = {}
-        # Ids and keys only: the queue of a subscription with many keys can hold many batches.
-        for batch_id, key in conn.execute(sa.select(b.c.id, b.c.partition_key)
-                                          .where(b.c.name == name, b.c.state == QUEUED).order_by(b.c.id)):
-            if key in busy:
-                continue
-            busy.add(key)
-            chosen[int(batch_id)] = key
-            if len(chosen) >= room:
-                break
+        busy: set[str] = set()
+        for (keys,) in conn.execute(sa.select(b.c.partition_keys).where(b.c.name == name, b.c.state == SENT)):
+            busy.update(keys)
+        chosen: list[int] = []
+        # A batch goes when none of its keys is in a batch sent, or in an older batch still queued.
+        for batch_id, keys in conn.execute(sa.select(b.c.id, b.c.partition_keys)
+                                           .where(b.c.name == name, b.c.state == QUEUED)
+                                           .order_by(b.c.first_position, b.c.id)):
+            free = busy.isdisjoint(keys)
+            busy.update(keys)
+            if free:
+                chosen.append(int(batch_id))
+                if len(chosen) >= room:
+                    break
         if not chosen:
             return 0
         now = _now()
-        rows = conn.execute(sa.select(b.c.id, b.c.positions, b.c.correlation_id).where(b.c.id.in_(list(chosen)))
-                            .order_by(b.c.id)).all()
+        rows = conn.execute(sa.select(b.c.id, b.c.positions, b.c.correlation_id).where(b.c.id.in_(chosen))
+                            .order_by(b.c.first_position, b.c.id)).all()
         payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
         conn.execute(sa.insert(outbox), [{"created_at": now, "kind": "job", "payload": p} for p in payloads])
         conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
@@ -377,30 +395,61 @@ class SqlSubscriptionBackend:
                 stmt = stmt.with_for_update()
             yield conn, conn.execute(stmt).scalar()
 
-    def record_error(self, name: str, batch_id: int, error: str) -> None:
-        """Keep the last error of a batch's handler (shown by ``esf subscriptions show``)."""
+    def record_error(self, name: str, batch_id: int, error: str, position: int | None = None) -> None:
+        """Keep the last error of a batch's handler (shown by ``esf subscriptions show``) and its event's position."""
         with connect_write(self.engine) as conn:
             conn.execute(sa.update(subscription_batches).where(subscription_batches.c.id == batch_id,
                                                                subscription_batches.c.name == name)
-                         .values(error=error[:MAX_ERROR_CHARS]))
+                         .values(error=error[:MAX_ERROR_CHARS], failed_position=position))
 
-    def mark_dead(self, name: str, batch_id: int, *, pause: bool, reason: str | None = None) -> bool:
-        """The batch's handler job was dead-lettered: the partition goes on (the DLQ holds the batch).
+    def mark_dead(self, name: str, batch_id: int, *, pause: bool, reason: str | None = None,
+                  partition_by: str | None = None) -> bool:
+        """The batch's handler job was dead-lettered: the DLQ holds it, its keys go on.
+
+        When the failing event is known (:meth:`record_error`) and the batch holds other
+        keys too, only the failing key's events stay in the dead batch; the others go back
+        to the queue in a new batch, in their place in position order (the queue is sent
+        by first position), and are delivered again.
 
         Parameters:
             pause: also pause the subscription (its ``on_dead_letter="pause"`` setting).
             reason: why, recorded as the subscription's ``stopped_reason`` when pausing.
+            partition_by: the subscription's partition column, to tell the keys of the events apart.
         """
+        b = subscription_batches
         with connect_write(self.engine) as conn:
-            n = conn.execute(sa.update(subscription_batches).where(subscription_batches.c.id == batch_id,
-                                                                   subscription_batches.c.name == name)
-                             .values(state=DEAD)).rowcount
+            row = conn.execute(sa.select(b).where(b.c.id == batch_id, b.c.name == name)).first()
+            if row is None:
+                return False
+            values: dict[str, Any] = {"state": DEAD}
+            if row.failed_position is not None and partition_by and len(row.partition_keys) > 1:
+                key_col = events.c[partition_by]
+                keys = {int(p): (k or "") for p, k in conn.execute(
+                    sa.select(events.c.position, key_col).where(events.c.position.in_(list(row.positions))))}
+                bad = keys.get(int(row.failed_position))
+                dead = [p for p in row.positions if keys.get(int(p)) == bad]
+                rest = [p for p in row.positions if keys.get(int(p)) != bad]
+                if dead and rest:
+                    values.update(positions=dead, partition_keys=[bad], first_position=dead[0],
+                                  last_position=dead[-1])
+                    conn.execute(sa.insert(b).values(
+                        name=name, partition_keys=sorted({keys[int(p)] for p in rest}), first_position=rest[0],
+                        last_position=rest[-1], positions=rest, correlation_id=row.correlation_id, state=QUEUED,
+                        job_id=None, created_at=_now(), sent_at=None, error=None, failed_position=None))
+            conn.execute(sa.update(b).where(b.c.id == batch_id).values(**values))
             if pause:
                 conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
                              .values(paused=True, stopped_reason=(reason or "")[:MAX_ERROR_CHARS] or None,
                                      updated_at=_now()))
             self._advance_checkpoint(conn, name)
-        return bool(n)
+        return True
+
+    def batch_positions(self, name: str, batch_id: int) -> list[int] | None:
+        """The positions a batch holds now (a dead batch keeps only its failing key's), or None when gone."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(subscription_batches.c.positions).where(
+                subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
+        return None if value is None else [int(p) for p in value]
 
     # -- checkpoint --------------------------------------------------------------
 

@@ -75,7 +75,7 @@ def upgrade() -> None:
         "esf_subscription_batches",
         sa.Column("id", _PK_BIGINT, primary_key=True, autoincrement=True),
         sa.Column("name", sa.String(200), nullable=False),
-        sa.Column("partition_key", sa.String(400), nullable=False),
+        sa.Column("partition_keys", _JSON, nullable=False),
         sa.Column("first_position", sa.BigInteger, nullable=False),
         sa.Column("last_position", sa.BigInteger, nullable=False),
         sa.Column("positions", _JSON, nullable=False),
@@ -85,10 +85,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("error", sa.String(2000), nullable=True),
+        sa.Column("failed_position", sa.BigInteger, nullable=True),
     )
     op.create_index("ix_esf_subscription_batches_state", "esf_subscription_batches", ["name", "state", "id"])
-    op.create_index("ix_esf_subscription_batches_partition", "esf_subscription_batches",
-                    ["name", "partition_key", "id"])
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_NOTIFY_FUNCTION)
         op.execute(_NOTIFY_TRIGGER)

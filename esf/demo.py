@@ -41,6 +41,15 @@ def build(settings: Settings | None = None) -> Foundation:
         return coord.incr("demo:ticks", 86400)
 
     fnd.jobs.schedule("demo.tick_every_2s", job="demo.tick", every=2.0)
+
+    from .events import Q
+
+    @fnd.subscription("demo.receipts", filter=Q.type("demo.order_paid") & (Q.data("total") > 100), retries=2)
+    def receipt(event: Any) -> None:
+        coord.incr("demo:receipts", 86400)
+        print(f"[demo] subscription demo.receipts: receipt for order {event.data['order']} "
+              f"(total {event.data['total']}, position {event.position})", flush=True)
+
     return fnd
 
 
@@ -68,6 +77,20 @@ def run_demo(fnd: Foundation, *, should_stop: Callable[[], bool], duration: floa
             e = entries[0]
             say(f"dead-lettered to {e.queue}.dlq: {e.job} {e.args} after {e.attempts} attempts "
                 f"({e.exception_type}: {e.exception_message}); see `esf dlq list`")
+            break
+        time.sleep(0.5)
+    from .events import Event
+
+    orders = [Event("demo.order_paid", {"order": f"o-{n}", "total": total}, stream_id=f"order-o-{n}",
+                    correlation_id="demo-1") for n, total in ((1, 50), (2, 150), (3, 250))]
+    fnd.events.append(orders)
+    say("appended 3 demo.order_paid events; subscription demo.receipts takes those with total > 100")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not should_stop():
+        status = fnd.subscriptions.status("demo.receipts")
+        if status.checkpoint >= fnd.events.head():
+            say(f"subscription demo.receipts caught up: checkpoint {status.checkpoint}, "
+                f"{int(fnd.jobs.coordinator.get('demo:receipts') or 0)} receipts sent; see `esf subscriptions list`")
             break
         time.sleep(0.5)
     seen = 0

@@ -14,6 +14,7 @@ failures apart without relying on class paths::
     │   ├── UnknownJob               unknown_job
     │   ├── UnknownQueue             unknown_queue
     │   └── SecretNotFound           secret_not_found
+    │   └── UnknownSubscription      unknown_subscription
     ├── Conflict                     conflict
     │   ├── DuplicateEventId         duplicate_event_id
     │   └── ConcurrencyConflict      concurrency_conflict
@@ -64,6 +65,7 @@ __all__ = [
     "Timeout",
     "UnknownJob",
     "UnknownQueue",
+    "UnknownSubscription",
     "ValidationError",
     "error_from_code",
 ]
@@ -141,6 +143,10 @@ class SecretNotFound(NotFound):
     """No secret (or no such key or version of it) exists at that path."""
 
     code = "secret_not_found"
+class UnknownSubscription(NotFound):
+    """No subscription or projection has that name."""
+
+    code = "unknown_subscription"
 
 
 class Conflict(EsfError):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .jobs._celery import EsfCelery
     from .secrets import SecretsService
     from .services import ServiceRegistry
+    from .subscriptions import Subscription, SubscriptionService
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
@@ -219,6 +220,26 @@ class Foundation:
 
         prepare_events(event, max_event_bytes=self.settings.events.max_event_bytes)
         self._event_writer.append_later(event)
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    @cached_property
+    def subscriptions(self) -> SubscriptionService:
+        """Durable event subscriptions and projections; handlers run as routed jobs."""
+        from .subscriptions import SubscriptionService
+
+        return SubscriptionService(self)
+
+    def subscription(self, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Subscription]:
+        """Declare a subscription: ``@fnd.subscription("receipts", filter=Q.type("order.paid"))`` on a
+        ``handler(event)``. Options as :meth:`SubscriptionService.subscribe`; the name defaults to the
+        function's. Raises ValidationError for bad options."""
+        return self.subscriptions.decorator(name, **options)
+
+    def projection(self, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Subscription]:
+        """Declare a projection: a subscription whose ``handler(event, session)`` writes through a
+        SQLAlchemy session committed together with its checkpoint (each event takes effect once)."""
+        return self.subscriptions.decorator(name, projection=True, **options)
 
     # -- configuration -------------------------------------------------------------
 
@@ -480,9 +501,13 @@ class Foundation:
                 on_stall=lambda: os.kill(os.getpid(), signal.SIGHUP),
             )
             self._lease.start()
+        if "subscriptions" in self.__dict__ and self.settings.subscriptions.dispatcher:
+            self.subscriptions.start_dispatcher()
 
     def worker_stopped(self) -> None:
         """Called when the worker shuts down."""
+        if "subscriptions" in self.__dict__:
+            self.subscriptions.stop_dispatcher()
         jobs = self.__dict__.get("jobs")
         if jobs is not None and "outbox" in jobs.__dict__:
             jobs.outbox.stop()

@@ -36,6 +36,7 @@ __all__ = [
     "SecretsSettings",
     "ServicesSettings",
     "Settings",
+    "SubscriptionSettings",
     "TelemetrySettings",
     "WorkerSettings",
 ]
@@ -201,6 +202,23 @@ class EventSettings:
     def __post_init__(self) -> None:
         _positive(self, "events", ("max_event_bytes", "history_flush_s"))
         _positive(self, "events", ("spool_max_attempts",))
+
+
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    """Subscriptions and projections (``[subscriptions]``, ``ESF_SUBSCRIPTIONS_*``)."""
+
+    #: Run the dispatcher in every worker's main process.
+    dispatcher: bool = True
+    #: Listen for wake-ups (PostgreSQL LISTEN/NOTIFY); off: poll only.
+    wakeups: bool = True
+    #: Seconds between two looks when nothing woke the dispatcher (the only trigger on SQLite).
+    poll_interval_s: float = 0.5
+    #: Seconds between two updates of the lag gauges.
+    lag_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "subscriptions", ("poll_interval_s", "lag_interval_s"))
 
 
 @dataclass(frozen=True)
@@ -497,6 +515,7 @@ class Settings:
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
+    subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -25,3 +25,6 @@ def register(foundation: Foundation) -> None:
     from . import telemetry
 
     telemetry.register(foundation)
+    from . import subscriptions
+
+    subscriptions.register(foundation)

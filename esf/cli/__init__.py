@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_secrets",
     "_cache",
     "_services",
+    "_subscriptions",
 )
 
 

@@ -134,6 +134,10 @@ class JobOutbox:
                 if relay.engine.dialect.name == "sqlite":
                     relay.engine.dispose()
 
+    def wake(self) -> None:
+        """Make this process's relay thread drain again as soon as it can (rows committed by other means)."""
+        self._wake.set()
+
     def start(self) -> None:
         """Start this process's relay thread (idempotent)."""
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -101,4 +102,40 @@ checkpoints = Table(
     Column("name", String(200), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One row per subscription: its read cursor and whether it is paused.
+subscriptions = Table(
+    "esf_subscriptions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    #: The highest position read and assigned to batches (events above it are not read yet).
+    Column("cursor", BigInteger, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("stopped_reason", String(2000), nullable=True),
+    Column("spec", JsonType, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Batches read and not handled yet (``queued``, ``sent``), or dead-lettered (``dead``).
+subscription_batches = Table(
+    "esf_subscription_batches",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    #: The partition keys of the batch's events (no two batches in flight share one).
+    Column("partition_keys", JsonType, nullable=False),
+    Column("first_position", BigInteger, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+    Column("positions", JsonType, nullable=False),
+    Column("correlation_id", String(200), nullable=True),
+    Column("state", String(10), nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("error", String(2000), nullable=True),
+    #: The position of the event whose handler failed last.
+    Column("failed_position", BigInteger, nullable=True),
+    Index("ix_esf_subscription_batches_state", "name", "state", "id"),
 )

@@ -37,6 +37,7 @@ def test_make_run_demo_shows_jobs_a_retry_a_dead_letter_a_schedule_and_stops_cle
     text = out.read_text(errors="replace")
     assert "job demo.greet" in text and "hello, ada" in text
     assert "succeeded after a retry" in text
+    assert "subscription demo.receipts caught up" in text and "2 receipts sent" in text
     assert "esf: stopped" in text
     assert code == 0
 

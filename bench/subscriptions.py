@@ -1,0 +1,246 @@
+"""Subscriptions on PostgreSQL with a Redis broker: live latency, catch-up read rate, handler throughput.
+
+1. **Live latency**: one event appended at a time (every 40 ms, each in a stream of its own) to a
+   subscription on ``bench.ping`` partitioned by stream; the handler measures from just before
+   the append to the moment it runs (append, commit, NOTIFY, dispatcher tick, outbox relay,
+   broker, worker). Side by side in the same run, alternating: a plain job enqueued to the
+   same queue, measured from just before ``enqueue`` to its handler. Ratio: subscription p50 / job p50.
+2. **Catch-up read rate**: N stored events (default 1,000,000; ``--quick`` 100,000), of which
+   a filter (``event_type = 'order.paid' AND data.total > 100``) matches 10 %. The dispatcher's
+   ticks (read, cut into batches, outbox rows, checkpoint), with every sent batch completed at
+   once (instant handlers), against a hand-written ``SELECT position, stream_id … WHERE …
+   ORDER BY position`` scan of the same rows through psycopg. Ratio: ESF / SQL events per second.
+3. **Handler throughput**: 2,000 events (``--quick``: 600) over 64 streams, each handler spending
+   2 ms of CPU, with a worker of 1, 2 and 4 pool processes; events per second from the first
+   handler to the last. (On a 2-core machine, 4 processes cannot beat 2.)
+
+    python bench/subscriptions.py [--quick] [--json] [-n N] [--runs R] [--phases latency,throughput,catchup]
+
+The last line printed is the headline: the catch-up ratio ESF (partitioned by stream, the default) /
+hand-written SQL (target >= 0.5); the strict-order subscription's ratio is printed too.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Report, lease_redis_db, parse_args, percentile, stop_process
+
+import esf
+from esf import Event, Q
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+ADMIN_URL = os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+FILTER = Q.type("order.paid") & (Q.data("total") > 100)
+SQL_SCAN = ("SELECT position, stream_id FROM esf_events WHERE event_type = 'order.paid' "
+            "AND jsonb_typeof(data -> 'total') = 'number' AND (data -> 'total')::numeric > 100 ORDER BY position")
+
+
+def create_db() -> tuple[str, str]:
+    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_db(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def env_for(db_url: str, redis_url: str, data_dir: Path) -> dict[str, str]:
+    return {
+        "ESF_BROKER_URL": redis_url, "ESF_DATABASE_URL": db_url, "ESF_DATA_DIR": str(data_dir),
+        "ESF_JOBS_REDIS_DURABILITY_CHECK": "off", "ESF_TELEMETRY_ENABLED": "false",
+        "ESF_EVENTS_RECORD_JOB_EVENTS": "false", "BENCH_REDIS_URL": redis_url,
+    }
+
+
+def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
+    full.update(env)
+    full["PYTHONPATH"] = f"{BENCH_DIR}:{ROOT}"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", "_subs_app:make", "worker",
+                                 f"--concurrency={concurrency}", "--loglevel=WARNING"], cwd=BENCH_DIR, env=full,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    fnd = esf.Foundation(esf.Settings.from_env(env))
+    try:
+        # Ready when the dispatcher has created both subscriptions' rows.
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{log.read_text(errors='replace')[-3000:]}")
+            with psycopg.connect(env["ESF_DATABASE_URL"]) as conn:
+                try:
+                    n = conn.execute("SELECT count(*) FROM esf_subscriptions").fetchone()[0]  # type: ignore[index]
+                except psycopg.errors.UndefinedTable:
+                    n = 0
+            if n >= 2:
+                return proc
+            time.sleep(0.2)
+    finally:
+        fnd.close()
+    raise RuntimeError(f"worker not ready:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def latency(report: Report, env: dict[str, str], r: redis.Redis[bytes], n: int, tmp: Path) -> float:
+    fnd = esf.Foundation(esf.Settings.from_env(env))
+
+    def ping_job(t: float) -> None:
+        """Declared here to send it; the worker's own declaration runs it."""
+
+    job = fnd.job(name="bench.ping_job", queue=fnd.settings.jobs.service_queue("events"), retries=0)(ping_job)
+    proc = start_worker(env, 2, tmp / "lat.log")
+    try:
+        for i in range(10):  # warm-up: connections, first imports
+            fnd.events.append(Event("bench.ping", {"t": time.time()}, stream_id=f"warm-{i}"))
+            job.enqueue(time.time())
+            time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while (r.llen("bench:lat") < 10 or r.llen("bench:job_lat") < 10) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r.delete("bench:lat", "bench:job_lat")
+        for i in range(n):
+            if i % 2:
+                fnd.events.append(Event("bench.ping", {"t": time.time()}, stream_id=f"ping-{i}"))
+            else:
+                job.enqueue(time.time())
+            time.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while (r.llen("bench:lat") + r.llen("bench:job_lat")) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sub = [float(x) * 1000 for x in r.lrange("bench:lat", 0, -1)]
+        plain = [float(x) * 1000 for x in r.lrange("bench:job_lat", 0, -1)]
+    finally:
+        stop_process(proc)
+        fnd.close()
+    report.add("live append->handler p50", [percentile(sub, 50)], "ms")
+    report.add("live append->handler p99", [percentile(sub, 99)], "ms")
+    report.add("plain enqueue->handler p50", [percentile(plain, 50)], "ms")
+    report.add("plain enqueue->handler p99", [percentile(plain, 99)], "ms")
+    return report.ratio("live p50 / plain job p50", percentile(sub, 50), percentile(plain, 50))
+
+
+def load(fnd: esf.Foundation, n: int) -> int:
+    rng = random.Random(1)
+    types = ["order.paid", "order.created", "order.shipped", "cart.updated", "user.login"]
+    matching = 0
+    for start in range(0, n, 10_000):
+        batch = []
+        for i in range(start, min(n, start + 10_000)):
+            kind = types[i % 5]
+            total = rng.randint(1, 200)
+            matching += kind == "order.paid" and total > 100
+            batch.append(Event(kind, {"total": total, "user": rng.randint(1, 10_000)}, stream_id=f"s-{i % 997}"))
+        fnd.events.append(batch)
+    return matching
+
+
+def catch_up(report: Report, env: dict[str, str], n: int, runs: int) -> float:
+    from esf.plugins.sqlalchemy_events import SqlSubscriptionBackend
+
+    fnd = esf.Foundation(esf.Settings.from_env(env))
+    report.log(f"loading {n:,} events")
+    matching = load(fnd, n)
+    with psycopg.connect(env["ESF_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE esf_events")
+    backend = SqlSubscriptionBackend(fnd.events.engine)  # type: ignore[attr-defined]
+    rates: dict[str, list[float]] = {"esf": [], "esf-strict": [], "sql": []}
+    for run in range(runs):
+        sides = ["esf", "esf-strict", "sql"]
+        for side in (sides if run % 2 == 0 else sides[::-1]):
+            started = time.perf_counter()
+            if side == "sql":
+                with psycopg.connect(env["ESF_DATABASE_URL"]) as conn, conn.cursor(name="scan") as cur:
+                    cur.itersize = 10_000
+                    got = sum(1 for _ in cur.execute(SQL_SCAN))
+            else:
+                got = drain(fnd, backend, f"catchup-{side}-{run}", None if side == "esf-strict" else "stream_id")
+            rates[side].append(got / (time.perf_counter() - started))
+            if got != matching:
+                raise RuntimeError(f"{side} read {got} events, {matching} match")
+        with psycopg.connect(env["ESF_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("DELETE FROM esf_outbox")
+    fnd.close()
+    report.add("catch-up ESF dispatcher, by stream", rates["esf"], "ev/s")
+    report.add("catch-up ESF dispatcher, strict order", rates["esf-strict"], "ev/s")
+    report.add("catch-up hand-written SQL", rates["sql"], "ev/s")
+    report.paired_ratio("catch-up ESF strict / SQL", rates["esf-strict"], rates["sql"])
+    return report.paired_ratio("catch-up ESF by stream / SQL", rates["esf"], rates["sql"])
+
+
+def drain(fnd: esf.Foundation, backend: Any, name: str, partition_by: str | None) -> int:
+    """Catch a new subscription up through the dispatcher's ticks, completing every sent batch at once."""
+    backend.ensure(name, start="beginning", spec={})
+    got = 0
+    while True:
+        result = backend.tick(name, filter=FILTER, partition_by=partition_by, batch_size=1000, max_in_flight=16,
+                              make_job=lambda b, p, c: {"job": "x", "job_id": uuid.uuid4().hex})
+        got += result.read
+        with fnd.events.engine.connect() as conn:  # type: ignore[attr-defined]
+            sent = [row[0] for row in conn.exec_driver_sql(
+                "SELECT id FROM esf_subscription_batches WHERE name = %(n)s AND state = 'sent'", {"n": name})]
+        for batch_id in sent:
+            backend.complete(name, batch_id)
+        if result.read == 0 and result.sent == 0 and not sent:
+            return got
+
+
+def throughput(report: Report, env: dict[str, str], r: redis.Redis[bytes], n: int, tmp: Path) -> None:
+    fnd = esf.Foundation(esf.Settings.from_env(env))
+    for procs in (1, 2, 4):
+        r.delete("bench:done", "bench:first", "bench:last")
+        proc = start_worker(env, procs, tmp / f"thr-{procs}.log")
+        try:
+            fnd.events.append([Event("bench.work", {"work_ms": 2}, stream_id=f"w-{i % 64}") for i in range(n)])
+            deadline = time.monotonic() + 600
+            while int(r.get("bench:done") or 0) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            first, last = float(r.get("bench:first") or 0), float(r.get("bench:last") or 0)
+            report.add(f"handlers, {procs} process(es)", [(n - 1) / (last - first) if last > first else 0], "ev/s")
+        finally:
+            stop_process(proc)
+    fnd.close()
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "", full_n=1_000_000, quick_n=100_000, full_runs=3, extra=[
+        (["--phases"], {"default": "latency,throughput,catchup", "help": "comma-separated phases to run"})])
+    phases = set(args.phases.split(","))
+    report = Report("subscriptions", args, filter="order.paid & total > 100 (10 %)")
+    name, db_url = create_db()
+    tmp = Path(f"/tmp/esf-bench-subs-{uuid.uuid4().hex[:6]}")
+    tmp.mkdir(parents=True)
+    try:
+        with lease_redis_db() as db:
+            redis_url = f"redis://127.0.0.1:6379/{db}"
+            env = env_for(db_url, redis_url, tmp / "data")
+            r = redis.Redis.from_url(redis_url)
+            if "latency" in phases:
+                report.log("live latency")
+                latency(report, env, r, 100 if args.quick else 400, tmp)
+            if "throughput" in phases:
+                report.log("handler throughput")
+                throughput(report, env, r, 600 if args.quick else 2000, tmp)
+            headline = catch_up(report, env, args.n, args.runs) if "catchup" in phases else float("nan")
+    finally:
+        drop_db(name)
+    report.finish("catch-up ESF / hand-written SQL (target >= 0.5)", headline)
+
+
+if __name__ == "__main__":
+    main()

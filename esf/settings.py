@@ -448,6 +448,9 @@ class CacheSettings:
         )
         if not self.redis_prefix:
             raise SettingsError("cache.redis_prefix: must not be empty", setting="cache.redis_prefix")
+
+
+@dataclass(frozen=True)
 class ServicesSettings:
     """ESF's own service tasks: the default schedules ``esf beat`` runs (see docs/services.md).
 

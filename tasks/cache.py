@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from esf.cache import REFRESH_JOB, WARM_JOB
-
 if TYPE_CHECKING:
     from esf.foundation import Foundation
 
@@ -13,19 +11,19 @@ CACHE_SERVICE = "cache"
 
 
 def register(foundation: Foundation) -> None:
-    queue = foundation.settings.jobs.service_queue(CACHE_SERVICE)
+    services = foundation.services
 
     # A loader can fail for any reason (its database, its API): retried a few times, then dead-lettered.
-    @foundation.job(name=REFRESH_JOB, queue=queue, retries=3, backoff=1.0, max_backoff=30.0,
-                    retry_on=(Exception,), timeout=120)
+    @services.task(CACHE_SERVICE, "refresh", retries=3, backoff=1.0, max_backoff=30.0, retry_on=(Exception,),
+                   timeout=120, idempotency="it stores the loader's current value; a second run stores it again")
     def refresh(namespace: str, key: str, loader: str, args: list[Any], kwargs: dict[str, Any], ttl: float,
                 refresh_after: float | None = None, claim: str | None = None) -> dict[str, Any]:
         """Run the registered ``loader`` and store its value as ``key`` of ``namespace`` (refresh-ahead)."""
         foundation.cache.refresh(namespace, key, loader, args, kwargs, ttl, refresh_after, claim)
         return {"namespace": namespace, "key": key}
 
-    @foundation.job(name=WARM_JOB, queue=queue, retries=3, backoff=1.0, max_backoff=30.0,
-                    retry_on=(Exception,), timeout=600)
+    @services.task(CACHE_SERVICE, "warm", retries=3, backoff=1.0, max_backoff=30.0, retry_on=(Exception,),
+                   timeout=600, idempotency="it stores the loader's current values; a second run stores them again")
     def warm(loader: str, keys: list[str], namespace: str, ttl: float | None = None) -> dict[str, Any]:
         """Load every key with the registered ``loader`` and store them (a warmer)."""
         stored = foundation.cache.run_warm(loader, keys, namespace, ttl)

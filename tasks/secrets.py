@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from esf.errors import ServiceUnavailable
+from esf.services import DefaultSchedule
 
 if TYPE_CHECKING:
     from esf.foundation import Foundation
@@ -20,13 +21,15 @@ REFRESH_JOB = "esf.secrets.refresh"
 def register(foundation: Foundation) -> None:
     """Declare ``esf.secrets.refresh`` and, for a backend that can rotate, its beat schedule."""
     settings = foundation.settings.secrets
-    queue = foundation.settings.jobs.service_queue("secrets")
+    schedules = foundation.settings.services.schedules
 
-    @foundation.job(name=REFRESH_JOB, queue=queue, retries=5, backoff=2.0, max_backoff=60.0,
-                    retry_on=(ServiceUnavailable,), timeout=max(30.0, settings.timeout_s * 6))
+    @foundation.services.task(
+        "secrets", "refresh", retries=5, backoff=2.0, max_backoff=60.0, retry_on=(ServiceUnavailable,),
+        timeout=max(30.0, settings.timeout_s * 6),
+        idempotency="it renews and re-reads; a second run finds nothing new to report",
+        schedule=DefaultSchedule(every_s=settings.refresh_interval_s,
+                                 enabled=schedules and settings.backend != "env",
+                                 setting="secrets.refresh_interval_s"))
     def refresh(paths: list[str] | None = None) -> dict[str, Any]:
         """Renew the token and due leases, re-issue revoked ones, read ``paths`` and watched secrets again."""
         return foundation.secrets.refresh(tuple(paths or ()))
-
-    if settings.backend != "env":
-        foundation.schedule(REFRESH_JOB, every=settings.refresh_interval_s)(refresh)

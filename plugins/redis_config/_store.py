@@ -208,7 +208,9 @@ class RedisConfigStore:
 
     def forget_gone(self, ttl_s: float) -> list[str]:
         try:
-            ids = self._client.zrangebyscore(self.k_nodes, "-inf", time.time() - ttl_s)
+            # The Redis server's clock, as the heartbeats are stamped with it (never this node's).
+            sec, usec = self._client.time()
+            ids = self._client.zrangebyscore(self.k_nodes, "-inf", sec + usec / 1_000_000 - ttl_s)
             gone = [i.decode() for i in ids]
             if gone:
                 pipe = self._client.pipeline(transaction=False)

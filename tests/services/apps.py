@@ -14,9 +14,9 @@ def make() -> Foundation:
     def hello() -> str:
         return "hello"
 
-    @fnd.job(name="esf.cache.warm", queue=fnd.settings.jobs.service_queue("cache"), retries=1, timeout=30)
-    def warm(key: str = "") -> str:
-        """Warm one cache key."""
+    @fnd.job(name="esf.flags.report", queue=fnd.settings.jobs.service_queue("flags"), retries=1, timeout=30)
+    def report(key: str = "") -> str:
+        """Report which flags were evaluated."""
         return key
 
     return fnd

@@ -60,7 +60,7 @@ def test_every_foundation_service_task_is_a_job_on_its_routed_queue_with_its_dea
 
 def test_a_job_declared_the_plain_way_on_a_service_queue_is_listed_and_an_application_job_is_not(
         data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given an application that declares esf.cache.warm with @fnd.job on the cache queue, and app.hello
+    # Given an application that declares esf.flags.report with @fnd.job on the flags queue, and app.hello
     for k, v in env_for(data_dir).items():
         monkeypatch.setenv(k, v)
     fnd = apps.make()
@@ -68,10 +68,10 @@ def test_a_job_declared_the_plain_way_on_a_service_queue_is_listed_and_an_applic
         tasks = {t.name: t for t in fnd.services.tasks()}
     finally:
         fnd.close()
-    # Then the registry lists the first as an undeclared task of the cache service, and not the second
-    warm = tasks["esf.cache.warm"]
-    assert (warm.service, warm.queue, warm.declared, warm.retries, warm.description) == (
-        "cache", "acme.cache", False, 1, "Warm one cache key.")
+    # Then the registry lists the first as an undeclared task of the flags service, and not the second
+    report = tasks["esf.flags.report"]
+    assert (report.service, report.queue, report.declared, report.retries, report.description) == (
+        "flags", "acme.flags", False, 1, "Report which flags were evaluated.")
     assert "app.hello" not in tasks
 
 
@@ -235,5 +235,5 @@ def test_esf_services_prints_one_line_per_task_with_its_queue_dlq_and_schedule_s
     assert lines["esf.config.reconcile"].split()[1:5] == ["acme.config", "acme.config.dlq", "3", "120s"]
     assert "every 30s (on; services.config_reconcile)" in lines["esf.config.reconcile"]
     assert "every 3600s (off; services.events_prune)" in lines["esf.events.prune"]
-    assert "(plain job)" in lines["esf.cache.warm"] and lines["esf.cache.warm"].rstrip().endswith("-")
+    assert "(plain job)" in lines["esf.flags.report"] and lines["esf.flags.report"].rstrip().endswith("-")
     assert "app.hello" not in lines

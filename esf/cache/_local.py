@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -155,6 +156,17 @@ class LocalTier:
                 self._cache.pop(k, None)
                 self.mirror.pop(k, None)
         return len(doomed)
+
+    def expire_checks(self) -> None:
+        """Make every entry ask the shared tier before it is served again (it is still served, until its own
+        expiry, while the shared tier cannot answer)."""
+        with self.lock:
+            for key, entry in list(self.mirror.items()):
+                if entry.checked_until > 0.0:
+                    checked = dataclasses.replace(entry, checked_until=0.0)
+                    if key in self._cache:
+                        self._cache[key] = checked
+                    self.mirror[key] = checked
 
     def clear(self) -> None:
         with self.lock:

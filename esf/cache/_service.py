@@ -372,8 +372,10 @@ class CacheCore:
     def _on_message(self, message: Invalidation | None) -> None:
         self.generation += 1
         if message is None:
-            # (Re)subscribed: messages sent meanwhile are lost, so nothing held here can be trusted.
-            self.local.clear()
+            # (Re)subscribed: messages sent meanwhile are lost, so every copy held here is checked with
+            # the shared tier before it is served again. They are not dropped: until the breaker lets
+            # reads through, a dropped copy would read as a miss instead of the degraded in-process value.
+            self.local.expire_checks()
             for known in list(self._namespaces.values()):
                 known.version_until = 0.0
             self.breaker.record_success()

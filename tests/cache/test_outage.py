@@ -54,6 +54,22 @@ def test_reads_go_on_while_redis_is_stopped_and_started(make_cache, private_redi
     assert cache.get("kept") == "v1"
 
 
+def test_a_resubscription_while_redis_cannot_answer_keeps_serving_the_in_process_copy(make_cache, private_redis):
+    # Given a cached value, and a Redis that stopped long enough to open the cache's breaker
+    cache = make_cache(private_redis.url, **OUTAGE)
+    cache.put("kept", "v1", ttl=60)
+    private_redis.stop()
+    assert wait_until(lambda: cache.get("kept") == "v1" and cache.stats().breaker == "open", timeout=10)
+    # When the invalidation channel reports a new subscription (messages may have been missed) while
+    # Redis cannot answer reads yet (as when the subscriber reconnects first after a restart)
+    cache.core._on_message(None)
+    # Then the in-process copy is still served, as during the outage, never a miss
+    assert cache.get("kept") == "v1"
+    # And once Redis is back, the copy is checked against it before it is served from memory again
+    private_redis.start()
+    assert wait_until(lambda: cache.stats().breaker == "closed" and cache.get("kept") == "v1", timeout=15)
+
+
 def test_a_fetch_with_redis_down_calls_the_loader_and_never_raises(make_cache, private_redis):
     # Given a cache whose Redis is down
     cache = make_cache(private_redis.url, **OUTAGE)

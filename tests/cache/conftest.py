@@ -29,7 +29,7 @@ def make_cache(data_dir: Path, unique: str) -> Iterator[Callable[..., TwoTierCac
         c = create_cache(settings)
         made.append(c)
         if redis_url is not None:
-            # Subscribed first: a (re)subscription makes every copy held here ask Redis again (messages may have been missed).
+            # Subscribed first: a (re)subscription makes every copy held here ask Redis again.
             c.core.ensure_started()
             assert c.core.subscribed.wait(10)
         return c

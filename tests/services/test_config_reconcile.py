@@ -30,12 +30,15 @@ def fnd(request: pytest.FixtureRequest, data_dir: Path, unique: str) -> Iterator
 
 def test_a_process_that_stays_behind_is_republished_to_and_recorded_once_and_a_gone_one_is_cleared(
         fnd: Foundation) -> None:
-    # Given version 1 committed, a live process still at version 0 and a process silent for 10 s (TTL 3 s)
+    # Given version 1 committed, a process that beat once and then fell silent for longer than its TTL (3 s),
+    # and a live process still at version 0 (liveness is judged by the store's clock, so the silence is real)
     version = fnd.config.update("app.limit", 1)
     store = fnd.config._store
     now = time.time()
+    store.beat(NodeStatus("gone", "host-b", 12, version=version, last_seen=now, started_at=now - 20), 3.0)
+    wait_for(lambda: "gone" not in {n.node_id for n in store.nodes(3.0)}, timeout=30, message="the silence")
+    now = time.time()
     store.beat(NodeStatus("behind", "host-a", 11, version=version - 1, last_seen=now, started_at=now - 5), 3.0)
-    store.beat(NodeStatus("gone", "host-b", 12, version=version, last_seen=now - 10, started_at=now - 20), 3.0)
     pubsub = fnd.redis.pubsub(ignore_subscribe_messages=True) if fnd.settings.redis_url else None
     if pubsub is not None:
         pubsub.subscribe(store.channel)

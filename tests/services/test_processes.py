@@ -165,7 +165,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert report["store_version"] == 0 and report["diverged"] == []
         assert fnd.jobs.wait(sent["esf.telemetry.export"], timeout=60)["exported"] == ["telemetry.statsd"]
         for service in SERVICES:
-            assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(service)) == []
+            assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(service)).entries == ()
         # And their lifecycle is in the job history, whose last run `esf services` shows
         status = wait_for(lambda: (s := {r.task.name: r for r in fnd.services.status()})
                           and all(s[n].last_run and s[n].last_run["type"] == "job.succeeded" for n in SCHEDULED)

@@ -13,3 +13,7 @@ def register(foundation: Foundation) -> None:
     from . import events
 
     events.register(foundation)
+
+    from . import sourcing
+
+    sourcing.register(foundation)

@@ -137,14 +137,44 @@ class EsfAggregateRecorder(AggregateRecorder):
     def select_events(self, originator_id: uuid.UUID | str, *, gt: int | None = None, lte: int | None = None,
                       desc: bool = False, limit: int | None = None) -> Sequence[StoredEvent]:
         """The aggregate's events with ``gt < originator_version <= lte``, by version (newest first if ``desc``)."""
-        flt: Filter = Q.stream(self.stream_id(originator_id))
-        if gt is not None:
-            flt = flt & (Q.data("originator_version") > gt)
-        if lte is not None:
-            flt = flt & (Q.data("originator_version") <= lte)
+        stream = self.stream_id(originator_id)
         with _translated():
+            if (gt is not None or lte is not None) and not desc:
+                tail = self._range(stream, gt, lte, limit)
+                if tail is not None:
+                    return [from_esf(e) for e in tail]
+            flt: Filter = Q.stream(stream)
+            if gt is not None:
+                flt = flt & (Q.data("originator_version") > gt)
+            if lte is not None:
+                flt = flt & (Q.data("originator_version") <= lte)
             found = self.store.query(Query(flt, order="desc" if desc else "asc", limit=limit))
         return [from_esf(e) for e in found]
+
+    def _range(self, stream: str, gt: int | None, lte: int | None, limit: int | None) -> list[EsfStoredEvent] | None:
+        """Events with ``gt < originator_version <= lte`` read by stream version (no scan of the stream's data).
+
+        Originator versions rise strictly with stream versions (``_insert`` refuses
+        anything else), so ``originator_version >= stream_version + offset``, where
+        ``offset`` is the first event's ``originator_version - 1``: the range starts at or
+        before stream version ``gt - offset + 1``. Reading from one event earlier and
+        finding it at or below ``gt`` proves nothing was skipped; otherwise (versions
+        with gaps) ``None`` asks the caller for the filtered query.
+        """
+        first = self.store.read_stream(stream, limit=1)
+        if not first:
+            return []
+        offset = int(first[0].data["originator_version"]) - 1
+        start = 1 if gt is None else max(1, gt - offset)
+        count = None if lte is None else lte - offset - start + 1
+        if count is not None and count < 1:
+            return []
+        events = self.store.read_stream(stream, from_version=start, limit=count)
+        if gt is not None and start > 1 and (not events or int(events[0].data["originator_version"]) > gt):
+            return None
+        picked = [e for e in events if (gt is None or int(e.data["originator_version"]) > gt)
+                  and (lte is None or int(e.data["originator_version"]) <= lte)]
+        return picked if limit is None else picked[:limit]
 
     # -- tracking (shared by the process recorder) ------------------------------
 

@@ -65,3 +65,33 @@ def test_a_library_application_persists_in_esf_and_its_events_answer_esf_queries
     finally:
         store.close()
         app.close()
+
+
+def test_version_ranges_are_exact_on_streams_with_gaps_in_their_versions(url: str) -> None:
+    # Given a sparse sequence (as the library's snapshots are): versions 5, 10, 15, 20, and a dense one 1..6
+    from esf.plugins.eventsourcing_esf import EsfFactory
+    from eventsourcing.persistence import StoredEvent as EsStoredEvent
+
+    factory = EsfFactory({"ESF_DATABASE_URL": url})
+    try:
+        recorder = factory.aggregate_recorder("snapshots")
+        recorder.insert_events([EsStoredEvent("sparse", v, "t", b"{}") for v in (5, 10, 15, 20)])
+        recorder.insert_events([EsStoredEvent("dense", v, "t", b"{}") for v in range(1, 7)])
+
+        def versions(originator: str, **kw: int) -> list[int]:
+            return [e.originator_version for e in recorder.select_events(originator, **kw)]
+
+        # When ranges are selected, Then exactly the versions inside are returned, in order
+        assert versions("sparse", gt=5) == [10, 15, 20]
+        assert versions("sparse", gt=7) == [10, 15, 20]
+        assert versions("sparse", gt=12) == [15, 20]
+        assert versions("sparse", lte=12) == [5, 10]
+        assert versions("sparse", gt=5, lte=15) == [10, 15]
+        assert versions("sparse", gt=20) == []
+        assert versions("dense", gt=2) == [3, 4, 5, 6]
+        assert versions("dense", gt=2, lte=4) == [3, 4]
+        assert versions("dense", gt=2, limit=2) == [3, 4]
+        assert versions("dense", gt=9) == []
+        assert versions("dense", lte=0) == []
+    finally:
+        factory.close()

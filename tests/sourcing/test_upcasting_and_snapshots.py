@@ -152,3 +152,27 @@ def test_an_event_of_a_newer_schema_than_the_reader_knows_is_refused(fnd: Founda
     # When it is read, Then it is refused rather than misread
     with pytest.raises(ValidationError, match="schema version 5"):
         fnd.events.read_all()
+
+
+def test_a_snapshot_that_cannot_be_dispatched_never_fails_the_save(fnd: Foundation) -> None:
+    # Given a repository whose snapshot dispatch fails (the broker is down, say)
+    def broken(payload: dict[str, Any]) -> None:
+        raise ConnectionError("broker unreachable")
+
+    repo = AggregateRepository(fnd.events, broken)
+    account = SnapshottedAccount("s3")
+    account.open("cy")
+    for amount in range(1, 6):
+        account.deposit(amount)
+    # When a save crosses snapshot_every
+    stored = repo.save(account)
+    # Then the events are stored and the save returned normally; loads rebuild from the events
+    assert len(stored) == 6 and account.pending_events == ()
+    assert repo.load(SnapshottedAccount, "s3").balance == 15
+    assert fnd.events.read_stream("account-s3.snapshots") == []
+
+
+def test_an_aggregate_class_with_a_bad_snapshot_setting_is_refused_at_definition() -> None:
+    with pytest.raises(ValidationError):
+        class _Bad(Aggregate):
+            snapshot_every = 0

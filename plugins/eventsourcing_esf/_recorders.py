@@ -22,7 +22,7 @@ from eventsourcing.persistence import (
 )
 from sqlalchemy.orm import Session
 
-from esf.errors import Conflict, EsfError, ServiceUnavailable
+from esf.errors import ConcurrencyConflict, Conflict, EsfError, ServiceUnavailable
 from esf.events import Event, Filter, Q, Query
 
 from ._mapping import EVENT_ID_NS, from_esf, notification_of, stream_part, to_esf
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 TRACKING_EVENT_TYPE = "es.tracking"
 #: Seconds a subscription waits between two polls when it has caught up.
 SUBSCRIPTION_POLL_S = 0.1
+
+
+class _NotNew(Exception):
+    """An aggregate assumed new already has events: read its last version and try again."""
 
 
 @contextmanager
@@ -84,8 +88,14 @@ class EsfAggregateRecorder(AggregateRecorder):
         self._insert(stored_events, kwargs.get("tracking"))
         return None
 
-    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
+    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None, *,
+                assume_new: bool = True) -> list[int]:
         """Append all events (and the tracking record) atomically; their ESF positions, in input order.
+
+        An aggregate whose batch starts at version 0 or 1 is first assumed new: its
+        append expects an empty stream, which saves reading its last version. If the
+        stream is not empty, that append conflicts, the transaction rolls back, and
+        the whole batch is tried again with every stream's last version read first.
 
         Raises:
             IntegrityError: a version not above its aggregate's last one (or repeated in the
@@ -103,8 +113,12 @@ class EsfAggregateRecorder(AggregateRecorder):
         with _translated():
             start: dict[str, int] = {}
             last_versions: dict[str, int | None] = {}
+            assumed: set[str] = set()
             for stream, batch in runs:
-                if stream not in start:
+                if stream not in start and assume_new and batch[0].originator_version <= 1:
+                    start[stream], last_versions[stream] = 0, None
+                    assumed.add(stream)
+                elif stream not in start:
                     last = self._last(stream)
                     start[stream] = 0 if last is None else last.stream_version
                     last_versions[stream] = None if last is None else int(last.data["originator_version"])
@@ -118,20 +132,33 @@ class EsfAggregateRecorder(AggregateRecorder):
                     previous = stored.originator_version
                 last_versions[stream] = previous
             tracking_write = self._tracking_event(tracking) if tracking is not None else None
-            positions: list[int] = []
-            with Session(self.engine) as session, session.begin():
-                for stream, batch in runs:
+            try:
+                return self._write(runs, start, assumed, tracking_write)
+            except _NotNew:
+                pass
+        return self._insert(stored_events, tracking, assume_new=False)
+
+    def _write(self, runs: Sequence[tuple[str, list[StoredEvent]]], start: dict[str, int], assumed: set[str],
+               tracking_write: tuple[Event, int] | None) -> list[int]:
+        positions: list[int] = []
+        with Session(self.engine) as session, session.begin():
+            for stream, batch in runs:
+                try:
                     result = self.store.append([to_esf(s, stream, self.scope) for s in batch],
                                                expected_version=start[stream], session=session)
-                    if result.already_stored:
-                        raise IntegrityError(f"{stream}: an event of this batch is already recorded")
-                    start[stream] += len(batch)
-                    positions.extend(e.position for e in result)
-                if tracking_write is not None:
-                    event, expected = tracking_write
-                    result = self.store.append(event, expected_version=expected, session=session)
-                    if result.already_stored:
-                        raise IntegrityError(f"tracking {tracking} is already recorded")
+                except ConcurrencyConflict:
+                    if stream in assumed:
+                        raise _NotNew() from None
+                    raise
+                if result.already_stored:
+                    raise IntegrityError(f"{stream}: an event of this batch is already recorded")
+                start[stream] += len(batch)
+                positions.extend(e.position for e in result)
+            if tracking_write is not None:
+                event, expected = tracking_write
+                result = self.store.append(event, expected_version=expected, session=session)
+                if result.already_stored:
+                    raise IntegrityError(f"tracking {event.data['application_name']} is already recorded")
         return positions
 
     def select_events(self, originator_id: uuid.UUID | str, *, gt: int | None = None, lte: int | None = None,

@@ -93,5 +93,9 @@ def test_version_ranges_are_exact_on_streams_with_gaps_in_their_versions(url: st
         assert versions("dense", gt=2, limit=2) == [3, 4]
         assert versions("dense", gt=9) == []
         assert versions("dense", lte=0) == []
+        # And a sequence that starts at version 0 takes version 1 next (it was not new after all)
+        recorder.insert_events([EsStoredEvent("zero", 0, "t", b"{}")])
+        recorder.insert_events([EsStoredEvent("zero", 1, "t", b"{}")])
+        assert versions("zero", gt=0) == [1]
     finally:
         factory.close()

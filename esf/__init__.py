@@ -24,6 +24,7 @@ from .hooks import JobContext, JobHooks
 from .jobs import DeadLetter, Job, JobHandle
 from .secrets import Secret
 from .settings import Settings
+from .sourcing import Aggregate, applies
 
 #: Alias of :class:`EsfError` as the design brief spells it.
 ESFError = EsfError
@@ -44,6 +45,9 @@ __all__ = [
     "Q",
     "Query",
     "StoredEvent",
+    # event sourcing
+    "Aggregate",
+    "applies",
     # values
     "Secret",
     # errors

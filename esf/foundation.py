@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .secrets import SecretsService
     from .services import ServiceRegistry
     from .subscriptions import Subscription, SubscriptionService
+    from .sourcing import AggregateRepository, UpcasterFn, Upcasters
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")
@@ -188,6 +189,7 @@ class Foundation:
         from .events import create_event_store
 
         store = create_event_store(self.settings)
+        store = self._upcasting(store)
         if self.settings.telemetry.enabled:
             from .events._instrumented import InstrumentedEventStore
 
@@ -240,6 +242,41 @@ class Foundation:
         """Declare a projection: a subscription whose ``handler(event, session)`` writes through a
         SQLAlchemy session committed together with its checkpoint (each event takes effect once)."""
         return self.subscriptions.decorator(name, projection=True, **options)
+    # -- event sourcing ------------------------------------------------------------
+
+    def _upcasting(self, store: EventStore) -> EventStore:
+        from .sourcing import UpcastingEventStore
+
+        return cast("EventStore", UpcastingEventStore(store, self.upcasters))
+
+    @cached_property
+    def upcasters(self) -> Upcasters:
+        """The upcaster registry: every read of ``fnd.events`` returns events in their current shape."""
+        from .sourcing import Upcasters
+
+        return Upcasters()
+
+    def upcaster(self, event_type: str, *, from_version: int) -> Callable[[UpcasterFn], UpcasterFn]:
+        """Register the decorated ``fn(data) -> data`` as the upcaster of ``event_type`` from ``from_version``.
+
+        Raises:
+            ValidationError: bad type or version, or versions registered out of order (see ``Upcasters.register``).
+        """
+        def decorator(fn: UpcasterFn) -> UpcasterFn:
+            self.upcasters.register(event_type, from_version, fn)
+            return fn
+
+        return decorator
+
+    @cached_property
+    def aggregates(self) -> AggregateRepository:
+        """The aggregate repository; snapshots go to the ``esf.events.snapshot`` job."""
+        from .sourcing import SNAPSHOT_JOB, AggregateRepository
+
+        def dispatch(payload: dict[str, Any]) -> None:
+            self.jobs.get(SNAPSHOT_JOB).enqueue(payload)
+
+        return AggregateRepository(self.events, dispatch)
 
     # -- configuration -------------------------------------------------------------
 

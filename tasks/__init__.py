@@ -28,3 +28,7 @@ def register(foundation: Foundation) -> None:
     from . import subscriptions
 
     subscriptions.register(foundation)
+
+    from . import sourcing
+
+    sourcing.register(foundation)

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from .jobs._celery import EsfCelery
     from .secrets import SecretsService
     from .services import ServiceRegistry
-    from .subscriptions import Subscription, SubscriptionService
     from .sourcing import AggregateRepository, UpcasterFn, Upcasters
+    from .subscriptions import Subscription, SubscriptionService
     from .telemetry import Telemetry
 
 log = logging.getLogger("esf")

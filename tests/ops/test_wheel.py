@@ -92,10 +92,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv (no system site-packages) with the wheel and its runtime dependencies from the index."""
+    """A fresh venv (no system site-packages) with the wheel, its runtime dependencies and the extras its
+    optional plugins need (``eventsourcing``: a persistence module subclasses that library's classes)."""
     path = tmp_path_factory.mktemp("venv") / "venv"
     _run([sys.executable, "-m", "venv", str(path)], cwd=path.parent)
-    _run([str(path / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)], cwd=path.parent)
+    _run([str(path / "bin" / "python"), "-m", "pip", "install", "-q", f"{wheel}[eventsourcing]"], cwd=path.parent)
     return path
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import SettingsError
 from .secrets import Secret
@@ -39,6 +40,7 @@ __all__ = [
     "SubscriptionSettings",
     "TelemetrySettings",
     "WorkerSettings",
+    "strip_url_credentials",
 ]
 
 #: Queue names: letters, digits, ``_ . -``; a name may not end in ``.dlq``.
@@ -634,6 +636,17 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
             f"{name}: unsupported URL scheme in {_redact_url(url)!r}; expected one of {', '.join(schemes)}",
             setting=name,
         )
+
+
+def strip_url_credentials(url: str) -> str:
+    """``url`` without its user name and password (for reprs and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _redact_url(url: object) -> str:

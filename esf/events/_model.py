@@ -154,6 +154,15 @@ class FrozenList(list[Any]):
         return self
 
 
+def thaw_json(value: Any) -> Any:
+    """A mutable copy of a (frozen) JSON value: mappings become dicts, lists and tuples lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw_json(v) for v in value]
+    return value
+
+
 def freeze_json(value: Any) -> Any:
     """Deep-freeze a JSON value: mappings become :class:`FrozenDict`, lists/tuples :class:`FrozenList`."""
     kind = type(value)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ..events._model import thaw_json
 
 __all__ = [
     "BUCKETS",
@@ -66,15 +67,7 @@ class Evaluation:
 
     def to_wire(self) -> list[Any]:
         """``[value, variant, reason, rule]``: the JSON form carried in job headers."""
-        return [_thaw(self.value), self.variant, self.reason, self.rule]
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value
+        return [thaw_json(self.value), self.variant, self.reason, self.rule]
 
 
 def bucket(salt: str, key: str) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import SerializationError, ValidationError
-from ..events._model import Event, freeze_json
+from ..events._model import Event, freeze_json, thaw_json
 from ..events._validation import EVENT_TYPE_RE, STREAM_ID_RE
 
 __all__ = ["Aggregate", "applies"]
@@ -152,7 +152,7 @@ class Aggregate:
     def restore_state(self, state: Mapping[str, Any]) -> None:
         """Set the state from a snapshot (the inverse of :meth:`snapshot_state`)."""
         for key, value in state.items():
-            setattr(self, key, _thaw(value))
+            setattr(self, key, thaw_json(value))
 
     def _mark_saved(self) -> None:
         self._saved_version = self.version
@@ -160,11 +160,3 @@ class Aggregate:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id={self.id!r} version={self.version}>"
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value

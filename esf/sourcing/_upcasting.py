@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import SerializationError, ValidationError
-from ..events._model import Event, StoredEvent
+from ..events._model import Event, StoredEvent, thaw_json
 from ..events._validation import EVENT_TYPE_RE
 
 #: Metadata key holding the schema version an event was written with (absent: version 1).
@@ -98,7 +98,7 @@ class Upcasters:
                 f" this process knows versions 1..{current}",
                 field=SCHEMA_VERSION_KEY, event_id=event.event_id,
             )
-        data: dict[str, Any] = _thaw(event.data)
+        data: dict[str, Any] = thaw_json(event.data)
         for version in range(stored, current):
             new = chain[version - 1](data)
             if not isinstance(new, Mapping):
@@ -119,11 +119,3 @@ class Upcasters:
     def empty(self) -> bool:
         """True while no upcaster is registered (reads and appends then pass through untouched)."""
         return not self._chains
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_thaw(v) for v in value]
-    return value

@@ -6,7 +6,6 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -15,6 +14,7 @@ from redis.retry import Retry
 
 from esf.cache import Invalidation, InvalidationCallback
 from esf.errors import ServiceUnavailable, ValidationError
+from esf.settings import strip_url_credentials
 
 __all__ = ["RedisCacheTier"]
 
@@ -94,7 +94,7 @@ class RedisCacheTier:
         self._release = self._client.register_script(RELEASE)
 
     def _fail(self, exc: Exception) -> ServiceUnavailable:
-        return ServiceUnavailable(f"Redis cache tier {_strip_credentials(self._url)}: {type(exc).__name__}: {exc}")
+        return ServiceUnavailable(f"Redis cache tier {strip_url_credentials(self._url)}: {type(exc).__name__}: {exc}")
 
     def version(self, namespace: str) -> int:
         try:
@@ -190,7 +190,7 @@ class RedisCacheTier:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"RedisCacheTier({_strip_credentials(self._url)!r}, prefix={self.prefix!r})"
+        return f"RedisCacheTier({strip_url_credentials(self._url)!r}, prefix={self.prefix!r})"
 
 
 def _call(callback: InvalidationCallback, message: Invalidation | None) -> None:
@@ -198,13 +198,3 @@ def _call(callback: InvalidationCallback, message: Invalidation | None) -> None:
         callback(message)
     except Exception:
         log.exception("cache: invalidation callback failed")
-
-
-def _strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

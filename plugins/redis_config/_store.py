@@ -7,13 +7,13 @@ import json
 import logging
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import RedisError
 
 from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
 from esf.errors import ConcurrencyConflict, ServiceUnavailable
+from esf.settings import strip_url_credentials
 
 __all__ = ["BEAT_SCRIPT", "COMMIT_SCRIPT", "NODES_SCRIPT", "RedisConfigStore"]
 
@@ -86,7 +86,7 @@ class RedisConfigStore:
     ) -> None:
         self.prefix = prefix
         self.history_limit = history_limit
-        self.identity = f"redis:{_strip_credentials(url)}:{prefix}"
+        self.identity = f"redis:{strip_url_credentials(url)}:{prefix}"
         self._url = url
         self._timeout_s = timeout_s
         self._client = redis.Redis.from_url(
@@ -104,7 +104,7 @@ class RedisConfigStore:
         self._pubsub: Any = None
 
     def _fail(self, exc: Exception) -> ServiceUnavailable:
-        return ServiceUnavailable(f"Redis config store {_strip_credentials(self._url)}: {exc}")
+        return ServiceUnavailable(f"Redis config store {strip_url_credentials(self._url)}: {exc}")
 
     # -- reading -------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class RedisConfigStore:
             ok, version = self._script(keys=[self.k_state, self.k_history], args=args)
         except RedisError as exc:
             raise ServiceUnavailable(
-                f"Redis config store {_strip_credentials(self._url)}: {exc}; the batch may or may not be "
+                f"Redis config store {strip_url_credentials(self._url)}: {exc}; the batch may or may not be "
                 "applied: read the version to know"
             ) from exc
         if not ok:
@@ -273,7 +273,7 @@ class RedisConfigStore:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"RedisConfigStore({_strip_credentials(self._url)!r}, prefix={self.prefix!r})"
+        return f"RedisConfigStore({strip_url_credentials(self._url)!r}, prefix={self.prefix!r})"
 
 
 def _call(callback: NotifyCallback, version: int | None) -> None:
@@ -281,13 +281,3 @@ def _call(callback: NotifyCallback, version: int | None) -> None:
         callback(version)
     except Exception:
         log.exception("config: notification callback failed")
-
-
-def _strip_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

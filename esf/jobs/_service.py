@@ -419,6 +419,13 @@ class JobService:
             replayed_from=entry.id,
             args_corrected=corrected,
         )
+        # The replay runs under the same job id: the dead-lettered run's stored FAILURE is forgotten first,
+        # so a wait() right after the replay waits for the new run instead of returning the old outcome.
+        try:
+            self._fnd.celery.backend.forget(entry.job_id)
+        except Exception as exc:
+            log.warning("replay of %s: the old result could not be forgotten (%s: %s); a wait() may see it",
+                        entry.job_id, type(exc).__name__, exc)
         if job is not None:
             self._publish(job.task, entry.job_id, args, kwargs, meta)
         else:

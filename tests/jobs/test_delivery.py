@@ -60,8 +60,10 @@ def test_a_job_that_exhausts_its_retries_is_dead_lettered_with_its_failure_and_r
     # When it is replayed with corrected arguments
     before = int(fnd.jobs.coordinator.get("fixed") or 0)
     sent = fnd.jobs.dlq.replay([entry.id], args=[1])
-    # Then it runs again under the same id and succeeds, and leaves the DLQ
+    # Then it runs again under the same id and succeeds (a wait right after the replay waits for the new run,
+    # not the dead-lettered run's stored failure), and leaves the DLQ
     assert sent == [handle.id]
+    assert handle.wait(60) is None
     wait_for(lambda: int(fnd.jobs.coordinator.get("fixed") or 0) > before, message="replayed job ran")
     wait_for(lambda: fnd.jobs.status(handle.id) == "succeeded", message="replayed job succeeded")
     assert all(e.job_id != handle.id for e in fnd.jobs.dlq.entries())

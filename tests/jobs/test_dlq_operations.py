@@ -255,11 +255,10 @@ def test_a_purge_racing_a_replay_loses_no_entry_it_was_not_asked_to_purge(fnd: F
         assert not left  # a Redis replay claims entries one by one: none is hidden from it
 
 
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # only RabbitMQ dead-letters messages itself
 def test_a_dead_letter_made_by_the_broker_reads_as_an_entry_with_its_last_attempt_time(
     fnd: Foundation, broker: Broker
 ) -> None:
-    if broker.kind != "amqp":
-        pytest.skip("only RabbitMQ dead-letters messages itself")
     # Given a job message that a consumer rejects without requeueing (the quorum queue dead-letters it)
     handle = fnd.jobs.enqueue("t.add", 2, 3)
     before = time.time()

@@ -64,12 +64,20 @@ def test_a_pool_process_forked_while_the_outbox_relay_drains_can_write_to_the_ev
     relay = threading.Thread(target=outbox.drain)
     relay.start()
     assert dispatching.wait(10)
-    releaser = threading.Timer(0.5, release.set)
-    releaser.start()
+    armed = [True]
+
+    def at_fork() -> None:
+        # Runs when fork() starts (registered after ESF's guard, so called before it): the relay is still
+        # inside its transaction here, and is let go only now, so the fork always starts inside it.
+        if armed[0]:
+            armed[0] = False
+            release.set()
+
+    os.register_at_fork(before=at_fork)
     # When the process forks a pool process
     child_wrote = _child_can_write(tmp_path / "esf.sqlite")
     relay.join(10)
-    releaser.join()
+    assert not armed[0]
     # Then that pool process can write (SQLite's lock records of the relay did not follow it)
     assert child_wrote
     # And the message was relayed

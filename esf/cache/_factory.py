@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, cast
 
+from .._plugins import load_plugin
 from ..errors import SettingsError
 from ._bindings import EventInvalidator, InvalidatingEventStore
 from ._facade import TwoTierCache
@@ -20,16 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = ["create_cache", "create_foundation_cache", "load_tier_class"]
 
-#: Entry point (group ``esf.plugins``) of the bundled shared tier, and the module that holds it.
-_BUNDLED = {"cache.redis": ("esf.plugins.redis_cache", "RedisCacheTier")}
-
-
 def load_tier_class(name: str) -> Any:
-    """The shared-tier class registered as ``name`` in the ``esf.plugins`` entry-point group."""
-    for ep in entry_points(group="esf.plugins", name=name):
-        return ep.load()
-    module, attr = _BUNDLED[name]
-    return getattr(importlib.import_module(module), attr)
+    """The shared-tier class registered as ``name`` (``cache.redis``) in ``esf.plugins``.
+
+    Raises:
+        SettingsError: nothing is registered under that name.
+    """
+    return load_plugin(name, setting="cache.backend")
 
 
 def create_cache(settings: Settings, *, redis_url: str | None = None,

@@ -62,7 +62,7 @@ def _emit(e: StoredEvent, as_json: bool, out: TextIO) -> None:
 def run_upgrade(url: str, out: TextIO | None = None) -> int:
     """Migrate the event store database at ``url`` to the newest revision."""
     out = out or sys.stdout
-    from ..plugins.sqlalchemy_events._engine import redact  # type: ignore[import-not-found,unused-ignore]
+    from ..plugins.sqlalchemy_events import redact  # type: ignore[import-not-found,unused-ignore]
     from ..plugins.sqlalchemy_events.migrations import upgrade  # type: ignore[import-not-found,unused-ignore]
 
     revision = upgrade(url)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from .._plugins import load_plugin
 from ._service import AuditSink, ConfigService
 
 if TYPE_CHECKING:
@@ -14,23 +13,13 @@ if TYPE_CHECKING:
 
 __all__ = ["create_config_service", "esf_defaults", "load_store_class"]
 
-#: Entry points (group ``esf.plugins``) of the bundled stores, and the modules that hold them.
-_BUNDLED = {
-    "config.redis": ("esf.plugins.redis_config", "RedisConfigStore"),
-    "config.sqlite": ("esf.plugins.sqlite_config", "SqliteConfigStore"),
-}
-
-
 def load_store_class(name: str) -> Any:
-    """The store class registered as ``name`` in the ``esf.plugins`` entry-point group.
+    """The store class registered as ``name`` (``config.redis``, ``config.sqlite``) in ``esf.plugins``.
 
-    The bundled stores are found even when the package metadata is stale (an
-    editable install made before the entry points were added).
+    Raises:
+        SettingsError: nothing is registered under that name.
     """
-    for ep in entry_points(group="esf.plugins", name=name):
-        return ep.load()
-    module, attr = _BUNDLED[name]
-    return getattr(importlib.import_module(module), attr)
+    return load_plugin(name, setting="config")
 
 
 def esf_defaults(settings: Settings) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ._model import Event, StoredEvent
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from esf.plugins.sqlalchemy_events._outbox import OutboxRelay
+    from esf.plugins.sqlalchemy_events import OutboxRelay
 
     from ._query import Filter, Page, Query
     from ._query_values import Per

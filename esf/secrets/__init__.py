@@ -7,9 +7,7 @@ See docs/secrets.md.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from ._hooks import SecretCredentialProvider, SecretHeaderAuth, rotating_engine, rotating_redis
@@ -43,31 +41,15 @@ __all__ = [
     "rotating_redis",
 ]
 
-#: Entry points (group ``esf.plugins``) of the bundled backends, and where they live.
-_BUNDLED = {
-    "secrets.env": ("esf.plugins.env_secrets", "EnvSecretsProvider"),
-    "secrets.file": ("esf.plugins.file_secrets", "FileSecretsProvider"),
-    "secrets.vault": ("esf.plugins.vault_secrets", "VaultSecretsProvider"),
-}
-
-
 def load_provider_class(name: str) -> Any:
     """The backend class registered as ``secrets.<name>`` (or ``name`` itself when it has a dot).
 
     Raises:
         SettingsError: no such backend is registered.
     """
-    from ..errors import SettingsError
+    from .._plugins import load_plugin
 
-    full = name if "." in name else f"secrets.{name}"
-    for ep in entry_points(group="esf.plugins", name=full):
-        return ep.load()
-    if full in _BUNDLED:
-        module, attr = _BUNDLED[full]
-        return getattr(importlib.import_module(module), attr)
-    raise SettingsError(f"secrets.backend: no secrets backend {name!r} (bundled: env, file, vault; others "
-                        "register a 'secrets.<name>' entry point in the 'esf.plugins' group)",
-                        setting="secrets.backend")
+    return load_plugin(name if "." in name else f"secrets.{name}", setting="secrets.backend")
 
 
 def create_secrets_service(settings: Settings, *, emit: EventSink | None = None,

@@ -7,6 +7,7 @@ Public names: :class:`SqlEventStore`, the outbox (:func:`outbox_put`,
 
 from __future__ import annotations
 
+from ._engine import redact
 from ._ledger import forget, once, recorded
 from ._outbox import OutboxRelay, outbox_put
 from ._store import SqlEventStore
@@ -14,4 +15,4 @@ from ._subscriptions import SqlSubscriptionBackend
 from .migrations import upgrade
 
 __all__ = ["OutboxRelay", "SqlEventStore", "SqlSubscriptionBackend", "forget", "once", "outbox_put", "recorded",
-           "upgrade"]
+           "redact", "upgrade"]

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
-import uuid
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import EsfError, ValidationError
 from ..resilience import BreakerState
-from ._aggregate import DeltaTracker, LocalWindows, PushBatch, Rules, collect, render
+from ._aggregate import Rules, collect, render
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
 from ._exporting import (
@@ -29,6 +25,8 @@ from ._instruments import DEFAULT_RULES, Instruments
 from ._metrics import Child, Counter, Family, Gauge, Histogram, Kind
 from ._model import MAX_WINDOW_S, AggregationRule, MetricBatch, SeriesState, parse_rule
 from ._names import check_labels, check_metric_name
+from ._process_hooks import track
+from ._pusher import Pusher
 from ._store import SnapshotStore
 from ._timer import Timer
 
@@ -41,27 +39,13 @@ DROPPED_METRIC = "esf.telemetry.dropped"
 #: Gauge of each circuit breaker's state (0 closed, 1 open, 2 half-open); label ``breaker``.
 BREAKER_METRIC = "esf.breaker.state"
 
-# Telemetry objects alive in this process. A forked child must not push its
-# parent's totals again, so each object is reset in the child (see _after_fork);
-# this weak set exists only so that os.register_at_fork can find them.
-_INSTANCES: weakref.WeakSet[Telemetry] = weakref.WeakSet()
-
-
-def _reset_in_child() -> None:
-    for tel in list(_INSTANCES):
-        tel._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
-
-
 class Telemetry:
     """Metrics and events for one process, merged cluster-wide through a shared store.
 
     Build it with :func:`esf.telemetry.create_telemetry`. Emitting never waits
-    on I/O: a background thread pushes deltas to the store every
-    ``push_interval_s`` and hands batches to exporters every ``export_interval_s``.
+    on I/O: a background thread (:class:`~esf.telemetry._pusher.Pusher`) pushes deltas
+    to the store every ``push_interval_s`` and hands batches to exporters every
+    ``export_interval_s``.
 
     Parameters
     ----------
@@ -123,7 +107,7 @@ class Telemetry:
         self.breaker_failures = breaker_failures
         self.breaker_reset_s = breaker_reset_s
         self.stuck_after_s = stuck_after_s
-        self._store = store if enabled else None
+        store = store if enabled else None
         self._families: dict[str, Family] = {}
         self._families_lock = threading.Lock()
         self.rules = Rules()
@@ -145,24 +129,24 @@ class Telemetry:
             defaults={canonical_name(k): dict(v) for k, v in (exporter_defaults or {}).items()},
             call_timeout_s=exporter_call_timeout_s,
         )
-        self._init_process_state()
-        _INSTANCES.add(self)
-        atexit.register(_close_at_exit, weakref.ref(self))
+        self.closed = False
+        self._pusher = self._new_pusher(store)
+        track(self)
         if exporter_options:
             self.configure_exporters(exporter_options)
 
-    def _init_process_state(self) -> None:
-        self.proc_id = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._flush_lock = threading.Lock()
-        self._tracker = DeltaTracker()
-        self._windows = LocalWindows()
-        self._seq = 0
-        self._pending: PushBatch | None = None
-        self._store_error: str | None = None
-        self._last_push: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+    def _new_pusher(self, store: SnapshotStore | None) -> Pusher:
+        return Pusher(store, self.node, self._local_states, self.export_now, self.push_interval_s,
+                      self.export_interval_s)
+
+    @property
+    def proc_id(self) -> str:
+        """This process's id in the shared store: ``node:pid:token`` (a forked child gets a new one)."""
+        return self._pusher.proc_id
+
+    @property
+    def _store(self) -> SnapshotStore | None:
+        return self._pusher.store
 
     # -- emitting -----------------------------------------------------------
 
@@ -396,18 +380,19 @@ class Telemetry:
         """
         now = time.time()
         span = max((w for r in self.rules.as_dict().values() for w in r.windows_s), default=300)
-        if cluster and self._store is not None:
+        store = self._store
+        if cluster and store is not None:
             if self._families:
                 self.flush()  # include this process's latest increments (a reader with no metrics stays unlisted)
             try:
-                view = self._store.read(min(span, MAX_WINDOW_S))
+                view = store.read(min(span, MAX_WINDOW_S))
             except EsfError as exc:
-                self._store_error = str(exc)
+                self._pusher.store_error = str(exc)
             else:
                 samples = render(view.states, view.windows, self.rules, now, prefix)
                 return MetricBatch("cluster", now, tuple(samples), processes=max(1, len(view.processes)))
         states = self._local_states()
-        samples = render(states, self._windows.copy(), self.rules, now, prefix)
+        samples = render(states, self._pusher.windows.copy(), self.rules, now, prefix)
         return MetricBatch("local", now, tuple(samples), processes=1)
 
     def snapshot(self, prefix: str | None = None, cluster: bool = True) -> dict[str, Any]:
@@ -427,7 +412,7 @@ class Telemetry:
             entry["series"].append(s.to_dict())
         out: dict[str, Any] = {"scope": b.scope, "time": b.time, "processes": b.processes, "metrics": metrics}
         if cluster and b.scope == "local" and self._store is not None:
-            out["degraded"] = self._store_error
+            out["degraded"] = self._pusher.store_error
         return out
 
     def _local_states(self) -> dict[str, SeriesState]:
@@ -444,10 +429,10 @@ class Telemetry:
         exporters = self._exporters.health()
         store = {
             "kind": type(self._store).__name__ if self._store else None,
-            "ok": self._store_error is None,
-            "error": self._store_error,
-            "pending_batch": self._pending is not None,
-            "last_push": self._last_push,
+            "ok": self._pusher.store_error is None,
+            "error": self._pusher.store_error,
+            "pending_batch": self._pusher.pending is not None,
+            "last_push": self._pusher.last_push,
         }
         ok = bool(store["ok"]) and all(e["ok"] for e in exporters.values())
         return {
@@ -470,54 +455,12 @@ class Telemetry:
         self._ensure_running()
 
     def _ensure_running(self) -> None:
-        if self._thread is not None or not self.enabled or self._closed:
-            return
-        with self._flush_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="esf-telemetry", daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
-        next_export = time.monotonic() + self.export_interval_s
-        while not self._stop.wait(self.push_interval_s):
-            try:
-                self.flush()
-                if time.monotonic() >= next_export:
-                    next_export = time.monotonic() + self.export_interval_s
-                    self.export_now()
-            except Exception:  # the loop must survive anything
-                log.exception("telemetry: background flush failed")
+        if self.enabled and not self.closed:
+            self._pusher.ensure_running()
 
     def flush(self, *, final: bool = False) -> bool:
         """Push this process's increments to the store now. Returns whether everything was pushed."""
-        with self._flush_lock:
-            for _ in range(2):  # a pending (retried) batch first, then a fresh one
-                if self._pending is None:
-                    states = self._local_states()
-                    batch = self._tracker.take(states, self.proc_id, self._seq + 1, time.time(), final)
-                    self._windows.add(batch.window_start, batch.counters)
-                    if self._store is None:
-                        self._seq = batch.seq
-                        return True
-                    self._pending = batch
-                    fresh = True
-                else:
-                    fresh = False
-                assert self._store is not None
-                try:
-                    self._store.push(self._pending)
-                except EsfError as exc:
-                    if self._store_error is None:
-                        log.warning("telemetry: cannot push to the store, will retry: %s", exc)
-                    self._store_error = str(exc)
-                    return False
-                self._seq = self._pending.seq
-                self._pending = None
-                self._store_error = None
-                self._last_push = time.time()
-                if fresh:
-                    return True
-            return True
+        return self._pusher.flush(final=final)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread and exporters, push a final batch (the process's gauges are removed).
@@ -525,16 +468,15 @@ class Telemetry:
         Waits at most ``timeout_s`` seconds for the thread and ``timeout_s`` for all the exporters
         together: an exporter whose ``export`` or ``shutdown`` never returns is left behind (logged).
         """
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
+        self.closed = True
+        self._pusher.stop(timeout_s)
         self._exporters.stop_all(timeout_s)
-        if self._store is not None:
+        store = self._store
+        if store is not None:
             self.flush(final=True)
-            self._store.close()
+            store.close()
 
     def _after_fork(self) -> None:
         # In a forked child: start from zero (the parent still pushes its own totals), new locks,
@@ -543,17 +485,11 @@ class Telemetry:
         for fam in self._families.values():
             fam._after_fork()
         self._exporters.after_fork()
-        self._init_process_state()
-        if self._store is not None:
-            self._store.reset_after_fork()
+        store = self._store
+        self.closed = False
+        self._pusher = self._new_pusher(store)
+        if store is not None:
+            store.reset_after_fork()
         # No thread is started here (a fork handler should do as little as possible): the thread starts
         # with the child's first metric lookup, or with start() (Celery: the worker_process_init signal).
 
-
-def _close_at_exit(ref: weakref.ref[Telemetry]) -> None:
-    tel = ref()
-    if tel is not None and not tel._closed:
-        try:
-            tel.close(timeout_s=1.0)
-        except Exception:
-            log.exception("telemetry: close at exit failed")

@@ -146,7 +146,7 @@ def test_an_unreachable_store_degrades_to_the_local_view_and_keeps_the_increment
         assert tel.health()["store"]["ok"] is False
         assert tel.health()["store"]["pending_batch"] is True
         # When the store comes back (here: another store), the same pending batch is delivered
-        tel._store = RedisSnapshotStore(redis_url)
+        tel._pusher.store = RedisSnapshotStore(redis_url)
         assert tel.flush() is True
         assert tel.snapshot()["metrics"]["t.kept"]["series"][0]["value"] == 4
     finally:
@@ -163,10 +163,10 @@ def test_a_forked_child_starts_from_zero_with_its_own_process_id_and_thread():
     pid = os.fork()
     if pid == 0:  # the child
         try:
-            ok = counter.value == 0 and tel.proc_id != parent_id and tel._thread is None
+            ok = counter.value == 0 and tel.proc_id != parent_id and tel._pusher.thread is None
             counter.inc()
             tel.counter("fork.other")  # the first lookup starts the child's own thread
-            ok = ok and counter.value == 1 and tel._thread is not None and tel._thread.is_alive()
+            ok = ok and counter.value == 1 and tel._pusher.thread is not None and tel._pusher.thread.is_alive()
             os.write(w, b"1" if ok else b"0")
         finally:
             os._exit(0)

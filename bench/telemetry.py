@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PCounter
 from prometheus_client import Histogram as PHistogram
 
+from esf.settings import TelemetrySettings
 from esf.telemetry import Telemetry
 
 PROM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -44,7 +45,7 @@ def timed(fn: Callable[[], None], runs: int) -> float:
 
 
 def cases(n: int) -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
-    tel = Telemetry(store=None, push_interval_s=1.0)
+    tel = Telemetry(TelemetrySettings(push_interval_s=1.0), store=None)
     reg = CollectorRegistry()
     rng = random.Random(1)
     values = [rng.lognormvariate(-3, 1.5) for _ in range(n)]

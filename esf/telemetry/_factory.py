@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import SettingsError
-from ._exporting import canonical_name
+from ._exporter_settings import exporter_defaults, exporter_options
 from ._service import Telemetry
 from ._store import RedisSnapshotStore, SnapshotStore, SQLiteSnapshotStore
 
 if TYPE_CHECKING:
-    from ..settings import Settings, TelemetrySettings
+    from ..settings import Settings
+
+__all__ = ["SQLITE_FILE", "create_store", "create_telemetry", "exporter_defaults", "exporter_options"]
 
 #: File of the embedded shared store, under ``Settings.data_dir``.
 SQLITE_FILE = "telemetry.sqlite3"
-
-
-def exporter_defaults(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
-    """Options of the built-in exporters taken from the settings (credentials included, as Secrets).
-
-    ``configure_exporters`` lays the options it is given over these, so the configuration service can
-    enable Prometheus without holding its password.
-    """
-    return {
-        "telemetry.prometheus": {
-            "address": ts.prometheus_address,
-            "port": ts.prometheus_port,
-            "user": ts.prometheus_user,
-            "password": ts.prometheus_password,
-            "auth": ts.prometheus_auth,
-        },
-        "telemetry.statsd": {"host": ts.statsd_host, "port": ts.statsd_port, "prefix": ts.statsd_prefix},
-        "telemetry.log": {"level": ts.log_level},
-    }
-
-
-def exporter_options(ts: TelemetrySettings) -> dict[str, dict[str, Any]]:
-    """The exporters named in ``ts.exporters``, each with its options from the settings."""
-    defaults = exporter_defaults(ts)
-    return {canonical_name(n): dict(defaults.get(canonical_name(n), {})) for n in ts.exporters}
 
 
 def create_store(settings: Settings, redis_url: str | None = None) -> SnapshotStore | None:
@@ -94,17 +71,4 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
     """
     ts = settings.telemetry
     store = create_store(settings, redis_url) if ts.enabled else None
-    return Telemetry(
-        store=store,
-        node=node_id or settings.node,
-        max_label_sets=ts.max_label_sets,
-        max_metrics=ts.max_metrics,
-        push_interval_s=ts.push_interval_s,
-        export_interval_s=ts.export_interval_s,
-        exporter_buffer=ts.exporter_buffer,
-        exporter_options=exporter_options(ts),
-        exporter_defaults=exporter_defaults(ts),
-        breaker_failures=ts.breaker_failures,
-        breaker_reset_s=ts.breaker_reset_s,
-        enabled=ts.enabled,
-    )
+    return Telemetry(ts, store=store, node=node_id or settings.node)

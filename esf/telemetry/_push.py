@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ServiceUnavailable, ValidationError
+from ._exporter_settings import exporter_defaults
 from ._exporting import canonical_name, discover_exporters
-from ._factory import exporter_defaults
 
 if TYPE_CHECKING:
     from ..foundation import Foundation

@@ -10,12 +10,13 @@ from typing import Any
 
 from ..errors import EsfError, ValidationError
 from ..resilience import BreakerState
+from ..settings import TelemetrySettings
 from ._aggregate import Rules, collect, render
 from ._buckets import BucketLayout, parse_buckets
 from ._events import EventBus, EventHandler
+from ._exporter_settings import exporter_defaults, exporter_options
 from ._exporting import (
     CALL_TIMEOUT_S,
-    DEFAULT_BUFFER_BATCHES,
     ExporterFactory,
     ExporterSet,
     canonical_name,
@@ -39,6 +40,7 @@ DROPPED_METRIC = "esf.telemetry.dropped"
 #: Gauge of each circuit breaker's state (0 closed, 1 open, 2 half-open); label ``breaker``.
 BREAKER_METRIC = "esf.breaker.state"
 
+
 class Telemetry:
     """Metrics and events for one process, merged cluster-wide through a shared store.
 
@@ -49,65 +51,42 @@ class Telemetry:
 
     Parameters
     ----------
+    settings:
+        ``TelemetrySettings`` (default: the defaults): limits, intervals, exporters started now and the
+        options ``configure_exporters`` lays its own over, breakers, and ``enabled`` (``False`` keeps
+        metrics in memory only: no thread, no store, no exporters).
     store:
         Shared store for the cluster-wide view (``None``: this process only).
     node:
         This host's name; with the pid and a random token it identifies the process in the store.
-    max_label_sets:
-        Label sets per metric; beyond it samples go to an ``__overflow__`` series.
-    max_metrics:
-        Distinct metric names; one more raises ``ValidationError``.
-    push_interval_s, export_interval_s:
-        Periods of the background thread (seconds).
-    exporter_buffer:
-        Batches queued per exporter before batches are dropped.
-    exporter_options:
-        Exporters to start now (name → options).
-    exporter_defaults:
-        Options per exporter that ``configure_exporters`` lays its options over (from settings).
     exporter_factories:
         Extra exporters by name, added to those found through entry points.
+    stuck_after_s:
+        Seconds an export may run before ``health()`` reports the exporter as stuck.
     exporter_call_timeout_s:
         Seconds ``configure_exporters`` waits for an exporter's ``start`` (and for the ``shutdown`` of
         those it stops) before leaving it behind; ``close`` bounds ``shutdown`` by its own ``timeout_s``.
-    enabled:
-        ``False`` keeps metrics in memory only: no thread, no store, no exporters.
     """
 
     def __init__(
         self,
+        settings: TelemetrySettings | None = None,
         *,
         store: SnapshotStore | None = None,
         node: str = "local",
-        max_label_sets: int = 1000,
-        max_metrics: int = 5000,
-        push_interval_s: float = 1.0,
-        export_interval_s: float = 10.0,
-        exporter_buffer: int = DEFAULT_BUFFER_BATCHES,
-        exporter_options: Mapping[str, Mapping[str, Any]] | None = None,
-        exporter_defaults: Mapping[str, Mapping[str, Any]] | None = None,
         exporter_factories: Mapping[str, ExporterFactory] | None = None,
-        breaker_failures: int = 3,
-        breaker_reset_s: float = 30.0,
         stuck_after_s: float = 30.0,
-        enabled: bool = True,
         exporter_call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
-        if max_label_sets < 1 or max_metrics < 1:
-            raise ValidationError("telemetry: max_label_sets and max_metrics must be at least 1")
-        if not push_interval_s > 0 or not export_interval_s > 0:
-            raise ValidationError("telemetry: push_interval_s and export_interval_s must be greater than zero")
+        ts = settings if settings is not None else TelemetrySettings()
+        self.settings = ts
         self.node = node
-        self.enabled = enabled
-        self.max_label_sets = max_label_sets
-        self.max_metrics = max_metrics
-        self.push_interval_s = push_interval_s
-        self.export_interval_s = export_interval_s
-        self.exporter_buffer = exporter_buffer
-        self.breaker_failures = breaker_failures
-        self.breaker_reset_s = breaker_reset_s
-        self.stuck_after_s = stuck_after_s
-        store = store if enabled else None
+        self.enabled = ts.enabled
+        self.max_label_sets = ts.max_label_sets
+        self.max_metrics = ts.max_metrics
+        self.push_interval_s = ts.push_interval_s
+        self.export_interval_s = ts.export_interval_s
+        store = store if ts.enabled else None
         self._families: dict[str, Family] = {}
         self._families_lock = threading.Lock()
         self.rules = Rules()
@@ -120,20 +99,20 @@ class Telemetry:
         factories.update({canonical_name(k): v for k, v in (exporter_factories or {}).items()})
         self._exporters = ExporterSet(
             factories,
-            buffer_batches=exporter_buffer,
-            breaker_failures=breaker_failures,
-            breaker_reset_s=breaker_reset_s,
+            buffer_batches=ts.exporter_buffer,
+            breaker_failures=ts.breaker_failures,
+            breaker_reset_s=ts.breaker_reset_s,
             stuck_after_s=stuck_after_s,
             on_drop=self._count_drop,
             on_breaker_change=self._breaker_changed,
-            defaults={canonical_name(k): dict(v) for k, v in (exporter_defaults or {}).items()},
+            defaults=exporter_defaults(ts),
             call_timeout_s=exporter_call_timeout_s,
         )
         self.closed = False
         self._pusher = self._new_pusher(store)
         track(self)
-        if exporter_options:
-            self.configure_exporters(exporter_options)
+        if ts.exporters:
+            self.configure_exporters(exporter_options(ts))
 
     def _new_pusher(self, store: SnapshotStore | None) -> Pusher:
         return Pusher(store, self.node, self._local_states, self.export_now, self.push_interval_s,

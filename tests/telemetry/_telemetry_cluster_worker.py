@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+from esf.settings import TelemetrySettings
 from esf.telemetry import RedisSnapshotStore, SQLiteSnapshotStore, Telemetry
 
 PER_CHILD = 2000
@@ -41,7 +42,7 @@ def _child(tel: Telemetry, worker: int, child: int) -> None:
 
 
 def worker_main(kind: str, target: str, worker: int, children: int) -> None:
-    tel = Telemetry(store=make_store(kind, target), push_interval_s=0.05, node=f"w{worker}")
+    tel = Telemetry(TelemetrySettings(push_interval_s=0.05), store=make_store(kind, target), node=f"w{worker}")
     c = tel.counter("test.jobs.done", {"queue": "q"})
     tel.histogram("test.jobs.seconds", {"queue": "q"})
     for _ in range(PER_WORKER):

@@ -17,6 +17,7 @@ import pytest
 from esf import Secret
 from esf.errors import CircuitOpen, ValidationError
 from esf.resilience import CircuitBreaker
+from esf.settings import TelemetrySettings
 from esf.telemetry import DROPPED_METRIC, MetricBatch, Telemetry
 from tests.servers import unavailable
 
@@ -34,7 +35,8 @@ def wait_until(predicate, what, timeout_s=30.0):
 
 @pytest.fixture
 def tel():
-    t = Telemetry(store=None, export_interval_s=3600, exporter_buffer=2, breaker_failures=3, stuck_after_s=0.0)
+    t = Telemetry(TelemetrySettings(export_interval_s=3600, exporter_buffer=2, breaker_failures=3), store=None,
+                  stuck_after_s=0.0)
     yield t
     t.close()
 
@@ -194,10 +196,8 @@ def test_a_hanging_and_a_raising_exporter_neither_block_emitters_nor_the_other_e
     # Given a hanging, a raising and a healthy exporter, each with a 2-batch buffer
     hanging, recording = HangingExporter(), RecordingExporter()
     t = Telemetry(
+        TelemetrySettings(export_interval_s=3600, exporter_buffer=2, breaker_failures=3),
         store=None,
-        export_interval_s=3600,
-        exporter_buffer=2,
-        breaker_failures=3,
         stuck_after_s=0.0,
         exporter_factories={"hang": lambda: hanging, "raise": RaisingExporter, "record": lambda: recording},
     )
@@ -282,7 +282,7 @@ def returns_within(call, timeout_s: float = 30.0) -> bool:
 def test_reconfiguring_and_closing_return_behind_an_exporter_whose_export_and_shutdown_never_return():
     # Given an exporter blocked inside export(), whose shutdown() never returns either
     stuck = NeverReturningExporter()
-    t = Telemetry(store=None, export_interval_s=3600, exporter_call_timeout_s=0.5,
+    t = Telemetry(TelemetrySettings(export_interval_s=3600), store=None, exporter_call_timeout_s=0.5,
                   exporter_factories={"stuck": lambda: stuck, "record": RecordingExporter})
     try:
         t.configure_exporters({"stuck": {}, "record": {}})
@@ -302,7 +302,7 @@ def test_reconfiguring_and_closing_return_behind_an_exporter_whose_export_and_sh
 def test_an_exporter_whose_start_never_returns_is_reported_and_left_behind():
     # Given an exporter whose start() never returns
     stuck = NeverReturningExporter(block_start=True)
-    t = Telemetry(store=None, export_interval_s=3600, exporter_call_timeout_s=0.5,
+    t = Telemetry(TelemetrySettings(export_interval_s=3600), store=None, exporter_call_timeout_s=0.5,
                   exporter_factories={"stuck": lambda: stuck, "record": RecordingExporter})
     errors: list[Exception] = []
 

@@ -8,12 +8,13 @@ import time
 import pytest
 
 from esf.errors import ValidationError
+from esf.settings import TelemetrySettings
 from esf.telemetry import OVERFLOW_LABEL_VALUE, OVERFLOW_METRIC, Telemetry
 
 
 @pytest.fixture
 def tel():
-    t = Telemetry(store=None, max_label_sets=3)
+    t = Telemetry(TelemetrySettings(max_label_sets=3), store=None)
     yield t
     t.close()
 
@@ -124,7 +125,7 @@ def test_label_sets_beyond_the_cap_go_to_an_overflow_series_and_are_counted(tel)
 
 
 def test_too_many_metric_names_are_refused():
-    t = Telemetry(store=None, max_metrics=2)
+    t = Telemetry(TelemetrySettings(max_metrics=2), store=None)
     try:
         t.counter("a.one")
         t.counter("a.two")

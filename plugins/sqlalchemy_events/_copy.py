@@ -22,7 +22,8 @@ from esf.errors import EsfError
 from esf.events._model import Event, StoredEvent
 from esf.events._validation import DEFAULT_STREAM_ID, MAX_STREAM_ID_CHARS, PreparedEvent
 
-from ._append import _PG_COLUMNS, _PG_HEAD, _PG_LOCK, _PG_UPSERT, _PG_VERSIONS, _stored
+from ._append_postgres import _PG_COLUMNS, _PG_HEAD, _PG_LOCK, _PG_UPSERT, _PG_VERSIONS
+from ._append_rows import stored_event
 
 __all__ = ["COPY_MIN_EVENTS", "IdsExist", "copy_append"]
 
@@ -132,7 +133,7 @@ def copy_append(
                         if len(lines) == _CHUNK_ROWS:
                             copy.write("".join(lines))
                             lines.clear()
-                        event = _stored(p, position, version, node)
+                        event = stored_event(p, position, version, node)
                         stored[p.event_id] = event
                         out.append(event)
                     if lines:

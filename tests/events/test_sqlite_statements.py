@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from esf.plugins.sqlalchemy_events import SqlEventStore, _append
+from esf.plugins.sqlalchemy_events import SqlEventStore, _append_sqlite
 
 from esf.errors import DuplicateEventId
 from esf.events import Event
@@ -18,7 +18,7 @@ from esf.events._validation import PreparedEvent, prepare_events
 def test_versions_and_positions_are_right_whatever_the_statement_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       limit: int) -> None:
     # A limit of 999 variables gives 71 rows per insert; 20 gives one row (14 columns); 1, one row too.
-    monkeypatch.setattr(_append, "_variable_limit", limit)
+    monkeypatch.setattr(_append_sqlite, "_variable_limit", limit)
     store = SqlEventStore(f"sqlite:///{tmp_path}/events.db")
     try:
         # Given 40 streams that exist already, at version 2

@@ -115,6 +115,33 @@ def test_the_wheel_installs_only_the_esf_package(wheel: Path) -> None:
     assert top == {"esf", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
 
 
+def source_data_files() -> set[str]:
+    """Every file of the package folders that is not Python source (py.typed, the migrations' template),
+    as its path inside the wheel."""
+    files: set[str] = set()
+    for package, folder in MAPPED.items():
+        for path in (ROOT / folder).rglob("*"):
+            rel = path.relative_to(ROOT / folder)
+            if (path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in rel.parts
+                    or (package == "esf" and rel.parts[0] in ("tasks", "workers", "beat"))):
+                continue
+            files.add("/".join((*package.split("."), *rel.parts)))
+    return files
+
+
+def test_the_wheel_holds_every_data_file_and_every_migration(wheel: Path) -> None:
+    # Given the package folders' data files (package_data in setup.py must name each of them)
+    expected = source_data_files()
+    assert "esf/plugins/sqlalchemy_events/migrations/script.py.mako" in expected
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    # Then every one is in the wheel, as are the migration scripts alembic runs
+    assert expected - names == set()
+    versions = {p.name for p in (ROOT / "plugins/sqlalchemy_events/migrations/versions").glob("0*.py")}
+    shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("esf/plugins/sqlalchemy_events/migrations/versions/")}
+    assert versions and versions <= shipped
+
+
 def test_the_installed_package_comes_from_the_venv_not_the_source_tree(probe: dict[str, Any], venv: Path) -> None:
     assert Path(probe["file"]).resolve().is_relative_to(venv.resolve())
 

@@ -1,6 +1,7 @@
 """``esf beat``: the scheduler that fires cron and interval schedules of jobs.
 
-Schedules themselves (values, store, service) live in ``esf.jobs._schedules``;
+Schedules themselves live in ``esf.jobs`` (the value in ``_schedule_values``, the
+stores in ``_schedule_stores``, the service in ``_schedules``, crontabs in ``_cron``);
 this package holds the loop that fires them and its entry points.
 """
 

@@ -273,7 +273,7 @@ class ConfigSettings:
 
 @dataclass(frozen=True)
 class TelemetrySettings:
-    """Telemetry and exporters (see docs/architecture.md (Telemetry))."""
+    """Telemetry and exporters (see docs/telemetry.md)."""
 
     #: ``False``: metrics stay in memory; no background thread, shared store or exporter.
     enabled: bool = True

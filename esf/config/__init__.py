@@ -2,7 +2,7 @@
 
 ``ConfigService`` (``fnd.config``) serves reads from an immutable per-process
 snapshot and writes through a :class:`ConfigStore` (Redis or SQLite) in one
-atomic compare-and-set step per batch. See ``docs/architecture.md`` (Configuration).
+atomic compare-and-set step per batch. See ``docs/config.md``.
 Path syntax: dotted segments, see :mod:`esf.config._paths`.
 """
 

@@ -7,7 +7,7 @@
         ...
     tel.snapshot()                               # merged over every process
 
-See docs/architecture.md (Telemetry) for the guarantees and limits.
+See docs/telemetry.md for the guarantees and limits.
 """
 
 from __future__ import annotations

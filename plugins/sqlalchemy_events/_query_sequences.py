@@ -1,7 +1,7 @@
 """Sequence queries over events: "A followed by B within D" and "A not followed by B within D".
 
 Each is one SQL statement, with the same answers on PostgreSQL and SQLite
-(see docs/architecture.md (Event queries) for the exact rules).
+(see docs/events.md (Queries) for the exact rules).
 """
 
 from __future__ import annotations

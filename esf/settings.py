@@ -476,6 +476,9 @@ class ServicesSettings:
     #: ``esf.events.outbox_sweep``: relay outbox rows that no in-process relay took.
     events_outbox_sweep: bool = True
     events_outbox_sweep_every_s: float = 60.0
+    #: Age, in seconds, an outbox row must reach before ``esf.events.outbox_sweep`` relays it: younger rows are
+    #: left to the in-process relay of the process that wrote them (it relays within about a second).
+    events_outbox_sweep_after_s: float = 30.0
     #: ``esf.config.reconcile``: republish to processes that stay behind, record ``config.diverged``,
     #: clear processes that are gone.
     config_reconcile: bool = True
@@ -501,6 +504,9 @@ class ServicesSettings:
                                      "config_reconcile_every_s", "telemetry_export_every_s",
                                      "telemetry_rollup_every_s", "telemetry_rollup_max_minutes",
                                      "telemetry_rollup_first_s"))
+        if not self.events_outbox_sweep_after_s >= 0:
+            raise SettingsError("services.events_outbox_sweep_after_s: must be >= 0",
+                                setting="services.events_outbox_sweep_after_s")
         if not self.telemetry_rollup_settle_s >= 0:
             raise SettingsError("services.telemetry_rollup_settle_s: must be >= 0",
                                 setting="services.telemetry_rollup_settle_s")

@@ -18,7 +18,10 @@ from ._model import Compiled, CompiledFlag, compile_all
 from ._values import FLAGS_PREFIX, REASON_ERROR, SEGMENTS_PREFIX, Evaluation
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ..config import ConfigService
+    from ..config._deferred import ScheduledBatch
     from ..events import Event
     from ..settings import FlagSettings
     from ..telemetry import Telemetry
@@ -361,6 +364,32 @@ class FlagService:
             The new configuration version.
         """
         return self._config().update_batch({f"{FLAGS_PREFIX}.{name}": dict(definition)}, actor=actor)
+
+    def schedule(self, name: str, definition: Mapping[str, Any], *, at: datetime,
+                 expected_version: int | None = None, actor: str | None = None) -> ScheduledBatch:
+        """Write the definition of flag ``name`` at ``at`` (a timezone-aware datetime): a scheduled
+        configuration batch (``fnd.config.schedule_batch``), applied by an ETA task on ``esf.config`` with
+        compare-and-set and listed by ``esf config scheduled``.
+
+        The definition is validated now, against the current configuration (segments, prerequisites);
+        it is validated again when applied, and a batch refused then is dead-lettered on ``esf.config.dlq``
+        with its error.
+
+        Parameters:
+            expected_version: apply only if the configuration is still at this version then
+                (``ConcurrencyConflict`` otherwise, dead-lettered).
+
+        Raises:
+            ValidationError: the definition is invalid (the message names the rule), or ``at`` is naive;
+                nothing is recorded or sent.
+            PermissionDenied, ServiceUnavailable: as ``ConfigService.schedule_batch``.
+
+        Returns:
+            the ``ScheduledBatch`` (``id``, ``at``, ``state`` …).
+        """
+        batch: ScheduledBatch = self._config().schedule_batch({f"{FLAGS_PREFIX}.{name}": dict(definition)}, at=at,
+                                                               expected_version=expected_version, actor=actor)
+        return batch
 
     def set_segment(self, name: str, definition: Mapping[str, Any], *, actor: str | None = None) -> int:
         """Write segment ``name`` (``flag_segments.<name>``); every flag using it is checked again.

@@ -87,7 +87,7 @@ def test_an_invalid_scheduled_flag_definition_is_refused_at_the_call_site_with_n
         # Then each is refused naming the flag and the rule
         assert "flags.search" in info.value.errors and named in str(info.value)
     with pytest.raises(ValidationError):
-        fnd.flags.schedule("search", {"enabled": False}, at=datetime(2030, 1, 1))  # noqa: DTZ001
+        fnd.flags.schedule("search", {"enabled": False}, at=datetime(2030, 1, 1))  # naive
     # And nothing was recorded, sent or written
     assert scheduled_events(fnd) == before
     assert fnd.config.deferred.scheduled() == []

@@ -498,12 +498,14 @@ class ServicesSettings:
     telemetry_rollup_max_minutes: int = 360
     #: With no rollup yet, the first run starts this many seconds back.
     telemetry_rollup_first_s: float = 86400.0
+    #: Rows of minutes older than this many seconds are deleted by the rollup (as events by prune).
+    telemetry_rollup_retention_s: float = 90 * 86400.0
 
     def __post_init__(self) -> None:
         _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
                                      "config_reconcile_every_s", "telemetry_export_every_s",
                                      "telemetry_rollup_every_s", "telemetry_rollup_max_minutes",
-                                     "telemetry_rollup_first_s"))
+                                     "telemetry_rollup_first_s", "telemetry_rollup_retention_s"))
         if not self.events_outbox_sweep_after_s >= 0:
             raise SettingsError("services.events_outbox_sweep_after_s: must be >= 0",
                                 setting="services.events_outbox_sweep_after_s")

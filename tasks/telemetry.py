@@ -51,4 +51,5 @@ def register(foundation: Foundation) -> None:
 
         return roll_up(foundation.events, rollup_backend(foundation), now=time.time(),
                        settle_s=s.telemetry_rollup_settle_s, max_minutes=s.telemetry_rollup_max_minutes,
-                       first_s=s.telemetry_rollup_first_s, since=since)
+                       first_s=s.telemetry_rollup_first_s, retention_s=s.telemetry_rollup_retention_s,
+                       since=since)

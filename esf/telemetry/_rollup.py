@@ -78,9 +78,9 @@ class RollupBackend(Protocol):
     def watermark(self) -> int | None:
         """The start of the last minute rolled up (Unix seconds), or None. Raises ServiceUnavailable."""
 
-    def write(self, rows: Sequence[MinuteRollup], *, through: int) -> None:
-        """Insert or replace ``rows`` and raise the watermark to ``through`` (never lower it), atomically.
-        Raises ServiceUnavailable (nothing written)."""
+    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None) -> None:
+        """Insert or replace ``rows``, raise the watermark to ``through`` (never lower it) and delete the rows
+        of minutes before ``drop_before``, atomically. Raises ServiceUnavailable (nothing written)."""
 
     def read(self, start: int, end: int, *, job: str | None = None) -> list[MinuteRollup]:
         """Rows of the minutes ``start <= minute < end``. Raises ServiceUnavailable."""
@@ -166,7 +166,7 @@ def summarize(events: Iterable[Any]) -> list[MinuteRollup]:
 
 
 def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: float, max_minutes: int,
-            first_s: float, since: float | None = None) -> dict[str, Any]:
+            first_s: float, retention_s: float | None = None, since: float | None = None) -> dict[str, Any]:
     """Roll up the complete minutes after the watermark (or from ``since``), at most ``max_minutes``.
 
     Parameters:
@@ -174,6 +174,7 @@ def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: 
         settle_s: a minute is complete this long after its end.
         max_minutes: most minutes rolled up in one call (the next call continues).
         first_s: with no watermark, start this long before ``now``.
+        retention_s: delete the rows of minutes older than this (None: keep every row).
         since: roll up again from this time's minute (rows replaced; the watermark never goes back).
 
     Raises:
@@ -203,7 +204,8 @@ def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: 
             yield e
 
     rows = summarize(counted(job_events(store, start, end, late_s=settle_s)))
-    backend.write(rows, through=end - MINUTE_S)
+    backend.write(rows, through=end - MINUTE_S,
+                  drop_before=None if retention_s is None else _minute_of(now - retention_s))
     return {"from": _iso(start), "through": _iso(end - MINUTE_S), "minutes": (end - start) // MINUTE_S,
             "rows": len(rows), "events": seen, "behind_minutes": max(0, (complete_end - end) // MINUTE_S)}
 

@@ -56,9 +56,9 @@ class SqlJobRollups:
         value = self._run(lambda conn: conn.execute(stmt).scalar_one_or_none(), write=False)
         return None if value is None else int(value)
 
-    def write(self, rows: Sequence[MinuteRollup], *, through: int) -> None:
-        """Insert or replace ``rows`` (by minute, job and queue) and move the watermark up to ``through``
-        (never down), in one transaction.
+    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None) -> None:
+        """Insert or replace ``rows`` (by minute, job and queue), move the watermark up to ``through``
+        (never down) and delete the rows of minutes before ``drop_before`` (retention), in one transaction.
 
         Raises:
             ServiceUnavailable: the database is unreachable (nothing is written).
@@ -66,6 +66,8 @@ class SqlJobRollups:
         now = datetime.now(UTC)
 
         def work(conn: sa.Connection) -> None:
+            if drop_before is not None:
+                conn.execute(sa.delete(job_rollups).where(job_rollups.c.minute < drop_before))
             if rows:
                 stmt = self._insert(job_rollups)
                 stmt = stmt.on_conflict_do_update(

@@ -165,3 +165,26 @@ def test_esf_metrics_jobs_prints_rollups_and_the_tail(fnd: Foundation, capsys: p
     assert show_job_summaries(fnd, timedelta(minutes=15), now=now) == 0
     out = capsys.readouterr().out
     assert "email" in out and "bulk" in out and "rolled-up rows" in out
+
+
+def test_a_rollup_run_deletes_the_rows_older_than_the_retention_and_keeps_the_others(fnd: Foundation) -> None:
+    from esf.telemetry import MinuteRollup
+
+    # Given rolled-up history and two rows of long ago: 91 and 89 days (the retention is 90 days)
+    now = time.time()
+    history(fnd, now)
+    while roll(fnd)["behind_minutes"]:
+        pass
+    backend = rollup_backend(fnd)
+    mark = backend.watermark()
+    assert mark is not None and fnd.settings.services.telemetry_rollup_retention_s == 90 * 86400
+    old = [MinuteRollup(minute=int((now - days * 86400) // 60 * 60), job="old", queue="", count=1, failures=0,
+                        runtime_sum_s=1.0, runtime_max_s=1.0, p50_s=1.0, p95_s=1.0, p99_s=1.0, buckets={0: 1})
+           for days in (91, 89)]
+    backend.write(old, through=mark)
+    recent = [r for r in backend.read(0, 2**40) if r.job != "old"]
+    # When the rollup runs (here rolling its last minutes again)
+    roll(fnd, since=mark - 60)
+    # Then the 91-day-old row is gone, and the 89-day-old one and the recent ones are kept
+    assert [r for r in backend.read(0, 2**40) if r.job == "old"] == [old[1]]
+    assert [r for r in backend.read(0, 2**40) if r.job != "old"] == recent

@@ -10,9 +10,10 @@ rolled up yet, so a day is ~1,440 rows per job and queue instead of every event.
 
 A minute belongs to the step time of its events (``data["at"]``). It is complete, and rolled up,
 ``settle_s`` after its end: the job history appends in batches, so an event is stored a little after
-its step. An event stored later than that (a spool drained after a database outage) is in the raw
-history but not in its minute's row; ``esf.telemetry.rollup`` with ``since=`` rolls those minutes
-again (a minute rolled again replaces its row), and ``esf metrics jobs --exact`` reads every event.
+its step. An event stored later than that (a spool drained after a database outage) is found by
+the next run, which looks at every terminal event stored since its previous run (after the event-store
+position it kept: positions are commit-ordered, so none is skipped) and rolls the minutes of late ones
+up again; a minute rolled again replaces its row.
 """
 
 from __future__ import annotations
@@ -78,9 +79,15 @@ class RollupBackend(Protocol):
     def watermark(self) -> int | None:
         """The start of the last minute rolled up (Unix seconds), or None. Raises ServiceUnavailable."""
 
-    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None) -> None:
-        """Insert or replace ``rows``, raise the watermark to ``through`` (never lower it) and delete the rows
-        of minutes before ``drop_before``, atomically. Raises ServiceUnavailable (nothing written)."""
+    def state(self) -> tuple[int | None, int | None]:
+        """``(watermark, scanned_position)``: the last minute rolled up, and the event-store position up to
+        which events were looked at for late ones; None before the first rollup. Raises ServiceUnavailable."""
+
+    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None,
+              scanned_position: int | None = None) -> None:
+        """Insert or replace ``rows``, raise the watermark to ``through`` and the scanned position to
+        ``scanned_position`` (never lower either) and delete the rows of minutes before ``drop_before``,
+        atomically. Raises ServiceUnavailable (nothing written)."""
 
     def read(self, start: int, end: int, *, job: str | None = None) -> list[MinuteRollup]:
         """Rows of the minutes ``start <= minute < end``. Raises ServiceUnavailable."""
@@ -167,12 +174,14 @@ def summarize(events: Iterable[Any]) -> list[MinuteRollup]:
 
 def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: float, max_minutes: int,
             first_s: float, retention_s: float | None = None, since: float | None = None) -> dict[str, Any]:
-    """Roll up the complete minutes after the watermark (or from ``since``), at most ``max_minutes``.
+    """Roll up the complete minutes after the watermark (or from ``since``), at most ``max_minutes``, and
+    roll up again every rolled-up minute that an event stored since the previous run belongs to although
+    it was stored after the minute had been rolled up (a spool drained after an outage).
 
     Parameters:
         now: the current time (Unix seconds).
         settle_s: a minute is complete this long after its end.
-        max_minutes: most minutes rolled up in one call (the next call continues).
+        max_minutes: most new minutes rolled up in one call (the next call continues).
         first_s: with no watermark, start this long before ``now``.
         retention_s: delete the rows of minutes older than this (None: keep every row).
         since: roll up again from this time's minute (rows replaced; the watermark never goes back).
@@ -181,20 +190,22 @@ def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: 
         ValidationError: a bad ``since``; ServiceUnavailable: the database is unreachable (nothing written).
 
     Returns:
-        ``{"from", "through"`` (ISO minutes, or None when nothing was due), ``"minutes", "rows", "events",
-        "behind_minutes"}`` (complete minutes still to roll up after this call).
+        ``{"from", "through"`` (ISO minutes, or None when nothing new was due), ``"minutes", "late_minutes",
+        "rows", "events", "behind_minutes"}`` (complete minutes still to roll up after this call).
     """
     complete_end = _minute_of(now - settle_s)  # every minute before it has ended settle_s ago
+    mark: int | None = None
+    scanned: int | None = None
+    head: int | None = None
     if since is not None:
         if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
             raise ValidationError(f"since: must be Unix seconds, got {since!r}", errors={"since": "not a time"})
         start = _minute_of(since)
     else:
-        mark = backend.watermark()
+        mark, scanned = backend.state()
+        head = store.head()  # every event at or below it is committed: the next late scan starts after it
         start = _minute_of(now - first_s) if mark is None else mark + MINUTE_S
     end = min(complete_end, start + max_minutes * MINUTE_S)
-    if end <= start:
-        return {"from": None, "through": None, "minutes": 0, "rows": 0, "events": 0, "behind_minutes": 0}
     seen = 0
 
     def counted(events: Iterable[Any]) -> Iterator[Any]:
@@ -203,11 +214,49 @@ def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: 
             seen += 1
             yield e
 
-    rows = summarize(counted(job_events(store, start, end, late_s=settle_s)))
-    backend.write(rows, through=end - MINUTE_S,
-                  drop_before=None if retention_s is None else _minute_of(now - retention_s))
-    return {"from": _iso(start), "through": _iso(end - MINUTE_S), "minutes": (end - start) // MINUTE_S,
-            "rows": len(rows), "events": seen, "behind_minutes": max(0, (complete_end - end) // MINUTE_S)}
+    rows = summarize(counted(job_events(store, start, end, late_s=settle_s))) if end > start else []
+    late: set[int] = set()
+    if mark is not None and scanned is not None:
+        late, last = late_minutes(store, after_position=scanned, before=mark + MINUTE_S, settle_s=settle_s)
+        head = max(head or 0, last)
+    if late:
+        again = job_events(store, min(late), max(late) + MINUTE_S, late_s=None)
+        rows += summarize(counted(e for e in again if _minute_of(_timestamp(e, e.data) or 0.0) in late))
+    if end <= start and not late:
+        return {"from": None, "through": None, "minutes": 0, "late_minutes": 0, "rows": 0, "events": 0,
+                "behind_minutes": 0}
+    through = end - MINUTE_S if end > start else mark
+    assert through is not None  # late minutes exist only after a first rollup
+    backend.write(rows, through=through, drop_before=None if retention_s is None else _minute_of(now - retention_s),
+                  scanned_position=head)
+    new = end > start
+    return {"from": _iso(start) if new else None, "through": _iso(end - MINUTE_S) if new else None,
+            "minutes": max(0, (end - start) // MINUTE_S), "late_minutes": len(late), "rows": len(rows),
+            "events": seen, "behind_minutes": max(0, (complete_end - max(end, start)) // MINUTE_S)}
+
+
+def late_minutes(store: EventStore, *, after_position: int, before: int, settle_s: float) -> tuple[set[int], int]:
+    """Minutes before ``before`` (rolled up already) of the terminal job events after ``after_position``
+    that were stored more than ``settle_s`` after their minute's end (their rows miss those events), and
+    the last position seen. Positions are commit-ordered, so no event is looked at twice or skipped."""
+    from ..events import Q, Query
+
+    window = Q.types(*_TERMINAL)
+    out: set[int] = set()
+    after = after_position
+    while True:
+        page = store.query(Query(window, order="asc", limit=PAGE_SIZE, after=after))
+        for event in page:
+            ts = _timestamp(event, event.data)
+            if ts is None:
+                continue
+            minute = _minute_of(ts)
+            if minute < before and event.recorded_at.timestamp() > minute + MINUTE_S + settle_s:
+                out.add(minute)
+        if page:
+            after = page[-1].position
+        if len(page) < PAGE_SIZE:
+            return out, after
 
 
 def job_summaries(store: EventStore, backend: RollupBackend | None, *, window_s: float, now: float,

@@ -17,6 +17,8 @@ from ._schema import job_rollup_state, job_rollups
 
 #: The watermark's row in ``esf_job_rollup_state``.
 WATERMARK = "jobs"
+#: The row of the event-store position up to which events were looked at for late ones.
+SCANNED = "jobs.scanned_position"
 _KEY = ("minute", "job", "queue")
 
 
@@ -56,9 +58,23 @@ class SqlJobRollups:
         value = self._run(lambda conn: conn.execute(stmt).scalar_one_or_none(), write=False)
         return None if value is None else int(value)
 
-    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None) -> None:
-        """Insert or replace ``rows`` (by minute, job and queue), move the watermark up to ``through``
-        (never down) and delete the rows of minutes before ``drop_before`` (retention), in one transaction.
+    def state(self) -> tuple[int | None, int | None]:
+        """``(watermark, scanned_position)`` (see :meth:`esf.telemetry.RollupBackend.state`).
+
+        Raises:
+            ServiceUnavailable: the database is unreachable.
+        """
+        stmt = sa.select(job_rollup_state.c.name, job_rollup_state.c.minute).where(
+            job_rollup_state.c.name.in_((WATERMARK, SCANNED)))
+        found = dict(self._run(lambda conn: conn.execute(stmt).all(), write=False))
+        mark, scanned = found.get(WATERMARK), found.get(SCANNED)
+        return (None if mark is None else int(mark), None if scanned is None else int(scanned))
+
+    def write(self, rows: Sequence[MinuteRollup], *, through: int, drop_before: int | None = None,
+              scanned_position: int | None = None) -> None:
+        """Insert or replace ``rows`` (by minute, job and queue), move the watermark up to ``through`` and the
+        scanned position up to ``scanned_position`` (never down) and delete the rows of minutes before
+        ``drop_before`` (retention), in one transaction.
 
         Raises:
             ServiceUnavailable: the database is unreachable (nothing is written).
@@ -74,11 +90,14 @@ class SqlJobRollups:
                     index_elements=list(_KEY),
                     set_={c.name: stmt.excluded[c.name] for c in job_rollups.columns if c.name not in _KEY})
                 conn.execute(stmt, [_to_row(r, now) for r in rows])
-            mark = self._insert(job_rollup_state).values(name=WATERMARK, minute=through, updated_at=now)
-            current = job_rollup_state.c.minute
-            conn.execute(mark.on_conflict_do_update(index_elements=["name"], set_={
-                "minute": sa.case((current > mark.excluded.minute, current), else_=mark.excluded.minute),
-                "updated_at": mark.excluded.updated_at}))
+            for name, value in ((WATERMARK, through), (SCANNED, scanned_position)):
+                if value is None:
+                    continue
+                mark = self._insert(job_rollup_state).values(name=name, minute=value, updated_at=now)
+                current = job_rollup_state.c.minute
+                conn.execute(mark.on_conflict_do_update(index_elements=["name"], set_={
+                    "minute": sa.case((current > mark.excluded.minute, current), else_=mark.excluded.minute),
+                    "updated_at": mark.excluded.updated_at}))
 
         self._run(work, write=True)
 

@@ -161,7 +161,8 @@ job_rollups = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-#: The last minute rolled up (one row, ``name = 'jobs'``).
+#: The last minute rolled up (``name = 'jobs'``) and the position up to which late events were looked for
+#: (``name = 'jobs.scanned_position'``).
 job_rollup_state = Table(
     "esf_job_rollup_state",
     metadata,

@@ -4,7 +4,8 @@
 number of finished runs, the failures, the sum and maximum of the run times, the exact
 p50/p95/p99 of the minute, and the run times' counts in fixed exponential buckets
 (``exp:8``) so that a window of many minutes merges them. ``esf_job_rollup_state`` holds
-the last minute rolled up (the watermark ``esf.telemetry.rollup`` resumes from).
+the last minute rolled up (``jobs``: the watermark ``esf.telemetry.rollup`` resumes from) and the
+event-store position up to which it looked for events stored late (``jobs.scanned_position``).
 
 Revision ID: 0005_job_rollups
 Revises: 0003_subscriptions

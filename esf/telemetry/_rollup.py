@@ -219,6 +219,8 @@ def roll_up(store: EventStore, backend: RollupBackend, *, now: float, settle_s: 
     if mark is not None and scanned is not None:
         late, last = late_minutes(store, after_position=scanned, before=mark + MINUTE_S, settle_s=settle_s)
         head = max(head or 0, last)
+        if retention_s is not None:  # a minute past the retention is not brought back
+            late = {m for m in late if m >= _minute_of(now - retention_s)}
     if late:
         again = job_events(store, min(late), max(late) + MINUTE_S, late_s=None)
         rows += summarize(counted(e for e in again if _minute_of(_timestamp(e, e.data) or 0.0) in late))

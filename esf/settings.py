@@ -476,6 +476,9 @@ class ServicesSettings:
     #: ``esf.events.outbox_sweep``: relay outbox rows that no in-process relay took.
     events_outbox_sweep: bool = True
     events_outbox_sweep_every_s: float = 60.0
+    #: Age, in seconds, an outbox row must reach before ``esf.events.outbox_sweep`` relays it: younger rows are
+    #: left to the in-process relay of the process that wrote them (it relays within about a second).
+    events_outbox_sweep_after_s: float = 30.0
     #: ``esf.config.reconcile``: republish to processes that stay behind, record ``config.diverged``,
     #: clear processes that are gone.
     config_reconcile: bool = True
@@ -485,10 +488,30 @@ class ServicesSettings:
     telemetry_push_exporters: tuple[str, ...] = ()
     telemetry_export: bool = True
     telemetry_export_every_s: float = 10.0
+    #: ``esf.telemetry.rollup``: per-minute run-time figures of every job and queue from the job history
+    #: (what ``esf metrics jobs`` reads).
+    telemetry_rollup: bool = True
+    telemetry_rollup_every_s: float = 60.0
+    #: Seconds after its end when a minute is complete and rolled up (the job history appends in batches).
+    telemetry_rollup_settle_s: float = 120.0
+    #: Most minutes one run rolls up (the next run continues from the watermark).
+    telemetry_rollup_max_minutes: int = 360
+    #: With no rollup yet, the first run starts this many seconds back.
+    telemetry_rollup_first_s: float = 86400.0
+    #: Rows of minutes older than this many seconds are deleted by the rollup (as events by prune).
+    telemetry_rollup_retention_s: float = 90 * 86400.0
 
     def __post_init__(self) -> None:
         _positive(self, "services", ("events_prune_every_s", "events_retention_s", "events_outbox_sweep_every_s",
-                                     "config_reconcile_every_s", "telemetry_export_every_s"))
+                                     "config_reconcile_every_s", "telemetry_export_every_s",
+                                     "telemetry_rollup_every_s", "telemetry_rollup_max_minutes",
+                                     "telemetry_rollup_first_s", "telemetry_rollup_retention_s"))
+        if not self.events_outbox_sweep_after_s >= 0:
+            raise SettingsError("services.events_outbox_sweep_after_s: must be >= 0",
+                                setting="services.events_outbox_sweep_after_s")
+        if not self.telemetry_rollup_settle_s >= 0:
+            raise SettingsError("services.telemetry_rollup_settle_s: must be >= 0",
+                                setting="services.telemetry_rollup_settle_s")
         if self.max_backoff_s is not None and not self.max_backoff_s > 0:
             raise SettingsError("services.max_backoff_s: must be > 0 (or unset)", setting="services.max_backoff_s")
 

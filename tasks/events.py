@@ -51,6 +51,8 @@ def register(foundation: Foundation) -> None:
                    schedule=DefaultSchedule(every_s=s.events_outbox_sweep_every_s,
                                             enabled=s.schedules and s.events_outbox_sweep,
                                             setting="services.events_outbox_sweep"))
-    def outbox_sweep() -> dict[str, Any]:
-        """Relay every committed outbox row that no in-process relay took (oldest first)."""
-        return {"relayed": foundation.jobs.outbox.drain()}
+    def outbox_sweep(after_s: float | None = None) -> dict[str, Any]:
+        """Relay the committed outbox rows that no in-process relay took within ``services.events_outbox_sweep_after_s``
+        (oldest first)."""
+        age = s.events_outbox_sweep_after_s if after_s is None else after_s
+        return {"relayed": foundation.jobs.outbox.drain(older_than_s=age)}

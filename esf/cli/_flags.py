@@ -2,7 +2,8 @@
 
 Each handler gets the service from ``load_foundation(args.app).flags`` and
 passes it to a ``run_*`` function, which tests call with a service they built.
-Changes go through the configuration service (validated, versioned, audited).
+Changes go through the configuration service (validated, versioned, audited);
+``set --at`` schedules the change as a configuration batch applied at that time.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import getpass
 import json
 import sys
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, ValidationError
-from ._common import CommandError, load_foundation, parse_json_arg
+from ._common import CommandError, load_foundation, parse_duration, parse_json_arg
 
 if TYPE_CHECKING:
     from ..flags import FlagService
 
-__all__ = ["register", "run_disable", "run_enable", "run_eval", "run_kill", "run_list", "run_set", "run_show"]
+__all__ = ["parse_at", "register", "run_disable", "run_enable", "run_eval", "run_kill", "run_list", "run_set",
+           "run_show"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("set", help="write a flag's definition from FILE (JSON) or - (stdin); validated first")
     p.add_argument("name")
     p.add_argument("--file", required=True)
+    p.add_argument("--at", default=None, help="write it at this time instead of now: ISO 8601 with its offset "
+                                              "(2026-12-03T22:00:00+00:00) or a delay (30m, 2h); a scheduled "
+                                              "configuration batch (esf config scheduled)")
+    p.add_argument("--expected-version", type=int, default=None,
+                   help="with --at: apply only if the configuration is still at this version")
     _actor_option(p)
     p.set_defaults(handler=_handler(run_set))
 
@@ -142,9 +150,36 @@ def run_set(service: FlagService, args: argparse.Namespace) -> int:
     definition = parse_json_arg(text, args.file)
     if not isinstance(definition, dict):
         raise ValidationError(f"{args.file}: expected a JSON object (a flag definition)")
-    version = service.set(args.name, definition, actor=_actor(args))
-    print(f"flag {args.name} written: configuration version {version}")
+    if getattr(args, "at", None) is None:
+        version = service.set(args.name, definition, actor=_actor(args))
+        print(f"flag {args.name} written: configuration version {version}")
+        return 0
+    batch = service.schedule(args.name, definition, at=parse_at(args.at), actor=_actor(args),
+                             expected_version=getattr(args, "expected_version", None))
+    print(f"flag {args.name} scheduled for {batch.at.isoformat()}: batch {batch.id} (esf config scheduled show "
+          f"{batch.id})")
     return 0
+
+
+def parse_at(text: str, now: datetime | None = None) -> datetime:
+    """``--at``: an ISO 8601 time with its offset, or a delay from now (``30m``, ``2h``).
+
+    Raises:
+        ValidationError: neither, or a time without its offset.
+    """
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            delay = parse_duration(text)
+        except ValidationError:
+            raise ValidationError(f"--at: {text!r} is neither an ISO 8601 time with its offset "
+                                  "(2026-12-03T22:00:00+00:00) nor a delay (30m, 2h)",
+                                  errors={"at": "invalid"}) from None
+        return (now or datetime.now(UTC)) + delay
+    if moment.tzinfo is None:
+        raise ValidationError(f"--at: {text!r} has no offset (add +00:00 or Z)", errors={"at": "naive"})
+    return moment
 
 
 def _change(verb: str, run: Callable[[str], int], args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from ._common import load_foundation, parse_duration, print_json
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ..foundation import Foundation
     from ..telemetry import Telemetry
 
 
@@ -22,10 +23,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--local", action="store_true", help="only this process (skip the shared store)")
     p.set_defaults(handler=_metrics)
     sub = p.add_subparsers(dest="metrics_command", metavar="SUBCOMMAND")
-    jobs = sub.add_parser("jobs", help="per-job run time and queue wait percentiles from stored events")
-    jobs.add_argument("--window", default="15m", help="how far back (e.g. 15m, 2h; default 15m)")
+    jobs = sub.add_parser("jobs", help="per job and queue: runs, failure rate, run-time percentiles "
+                                       "(rolled-up minutes, then the raw tail)")
+    jobs.add_argument("--window", default="15m", help="how far back (e.g. 15m, 2h, 1d; default 15m)")
     jobs.add_argument("--job", default=None, help="only this job")
     jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.add_argument("--exact", action="store_true",
+                      help="read every event: exact percentiles, queue waits and slow-run exemplars")
     jobs.set_defaults(handler=_jobs)
 
 
@@ -39,8 +43,38 @@ def _jobs(args: argparse.Namespace) -> int:
 
     window = parse_duration(args.window)
     fnd = load_foundation(args.app)
-    rows = iter_job_events(fnd.events, time.time() - window.total_seconds())  # type: ignore[attr-defined]
-    return show_job_slos(rows, window, job=args.job, as_json=args.json)
+    if args.exact:
+        rows = iter_job_events(fnd.events, time.time() - window.total_seconds())  # type: ignore[attr-defined]
+        return show_job_slos(rows, window, job=args.job, as_json=args.json)
+    return show_job_summaries(fnd, window, job=args.job, as_json=args.json)
+
+
+def show_job_summaries(fnd: Foundation, window: timedelta, *, job: str | None = None, as_json: bool = False,
+                       now: float | None = None) -> int:
+    """Print :func:`esf.telemetry.job_summaries` (rollups, then the raw tail) as JSON or a table."""
+    from ..errors import SettingsError
+    from ..telemetry import job_summaries
+    from ..telemetry._rollup import rollup_backend
+
+    try:
+        backend = rollup_backend(fnd)
+    except SettingsError:
+        backend = None  # an event store without rollups: every figure from the raw events
+    result = job_summaries(fnd.events, backend, window_s=window.total_seconds(),
+                           now=time.time() if now is None else now, job=job)
+    if as_json:
+        print_json(result)
+        return 0
+    rolled = result["rolled_through"] or "never"
+    print(f"jobs from {result['from']} to {result['to']} ({result['rollup_rows']} rolled-up rows through {rolled}, "
+          f"{result['raw_events']} raw events after; percentiles within 4.3 %)")
+    print(f"{'job':<32} {'queue':<16} {'runs':>7} {'failed':>7} {'fail %':>7}  {'run p50':>9} {'p95':>9} {'p99':>9} "
+          f"{'max':>9}")
+    for j in result["jobs"]:
+        r = j["runtime_s"]
+        print(f"{j['job']:<32} {j['queue']:<16} {j['count']:>7} {j['failures']:>7} {100 * j['failure_rate']:>6.2f}%  "
+              f"{_fmt(r['p50']):>9} {_fmt(r['p95']):>9} {_fmt(r['p99']):>9} {_fmt(r['max']):>9}")
+    return 0
 
 
 def show_snapshot(telemetry: Telemetry, *, prefix: str | None = None, as_json: bool = False,

@@ -88,7 +88,8 @@ class DeferredBatches:
 
         Raises:
             ValidationError: malformed or overlapping paths, non-JSON values, a secret or ``DELETE`` value
-                (neither travels in a task argument), a bad ``expected_version``.
+                (neither travels in a task argument), a bad ``expected_version``, or a document the
+                registered schemas and validators refuse (checked against the current snapshot).
             PermissionDenied: read-only paths, or paths restricted to other actors.
         Returns:
             the batch as plain JSON values.
@@ -110,6 +111,7 @@ class DeferredBatches:
                 raise ValidationError(f"cannot defer this batch: {', '.join(sorted(bad))}", errors=bad)
         config = self._fnd.config
         prepared, _ = check_batch(changes, config._rules, actor, config._settings.max_value_bytes)
+        config.validate_batch(prepared, actor=actor)  # schemas and validators, against the current snapshot
         return prepared
 
     def update_batch_async(self, changes: Any, *, expected_version: int | None = None,

@@ -143,6 +143,23 @@ class ConfigService(Replica):
             self.wait_applied(version, timeout=max(0.0, deadline - time.monotonic()))
         return version
 
+    def validate_batch(self, changes: Mapping[str, Any], *, actor: str | None = None) -> None:
+        """Check ``changes`` as :meth:`update_batch` would against this process's snapshot, writing nothing:
+        paths, permissions, values, registered schemas and validators (flag definitions among them).
+
+        A batch valid now may still be refused when it is applied later (the document moved on).
+
+        Raises:
+            ValidationError: a path or value is invalid, or a schema or validator refuses the document the
+                batch would produce (``errors`` maps each bad path to its problem).
+            PermissionDenied: a path is read-only, or restricted to other actors.
+        """
+        prepared, secret_paths = check_batch(changes, self._rules, actor, self._settings.max_value_bytes)
+        document, _ = apply_changes(self._snap.stored, prepared, secret_paths)
+        problems = self._rules.validate(deep_merge(self._rules.defaults, document), list(prepared))
+        if problems:
+            raise ValidationError(f"rejected: {describe_errors(problems)}", errors=problems)
+
     def rollback(self, version: int, *, actor: str | None = None, expected_version: int | None = None) -> int:
         """Write a new version whose document equals that of ``version``.
 

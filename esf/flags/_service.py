@@ -18,7 +18,10 @@ from ._model import Compiled, CompiledFlag, compile_all
 from ._values import FLAGS_PREFIX, REASON_ERROR, SEGMENTS_PREFIX, Evaluation
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ..config import ConfigService
+    from ..config._deferred import ScheduledBatch
     from ..events import Event
     from ..settings import FlagSettings
     from ..telemetry import Telemetry
@@ -87,7 +90,9 @@ class FlagService:
         self._trees: tuple[Any, Any] = (None, None)
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, str, str], Any] = {}
-        self._answer_counters: dict[int, tuple[Evaluation, Any]] = {}
+        self._answer_counters: dict[int, Callable[[], object]] = {}
+        self._counted_answers: list[Evaluation] = []
+        self._incrementers: dict[tuple[str, str, str], Callable[[], object]] = {}
         #: Evaluations answered with the caller's default, by flag.
         self.errors: Counter[str] = Counter()
 
@@ -126,9 +131,9 @@ class FlagService:
                     answer = self._error(name, default, f"{type(exc).__name__} while evaluating")
                 else:
                     if self._telemetry is not None:
-                        entry = self._answer_counters.get(id(answer))
-                        if entry is not None and entry[0] is answer:
-                            entry[1].inc()
+                        increment = self._answer_counters.get(id(answer))
+                        if increment is not None:
+                            increment()
                         else:
                             self._count(answer)
                 if self._sample:
@@ -192,13 +197,21 @@ class FlagService:
         return answer
 
     def _count(self, answer: Evaluation) -> None:
-        # Keyed by the answer object (compiled once per version; pinned by the entry, so its id
-        # is not reused while the entry exists): no key tuple to build per evaluation.
-        entry = self._answer_counters.get(id(answer))
-        if entry is None or entry[0] is not answer:
-            entry = self._answer_counters[id(answer)] = (answer, self._counter(
-                (answer.flag, answer.variant or "", answer.reason)))
-        entry[1].inc()
+        # Keyed by the answer object, compiled once per version and pinned in _counted_answers (so its
+        # id is not reused while the entry exists): no key tuple to build per evaluation, and a
+        # lock-free exact increment (Counter.incrementer).
+        increment = self._answer_counters.get(id(answer))
+        if increment is None:
+            with self._lock:
+                increment = self._answer_counters.get(id(answer))
+                if increment is None:
+                    key = (answer.flag, answer.variant or "", answer.reason)
+                    increment = self._incrementers.get(key)
+                    if increment is None:  # one per series for the service's life: versions share it
+                        increment = self._incrementers[key] = self._counter(key).incrementer()
+                    self._counted_answers.append(answer)
+                    self._answer_counters[id(answer)] = increment
+        increment()
 
     def _missing(self, name: str) -> str:
         problem = self._compiled.problems.get(f"{FLAGS_PREFIX}.{name}")
@@ -244,6 +257,7 @@ class FlagService:
             self._compiled = compiled
             self._trees = trees
             self._answer_counters = {}
+            self._counted_answers = []
             self._version = version
 
     # -- carrying into jobs ------------------------------------------------------
@@ -361,6 +375,32 @@ class FlagService:
             The new configuration version.
         """
         return self._config().update_batch({f"{FLAGS_PREFIX}.{name}": dict(definition)}, actor=actor)
+
+    def schedule(self, name: str, definition: Mapping[str, Any], *, at: datetime,
+                 expected_version: int | None = None, actor: str | None = None) -> ScheduledBatch:
+        """Write the definition of flag ``name`` at ``at`` (a timezone-aware datetime): a scheduled
+        configuration batch (``fnd.config.schedule_batch``), applied by an ETA task on ``esf.config`` with
+        compare-and-set and listed by ``esf config scheduled``.
+
+        The definition is validated now, against the current configuration (segments, prerequisites);
+        it is validated again when applied, and a batch refused then is dead-lettered on ``esf.config.dlq``
+        with its error.
+
+        Parameters:
+            expected_version: apply only if the configuration is still at this version then
+                (``ConcurrencyConflict`` otherwise, dead-lettered).
+
+        Raises:
+            ValidationError: the definition is invalid (the message names the rule), or ``at`` is naive;
+                nothing is recorded or sent.
+            PermissionDenied, ServiceUnavailable: as ``ConfigService.schedule_batch``.
+
+        Returns:
+            the ``ScheduledBatch`` (``id``, ``at``, ``state`` …).
+        """
+        batch: ScheduledBatch = self._config().schedule_batch({f"{FLAGS_PREFIX}.{name}": dict(definition)}, at=at,
+                                                               expected_version=expected_version, actor=actor)
+        return batch
 
     def set_segment(self, name: str, definition: Mapping[str, Any], *, actor: str | None = None) -> int:
         """Write segment ``name`` (``flag_segments.<name>``); every flag using it is checked again.

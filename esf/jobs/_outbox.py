@@ -110,18 +110,24 @@ class JobOutbox:
                                        queue=meta.queue, headers=meta.headers(), countdown=payload.get("countdown"),
                                        eta=eta)
 
-    def drain(self) -> int:
-        """Dispatch everything waiting now; returns how many messages were sent."""
+    def drain(self, *, older_than_s: float | None = None) -> int:
+        """Dispatch everything waiting now (with ``older_than_s``: only rows written at least that many seconds
+        ago); returns how many messages were sent.
+
+        Raises:
+            ValidationError: ``older_than_s`` is not a number >= 0.
+        """
         total = 0
         while True:
-            n = self._drain_batch()
+            n = self._drain_batch(older_than_s)
             total += n
             if n < RELAY_BATCH:
                 return total
 
-    def _drain_batch(self) -> int:
+    def _drain_batch(self, older_than_s: float | None) -> int:
         if not self.forking:
-            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).drain(RELAY_BATCH)
+            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).drain(RELAY_BATCH,
+                                                                                     older_than_s=older_than_s)
         # SQLite keeps its lock records per process, and a child inherits them: forked while the
         # drain holds the write lock, it would fail every write with "database is locked" for as
         # long as it lives; forked while a connection is merely open, it would believe it holds
@@ -129,7 +135,7 @@ class JobOutbox:
         with fork_guard:
             relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
             try:
-                return relay.drain(RELAY_BATCH)
+                return relay.drain(RELAY_BATCH, older_than_s=older_than_s)
             finally:
                 if relay.engine.dialect.name == "sqlite":
                     relay.engine.dispose()

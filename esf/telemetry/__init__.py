@@ -20,6 +20,7 @@ from ._instruments import DEFAULT_RULES, Instruments, TelemetryHooks
 from ._metrics import Counter, Gauge, Histogram
 from ._model import AggregationRule, MetricBatch, MetricSample
 from ._names import OVERFLOW_LABEL_VALUE, prometheus_name
+from ._rollup import MinuteRollup, RollupBackend, job_summaries
 from ._service import BREAKER_METRIC, DROPPED_METRIC, OVERFLOW_METRIC, Telemetry
 from ._slo import iter_job_events, job_slos
 from ._store import RedisSnapshotStore, SnapshotStore, SQLiteSnapshotStore
@@ -43,7 +44,9 @@ __all__ = [
     "Instruments",
     "MetricBatch",
     "MetricSample",
+    "MinuteRollup",
     "RedisSnapshotStore",
+    "RollupBackend",
     "SQLiteSnapshotStore",
     "SnapshotStore",
     "Telemetry",
@@ -56,6 +59,7 @@ __all__ = [
     "exporter_options",
     "iter_job_events",
     "job_slos",
+    "job_summaries",
     "parse_buckets",
     "prometheus_name",
 ]

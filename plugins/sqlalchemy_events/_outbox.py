@@ -18,10 +18,11 @@ relays of different kinds do not wait for each other on PostgreSQL.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import zlib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -120,19 +121,31 @@ class OutboxRelay:
             query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.kind == self.kind)
             return int(conn.execute(query).scalar_one())
 
-    def drain(self, limit: int = 100) -> int:
+    def drain(self, limit: int = 100, *, older_than_s: float | None = None) -> int:
         """Dispatch up to ``limit`` messages of this relay's kind, oldest first; returns how many were dispatched.
 
         Only one relay per kind drains at a time (a PostgreSQL advisory lock
         keyed by the kind, or SQLite's write lock); a relay that finds another
         one of its kind draining returns 0.
 
+        Parameters:
+            limit: most messages dispatched.
+            older_than_s: only rows written at least this many seconds ago (the sweep leaves younger
+                rows to the relay of the process that wrote them); None: every row.
+
         Raises:
-            ValidationError: ``limit`` is below 1.
+            ValidationError: ``limit`` is below 1, or ``older_than_s`` is not a number >= 0.
             Exception: whatever ``dispatch`` raised (after committing the progress made).
         """
         if limit < 1:
             raise ValidationError("limit: must be at least 1")
+        where = [outbox.c.kind == self.kind]
+        if older_than_s is not None:
+            if (isinstance(older_than_s, bool) or not isinstance(older_than_s, int | float)
+                    or not math.isfinite(older_than_s) or older_than_s < 0):
+                raise ValidationError(f"older_than_s: must be seconds >= 0, got {older_than_s!r}",
+                                      errors={"older_than_s": "not seconds >= 0"})
+            where.append(outbox.c.created_at <= datetime.now(UTC) - timedelta(seconds=older_than_s))
         done = 0
         failure: BaseException | None = None
         with connect_write(self.engine) as conn:
@@ -143,7 +156,7 @@ class OutboxRelay:
                     return 0
             rows = conn.execute(
                 sa.select(outbox.c.id, outbox.c.kind, outbox.c.payload)
-                .where(outbox.c.kind == self.kind)
+                .where(*where)
                 .order_by(outbox.c.id)
                 .limit(limit)
             ).all()

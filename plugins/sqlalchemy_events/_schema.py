@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -138,4 +139,34 @@ subscription_batches = Table(
     #: The position of the event whose handler failed last.
     Column("failed_position", BigInteger, nullable=True),
     Index("ix_esf_subscription_batches_state", "name", "state", "id"),
+)
+
+#: Run-time figures per minute (Unix seconds of its start), job and queue (``esf.telemetry.rollup``).
+job_rollups = Table(
+    "esf_job_rollups",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),
+    Column("job", String(200), primary_key=True),
+    Column("queue", String(200), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("runtime_sum_s", Float, nullable=False),
+    Column("runtime_max_s", Float, nullable=True),
+    #: Exact percentiles of the minute's run times.
+    Column("p50_s", Float, nullable=True),
+    Column("p95_s", Float, nullable=True),
+    Column("p99_s", Float, nullable=True),
+    #: ``{bucket index: count}`` of the run times in ``exp:8`` buckets, merged over many minutes.
+    Column("buckets", JsonType, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The last minute rolled up (``name = 'jobs'``) and the position up to which late events were looked for
+#: (``name = 'jobs.scanned_position'``).
+job_rollup_state = Table(
+    "esf_job_rollup_state",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("minute", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

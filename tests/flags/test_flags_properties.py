@@ -191,3 +191,26 @@ def test_semantic_version_precedence_follows_the_specification_example():
                "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1", "2.0.0+build.7"]
     # Then parse_semver sorts it in that order
     assert sorted(ordered, key=parse_semver) == ordered
+
+
+BOUNDS = (("number", 2, [1, 2, 2.0, 2.5, 3]),
+          ("semver", "1.2.0", ["1.1.9", "1.2.0", "1.2", "v1.2.0", "1.2.0-rc.1", "1.2.0+build.5", "1.10.0"]),
+          ("date", "2026-01-02T00:00:00+00:00", ["2026-01-01T23:59:59+00:00", "2026-01-02T00:00:00+00:00",
+                                                 "2026-01-02T00:00:00", "2026-01-02T01:00:00+01:00",
+                                                 "2026-01-02T00:00:01+00:00"]))
+
+
+def test_each_comparison_below_at_and_above_its_bound_agrees_with_the_reference_evaluator():
+    # Given every ordered operator on numbers, semantic versions and dates, at a fixed bound
+    for op in ("lt", "lte", "gt", "gte", "eq", "neq"):
+        for kind, bound, values in BOUNDS:
+            cond = {"attr": "x", "op": op, "value": bound, **({} if kind == "number" else {"as": kind})}
+            compiled = compile_all({"f": {"rules": [{"if": cond, "serve": {"variant": "on"}}],
+                                          "serve": {"variant": "off"}}}, {})
+            assert compiled.problems == {}, compiled.problems
+            # When values below, equal to (in other spellings) and above the bound are evaluated
+            for value in values:
+                ctx = {"key": "k", "x": value}
+                expected = "on" if ref(cond, ctx, {}) else "off"
+                # Then each answer is the reference's (equality is where a wrong operator shows)
+                assert compiled.flags["f"].evaluate(ctx, compiled.flags).variant == expected, (cond, value)

@@ -20,6 +20,7 @@ from esf.plugins.sqlalchemy_events import outbox_put
 from sqlalchemy.orm import Session
 
 import esf
+from esf.errors import ValidationError
 from esf.foundation import Foundation
 from tests.conftest import AMQP_URL, require_port
 
@@ -157,3 +158,34 @@ def test_a_redelivered_job_skips_the_effect_it_already_committed(setup: Setup) -
     assert (first, second) == (True, False)
     with setup.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM charges WHERE order_id = 'o-9'")).scalar_one() == 1
+
+
+def test_the_sweep_relays_only_rows_that_no_live_relay_took_within_its_bound(setup: Setup) -> None:
+    # Given two job rows committed by a process whose relay never ran: one written 120 s ago, one just now
+    ids = {}
+    with Session(setup.engine) as s:
+        for age in ("old", "young"):
+            job_id = str(uuid.uuid4())
+            ids[age] = (job_id, outbox_put(s, "job", {"job": "t.add", "job_id": job_id, "args": [1, 2], "kwargs": {},
+                                                      "headers": {}, "countdown": None, "eta": None, "priority": None}))
+        s.commit()
+    with setup.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE esf_outbox SET created_at = created_at - interval '120 seconds' WHERE id = :i"),
+                     {"i": ids["old"][1]})
+    sweep = setup.fnd.jobs.get("esf.events.outbox_sweep")
+    # When the sweep runs with a bound of 60 s
+    assert sweep(after_s=60) == {"relayed": 1}
+    # Then the row older than the bound is sent, and the younger one is left for its writer's relay
+    setup.check_sent(ids["old"][0])
+    assert setup.outbox_rows("job") == 1
+    # And so it is with the default bound (services.events_outbox_sweep_after_s, 30 s)
+    assert setup.fnd.settings.services.events_outbox_sweep_after_s == 30
+    assert sweep() == {"relayed": 0}
+    assert setup.outbox_rows("job") == 1
+    # And a bad bound is refused with nothing sent
+    with pytest.raises(ValidationError):
+        sweep(after_s=-1)
+    assert setup.outbox_rows("job") == 1
+    # When the bound is 0, the young row is relayed too
+    assert sweep(after_s=0) == {"relayed": 1}
+    assert setup.outbox_rows("job") == 0

@@ -180,8 +180,9 @@ def test_flower_lists_the_worker_and_a_finished_job(flower: Flower, worker: Work
 
 def test_flower_lists_the_foundation_s_service_tasks_after_they_ran(flower: Flower, fnd: Foundation) -> None:
     # Given the worker consumes the service queues too (default profile)
-    # When two service tasks run to completion
-    handles = {name: fnd.jobs.get(name).enqueue() for name in ("esf.events.outbox_sweep", "esf.config.reconcile")}
+    # When three service tasks run to completion
+    handles = {name: fnd.jobs.get(name).enqueue()
+               for name in ("esf.events.outbox_sweep", "esf.config.reconcile", "esf.telemetry.rollup")}
     for handle in handles.values():
         handle.wait(timeout=60)
 

@@ -185,3 +185,24 @@ def test_a_batch_claimed_by_its_task_can_no_longer_be_cancelled_and_a_cancelled_
     assert deferred.apply({"billing.retries": 2}, expected_version=None, actor=None, batch_id=cancelled.id) == {
         "batch_id": cancelled.id, "cancelled": True}
     assert fnd.config.version == before
+
+
+def test_a_deferred_batch_that_a_schema_refuses_now_is_refused_at_the_call_site_with_nothing_recorded(
+        fnd: Foundation) -> None:
+    # Given a schema on billing.retries (an integer >= 0)
+    fnd.config.register_schema({"type": "object", "properties": {"billing": {"type": "object", "properties": {
+        "retries": {"type": "integer", "minimum": 0}}}}})
+    version = fnd.config.version
+    scheduled = len(fnd.events.query(esf.Q.type("config.batch_scheduled")))
+    # When a batch the schema refuses is scheduled, sent to a worker, or only validated
+    for send in (lambda c: fnd.config.schedule_batch(c, at=datetime.now(UTC) + timedelta(hours=1)),
+                 fnd.config.update_batch_async, fnd.config.validate_batch):
+        with pytest.raises(ValidationError) as info:
+            send({"billing.retries": -1})
+        # Then each is refused naming the path
+        assert "billing.retries" in info.value.errors
+    # And nothing was recorded or written; a valid batch only validated writes nothing either
+    fnd.config.validate_batch({"billing.retries": 2})
+    assert fnd.config.version == version
+    assert len(fnd.events.query(esf.Q.type("config.batch_scheduled"))) == scheduled
+    assert fnd.config.deferred.scheduled() == []

@@ -20,7 +20,8 @@ from .forwarder import Forwarder
 
 pytestmark = pytest.mark.slow
 
-SCHEDULED = ("esf.events.prune", "esf.events.outbox_sweep", "esf.config.reconcile", "esf.telemetry.export")
+SCHEDULED = ("esf.events.prune", "esf.events.outbox_sweep", "esf.config.reconcile", "esf.telemetry.export",
+             "esf.telemetry.rollup")
 SERVICES = ("events", "config", "telemetry")
 
 
@@ -123,7 +124,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
     fnd = Foundation(esf.Settings.from_env(env))
     try:
         # Given the event store's database and the Redis of the configuration and telemetry stores unreachable
-        # When prune, the outbox sweep, reconcile and the telemetry export are enqueued
+        # When prune, the outbox sweep, reconcile, the telemetry export and the rollup are enqueued
         sent = {name: fnd.jobs.enqueue(name, correlation_id=f"c-{name}").id for name in SCHEDULED}
 
         def entries() -> dict[str, esf.jobs.DeadLetter]:
@@ -133,7 +134,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
 
         # Then each ends, its retries spent, in its service's DLQ with the reason and its correlation id
         try:
-            dead = wait_for(entries, timeout=180, message="four dead letters")
+            dead = wait_for(entries, timeout=180, message="a dead letter per task")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{worker.log()}") from None
         for name in SCHEDULED:
@@ -146,6 +147,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert dead["esf.events.prune"].exception_type == "ServiceUnavailable"
         assert dead["esf.config.reconcile"].exception_type == "ServiceUnavailable"
         assert dead["esf.telemetry.export"].exception_type == "ServiceUnavailable"
+        assert dead["esf.telemetry.rollup"].exception_type == "ServiceUnavailable"
         # When the servers are back and every entry is replayed
         forwarder.open()
         redis.start()
@@ -164,6 +166,8 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         report = fnd.jobs.wait(sent["esf.config.reconcile"], timeout=60)
         assert report["store_version"] == 0 and report["diverged"] == []
         assert fnd.jobs.wait(sent["esf.telemetry.export"], timeout=60)["exported"] == ["telemetry.statsd"]
+        rolled = fnd.jobs.wait(sent["esf.telemetry.rollup"], timeout=60)  # the first run: a bounded catch-up
+        assert rolled["minutes"] == fnd.settings.services.telemetry_rollup_max_minutes and rolled["behind_minutes"]
         for service in SERVICES:
             assert fnd.jobs.dlq.list(fnd.settings.jobs.service_queue(service)).entries == ()
         # And their lifecycle is in the job history, whose last run `esf services` shows

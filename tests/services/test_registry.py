@@ -22,7 +22,7 @@ from tests.jobs.harness import ROOT
 from . import apps
 
 DEFAULT_TASKS = {"esf.events.append", "esf.events.prune", "esf.events.outbox_sweep", "esf.config.reconcile",
-                 "esf.config.apply_batch", "esf.telemetry.export"}
+                 "esf.config.apply_batch", "esf.telemetry.export", "esf.telemetry.rollup"}
 
 
 def env_for(data_dir: Path, **extra: str) -> dict[str, str]:

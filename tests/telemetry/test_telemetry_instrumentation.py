@@ -191,6 +191,8 @@ def test_the_cli_parses_the_metrics_commands():
     assert args.handler.__name__ == "_metrics" and args.json and args.prefix == "esf.jobs"
     args = parser.parse_args(["metrics", "jobs", "--window", "15m"])
     assert args.handler.__name__ == "_jobs" and args.window == "15m"
+    assert not args.exact
+    assert parser.parse_args(["metrics", "jobs", "--window", "1d", "--exact"]).exact
 
 
 def test_create_telemetry_uses_sqlite_under_data_dir_without_redis(data_dir):

@@ -36,6 +36,38 @@ def test_a_counter_adds_its_increments_and_keeps_labels_apart(tel):
     assert values == {"eur": 3, "usd": 0.5}
 
 
+def test_a_counter_s_lock_free_incrementers_count_exactly_under_threads_and_reset_to_zero(tel):
+    import threading
+
+    # Given a counter with two incrementers (a flag service's hot path) and ordinary increments
+    c = tel.counter("flags.evaluated")
+    fast = [c.incrementer(), c.incrementer()]
+    c.inc(5)
+    reads = []
+
+    def work(inc):
+        for _ in range(50_000):
+            inc()
+
+    # When four threads call them while another thread reads the value again and again
+    threads = [threading.Thread(target=work, args=(fast[i % 2],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        reads.append(c.value)
+    for t in threads:
+        t.join()
+    # Then every call is counted once, and no read saw the count go down
+    assert c.value == 200_005
+    assert c.value == 200_005  # reading does not count
+    assert reads == sorted(reads)
+    # And after a reset (a forked child) the incrementers still count, from zero
+    c._reset()
+    assert c.value == 0
+    fast[0]()
+    assert c.value == 1
+
+
 def test_looking_up_the_same_series_twice_returns_the_same_child(tel):
     assert tel.counter("x.y", {"a": "1", "b": "2"}) is tel.counter("x.y", {"b": "2", "a": "1"})
 

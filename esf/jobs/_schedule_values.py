@@ -17,7 +17,7 @@ from ._options import JOB_NAME_RE
 if TYPE_CHECKING:
     from ._schedule_stores import StoredRecord
 
-__all__ = ["MAX_SCHEDULE_NAME", "Origin", "Schedule", "seconds", "utcnow"]
+__all__ = ["MAX_SCHEDULE_NAME", "Origin", "Schedule", "from_epoch", "seconds", "to_epoch", "utcnow"]
 
 #: Schedule names: dotted identifiers (like job names), at most 200 characters.
 MAX_SCHEDULE_NAME = 200
@@ -147,7 +147,7 @@ class Schedule:
                    args=tuple(d.get("args") or ()), kwargs=d.get("kwargs") or {}, queue=d.get("queue"),
                    enabled=bool(d.get("enabled", True)), timezone=d.get("timezone", "UTC"),
                    origin=d.get("origin", "runtime"), revision=record.revision,
-                   next_run_at=_dt(record.next_run_at), last_run_at=_dt(record.last_run_at))
+                   next_run_at=from_epoch(record.next_run_at), last_run_at=from_epoch(record.last_run_at))
 
 
 def seconds(every: float | timedelta | None) -> float | None:
@@ -155,11 +155,13 @@ def seconds(every: float | timedelta | None) -> float | None:
     return every.total_seconds() if isinstance(every, timedelta) else every
 
 
-def _dt(ts: float | None) -> datetime | None:
+def from_epoch(ts: float | None) -> datetime | None:
+    """Epoch seconds as a UTC datetime (None stays None)."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
-def _ts(dt: datetime | None) -> float | None:
+def to_epoch(dt: datetime | None) -> float | None:
+    """A datetime as epoch seconds (None stays None)."""
     return None if dt is None else dt.timestamp()
 
 

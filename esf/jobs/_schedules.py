@@ -29,7 +29,7 @@ from ._schedule_stores import (
     SqliteScheduleStore,
     StoredRecord,
 )
-from ._schedule_values import MAX_SCHEDULE_NAME, Origin, Schedule, _dt, _ts, seconds, utcnow
+from ._schedule_values import MAX_SCHEDULE_NAME, Origin, Schedule, from_epoch, seconds, to_epoch, utcnow
 
 log = logging.getLogger("esf.beat")
 
@@ -135,8 +135,8 @@ class ScheduleService:
             cached = self._parsed.get(record.name)
             if cached is not None and cached[0] == record.revision and cached[1] == record.definition:
                 schedule = copy.copy(cached[2])  # same definition: only the run state differs
-                object.__setattr__(schedule, "last_run_at", _dt(record.last_run_at))
-                object.__setattr__(schedule, "next_run_at", _dt(record.next_run_at))
+                object.__setattr__(schedule, "last_run_at", from_epoch(record.last_run_at))
+                object.__setattr__(schedule, "next_run_at", from_epoch(record.next_run_at))
             else:
                 try:
                     schedule = Schedule.from_record(record)
@@ -166,7 +166,7 @@ class ScheduleService:
             the stored schedule, with ``next_run_at`` and ``revision``.
         """
         self.check(schedule, require_job=require_job)
-        run = (None, _ts(schedule.first_run_after(utcnow())))
+        run = (None, to_epoch(schedule.first_run_after(utcnow())))
         rev = self.store.put(schedule.name, dumps(schedule.definition()), ABSENT, run)
         if not rev:
             raise Conflict(f"a schedule named {schedule.name!r} exists; update or remove it first",
@@ -222,7 +222,7 @@ class ScheduleService:
         run = None
         if retimed:
             now = utcnow()
-            run = (_ts(current.last_run_at), _ts(dataclasses.replace(new, last_run_at=current.last_run_at)
+            run = (to_epoch(current.last_run_at), to_epoch(dataclasses.replace(new, last_run_at=current.last_run_at)
                                                    .first_run_after(now)))
         return bool(self.store.put(new.name, dumps(new.definition()), current.revision, run))
 
@@ -303,7 +303,7 @@ class ScheduleService:
 
     def record_run(self, schedule: Schedule, last: datetime | None, next_: datetime) -> bool:
         """Record a fire (or a skipped occurrence); False when the schedule changed meanwhile."""
-        return self.store.record_run(schedule.name, schedule.revision, _ts(last), _ts(next_))
+        return self.store.record_run(schedule.name, schedule.revision, to_epoch(last), to_epoch(next_))
 
 
 def schedule_service(foundation: Foundation) -> ScheduleService:

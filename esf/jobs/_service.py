@@ -295,9 +295,12 @@ class JobService:
 
         Raises:
             ValidationError: ``key`` is empty or longer than the ledger allows.
+            UnsupportedCapability: the event store backend has no idempotency ledger.
         """
+        from ..events import TransactionalEventStore, require_capability
         from ._meta import current_job
 
+        require_capability(self._fnd.events, TransactionalEventStore, needed_for="jobs.once (the idempotency ledger)")
         current = current_job.get()
         return self._fnd.events.once(key, session=session, job_id=current.job_id if current else None)
 

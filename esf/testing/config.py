@@ -82,7 +82,7 @@ class ConfigStoreContract(ContractTestCase):
 
     def test_notifications_carry_new_versions(self) -> None:
         store = self.store()
-        seen: list[int] = []
+        seen: list[int | None] = []
         store.watch(seen.append)
         writer = self.store()
         self.eventually(lambda: seen, what="first (re)connect notification")

@@ -30,6 +30,8 @@ from ..events import Event, EventRecorder, Q, QueryableEventStore, Transactional
 from ._base import ContractTestCase
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy.orm import Session
 
 __all__ = ["EventRecorderContract", "QueryableEventStoreContract", "TransactionalEventStoreContract"]
@@ -106,10 +108,12 @@ class EventRecorderContract(ContractTestCase):
         assert self.store.head() == 2 and len(self.store.read_stream("s")) == 2
 
     def test_bad_input_is_refused_before_anything_is_stored(self) -> None:
-        for bad in (lambda: self.store.append([]), lambda: self.store.append(Event("Not A Type")),
+        bad_calls: tuple[Callable[[], object], ...] = (
+                    lambda: self.store.append([]), lambda: self.store.append(Event("Not A Type")),
                     lambda: self.store.append(Event("a.b", event_id="not-a-uuid")),
                     lambda: self.store.read_all(limit=0), lambda: self.store.read_all(after_position=-1),
-                    lambda: self.store.get("not-a-uuid")):
+                    lambda: self.store.get("not-a-uuid"))
+        for bad in bad_calls:
             with self.assertRaises(ValidationError):
                 bad()
         assert self.store.head() == 0

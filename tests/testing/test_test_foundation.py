@@ -80,3 +80,26 @@ def test_a_job_that_always_fails_ends_in_the_dead_letter_queue(fnd: TestFoundati
     assert handle.id in SEEN.dead
     assert fnd.metric_value("esf.jobs.dead_lettered", job=sync.name) == 1
     assert fnd.metric_value("esf.jobs.failed", job=sync.name) == 2
+
+
+def test_on_the_in_memory_recorder_jobs_retry_and_record_their_history_without_a_database() -> None:
+    from esf.events import InMemoryEventRecorder
+
+    # Given a test Foundation whose event store is the in-memory recorder (the base tier)
+    recorder = InMemoryEventRecorder()
+    with esf.testing.foundation(events=recorder) as fnd:
+        attempts: list[int] = []
+
+        @fnd.job(name=_name("flaky"), retries=1, backoff=0.05)
+        def flaky() -> int:
+            attempts.append(1)
+            if len(attempts) < 2:
+                raise ConnectionError("down")
+            return len(attempts)
+
+        # When a job fails once, Then it is retried and its history is in the recorder
+        handle = flaky.enqueue()
+        assert handle.wait(60) == 2
+        types = [e.event_type for e in fnd.history(handle.id)]
+        assert types.count("job.retried") == 1 and types[-1] == "job.succeeded"
+        assert recorder.head() > 0

@@ -68,3 +68,17 @@ def test_settings_select_the_memory_backend_and_services_refuse_what_it_lacks(tm
         with pytest.raises(UnsupportedCapability):
             require_capability(fnd.events, QueryableEventStore, needed_for="a query")
         assert fnd.events.head() == 1
+
+
+def test_the_timeline_and_the_maintenance_commands_refuse_a_bare_recorder() -> None:
+    from esf.cli._events import run_prune, run_spool_list
+    from esf.events import timeline
+
+    recorder = InMemoryEventRecorder()
+    with pytest.raises(UnsupportedCapability) as info:
+        timeline(recorder, "c-1")
+    assert info.value.capability == "QueryableEventStore"
+    for command in (lambda: run_prune(recorder, "1d"), lambda: run_spool_list(recorder)):
+        with pytest.raises(UnsupportedCapability) as info:
+            command()
+        assert info.value.capability == "TransactionalEventStore"

@@ -82,3 +82,12 @@ def test_the_timeline_and_the_maintenance_commands_refuse_a_bare_recorder() -> N
         with pytest.raises(UnsupportedCapability) as info:
             command()
         assert info.value.capability == "TransactionalEventStore"
+
+
+def test_an_empty_backend_name_is_refused_and_the_environment_selects_one() -> None:
+    from esf.errors import SettingsError
+
+    with pytest.raises(SettingsError) as info:
+        EventSettings(backend="")
+    assert info.value.details["setting"] == "events.backend"
+    assert Settings.from_env({"ESF_EVENTS_BACKEND": "memory"}).events.backend == "memory"

@@ -27,6 +27,7 @@ failures apart without relying on class paths::
     ├── JobFailed                    job_failed
     ├── HookError                    hook_error
     ├── MissingDependency            missing_dependency
+    ├── UnsupportedCapability        unsupported_capability
     └── JobControl                   (control flow inside a job handler)
         ├── Retry                    retry
         └── SkipJob                  skip_job
@@ -66,6 +67,7 @@ __all__ = [
     "UnknownJob",
     "UnknownQueue",
     "UnknownSubscription",
+    "UnsupportedCapability",
     "ValidationError",
     "error_from_code",
 ]
@@ -246,6 +248,23 @@ class MissingDependency(EsfError):
     """An optional dependency is not installed; the message says which extra to install."""
 
     code = "missing_dependency"
+
+
+class UnsupportedCapability(EsfError):
+    """The backend in use lacks a capability tier the operation needs (``.capability``, ``.backend``).
+
+    For example a bare event recorder (append and read only) asked for a query or
+    the idempotency ledger. Choose a backend that implements the tier, or do
+    without the operation.
+    """
+
+    code = "unsupported_capability"
+
+    def __init__(self, message: str, *, capability: str | None = None, backend: str | None = None,
+                 **details: Any) -> None:
+        super().__init__(message, capability=capability, backend=backend, **details)
+        self.capability = capability
+        self.backend = backend
 
 
 class JobControl(EsfError):

@@ -21,17 +21,20 @@ if TYPE_CHECKING:
     from celery.canvas import Signature
 
     from .cache import TwoTierCache
-    from .config import ConfigService
-    from .events import EventStore
+    from .config import ConfigService, ConfigStore
+    from .events import EventRecorder, EventStore
     from .events._async import AsyncAppend, AsyncAppender
     from .flags import FlagService
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
+    from .jobs._coord import Coordinator
+    from .jobs._schedules import ScheduleStore
     from .secrets import SecretsService
     from .services import ServiceRegistry
     from .sourcing import AggregateRepository, UpcasterFn, Upcasters
     from .subscriptions import Subscription, SubscriptionService
     from .telemetry import Telemetry
+    from .telemetry._store import SnapshotStore
 
 log = logging.getLogger("esf")
 
@@ -49,9 +52,23 @@ class Foundation:
     Parameters:
         settings: the settings; ``Settings()`` (embedded, no server) when omitted.
         hooks: job lifecycle hooks, run in order (``after_*`` in reverse).
+        events, config_store, coordinator, schedule_store, snapshot_store: backend objects to use
+            as they are (see :class:`~esf._backends.InjectedBackends`); each one not given is
+            built from the settings on first use. The Foundation closes them when it closes.
+
+    Raises:
+        ValidationError: an injected backend lacks a method of its interface.
     """
 
-    def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = ()) -> None:
+    def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = (),
+                 events: EventRecorder | None = None, config_store: ConfigStore | None = None,
+                 coordinator: Coordinator | None = None, schedule_store: ScheduleStore | None = None,
+                 snapshot_store: SnapshotStore | None = None) -> None:
+        from ._backends import InjectedBackends
+
+        #: The backends given to the constructor (``None``: built from the settings).
+        self.backends = InjectedBackends(events=events, config_store=config_store, coordinator=coordinator,
+                                         schedule_store=schedule_store, snapshot_store=snapshot_store)
         self.settings = settings or Settings()
         self._hooks: list[JobHooks] = list(hooks)
         self._hook_plans: dict[str, tuple[JobHooks, ...]] = {}
@@ -185,10 +202,12 @@ class Foundation:
 
     @cached_property
     def events(self) -> EventStore:
-        """The event store (PostgreSQL, or SQLite under ``data_dir``); created on first use."""
+        """The event store (PostgreSQL, or SQLite under ``data_dir``; the injected one if given); created on
+        first use."""
         from .events import create_event_store
 
-        store = create_event_store(self.settings)
+        injected = self.backends.events
+        store = create_event_store(self.settings) if injected is None else cast("EventStore", injected)
         store = self._upcasting(store)
         if self.settings.telemetry.enabled:
             from .events._instrumented import InstrumentedEventStore
@@ -290,7 +309,7 @@ class Foundation:
             self.record(Event(str(payload["type"]), payload, stream_id="config",
                               event_id=payload.get("event_id")))
 
-        service = create_config_service(self.settings, audit=audit)
+        service = create_config_service(self.settings, audit=audit, store=self.backends.config_store)
         from .config._deferred import DeferredBatches
 
         service.deferred = DeferredBatches(self)
@@ -327,7 +346,7 @@ class Foundation:
         """Metrics, events and exporters; figures add up across processes and hosts."""
         from .telemetry import create_telemetry
 
-        return create_telemetry(self.settings)
+        return create_telemetry(self.settings, store=self.backends.snapshot_store)
 
     # -- secrets -------------------------------------------------------------------
 

@@ -191,6 +191,9 @@ class FlowerSettings:
 class EventSettings:
     """The event store."""
 
+    #: Backend: ``sqlalchemy`` (PostgreSQL or SQLite, every tier), ``memory`` (this process only, the
+    #: recorder tier: for tests) or any ``events.<name>`` entry point of group ``esf.plugins``.
+    backend: str = "sqlalchemy"
     max_event_bytes: int = 1_048_576
     #: Record job lifecycle events (enqueued, started, retried, …).
     record_job_events: bool = True
@@ -204,6 +207,8 @@ class EventSettings:
     def __post_init__(self) -> None:
         _positive(self, "events", ("max_event_bytes", "history_flush_s"))
         _positive(self, "events", ("spool_max_attempts",))
+        if not self.backend:
+            raise SettingsError("events.backend: must not be empty", setting="events.backend")
 
 
 @dataclass(frozen=True)

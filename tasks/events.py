@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from esf.errors import ServiceUnavailable
+from esf.events import TransactionalEventStore, require_capability
 from esf.events._async import EVENTS_SERVICE, event_from_wire
 from esf.services import DefaultSchedule
 
@@ -42,6 +43,7 @@ def register(foundation: Foundation) -> None:
         latest event and every event a subscription has not processed."""
         age = s.events_retention_s if older_than_s is None else float(older_than_s)
         kinds = list(s.events_prune_types) if types is None else list(types)
+        require_capability(foundation.events, TransactionalEventStore, needed_for="esf.events.prune")
         deleted = foundation.events.prune(older_than=timedelta(seconds=age), types=kinds or None)
         return {"deleted": deleted, "older_than_s": age, "types": kinds}
 

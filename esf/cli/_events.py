@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import ValidationError
-from ..events import Event, StoredEvent, render_timeline, timeline
+from ..events import Event, StoredEvent, TransactionalEventStore, render_timeline, require_capability, timeline
 from ..events._timeline import timeline_json
 from ._common import CommandError, load_foundation, parse_duration, parse_json_arg
 
@@ -170,6 +170,7 @@ def run_prune(
 ) -> int:
     """Prune events older than a duration (``90d``) and print how many were deleted."""
     out = out or sys.stdout
+    require_capability(store, TransactionalEventStore, needed_for="esf events prune")
     age = parse_duration(older_than)
     deleted = store.prune(older_than=age, types=list(types) if types else None)
     scope = f" of type {', '.join(types)}" if types else ""
@@ -196,6 +197,7 @@ def run_timeline(
 def run_spool_list(store: EventStore, *, as_json: bool = False, limit: int = 100, out: TextIO | None = None) -> int:
     """Print the spool's quarantined entries (a read: nothing moves); exit status 1 when there are some."""
     out = out or sys.stdout
+    require_capability(store, TransactionalEventStore, needed_for="esf events spool list")
     entries = store.spool_quarantine(limit)
     if as_json:
         rows = [
@@ -229,6 +231,7 @@ def run_spool_retry(
     seconds for them to be written. Exit status 0 when all were written, 1 otherwise (the reason is printed).
     """
     out = out or sys.stdout
+    require_capability(store, TransactionalEventStore, needed_for="esf events spool retry")
     ids = store.retry_quarantined(entry_ids)
     if not ids:
         out.write("no such quarantined spool entry\n" if entry_ids else "no quarantined spool entries\n")

@@ -164,8 +164,9 @@ class DeferredBatches:
 
     def scheduled(self, *, include_done: bool = False) -> list[ScheduledBatch]:
         """Scheduled batches by time: pending and refused ones (every one with ``include_done``)."""
-        from ..events import Q
+        from ..events import Q, QueryableEventStore, require_capability
 
+        require_capability(self._fnd.events, QueryableEventStore, needed_for="config scheduled batches")
         out = []
         for e in self._fnd.events.query(Q.type("config.batch_scheduled")):
             batch = self.get(str(e.stream_id)[len(STREAM_PREFIX):])

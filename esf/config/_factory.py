@@ -10,6 +10,7 @@ from ._service import AuditSink, ConfigService
 
 if TYPE_CHECKING:
     from ..settings import Settings
+    from ._types import ConfigStore
 
 __all__ = ["create_config_service", "esf_defaults", "load_store_class"]
 
@@ -38,6 +39,7 @@ def create_config_service(
     audit: AuditSink | None = None,
     node_id: str | None = None,
     start: bool = True,
+    store: ConfigStore | None = None,
 ) -> ConfigService:
     """The configuration service for ``settings``.
 
@@ -50,22 +52,13 @@ def create_config_service(
         audit: sink for ``config.updated`` payloads (connect it to the event store's spooled append).
         node_id: this process's name in heartbeats.
         start: start notifications, reconciliation and heartbeats now.
+        store: the store to use as it is (injected); built from the settings when ``None``.
     """
     cfg = settings.config
     url = redis_url or settings.effective_redis_url
     data_dir = settings.data_path
-    store: Any
-    if url:
-        store = load_store_class("config.redis")(
-            url, prefix=cfg.redis_prefix, history_limit=cfg.history_limit, timeout_s=cfg.store_timeout_s
-        )
-    else:
-        store = load_store_class("config.sqlite")(
-            data_dir / "config.sqlite",
-            history_limit=cfg.history_limit,
-            poll_interval_s=cfg.poll_interval_s,
-            timeout_s=cfg.store_timeout_s,
-        )
+    if store is None:
+        store = _store_for(settings, url)
     return ConfigService(
         store,
         settings=cfg,
@@ -75,3 +68,21 @@ def create_config_service(
         esf_defaults=esf_defaults(settings),
         start=start,
     )
+
+
+def _store_for(settings: Settings, url: str | None) -> ConfigStore:
+    """Redis when ``url`` is set, else SQLite under ``data_dir``."""
+    cfg = settings.config
+    store: ConfigStore
+    if url:
+        store = load_store_class("config.redis")(
+            url, prefix=cfg.redis_prefix, history_limit=cfg.history_limit, timeout_s=cfg.store_timeout_s
+        )
+    else:
+        store = load_store_class("config.sqlite")(
+            settings.data_path / "config.sqlite",
+            history_limit=cfg.history_limit,
+            poll_interval_s=cfg.poll_interval_s,
+            timeout_s=cfg.store_timeout_s,
+        )
+    return store

@@ -18,8 +18,17 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingDependency
-from ._contract import AppendResult, EventStore, PendingAppend
+from ._contract import (
+    AppendResult,
+    EventRecorder,
+    EventStore,
+    PendingAppend,
+    QueryableEventStore,
+    TransactionalEventStore,
+    require_capability,
+)
 from ._job_history import JOB_EVENT_TYPES, JobHistoryHooks, job_stream_id
+from ._memory import InMemoryEventRecorder
 from ._model import Event, FrozenDict, FrozenList, StoredEvent
 from ._query import Filter, Page, Q, Query
 from ._timeline import render_timeline, timeline
@@ -45,6 +54,7 @@ __all__ = [
     "STREAM_ID_RE",
     "AppendResult",
     "Event",
+    "EventRecorder",
     "EventStore",
     "Filter",
     "Page",
@@ -52,12 +62,16 @@ __all__ = [
     "Query",
     "FrozenDict",
     "FrozenList",
+    "InMemoryEventRecorder",
     "JobHistoryHooks",
     "PendingAppend",
+    "QueryableEventStore",
     "StoredEvent",
+    "TransactionalEventStore",
     "create_event_store",
     "job_stream_id",
     "render_timeline",
+    "require_capability",
     "timeline",
 ]
 
@@ -82,6 +96,11 @@ def _backend_class() -> Any:
 def create_event_store(settings: Settings, **options: Any) -> EventStore:
     """The event store described by ``settings``.
 
+    ``settings.events.backend`` names it: ``sqlalchemy`` (the default, described
+    below), ``memory`` (:class:`InMemoryEventRecorder`, the recorder tier only) or
+    any ``events.<name>`` entry point of group ``esf.plugins``, whose object has a
+    ``from_settings(settings, **options)`` class method.
+
     The backend follows ``settings.effective_database_url``: PostgreSQL
     (``postgresql://…``, driven by psycopg 3) or SQLite (a file under
     ``settings.data_dir`` by default). Migrations run on first use
@@ -96,7 +115,15 @@ def create_event_store(settings: Settings, **options: Any) -> EventStore:
     Raises:
         ValidationError: unsupported database URL.
         MissingDependency: the backend plugin cannot be imported.
+        SettingsError: no backend is registered under ``events.<backend>``, or two are.
     """
+    if settings.events.backend != "sqlalchemy":
+        from .._plugins import load_plugin
+
+        backend = load_plugin(f"events.{settings.events.backend}", setting="events.backend")
+        # Any tier will do here: each service checks the tier it needs when it needs it.
+        chosen: EventStore = backend.from_settings(settings, **options)
+        return chosen
     url = settings.effective_database_url
     spool_path = settings.data_path / SPOOL_FILE if url.startswith("postgres") else None
     options.setdefault("spool_path", spool_path)

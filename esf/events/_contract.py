@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..errors import UnsupportedCapability
 from ._model import Event, StoredEvent
 
 if TYPE_CHECKING:
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from ._query_values import Per
     from ._spool import QuarantinedEntry
 
-__all__ = ["AppendResult", "EventStore", "PendingAppend"]
+__all__ = [
+    "AppendResult",
+    "EventRecorder",
+    "EventStore",
+    "PendingAppend",
+    "QueryableEventStore",
+    "TransactionalEventStore",
+    "require_capability",
+]
 
 #: ``waiter(pending, timeout_s)`` blocks until the spooled events are stored and returns them.
 Waiter = Callable[["PendingAppend", "float | None"], list[StoredEvent]]
@@ -100,8 +109,14 @@ class AppendResult(list[StoredEvent]):
 
 
 @runtime_checkable
-class EventStore(Protocol):
-    """An append-only store of events with global, gap-free, commit-ordered positions.
+class EventRecorder(Protocol):
+    """The base tier: an append-only store of events with global, gap-free, commit-ordered positions.
+
+    A backend implements the tiers one by one: :class:`EventRecorder` (append
+    and read), :class:`QueryableEventStore` (queries, counts, sequences),
+    :class:`TransactionalEventStore` (caller sessions, the idempotency ledger,
+    the outbox, retention, the spool). Services check the tier they need with
+    :func:`require_capability`; ``esf.testing`` ships one contract suite per tier.
 
     Guarantees every backend keeps:
 
@@ -113,6 +128,132 @@ class EventStore(Protocol):
       stored again; its stored form is returned. Same id, other content:
       :class:`~esf.errors.DuplicateEventId`.
     - **Atomic batches**: all events of one call are stored, or none.
+    """
+
+    def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        """Append one event or a batch, atomically.
+
+        Parameters:
+            events: an :class:`Event` or a non-empty sequence of them. Validated
+                here, before anything is written (rules in ``esf.events._validation``).
+            expected_version: the version the stream must be at before this
+                append (0: the stream must not exist yet). Every event of the
+                batch must then be in the same stream. ``None`` skips the check.
+
+        Returns:
+            An :class:`AppendResult` (a list of :class:`StoredEvent`, one per
+            input, in input order).
+
+        Raises:
+            ValidationError: bad event type, stream id, event id, refs or arguments.
+            SerializationError: data or metadata is not a JSON object.
+            PayloadTooLarge: an event exceeds ``settings.events.max_event_bytes``.
+            DuplicateEventId: an event id is stored (or repeated in the batch) with other content.
+            ConcurrencyConflict: ``expected_version`` did not match (``.expected``, ``.actual``).
+            ServiceUnavailable: the backend is unreachable.
+        """
+        ...
+
+    def get(self, event_id: str) -> StoredEvent:
+        """The stored event with this id.
+
+        Raises:
+            NotFound: no event has this id (or it was pruned).
+            ValidationError: ``event_id`` is not a UUID.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def read_stream(self, stream_id: str, *, from_version: int = 1, limit: int | None = None) -> list[StoredEvent]:
+        """Events of one stream with ``stream_version >= from_version``, in version order.
+
+        Returns:
+            Up to ``limit`` events (all when ``None``); empty for an unknown stream.
+
+        Raises:
+            ValidationError: bad stream id or arguments.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Events with ``position > after_position``, in position order, at most ``limit``.
+
+        Resuming from the last position returned never skips a committed event.
+
+        Raises:
+            ValidationError: negative ``after_position`` or ``limit`` < 1.
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def head(self) -> int:
+        """The position of the last committed event (0 when empty).
+
+        Raises:
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop background threads and release connections. Spooled events stay on disk for the next start."""
+        ...
+
+
+@runtime_checkable
+class QueryableEventStore(EventRecorder, Protocol):
+    """The second tier: filtered queries (``esf.Q``), counts, aggregates and sequences over the recorder."""
+
+    def read_correlation(self, correlation_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
+        """Events with this correlation id, in position order (at most ``limit``).
+
+        Raises:
+            ServiceUnavailable: the database is unreachable.
+        """
+        ...
+
+    def get_many(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        """The stored events with these ids, in the order given. Raises NotFound if one is missing."""
+        ...
+
+    def query(self, query: Query | Filter | None = None) -> list[StoredEvent]:
+        """Events matching ``query`` (``esf.Q`` filters), by position. Raises QueryError, ServiceUnavailable."""
+        ...
+
+    def query_page(self, query: Query | Filter | None = None, limit: int = 100, cursor: str | None = None) -> Page:
+        """One page of matching events and the cursor of the next. Raises QueryError, ServiceUnavailable."""
+        ...
+
+    def count(self, filter: Query | Filter | None = None, *, by: str | None = None, per: Per | None = None) -> Any:
+        """How many events match, optionally ``by`` a field (``event_type``, ``data.<path>``) and ``per`` bucket."""
+        ...
+
+    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
+        """``min``, ``max``, ``avg`` or ``sum`` of a numeric ``data.<path>`` over the matching events."""
+        ...
+
+    def followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
+                    limit: int | None = None) -> list[tuple[StoredEvent, StoredEvent]]:
+        """Pairs (A, B): B matched ``then`` after A matched ``first``, same ``by`` value, within ``within``."""
+        ...
+
+    def not_followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
+                        now: datetime | None = None, limit: int | None = None) -> list[StoredEvent]:
+        """Events A with no matching B within ``within`` (only A older than ``within``)."""
+        ...
+
+
+@runtime_checkable
+class TransactionalEventStore(QueryableEventStore, Protocol):
+    """The full tier: appends in the caller's transaction, the idempotency ledger, the outbox, retention and
+    the spool; the backend runs its own migrations on first use.
+
+    ``SqlEventStore`` (PostgreSQL, SQLite) implements it.
     """
 
     def append(
@@ -153,52 +294,18 @@ class EventStore(Protocol):
         """
         ...
 
-    def get(self, event_id: str) -> StoredEvent:
-        """The stored event with this id.
-
-        Raises:
-            NotFound: no event has this id (or it was pruned).
-            ValidationError: ``event_id`` is not a UUID.
-            ServiceUnavailable: the database is unreachable.
-        """
+    def once(self, key: str, *, session: Session | None = None,
+             job_id: str | None = None) -> AbstractContextManager[bool]:
+        """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
         ...
 
-    def read_stream(self, stream_id: str, *, from_version: int = 1, limit: int | None = None) -> list[StoredEvent]:
-        """Events of one stream with ``stream_version >= from_version``, in version order.
+    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str) -> OutboxRelay:
+        """A relay of the outbox rows of one ``kind``: it dispatches them in insertion order and deletes them.
 
-        Returns:
-            Up to ``limit`` events (all when ``None``); empty for an unknown stream.
-
-        Raises:
-            ValidationError: bad stream id or arguments.
-            ServiceUnavailable: the database is unreachable.
-        """
-        ...
-
-    def read_all(self, *, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        """Events with ``position > after_position``, in position order, at most ``limit``.
-
-        Resuming from the last position returned never skips a committed event.
+        Rows of other kinds are left alone (each kind has its own relay); the jobs service's kind is ``"job"``.
 
         Raises:
-            ValidationError: negative ``after_position`` or ``limit`` < 1.
-            ServiceUnavailable: the database is unreachable.
-        """
-        ...
-
-    def read_correlation(self, correlation_id: str, *, limit: int = 10_000) -> list[StoredEvent]:
-        """Events with this correlation id, in position order (at most ``limit``).
-
-        Raises:
-            ServiceUnavailable: the database is unreachable.
-        """
-        ...
-
-    def head(self) -> int:
-        """The position of the last committed event (0 when empty).
-
-        Raises:
-            ServiceUnavailable: the database is unreachable.
+            ValidationError: ``kind`` is not a string of 1 to 50 characters.
         """
         ...
 
@@ -246,51 +353,43 @@ class EventStore(Protocol):
         """
         ...
 
-    def query(self, query: Query | Filter | None = None) -> list[StoredEvent]:
-        """Events matching ``query`` (``esf.Q`` filters), by position. Raises QueryError, ServiceUnavailable."""
-        ...
 
-    def query_page(self, query: Query | Filter | None = None, limit: int = 100, cursor: str | None = None) -> Page:
-        """One page of matching events and the cursor of the next. Raises QueryError, ServiceUnavailable."""
-        ...
+#: Every tier: what ``Foundation.events`` is typed as.
+EventStore = TransactionalEventStore
 
-    def count(self, filter: Query | Filter | None = None, *, by: str | None = None, per: Per | None = None) -> Any:
-        """How many events match, optionally ``by`` a field (``event_type``, ``data.<path>``) and ``per`` bucket."""
-        ...
+#: The tiers, smallest first, with the words errors use for them.
+TIERS: tuple[tuple[type[Any], str], ...] = (
+    (EventRecorder, "event recorder (append, get, read_stream, read_all, head)"),
+    (QueryableEventStore, "queryable event store (query, count, aggregate, sequences)"),
+    (TransactionalEventStore, "transactional event store (sessions, idempotency ledger, outbox, prune, spool)"),
+)
 
-    def aggregate(self, fn: str, field: str, filter: Query | Filter | None = None, *, per: Per | None = None) -> Any:
-        """``min``, ``max``, ``avg`` or ``sum`` of a numeric ``data.<path>`` over the matching events."""
-        ...
 
-    def followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
-                    limit: int | None = None) -> list[tuple[StoredEvent, StoredEvent]]:
-        """Pairs (A, B): B matched ``then`` after A matched ``first``, same ``by`` value, within ``within``."""
-        ...
+def unwrap(store: object) -> object:
+    """The backend under ESF's wrappers (upcasting, telemetry), whose tier is the one that counts."""
+    seen = 0
+    while (inner := getattr(store, "wrapped", None)) is not None and seen < 10:
+        store, seen = inner, seen + 1
+    return store
 
-    def not_followed_by(self, first: Filter, then: Filter, *, within: timedelta, by: str = "correlation_id",
-                        now: datetime | None = None, limit: int | None = None) -> list[StoredEvent]:
-        """Events A with no matching B within ``within`` (only A older than ``within``)."""
-        ...
 
-    def get_many(self, event_ids: Sequence[str]) -> list[StoredEvent]:
-        """The stored events with these ids, in the order given. Raises NotFound if one is missing."""
-        ...
+def require_capability(store: object, tier: type[Any], *, needed_for: str) -> None:
+    """Raise unless ``store`` (or the backend it wraps) implements ``tier``.
 
-    def once(self, key: str, *, session: Session | None = None,
-             job_id: str | None = None) -> AbstractContextManager[bool]:
-        """Idempotency ledger: yields True the first time ``key`` is recorded (in ``session``'s transaction)."""
-        ...
+    Parameters:
+        store: the event store in use (wrappers are looked through).
+        tier: :class:`EventRecorder`, :class:`QueryableEventStore` or :class:`TransactionalEventStore`.
+        needed_for: what the caller was about to do, named in the error.
 
-    def outbox_relay(self, dispatch: Callable[[str, dict[str, Any]], None], *, kind: str) -> OutboxRelay:
-        """A relay of the outbox rows of one ``kind``: it dispatches them in insertion order and deletes them.
-
-        Rows of other kinds are left alone (each kind has its own relay); the jobs service's kind is ``"job"``.
-
-        Raises:
-            ValidationError: ``kind`` is not a string of 1 to 50 characters.
-        """
-        ...
-
-    def close(self) -> None:
-        """Stop background threads and release connections. Spooled events stay on disk for the next start."""
-        ...
+    Raises:
+        UnsupportedCapability: the backend lacks the tier (``.capability`` is the tier's name).
+    """
+    backend = unwrap(store)
+    if isinstance(backend, tier):
+        return
+    described = dict(TIERS).get(tier, tier.__name__)
+    name = type(backend).__name__
+    raise UnsupportedCapability(
+        f"{needed_for} needs a {described}; the event store backend {name} does not implement "
+        f"{tier.__name__} (set events.backend to one that does, e.g. \"sqlalchemy\")",
+        capability=tier.__name__, backend=name)

@@ -21,6 +21,11 @@ class InstrumentedEventStore:
         self._store = store
         self._instruments = instruments
 
+    @property
+    def wrapped(self) -> EventStore:
+        """The store underneath (its tier is the one services check)."""
+        return self._store
+
     def append(self, events: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         result = self._store.append(events, **kwargs)

@@ -25,9 +25,13 @@ def timeline(store: EventStore, correlation_id: str, *, limit: int = 10_000) -> 
     Raises:
         ValidationError: empty correlation id.
         ServiceUnavailable: the database is unreachable.
+        UnsupportedCapability: the store is not a queryable store (it cannot read by correlation).
     """
+    from ._contract import QueryableEventStore, require_capability
+
     if not isinstance(correlation_id, str) or not correlation_id:
         raise ValidationError("correlation_id: must be a non-empty string")
+    require_capability(store, QueryableEventStore, needed_for="the timeline")
     return store.read_correlation(correlation_id, limit=limit)
 
 

@@ -60,9 +60,16 @@ class JobOutbox:
 
     def put(self, session: Session, job: Job[Any, Any], prepared: PreparedJob, *, countdown: float | None,
             eta: datetime | None, priority: int | None) -> None:
-        """Add the job message to ``session``'s transaction."""
+        """Add the job message to ``session``'s transaction.
+
+        Raises:
+            UnsupportedCapability: the event store backend has no outbox (not a transactional store).
+        """
         from esf.plugins.sqlalchemy_events import outbox_put
 
+        from ..events import TransactionalEventStore, require_capability
+
+        require_capability(self._fnd.events, TransactionalEventStore, needed_for="enqueue(..., session=)")
         self._fnd.events.head()  # the tables exist before the caller's transaction touches them
         payload = {
             "job": job.name,
@@ -125,6 +132,11 @@ class JobOutbox:
                 return total
 
     def _drain_batch(self, older_than_s: float | None) -> int:
+        from ..events import TransactionalEventStore
+        from ..events._contract import unwrap
+
+        if not isinstance(unwrap(self._fnd.events), TransactionalEventStore):
+            return 0  # a store without an outbox holds no row (put refuses): nothing to relay
         if not self.forking:
             return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).drain(RELAY_BATCH,
                                                                                      older_than_s=older_than_s)

@@ -148,7 +148,7 @@ class JobService:
         """Schedules: add, change and remove them at run time (``esf beat`` fires them)."""
         from ._schedules import ScheduleService
 
-        return ScheduleService(self._fnd)
+        return ScheduleService(self._fnd, self._fnd.backends.schedule_store)
 
     def schedule(self, name: str | None = None, *, job: str, cron: str | None = None,
                  every: float | timedelta | None = None, args: Sequence[Any] = (),
@@ -295,9 +295,12 @@ class JobService:
 
         Raises:
             ValidationError: ``key`` is empty or longer than the ledger allows.
+            UnsupportedCapability: the event store backend has no idempotency ledger.
         """
+        from ..events import TransactionalEventStore, require_capability
         from ._meta import current_job
 
+        require_capability(self._fnd.events, TransactionalEventStore, needed_for="jobs.once (the idempotency ledger)")
         current = current_job.get()
         return self._fnd.events.once(key, session=session, job_id=current.job_id if current else None)
 
@@ -325,7 +328,10 @@ class JobService:
 
     @cached_property
     def coordinator(self) -> Coordinator:
-        """Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
+        """The injected coordinator, else Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
+        injected = self._fnd.backends.coordinator
+        if injected is not None:
+            return injected
         if self._fnd.settings.effective_redis_url:
             return RedisCoordinator(self._fnd.redis)
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")

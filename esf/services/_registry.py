@@ -145,7 +145,7 @@ class ServiceRegistry:
     def status(self) -> list[ServiceTaskStatus]:
         """Every service task with its schedule state and its last run (read from the schedule store and
         the job history). A store that cannot be read is named in ``problems``; nothing raises."""
-        from ..events import Q
+        from ..events import Q, QueryableEventStore, require_capability
         from ..jobs._schedules import Schedule
 
         out: list[ServiceTaskStatus] = []
@@ -162,6 +162,7 @@ class ServiceRegistry:
                 problems.append(f"schedule store: {exc}")
             last_run = None
             try:
+                require_capability(self._fnd.events, QueryableEventStore, needed_for="a service task's last run")
                 found = self._fnd.events.query((Q.types(*_RUN_ENDS) & (Q.data("job") == t.name))
                                                .query(order="desc", limit=_LAST_RUN_SCAN))
                 if found:

@@ -157,8 +157,16 @@ class SubscriptionService:
 
     @cached_property
     def backend(self) -> SubscriptionBackend:
-        """The subscription state in the event store's database."""
+        """The subscription state in the event store's database.
+
+        Raises:
+            UnsupportedCapability: the event store backend is not a transactional store (checkpoints
+                and projections commit in its database).
+        """
+        from ..events import TransactionalEventStore, require_capability
+
         store = self._fnd.events
+        require_capability(store, TransactionalEventStore, needed_for="subscriptions")
         store.head()  # migrated before the first use
         backend: SubscriptionBackend = _backend_class()(store.engine)  # type: ignore[attr-defined]
         return backend

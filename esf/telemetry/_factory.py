@@ -43,7 +43,8 @@ def create_store(settings: Settings, redis_url: str | None = None) -> SnapshotSt
     return SQLiteSnapshotStore(settings.data_path / SQLITE_FILE, proc_ttl_s=proc_ttl_s)
 
 
-def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_id: str | None = None) -> Telemetry:
+def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_id: str | None = None,
+                     store: SnapshotStore | None = None) -> Telemetry:
     """Build the Telemetry service (``fnd.telemetry``) from settings.
 
     Parameters
@@ -55,6 +56,8 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
         Overrides the Redis used as shared store.
     node_id:
         Overrides ``settings.node`` in process ids.
+    store:
+        The shared store to use as it is (injected); built from the settings when ``None``.
 
     Raises
     ------
@@ -70,5 +73,6 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
     (in Celery's ``worker_process_shutdown`` for prefork children, which skip ``atexit``).
     """
     ts = settings.telemetry
-    store = create_store(settings, redis_url) if ts.enabled else None
+    if store is None and ts.enabled:
+        store = create_store(settings, redis_url)
     return Telemetry(ts, store=store, node=node_id or settings.node)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..foundation import Foundation
+    from ._gather import GatherService
     from ._outbox import JobOutbox
     from ._schedules import Schedule, ScheduleService
 
@@ -277,6 +278,13 @@ class JobService:
             if isinstance(exc, OperationalError | ConnectionError | OSError):
                 raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
             raise
+
+    @cached_property
+    def gathers(self) -> GatherService:
+        """Scatter-gathers (see ``Foundation.gather``) and the store of their results."""
+        from ._gather import GatherService
+
+        return GatherService(self._fnd)
 
     @cached_property
     def outbox(self) -> JobOutbox:

@@ -134,9 +134,10 @@ class JobService:
         """The declared job ``name``. Raises UnknownJob."""
         try:
             return self._jobs[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a list or dict is no job name either
             known = ", ".join(sorted(self._jobs)) or "none"
-            raise UnknownJob(f"no job named {name!r} is declared (declared: {known})") from None
+            shown = ascii(name if not isinstance(name, str) or len(name) <= 200 else name[:200] + "...")
+            raise UnknownJob(f"no job named {shown} is declared (declared: {known})") from None
 
     def names(self) -> list[str]:
         return sorted(self._jobs)

@@ -150,6 +150,20 @@ def test_a_malformed_job_name_is_an_unknown_job(fnd: Foundation, sent: Sent, nam
     assert sent.count == before
 
 
+@SWEEP
+@given(value=bad_value, deadline=st.one_of(st.floats(max_value=0), st.sampled_from([math.nan, math.inf, "5", None])),
+       min_results=st.one_of(st.integers(max_value=0), st.integers(min_value=3), st.sampled_from([1.5, "1", True])))
+def test_a_gather_with_bad_arguments_deadline_or_min_results_is_refused_and_nothing_is_sent(
+        fnd: Foundation, sent: Sent, value: Any, deadline: Any, min_results: Any) -> None:
+    before = sent.count
+    echo = fnd.jobs.get("bad.echo")
+    refused(lambda: fnd.gather([echo.s(1), (echo, [value])], then=echo, deadline=10), ValidationError)
+    refused(lambda: fnd.gather([echo.s(1), echo.s(2)], then=echo, deadline=deadline), ValidationError)
+    refused(lambda: fnd.gather([echo.s(1), echo.s(2)], then=echo, deadline=10, min_results=min_results),
+            ValidationError)
+    assert sent.count == before
+
+
 # -- events ------------------------------------------------------------------------
 
 

@@ -49,6 +49,36 @@ def test_a_worker_sigkilled_during_a_gather_leaves_the_callback_to_run_exactly_o
         second.stop()
 
 
+@pytest.mark.slow
+def test_the_deadline_survives_a_sigkilled_worker_and_fires_on_the_next_one(
+        broker: Broker, fnd: Foundation, tmp_path: Path) -> None:
+    # Given a gather with one result in and a straggler, its deadline job held by the only worker
+    key = uuid.uuid4().hex
+    item = fnd.jobs.get("t.gather_item")
+    first = Worker(broker.env, tmp_path / "first.log")
+    try:
+        first.wait_ready()
+        g = fnd.gather([item.s(key, 0), item.s(key, 1, hold=True)], then="t.gather_then", deadline=12,
+                       min_results=1, on_timeout="continue")
+        wait_for(lambda: g.status()["arrived"] == [0] and _runs(fnd, f"item-runs:{key}:1") >= 1, timeout=60,
+                 message="the first result stored and the straggler running")
+        assert g.status()["state"] == "open"
+        # When that worker is SIGKILLed before the deadline and another one starts
+        first.kill()
+    finally:
+        first.stop()
+    second = Worker(broker.env, tmp_path / "second.log")
+    try:
+        second.wait_ready()
+        # Then the deadline still fires, once, with the partial results
+        outcome = g.wait(120)
+        assert outcome["reason"] == "deadline" and outcome["results"] == [0, None]
+        assert _runs(fnd, f"then-runs:{g.id}") == 1
+    finally:
+        fnd.jobs.coordinator.claim(f"release:{key}", "1", 600)
+        second.stop()
+
+
 def test_a_gather_runs_on_the_embedded_default(tmp_path: Path) -> None:
     # Given the embedded default (SQLite broker, results and gather store) and a worker
     env = settings_env("", data_dir=str(tmp_path / ".esf"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from .errors import PayloadTooLarge, SerializationError
@@ -11,13 +12,17 @@ from .errors import PayloadTooLarge, SerializationError
 #: Deepest nesting accepted in a JSON value.
 MAX_DEPTH = 64
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BAD_NAME = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
 
 def check_json(value: Any, where: str = "value") -> None:
     """Raise :class:`SerializationError` naming the first part of ``value`` that is not plain JSON.
 
     Accepted: ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists and
     tuples of those, and dicts with ``str`` keys. Rejected: NaN and infinities,
-    bytes, sets, dates, objects, non-string keys, nesting deeper than 64.
+    bytes, sets, dates, objects, non-string keys, nesting deeper than 64, and
+    strings (or keys) with a lone surrogate (``"\\ud800"``: no UTF-8 encoding exists).
     """
     if _flat(value):
         return
@@ -26,7 +31,10 @@ def check_json(value: Any, where: str = "value") -> None:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise SerializationError(f"{path}: nested deeper than {MAX_DEPTH} levels", path=path)
-        if item is None or isinstance(item, bool | int | str):
+        if isinstance(item, str):
+            _check_text(item, path)
+            continue
+        if item is None or isinstance(item, bool | int):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -42,6 +50,7 @@ def check_json(value: Any, where: str = "value") -> None:
                     raise SerializationError(
                         f"{path}: key {k!r} is a {type(k).__name__}; JSON object keys must be strings", path=path
                     )
+                _check_text(k, f"{path} key")
                 stack.append((v, f"{path}.{k}", depth + 1))
             continue
         hint = " (encode bytes as base64 text)" if isinstance(item, bytes | bytearray) else ""
@@ -56,12 +65,35 @@ def check_json(value: Any, where: str = "value") -> None:
 _isfinite = math.isfinite
 
 
+def _check_text(value: str, path: str) -> None:
+    """Refuse a string that has no UTF-8 encoding (a lone surrogate, e.g. from ``surrogateescape``)."""
+    if not value.isascii() and _SURROGATE.search(value):
+        raise SerializationError(f"{path}: the string holds a lone surrogate and cannot be encoded as UTF-8; "
+                                 "decode bytes with errors='replace' or pass base64 text", path=path)
+
+
+def check_name(value: object, what: str, *, max_chars: int = 200) -> str:
+    """Return ``value`` when it is a usable name: a non-empty string of at most ``max_chars`` characters
+    without control characters or lone surrogates.
+
+    Raises:
+        ValidationError: anything else (the message names ``what``).
+    """
+    from .errors import ValidationError
+
+    if not isinstance(value, str) or not value or len(value) > max_chars or _BAD_NAME.search(value):
+        shown = ascii(value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "...")
+        raise ValidationError(f"{what}: must be a non-empty string of at most {max_chars} characters without "
+                              f"control characters, got {shown}", errors={what: "invalid"})
+    return value
+
+
 def _flat(value: Any) -> bool:
     """True for the common case checked without a walk: a list, tuple or str-keyed dict of scalars."""
     kind = type(value)
     if kind is dict:
         for key in value:
-            if type(key) is not str:
+            if type(key) is not str or not key.isascii():
                 return False
         items = value.values()
     elif kind is list or kind is tuple:
@@ -70,7 +102,11 @@ def _flat(value: Any) -> bool:
         return False
     for item in items:
         t = type(item)
-        if t is str or t is int or t is bool or item is None:
+        if t is str:
+            if item.isascii():
+                continue
+            return False
+        if t is int or t is bool or item is None:
             continue
         if t is float and _isfinite(item):
             continue

@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from .errors import HookError
 from .events._model import Event
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .events import EventRecorder, EventStore
     from .events._async import AsyncAppend, AsyncAppender
     from .flags import FlagService
-    from .jobs import Job, JobService, Workflow
+    from .jobs import Gather, Job, JobService, Workflow
     from .jobs._celery import EsfCelery
     from .jobs._coord import Coordinator
     from .jobs._schedules import ScheduleStore
@@ -197,6 +197,39 @@ class Foundation:
         from celery import chord
 
         return self.jobs.run_workflow(chord(list(header), body), correlation_id=correlation_id)
+
+    def gather(self, calls: Sequence[Any], *, then: Job[Any, Any] | str, deadline: float | timedelta,
+               min_results: int | None = None, on_timeout: Literal["continue", "fail"] = "fail",
+               correlation_id: str | None = None) -> Gather:
+        """Scatter-gather: send every job of ``calls``, gather their results, then run ``then`` once.
+
+        ``then`` gets one argument, ``{"gather_id", "reason", "results", "arrived", "failed", "missing"}``:
+        ``results`` in the order of ``calls`` (null where none arrived), ``reason`` ``complete`` (every job
+        settled) or ``deadline``. The gather closes when every job has settled (succeeded, or failed for
+        good) or at ``deadline``: with at least ``min_results`` results (all by default) and, at the deadline,
+        ``on_timeout="continue"``, ``then`` is sent; otherwise it is dead-lettered on its queue's DLQ with
+        reason ``gather_deadline`` or ``gather_min_results`` and the partial outcome as its argument. A result
+        arriving after the gather closed is kept (``status()["late"]``) and ignored.
+
+        Parameters:
+            calls: ``job.s(*args, **kwargs)``, or ``(job, args)`` / ``(job, args, kwargs)`` (a job or its name).
+            then: the callback job (or its name).
+            deadline: seconds (or a timedelta) from now, > 0 and at most 30 days.
+            min_results: results needed to run ``then``, 1 to ``len(calls)``.
+            on_timeout: at the deadline, ``"continue"`` with the results so far, or ``"fail"``.
+            correlation_id: carried by every job of the gather and its callback.
+
+        Raises:
+            ValidationError: a bad call, deadline, ``min_results`` or ``on_timeout``; ``SerializationError``
+                for arguments that are not JSON (``details["item"]`` is the call's index). Nothing is sent.
+            UnknownQueue: a job's queue is not configured.
+            ServiceUnavailable: the gather store or the broker cannot be reached.
+
+        Returns:
+            a :class:`~esf.jobs.Gather` handle (``wait()``, ``status()``).
+        """
+        return self.jobs.gathers.start(calls, then=then, deadline=deadline, min_results=min_results,
+                                       on_timeout=on_timeout, correlation_id=correlation_id)
 
     # -- events ----------------------------------------------------------------
 
@@ -579,6 +612,9 @@ class Foundation:
         jobs = self.__dict__.get("jobs")
         if jobs is not None:
             jobs.__dict__.pop("coordinator", None)
+            gathers = jobs.__dict__.get("gathers")
+            if gathers is not None:
+                gathers.__dict__.pop("store", None)
         # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
         self.__dict__.pop("config", None)
         for name in SERVICES:
@@ -615,6 +651,8 @@ class Foundation:
             jobs.schedules.close()
         if jobs is not None and "batches" in jobs.__dict__:
             jobs.batches.close()
+        if jobs is not None and "gathers" in jobs.__dict__ and "store" in jobs.gathers.__dict__:
+            jobs.gathers.store.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):

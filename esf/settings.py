@@ -61,7 +61,7 @@ def validate_queue_name(name: object, setting: str = "queue") -> str:
 
 
 #: ESF's own services, each with a routed queue ``<service_namespace>.<service>`` and its ``.dlq``.
-SERVICES: tuple[str, ...] = ("events", "config", "telemetry", "cache", "flags", "secrets")
+SERVICES: tuple[str, ...] = ("events", "config", "telemetry", "cache", "flags", "secrets", "jobs")
 
 
 @dataclass(frozen=True)

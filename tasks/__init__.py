@@ -29,6 +29,9 @@ def register(foundation: Foundation) -> None:
 
     subscriptions.register(foundation)
 
+    from . import gather
+
+    gather.register(foundation)
     from . import sourcing
 
     sourcing.register(foundation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -147,8 +148,8 @@ def check_seconds(name: str, value: object) -> float:
     Raises:
         ValidationError: not a number greater than zero.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValidationError(f"cache {name}: must be a number of seconds greater than zero, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValidationError(f"cache {name}: must be a finite number of seconds greater than zero, got {value!r}")
     return float(value)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .._json import check_json
 from ..errors import SerializationError, ValidationError
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 #: The namespace of calls that name none.
 DEFAULT_NAMESPACE = "default"
 #: Keys: 1 to 512 characters, no control characters.
-KEY_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+KEY_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,512}$")
 #: Namespaces: letters, digits, ``_ . -``; 1 to 64 characters.
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -41,10 +42,10 @@ def check_key(key: object) -> str:
         ValidationError: not a string of 1-512 characters without control characters.
     """
     if not isinstance(key, str) or not KEY_RE.match(key):
-        shown = repr(key) if not isinstance(key, str) or len(key) <= 80 else repr(key[:80] + "…")
+        shown = ascii(key) if not isinstance(key, str) or len(key) <= 80 else ascii(key[:80] + "…")
         raise ValidationError(
             f"cache key {shown} is invalid: a key is a string of 1 to 512 characters without control "
-            "characters",
+            "characters or lone surrogates",
             key_type=type(key).__name__,
         )
     return key
@@ -88,6 +89,9 @@ class JsonCodec:
         Raises:
             SerializationError: ``value`` is not JSON (a set, bytes, an object, NaN …).
         """
+        # The walk first: json.dumps would turn the key 1 into "1" (a value that reads back changed) and
+        # recurse without bound on deep nesting.
+        check_json(value, "cache value")
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
         except (TypeError, ValueError) as exc:

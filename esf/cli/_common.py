@@ -78,3 +78,10 @@ def parse_json_arg(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"{what}: not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise too_deep(what) from None
+
+
+def too_deep(what: str) -> ValidationError:
+    """The error of a JSON argument nested deeper than the parser can go."""
+    return ValidationError(f"{what}: JSON nested too deeply", errors={what: "too deep"})

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import DELETE, REDACTED, Change, ChangeEvent
 from ..errors import ValidationError
 from ..secrets import Secret
-from ._common import CommandError, load_foundation, parse_duration
+from ._common import CommandError, load_foundation, parse_duration, too_deep
 
 if TYPE_CHECKING:
     from ..config import ConfigService
@@ -138,6 +138,8 @@ def run_batch(service: ConfigService, args: argparse.Namespace) -> int:
         changes = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"batch: not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise too_deep("batch") from None
     if not isinstance(changes, dict):
         raise ValidationError("batch: expected a JSON object {path: value}")
     return _write(service, changes, args)
@@ -240,6 +242,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:
+        raise too_deep("value") from None
 
 
 def _default_actor() -> str:

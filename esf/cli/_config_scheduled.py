@@ -73,7 +73,7 @@ def _add(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else open(args.file).read()
     try:
         changes = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CommandError(f"{args.file}: not JSON ({exc})") from None
     batch = load_foundation(args.app).config.schedule_batch(changes, at=at, expected_version=args.expected_version,
                                                             actor=args.actor)

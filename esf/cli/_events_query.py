@@ -26,7 +26,7 @@ from ..errors import QueryError, ValidationError
 from ..events._model import StoredEvent
 from ..events._query import Filter, Q, Query
 from ..events._query_values import check_limit, check_per, parse_field
-from ._common import load_foundation, parse_duration, print_json
+from ._common import load_foundation, parse_duration, print_json, too_deep
 
 __all__ = ["QueryableEvents", "build_filter", "execute_query", "parse_time", "parse_where", "register_query"]
 
@@ -51,6 +51,8 @@ def _value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise too_deep("value") from None
 
 
 def parse_where(text: str) -> Filter:

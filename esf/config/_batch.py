@@ -7,7 +7,8 @@ import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ..errors import PermissionDenied, ValidationError, describe_errors
+from .._json import MAX_DEPTH, check_json
+from ..errors import PermissionDenied, SerializationError, ValidationError, describe_errors
 from ._paths import DELETE, is_under, leaf_diff, overlaps, path_error, set_path, thaw, thaw_plain
 from ._schema import Rules, redact, redact_value
 from ._types import REDACTED, Change, HistoryEntry, StoredConfig
@@ -67,7 +68,14 @@ def check_batch(
             prepared[path] = DELETE
             continue
         found: dict[str, str] = {}
-        plain = thaw(value, path, found, secrets)
+        try:
+            plain = thaw(value, path, found, secrets)
+            if not found:
+                check_json(plain, path)
+        except RecursionError:
+            found[path] = f"nested deeper than {MAX_DEPTH} levels"
+        except SerializationError as exc:
+            found[path] = str(exc)
         if found:
             errors.update(found)
             continue

@@ -93,6 +93,9 @@ class ConfigService(Replica):
         self, path: str, value: Any, *, expected_version: int | None = None, actor: str | None = None
     ) -> int:
         """Set one path; see :meth:`update_batch`."""
+        if not isinstance(path, str):
+            raise ValidationError(f"a configuration path is a string, got {type(path).__name__}",
+                                  errors={"(path)": "not a string"})
         return self.update_batch({path: value}, expected_version=expected_version, actor=actor)
 
     def update_batch(

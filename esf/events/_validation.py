@@ -39,7 +39,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -343,6 +343,10 @@ def prepare_events(
         SerializationError: ``data``/``metadata`` not a JSON object.
         PayloadTooLarge: an event is larger than ``max_event_bytes``.
     """
+    if not isinstance(events, Event) and (isinstance(events, str | bytes | Mapping)
+                                          or not isinstance(events, Iterable)):
+        raise ValidationError(f"append: give an Event or a sequence of Events, got {type(events).__name__}",
+                              errors={"events": "not events"})
     batch = [events] if isinstance(events, Event) else list(events)
     if not batch:
         raise ValidationError("append: no events given")

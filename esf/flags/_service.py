@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .._json import check_json, check_name
 from ..errors import NotFound, ServiceUnavailable, ValidationError
 from ..jobs._meta import FlagCarry, current_flags, current_job
 from ._conditions import EvaluationFailed
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
     from ..telemetry import Telemetry
 
 __all__ = ["FlagService", "validate_flags"]
+
+#: The flag label of evaluations of names no label can carry (one series for all of them).
+UNKNOWN_FLAG = "(unknown)"
+#: Longest flag name used as a telemetry label as it is.
+MAX_NAME_LABEL_CHARS = 200
 
 log = logging.getLogger("esf.flags")
 
@@ -114,6 +120,8 @@ class FlagService:
         Returns:
             The :class:`Evaluation` (value, variant, reason, rule).
         """
+        if type(name) is not str:  # a list or dict is no flag name: the default, as for any unknown flag
+            return self._error(ascii(name), default, f"a flag name is a string, got {type(name).__name__}")
         carry = current_flags.get()
         if carry is None and type(context) is dict:
             # The hot path, inlined: one version check, one lookup, the compiled flag, one counter.
@@ -218,9 +226,13 @@ class FlagService:
         return f"invalid definition: {problem}" if problem else f"no flag named {name!r}"
 
     def _error(self, name: str, default: Any, why: str) -> Evaluation:
-        self._count_error(name, why)
+        # A name no telemetry label can carry (too long, control characters, lone surrogates) is
+        # counted as UNKNOWN_FLAG: evaluation answers the default, it never raises.
+        label = name if (len(name) <= MAX_NAME_LABEL_CHARS and name.isprintable() and name.isascii()) \
+            or name in self._compiled.flags else UNKNOWN_FLAG
+        self._count_error(label, why if label == name else f"no flag named {name[:200]!a}")
         if self._telemetry is not None:
-            self._count_key((name, "", REASON_ERROR))
+            self._count_key((label, "", REASON_ERROR))
         return Evaluation(name, default, None, REASON_ERROR, None, why)
 
     def _count_error(self, name: str, why: str) -> None:
@@ -374,6 +386,11 @@ class FlagService:
         Returns:
             The new configuration version.
         """
+        check_name(name, "flag name")
+        if not isinstance(definition, Mapping):
+            raise ValidationError(f"flag {name!r}: the definition must be a mapping, got {type(definition).__name__}",
+                                  errors={name: "not a mapping"})
+        check_json(definition, f"flag {name!r}")
         return self._config().update_batch({f"{FLAGS_PREFIX}.{name}": dict(definition)}, actor=actor)
 
     def schedule(self, name: str, definition: Mapping[str, Any], *, at: datetime,
@@ -408,6 +425,11 @@ class FlagService:
         Raises:
             ValidationError: the segment, or a flag using it, would be invalid; nothing is written.
         """
+        check_name(name, "segment name")
+        if not isinstance(definition, Mapping):
+            raise ValidationError(f"segment {name!r}: the definition must be a mapping, got "
+                                  f"{type(definition).__name__}", errors={name: "not a mapping"})
+        check_json(definition, f"segment {name!r}")
         return self._config().update_batch({f"{SEGMENTS_PREFIX}.{name}": dict(definition)}, actor=actor)
 
     def delete(self, name: str, *, actor: str | None = None) -> int:

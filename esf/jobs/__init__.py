@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
 from ._deadletter import DeadLetter, DeadLetterPage, DeadLetterQueues, dlq_name
 from ._dlq_stores import DeadLetterStore, KombuDeadLetterStore, RedisDeadLetterStore
+from ._gather import Gather
 from ._job import Job, JobHandle, JobStatus
 from ._options import JobOptions, RateLimit
 from ._service import JobService, Workflow
@@ -15,6 +16,7 @@ __all__ = [
     "DeadLetterPage",
     "DeadLetterQueues",
     "DeadLetterStore",
+    "Gather",
     "Job",
     "JobHandle",
     "JobOptions",

@@ -21,6 +21,8 @@ H_ARGS_CORRECTED = "esf_args_corrected"
 H_PARENT = "esf_parent_id"
 #: Feature-flag evaluation context and answers of the enqueuing request (see ``esf.flags``).
 H_FLAGS = "esf_flags"
+#: ``<gather id>:<index>`` of a job sent by ``fnd.gather`` (see ``esf.jobs._gather``).
+H_GATHER = "esf_gather"
 
 ALL_HEADERS = (
     H_CORRELATION,
@@ -34,6 +36,7 @@ ALL_HEADERS = (
     H_ARGS_CORRECTED,
     H_PARENT,
     H_FLAGS,
+    H_GATHER,
 )
 
 
@@ -53,6 +56,8 @@ class JobMeta:
     parent_id: str | None = None
     #: ``{"context": {...}, "answers": {flag: [value, variant, reason, rule]}}`` (JSON), or None.
     flags: Mapping[str, Any] | None = None
+    #: ``<gather id>:<index>`` when the job is a member of a gather.
+    gather: str | None = None
 
     def headers(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +72,7 @@ class JobMeta:
             (H_FIRST_ATTEMPT_AT, self.first_attempt_at),
             (H_REPLAYED_FROM, self.replayed_from),
             (H_PARENT, self.parent_id),
+            (H_GATHER, self.gather),
         ):
             if value is not None:
                 out[name] = value
@@ -98,6 +104,7 @@ class JobMeta:
             args_corrected=bool(h.get(H_ARGS_CORRECTED)),
             parent_id=_opt_str(h.get(H_PARENT)),
             flags=_opt_flags(h.get(H_FLAGS)),
+            gather=_opt_str(h.get(H_GATHER)),
         )
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..foundation import Foundation
+    from ._gather import GatherService
     from ._outbox import JobOutbox
     from ._schedules import Schedule, ScheduleService
 
@@ -133,9 +134,10 @@ class JobService:
         """The declared job ``name``. Raises UnknownJob."""
         try:
             return self._jobs[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a list or dict is no job name either
             known = ", ".join(sorted(self._jobs)) or "none"
-            raise UnknownJob(f"no job named {name!r} is declared (declared: {known})") from None
+            shown = ascii(name if not isinstance(name, str) or len(name) <= 200 else name[:200] + "...")
+            raise UnknownJob(f"no job named {shown} is declared (declared: {known})") from None
 
     def names(self) -> list[str]:
         return sorted(self._jobs)
@@ -277,6 +279,13 @@ class JobService:
             if isinstance(exc, OperationalError | ConnectionError | OSError):
                 raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
             raise
+
+    @cached_property
+    def gathers(self) -> GatherService:
+        """Scatter-gathers (see ``Foundation.gather``) and the store of their results."""
+        from ._gather import GatherService
+
+        return GatherService(self._fnd)
 
     @cached_property
     def outbox(self) -> JobOutbox:

@@ -15,6 +15,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from ..errors import EsfError, Retry, SkipJob
 from ..hooks import JobContext
 from ._deadletter import DeadLetter
+from ._gather import parent_gather
 from ._meta import ALL_HEADERS, Current, FlagCarry, JobMeta, current_flags, current_job
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
             f"job {task.name}[{task.request.id}] was delivered {deliveries} times without finishing "
             f"(its worker died each time); moved to {meta.queue}.dlq"
         )
+        settle_gather(task, meta, error=exc)
         dead_letter_or_requeue(task, task.dead_letter_entry(meta, args, kwargs, "delivery_limit", exc))
         raise exc
 
@@ -147,6 +149,7 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         current_flags.reset(flags_token)
         current_job.reset(token)
     fnd.run_hooks("after_process", ctx, result=result, runtime_s=time.perf_counter() - started)
+    settle_gather(task, meta, result=result)
     return result
 
 
@@ -172,8 +175,27 @@ def _fail(task: EsfTask, meta: JobMeta, ctx: JobContext, args: tuple[Any, ...], 
         retry_or_requeue(task, exc, wait, replace(meta, attempt=meta.attempt + 1))
     why = reason or ("retries_exhausted" if retryable else "non_retryable")
     tb = "".join(traceback.format_exception(exc))
+    settle_gather(task, meta, error=exc)
     dead_letter_or_requeue(task, task.dead_letter_entry(meta, args, kwargs, why, exc, tb))
     raise exc
+
+
+def settle_gather(task: EsfTask, meta: JobMeta, *, result: Any = None, error: BaseException | None = None) -> None:
+    """Record a gather member's outcome before its message is acknowledged.
+
+    When the gather store cannot take it, the job goes back to its queue (``Reject(requeue=True)``)
+    and runs again: the gather never waits for a result its member had but did not store.
+    """
+    member = parent_gather(meta)
+    if member is None:
+        return
+    try:
+        task.foundation.jobs.gathers.record(member[0], member[1], result=result, error=error)
+    except Exception as exc:
+        log.error("job %s[%s]: its outcome could not be stored in gather %s (%s: %s); the job stays on its queue",
+                  task.name, task.request.id, member[0], type(exc).__name__, exc)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(f"gather outcome not stored: {type(exc).__name__}: {exc}", requeue=True) from exc
 
 
 def dead_letter_or_requeue(task: EsfTask, entry: DeadLetter) -> None:

@@ -1,6 +1,6 @@
 """ESF's own service tasks: one registry of every foundation service's routed work.
 
-Each foundation service (events, config, telemetry, cache, flags, secrets) does its
+Each foundation service (events, config, telemetry, cache, flags, secrets, jobs) does its
 background work as ordinary ESF jobs named ``esf.<service>.<verb>`` on its routed
 queue ``esf.<service>`` (with ``esf.<service>.dlq``): JSON arguments, lifecycle events
 in the job history, correlation ids, dead letters that ``esf dlq`` lists and replays.

@@ -67,7 +67,8 @@ class ServiceRegistry:
         """Declare the decorated function as the service task ``esf.<service>.<verb>`` on ``esf.<service>``.
 
         Parameters:
-            service: one of ESF's services (``events``, ``config``, ``telemetry``, ``cache``, ``flags``, ``secrets``).
+            service: one of ESF's services (``events``, ``config``, ``telemetry``, ``cache``, ``flags``, ``secrets``,
+                ``jobs``).
             verb: what the task does, a lower-case identifier (``prune``).
             retries, backoff, max_backoff: attempts after the first, first delay and cap (seconds, doubling).
             timeout: soft time limit of one attempt (seconds).

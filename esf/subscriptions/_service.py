@@ -145,8 +145,8 @@ class SubscriptionService:
         """The declared subscription ``name``. Raises UnknownSubscription."""
         try:
             return self._subs[name]
-        except KeyError:
-            raise UnknownSubscription(f"no subscription named {name!r} is declared here "
+        except (KeyError, TypeError):  # TypeError: a list or dict is no name either
+            raise UnknownSubscription(f"no subscription named {name!a} is declared here "
                                       f"(declared: {', '.join(sorted(self._subs)) or 'none'})") from None
 
     def declared(self) -> builtins.list[Subscription]:

@@ -112,8 +112,38 @@ def build(settings: esf.Settings | None = None) -> Foundation:
             except SoftTimeLimitExceeded:
                 continue
 
+    @fnd.job(name="t.gather_item", retries=0, timeout=120)
+    def gather_item(key: str, i: int, hold: bool = False, seconds: float = 0.0) -> int:
+        coord.incr(f"item-runs:{key}:{i}", 600)
+        end = time.monotonic() + 90
+        while hold and not coord.get(f"release:{key}") and time.monotonic() < end:
+            time.sleep(0.05)  # a straggler: runs until the test releases it
+        time.sleep(seconds)
+        return i * 10
+
+    @fnd.job(name="t.gather_then", retries=0)
+    def gather_then(outcome: dict[str, object]) -> dict[str, object]:
+        coord.incr(f"then-runs:{outcome['gather_id']}", 600)
+        return outcome
+
     _inject_faults(fnd, flaky)
+    _inject_gather_crash(fnd)
     return fnd
+
+
+def _inject_gather_crash(fnd: Foundation) -> None:
+    """``gather-crash``: the pool process that is to close a gather dies before it sends the callback (once)."""
+    coord = fnd.jobs.coordinator
+    gathers = fnd.jobs.gathers
+    real_act = gathers._act
+
+    def act(gather_id: str, verdict: str) -> None:
+        if verdict in ("closing", "failing") and coord.get("gather-crash") == gather_id:
+            coord.delete("gather-crash")
+            os._exit(1)
+        real_act(gather_id, verdict)  # type: ignore[arg-type]
+
+    gathers._act = act  # type: ignore[method-assign]
 
 
 def _inject_faults(fnd: Foundation, flaky: esf.Job) -> None:  # type: ignore[type-arg]

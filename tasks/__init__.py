@@ -32,3 +32,7 @@ def register(foundation: Foundation) -> None:
     from . import sourcing
 
     sourcing.register(foundation)
+
+    from . import sagas
+
+    sagas.register(foundation)

@@ -2,7 +2,7 @@
 
 Public names: :class:`SqlEventStore`, the outbox (:func:`outbox_put`,
 :class:`OutboxRelay`), the idempotency ledger (:func:`once`), subscription state
-(:class:`SqlSubscriptionBackend`) and the migrations (:func:`upgrade`).
+(:class:`SqlSubscriptionBackend`), saga instances (:class:`SqlSagaBackend`) and the migrations (:func:`upgrade`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from ._engine import redact
 from ._ledger import forget, once, recorded
 from ._outbox import OutboxRelay, outbox_put
+from ._sagas import SqlSagaBackend
 from ._store import SqlEventStore
 from ._subscriptions import SqlSubscriptionBackend
 from .migrations import upgrade
 
-__all__ = ["OutboxRelay", "SqlEventStore", "SqlSubscriptionBackend", "forget", "once", "outbox_put", "recorded",
-           "redact", "upgrade"]
+__all__ = ["OutboxRelay", "SqlEventStore", "SqlSagaBackend", "SqlSubscriptionBackend", "forget", "once", "outbox_put",
+           "recorded", "redact", "upgrade"]

@@ -149,3 +149,35 @@ def test_bad_input_at_run_time_raises_specific_errors_and_writes_nothing(tmp_pat
             assert ended.value.code == "saga_not_active"
     finally:
         fnd.close()
+
+
+def test_the_command_line_lists_shows_and_aborts_an_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from esf.cli import main
+
+    # Given an embedded deployment with one running order whose reservation is in flight (no worker)
+    monkeypatch.setenv("ESF_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ESF_TELEMETRY_ENABLED", "false")
+    fnd = _foundation(None, tmp_path)
+    try:
+        placed = fnd.events.append(Event("order.placed", {"order_id": "cli-1"}))[0]
+        fnd.sagas.on_event("fulfilment", placed)
+        app = ["--app", "tests.sagas.apps:make"]
+        # When it is listed and shown
+        assert main([*app, "sagas", "list", "--json"]) == 0
+        (listed,) = json.loads(capsys.readouterr().out)
+        assert (listed["stream_id"], listed["status"], listed["pending"]) == (
+            "saga-fulfilment-cli-1", "running", {"reserve_stock:1": "reserve_stock"})
+        assert main([*app, "sagas", "show", "saga-fulfilment-cli-1"]) == 0
+        assert "saga-fulfilment-cli-1  running  v1" in capsys.readouterr().out
+        # Then retrying a saga that is not stuck is refused, and abort compensates once the step in flight ends
+        assert main([*app, "sagas", "retry", "fulfilment/cli-1"]) != 0
+        assert "not stuck" in capsys.readouterr().err
+        assert main([*app, "sagas", "abort", "fulfilment/cli-1"]) == 0
+        assert "saga-fulfilment-cli-1: compensating" in capsys.readouterr().out
+        assert main([*app, "sagas", "show", "nonsense"]) != 0
+        assert "saga-<name>-<id>" in capsys.readouterr().err
+    finally:
+        fnd.close()

@@ -95,7 +95,7 @@ def test_a_bad_saga_definition_is_refused_naming_the_problem(tmp_path: Path, att
         assert info.value.code == "validation_failed"
         assert field in info.value.errors
         with pytest.raises(ValidationError):
-            fnd.saga(int)  # type: ignore[arg-type]
+            fnd.saga(int)  # type: ignore[type-var]
         with pytest.raises(ValidationError, match="already declared"):
             fnd.saga(_saga(name="fulfilment"))
         assert [c.name for c in fnd.sagas.declared()] == ["fulfilment"]

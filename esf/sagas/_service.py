@@ -14,6 +14,7 @@ import builtins
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +198,8 @@ class SagaService:
             if result.correlation_id is None:
                 result.correlation_id = correlation_id or stream_of(name, saga_id)
             try:
-                return self._write(cls, result, progress, version, cause, key=key, details=details or {})
+                return self._write(cls, result, progress, version, cause, key=key, details=details or {},
+                                   started_at=row["started_at"] if row is not None else None)
             except _Lost:
                 continue
         raise ConcurrencyConflict(f"saga {name} {saga_id}: {attempts} transitions in a row lost to concurrent "
@@ -205,7 +207,7 @@ class SagaService:
                                   expected=None, actual=None)
 
     def _write(self, cls: type[Saga], saga: Saga, progress: dict[str, Any], version: int, cause: str, *,
-               key: str | None, details: dict[str, Any]) -> SagaInstance | None:
+               key: str | None, details: dict[str, Any], started_at: datetime | None) -> SagaInstance | None:
         state = check_state(saga)
         sends = _apply(cls, saga, progress)
         row = {"name": cls.name, "saga_id": saga.id, "version": version + 1, "status": saga.status, "state": state,
@@ -228,8 +230,8 @@ class SagaService:
             for send in sends:
                 self._send(cls, saga, send, session)
         log.debug("saga %s %s: %s -> %s (v%d)", cls.name, saga.id, cause, saga.status, version + 1)
-        row_out = self.backend.get(cls.name, saga.id)
-        return SagaInstance.from_row(row_out) if row_out is not None else None
+        now = datetime.now(UTC)
+        return SagaInstance.from_row({**row, "started_at": started_at or now, "updated_at": now})
 
     def _send(self, cls: type[Saga], saga: Saga, send: dict[str, Any], session: Any) -> None:
         if "timeout" in send:

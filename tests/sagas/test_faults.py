@@ -71,3 +71,20 @@ def test_retry_sends_a_stuck_step_again(saga_env: Env) -> None:
     # Then it completes
     wait_for(lambda: _status(fnd, "p-2", "completed"), timeout=60, message="the retried saga")
     assert [e for e, _ in saga_env.effects("p-2")] == ["reserve", "charge", "ship"]
+
+
+@pytest.mark.slow
+def test_a_timeout_held_by_a_worker_that_is_killed_fires_on_the_next_worker(saga_env: Env) -> None:
+    # Given an order waiting 8 seconds for its payment, its timeout held by a worker
+    fnd = saga_env.foundation()
+    first = saga_env.worker()
+    fnd.events.append(Event("order.placed", {"order_id": "t-1", "wait_payment": 8}))
+    wait_for(lambda: (s := _get(fnd, "t-1")) is not None and "payment" in s.timeouts, timeout=60,
+             message="the payment timeout")
+    # When that worker is SIGKILLed and another one starts
+    first.kill()
+    saga_env.worker()
+    # Then the timeout fires there: the stock is released and the saga compensated
+    wait_for(lambda: _status(fnd, "t-1", "compensated"), timeout=90, message="the timed-out saga")
+    assert [e for e, _ in saga_env.effects("t-1")] == ["reserve", "release"]
+    assert "saga.timed_out" in [e.event_type for e in fnd.events.read_stream("saga-fulfilment-t-1")]

@@ -24,6 +24,7 @@ from .hooks import JobContext, JobHooks
 from .jobs import DeadLetter, Job, JobHandle
 from .secrets import Secret
 from .settings import Settings
+from .sagas import Saga
 from .sourcing import Aggregate, applies
 
 #: Alias of :class:`EsfError` as the design brief spells it.
@@ -47,6 +48,7 @@ __all__ = [
     "StoredEvent",
     # event sourcing
     "Aggregate",
+    "Saga",
     "applies",
     # values
     "Secret",

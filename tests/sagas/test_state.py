@@ -181,3 +181,12 @@ def test_the_command_line_lists_shows_and_aborts_an_instance(tmp_path: Path, mon
         assert "saga-<name>-<id>" in capsys.readouterr().err
     finally:
         fnd.close()
+
+
+def test_saga_settings_are_checked_at_start() -> None:
+    from esf.errors import SettingsError
+
+    assert esf.Settings.from_env({"ESF_SAGAS_CAS_ATTEMPTS": "5"}).sagas.cas_attempts == 5
+    for env in ({"ESF_SAGAS_CAS_ATTEMPTS": "0"}, {"ESF_SAGAS_STEP_QUEUE": "no spaces"}):
+        with pytest.raises(SettingsError):
+            esf.Settings.from_env(env)

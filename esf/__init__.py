@@ -22,9 +22,9 @@ from .events import Event, EventStore, Q, Query, StoredEvent
 from .foundation import Foundation
 from .hooks import JobContext, JobHooks
 from .jobs import DeadLetter, Job, JobHandle
+from .sagas import Saga
 from .secrets import Secret
 from .settings import Settings
-from .sagas import Saga
 from .sourcing import Aggregate, applies
 
 #: Alias of :class:`EsfError` as the design brief spells it.

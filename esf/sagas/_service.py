@@ -11,6 +11,7 @@ idempotency-ledger key of the event that caused it.
 from __future__ import annotations
 
 import builtins
+import copy
 import logging
 import uuid
 from collections.abc import Callable
@@ -175,7 +176,7 @@ class SagaService:
 
     def _transition(self, name: str, saga_id: str, cause: str, decide: Callable[[Saga | None, dict[str, Any]],
                     Saga | None], *, key: str | None = None, details: dict[str, Any] | None = None,
-                    correlation_id: str | None = None) -> SagaInstance | None:
+                    correlation_id: str | None = None, read: dict[str, Any] | None = None) -> SagaInstance | None:
         """Read, decide, write by compare-and-set; again when another transition came first.
 
         ``decide(saga, progress)`` gets the instance (None when it does not exist) and its mutable
@@ -184,8 +185,8 @@ class SagaService:
         cls = self.get_class(name)
         backend = self.backend
         attempts = self._fnd.settings.sagas.cas_attempts
-        for _ in range(attempts):
-            row = backend.get(name, saga_id)
+        for attempt in range(attempts):
+            row = read if attempt == 0 and read is not None else backend.get(name, saga_id)
             if row is None:
                 saga, progress, version = None, _new_progress(), 0
             else:
@@ -301,7 +302,8 @@ class SagaService:
         assert fn is not None
         store = self._fnd.events
         ctx = StepContext(saga=name, saga_id=saga_id, step=spec["step"], run_id=run_id, key=spec["key"],
-                          state=dict(row["state"]), correlation_id=row["correlation_id"], compensation=compensation,
+                          state=copy.deepcopy(row["state"]), correlation_id=row["correlation_id"],
+                          compensation=compensation,
                           _transaction=self.backend.transaction, _once=store.once)
         try:
             result = fn(ctx, *args, **kwargs)
@@ -310,14 +312,14 @@ class SagaService:
                 raise  # a compensation cannot fail for good: it retries, then waits in the DLQ
             error = f"{type(exc).__name__}: {exc}"[:2000]
             self._transition(name, saga_id, "step_failed", _finished(run_id, None, error),
-                             details={"run": run_id, "step": spec["step"], "error": error})
+                             details={"run": run_id, "step": spec["step"], "error": error}, read=row)
             return {"failed": error}
         from .._json import check_json
 
         check_json(result, f"the result of step {spec['step']}")
         cause = "compensated_step" if compensation else "step_completed"
         self._transition(name, saga_id, cause, _finished(run_id, result, None),
-                         details={"run": run_id, "step": spec["step"]})
+                         details={"run": run_id, "step": spec["step"]}, read=row)
         return {"done": run_id}
 
     def fire_timeout(self, name: str, saga_id: str, timeout: str, token: str) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import builtins
 import copy
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -119,7 +121,9 @@ class SagaService:
         name = cls.name
         self._fnd.subscriptions.subscribe(
             SUBSCRIPTION_PREFIX + name, lambda event: self.on_event(name, event), filter=flt, start=cls.start,
-            partition_by="correlation_id" if cls.correlate_by is None else "stream_id",
+            # A reaction must never overtake the event that starts its instance: events of one
+            # correlation id are kept in order; a data key has no partition of its own, so one order.
+            partition_by="correlation_id" if cls.correlate_by is None else None,
             queue=self._fnd.settings.jobs.service_queue("sagas"), retries=10, backoff=0.5, max_backoff=30.0)
         self._sagas[name] = cls
         return cls
@@ -202,6 +206,9 @@ class SagaService:
                 return self._write(cls, result, progress, version, cause, key=key, details=details or {},
                                    started_at=row["started_at"] if row is not None else None)
             except _Lost:
+                # Lost to a concurrent transition: read again after a short random pause, so that
+                # contenders spread out instead of colliding again.
+                time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
                 continue
         raise ConcurrencyConflict(f"saga {name} {saga_id}: {attempts} transitions in a row lost to concurrent "
                                   "ones (sagas.cas_attempts); the cause will be delivered again",

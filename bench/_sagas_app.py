@@ -1,7 +1,8 @@
 """The application bench/sagas.py runs in its worker subprocess (settings from ESF_* variables).
 
 - the ``bench_order`` saga: ``bench.order`` starts it (one instance per correlation id); it runs
-  ``one`` → ``two`` → ``three`` (each a step job that increments a Redis counter, with a compensation declared) and completes: 4 transitions.
+  ``one`` → ``two`` → ``three`` (each a step job that increments a Redis counter, with a compensation
+  declared) and completes: 4 transitions.
 - the baseline, ``bench.chain_one`` → ``bench.chain_two`` → ``bench.chain_three``: the same three steps as
   plain jobs, each enqueueing the next; the last increments ``bench:chains_done``.
 """

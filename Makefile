@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint typecheck unit bench wheel-check clean
+.PHONY: run run-orders test lint typecheck unit bench wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ESF needs Python 3.11 or newer"'
@@ -20,6 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/esf up --demo
+
+run-orders: $(VENV)/.installed-run
+	$(BIN)/esf up --example orders
 
 test: $(VENV)/.installed-dev
 	bash scripts/services.sh

@@ -22,6 +22,7 @@ from .events import Event, EventStore, Q, Query, StoredEvent
 from .foundation import Foundation
 from .hooks import JobContext, JobHooks
 from .jobs import DeadLetter, Job, JobHandle
+from .sagas import Saga
 from .secrets import Secret
 from .settings import Settings
 from .sourcing import Aggregate, applies
@@ -47,6 +48,7 @@ __all__ = [
     "StoredEvent",
     # event sourcing
     "Aggregate",
+    "Saga",
     "applies",
     # values
     "Secret",

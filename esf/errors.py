@@ -15,9 +15,11 @@ failures apart without relying on class paths::
     │   ├── UnknownQueue             unknown_queue
     │   └── SecretNotFound           secret_not_found
     │   └── UnknownSubscription      unknown_subscription
+    │   └── UnknownSaga              unknown_saga
     ├── Conflict                     conflict
     │   ├── DuplicateEventId         duplicate_event_id
     │   └── ConcurrencyConflict      concurrency_conflict
+    │   └── SagaNotActive            saga_not_active
     ├── PermissionDenied             permission_denied
     ├── ServiceUnavailable           service_unavailable
     │   ├── CircuitOpen              circuit_open
@@ -25,6 +27,7 @@ failures apart without relying on class paths::
     ├── Timeout                      timeout
     ├── SpoolQuarantined             spool_quarantined
     ├── JobFailed                    job_failed
+    ├── StepFailed                   step_failed
     ├── HookError                    hook_error
     ├── MissingDependency            missing_dependency
     ├── UnsupportedCapability        unsupported_capability
@@ -62,10 +65,13 @@ __all__ = [
     "ServiceUnavailable",
     "SettingsError",
     "SkipJob",
+    "SagaNotActive",
     "SpoolQuarantined",
+    "StepFailed",
     "Timeout",
     "UnknownJob",
     "UnknownQueue",
+    "UnknownSaga",
     "UnknownSubscription",
     "UnsupportedCapability",
     "ValidationError",
@@ -151,6 +157,12 @@ class UnknownSubscription(NotFound):
     code = "unknown_subscription"
 
 
+class UnknownSaga(NotFound):
+    """No saga of that name is declared, or no instance of it has that id."""
+
+    code = "unknown_saga"
+
+
 class Conflict(EsfError):
     """The operation conflicts with the current state."""
 
@@ -172,6 +184,12 @@ class ConcurrencyConflict(Conflict):
         super().__init__(message, expected=expected, actual=actual, **details)
         self.expected = expected
         self.actual = actual
+
+
+class SagaNotActive(Conflict):
+    """The saga instance has ended (completed, compensated or aborted): it cannot be retried or aborted."""
+
+    code = "saga_not_active"
 
 
 class PermissionDenied(EsfError):
@@ -236,6 +254,12 @@ class JobFailed(EsfError):
         self.job_id = job_id
         self.remote_type = remote_type
         self.remote_message = remote_message
+
+
+class StepFailed(EsfError):
+    """Raised by a saga step to say it failed for good: no retry, the saga compensates its completed steps."""
+
+    code = "step_failed"
 
 
 class HookError(EsfError):

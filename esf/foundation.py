@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .jobs._celery import EsfCelery
     from .jobs._coord import Coordinator
     from .jobs._schedules import ScheduleStore
+    from .sagas import Saga, SagaService
     from .secrets import SecretsService
     from .services import ServiceRegistry
     from .sourcing import AggregateRepository, UpcasterFn, Upcasters
@@ -39,11 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("esf")
 
 F = TypeVar("F", bound=Callable[..., Any])
+_S = TypeVar("_S", bound="Saga")
 
 _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
-SERVICES = ("events", "config", "cache", "telemetry", "flags", "secrets")
+SERVICES = ("events", "config", "cache", "telemetry", "flags", "secrets", "sagas")
 
 
 class Foundation:
@@ -294,6 +296,24 @@ class Foundation:
         """Declare a projection: a subscription whose ``handler(event, session)`` writes through a
         SQLAlchemy session committed together with its checkpoint (each event takes effect once)."""
         return self.subscriptions.decorator(name, projection=True, **options)
+
+    # -- sagas -----------------------------------------------------------------------
+
+    @cached_property
+    def sagas(self) -> SagaService:
+        """Sagas (process managers): instances in the database, steps as jobs, transitions as events."""
+        from .sagas import SagaService
+
+        return SagaService(self)
+
+    def saga(self, cls: type[_S]) -> type[_S]:
+        """Declare a saga class (``@fnd.saga`` on a subclass of :class:`esf.sagas.Saga`); returns it.
+
+        Raises:
+            ValidationError: not a valid saga (every problem is named) or its name is taken.
+        """
+        self.sagas.declare(cls)
+        return cls
     # -- event sourcing ------------------------------------------------------------
 
     def _upcasting(self, store: EventStore) -> EventStore:

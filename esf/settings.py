@@ -37,6 +37,7 @@ __all__ = [
     "SecretsSettings",
     "ServicesSettings",
     "Settings",
+    "SagaSettings",
     "SubscriptionSettings",
     "TelemetrySettings",
     "WorkerSettings",
@@ -61,7 +62,7 @@ def validate_queue_name(name: object, setting: str = "queue") -> str:
 
 
 #: ESF's own services, each with a routed queue ``<service_namespace>.<service>`` and its ``.dlq``.
-SERVICES: tuple[str, ...] = ("events", "config", "telemetry", "cache", "flags", "secrets", "jobs")
+SERVICES: tuple[str, ...] = ("events", "config", "telemetry", "cache", "flags", "secrets", "jobs", "sagas")
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,21 @@ class SubscriptionSettings:
 
     def __post_init__(self) -> None:
         _positive(self, "subscriptions", ("poll_interval_s", "lag_interval_s"))
+
+
+@dataclass(frozen=True)
+class SagaSettings:
+    """Sagas (``[sagas]``, ``ESF_SAGAS_*``)."""
+
+    #: Times a transition is tried again when another transition of the same instance came first.
+    cas_attempts: int = 20
+    #: Queue of the saga steps that name none (default: ``jobs.default_queue``).
+    step_queue: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "sagas", ("cas_attempts",))
+        if self.step_queue is not None:
+            validate_queue_name(self.step_queue, "sagas.step_queue")
 
 
 @dataclass(frozen=True)
@@ -549,6 +565,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
     subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
+    sagas: SagaSettings = field(default_factory=SagaSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -35,3 +35,7 @@ def register(foundation: Foundation) -> None:
     from . import sourcing
 
     sourcing.register(foundation)
+
+    from . import sagas
+
+    sagas.register(foundation)

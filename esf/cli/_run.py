@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("up", help="run a worker and beat together (Ctrl-C stops both)")
     p.add_argument("--demo", action="store_true", help="also run the demo workload")
+    p.add_argument("--example", default=None, metavar="NAME",
+                   help="run an example of examples/ (e.g. orders) and its workload (from the repository's root)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(handler=_up)
 
@@ -96,9 +100,15 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    app = args.app or os.environ.get("ESF_APP") or ("esf.demo:fnd" if args.demo else None)
+    example = None
+    if args.example is not None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", args.example):
+            raise CommandError(f"--example: {args.example!r} is not an example name (e.g. orders)")
+        example = f"examples.{args.example}.app"
+    app = args.app or (f"{example}:make" if example else None) or os.environ.get("ESF_APP") or (
+        "esf.demo:fnd" if args.demo else None)
     if app is None:
-        raise CommandError("esf up needs --app pkg.module[:attribute] (or --demo)")
+        raise CommandError("esf up needs --app pkg.module[:attribute] (or --demo, or --example NAME)")
     base = [sys.executable, "-m", "esf.cli", "--app", app]
     procs = [
         subprocess.Popen([*base, "worker", "--loglevel=WARNING"]),
@@ -117,6 +127,10 @@ def _up(args: argparse.Namespace) -> int:
             from esf.demo import run_demo
 
             run_demo(load_foundation(app), should_stop=lambda: stop["now"], duration=args.duration)
+        elif example is not None:
+            fnd = load_foundation(app)  # imports the example (the current directory is on the path)
+            run_example = importlib.import_module(example).run_example
+            run_example(fnd, should_stop=lambda: stop["now"], duration=args.duration)
         while not stop["now"] and all(p.poll() is None for p in procs):
             if args.duration is not None and time.monotonic() - started > args.duration:
                 break

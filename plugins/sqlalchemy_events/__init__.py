@@ -2,7 +2,8 @@
 
 Public names: :class:`SqlEventStore`, the outbox (:func:`outbox_put`,
 :class:`OutboxRelay`), the idempotency ledger (:func:`once`), subscription state
-(:class:`SqlSubscriptionBackend`), job rollups (:class:`SqlJobRollups`) and the migrations (:func:`upgrade`).
+(:class:`SqlSubscriptionBackend`), job rollups (:class:`SqlJobRollups`), saga instances (:class:`SqlSagaBackend`)
+and the migrations (:func:`upgrade`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from ._engine import redact
 from ._ledger import forget, once, recorded
 from ._outbox import OutboxRelay, outbox_put
 from ._rollups import SqlJobRollups
+from ._sagas import SqlSagaBackend
 from ._store import SqlEventStore
 from ._subscriptions import SqlSubscriptionBackend
 from .migrations import upgrade
 
-__all__ = ["OutboxRelay", "SqlEventStore", "SqlJobRollups", "SqlSubscriptionBackend", "forget", "once", "outbox_put",
-           "recorded", "redact", "upgrade"]
+__all__ = ["OutboxRelay", "SqlEventStore", "SqlJobRollups", "SqlSagaBackend", "SqlSubscriptionBackend", "forget",
+           "once", "outbox_put", "recorded", "redact", "upgrade"]

@@ -170,3 +170,21 @@ job_rollup_state = Table(
     Column("minute", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+#: One row per saga instance: its status, its state and the bookkeeping of its steps, versioned.
+sagas = Table(
+    "esf_sagas",
+    metadata,
+    Column("name", _ident(50), primary_key=True),
+    Column("saga_id", _ident(150), primary_key=True),
+    #: Bumped by every transition; a write names the version it read (compare-and-set).
+    Column("version", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("state", JsonType, nullable=False),
+    #: Steps in flight, completed steps with their compensations, timeouts, the failure reason.
+    Column("progress", JsonType, nullable=False),
+    Column("correlation_id", String(200), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_esf_sagas_status", "name", "status"),
+)

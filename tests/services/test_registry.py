@@ -189,7 +189,7 @@ def test_the_services_profile_consumes_only_the_service_queues_and_the_applicati
         return set(next(a for a in argv if a.startswith("--queues=")).removeprefix("--queues=").split(","))
 
     assert queues("services") == {f"acme.{s}" for s in ("events", "config", "telemetry", "cache", "flags",
-                                                       "secrets", "jobs")}
+                                                       "secrets", "jobs", "sagas")}
     assert queues("application") == set(jobs.queues)
     assert queues("default") == set(jobs.all_queues)
 

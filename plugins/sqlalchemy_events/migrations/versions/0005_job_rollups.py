@@ -8,7 +8,7 @@ the last minute rolled up (``jobs``: the watermark ``esf.telemetry.rollup`` resu
 event-store position up to which it looked for events stored late (``jobs.scanned_position``).
 
 Revision ID: 0005_job_rollups
-Revises: 0003_subscriptions
+Revises: 0004_sagas
 Create Date: 2026-12-03
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0005_job_rollups"
-down_revision: str | None = "0003_subscriptions"
+down_revision: str | None = "0004_sagas"
 branch_labels: tuple[str, ...] | None = None
 depends_on: tuple[str, ...] | None = None
 

@@ -1,0 +1,1 @@
+"""The orders example: order placed → reserve stock → charge → ship, as aggregates and a saga."""

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from esf import Settings
 from tests.jobs.harness import wait_for
@@ -54,4 +55,8 @@ def test_poison_messages_and_an_always_failing_handler_do_not_hold_up_the_other_
     attempts = {k.decode(): int(v) for k, v in ledger.client.hgetall("poison-and-failing-attempts:attempts").items()}
     assert attempts == {f"bad-{i}": 3 for i in range(FAILING)}
     assert cluster.workers[0].proc.poll() is None
+    # And the poison messages are not left at the head of the queue: it is empty, nothing is unacknowledged
+    broker = redis.Redis.from_url(redis_url)
+    wait_for(lambda: broker.llen(queue) == 0 and broker.hlen("unacked") == 0, timeout=30,
+             message="the queue drained of every message, poison included")
     ledger.report(allow_duplicates=False, dead_lettered=len(entries), poison_messages=3)

@@ -39,6 +39,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._esf_client = cached
         return cached[1]
 
+    def close(self) -> None:
+        """Close as kombu does; skip the restore when the connection was collected first.
+
+        After a connection error, Celery's consumer (5.7) collects the broken connection, which
+        lets the transport drop its client, and then closes it. kombu's close restores the
+        unacknowledged messages through a new pool built from that client, and raises
+        ``AttributeError``: not a connection error, so the worker stopped ("Unrecoverable error")
+        instead of reconnecting. The messages stay in ``unacked`` and the restore sweep gives
+        them back after the visibility timeout, as after any lost worker.
+        """
+        if self.connection is not None and self.connection.client is None:
+            self.do_restore = False
+        super().close()
+
 
 def reuse_clients(transport: Any) -> Any:
     """Make ``transport`` (kombu's Redis transport, not yet connected) open :class:`Channel`s.

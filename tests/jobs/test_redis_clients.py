@@ -38,6 +38,25 @@ def test_a_channel_hands_out_one_client_per_pool(redis_url: str) -> None:
         channel.queue_delete("esf-test-reuse")
 
 
+def test_a_channel_closed_after_its_connection_was_collected_keeps_its_unacked_message(redis_url: str) -> None:
+    import redis
+
+    # Given a channel holding a delivered, unacknowledged message
+    conn = EsfConnection(redis_url)
+    channel = conn.default_channel
+    channel.queue_declare("esf-test-collected")
+    channel.basic_publish(channel.prepare_message("held"), routing_key="esf-test-collected", exchange="")
+    assert channel.basic_get("esf-test-collected", no_ack=False) is not None
+    # When the connection is collected (the transport lets go of its client), then closed, as Celery's
+    # consumer does after a connection error
+    conn._do_close_transport()
+    conn.close()
+    # Then the close did not raise (kombu's raises AttributeError, which stopped the worker), and the
+    # message is still in the unacked index, for the restore sweep
+    client = redis.Redis.from_url(redis_url)
+    assert client.hlen("unacked") == 1 and client.llen("esf-test-collected") == 0
+
+
 def test_clones_keep_the_channel(redis_url: str) -> None:
     # kombu's connection pools (Celery's producer pool among them) open clones
     conn = EsfConnection(redis_url)

@@ -31,11 +31,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+# This script's directory goes last on the path: its secrets.py must not shadow the standard library's
+# secrets module (redis imports it); _common still comes from there.
+sys.path.append(sys.path.pop(0))
+
 import psycopg
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from _common import Report, lease_redis_db, parse_args, percentile, stop_process
 
 import esf
@@ -72,10 +73,12 @@ def env_for(db_url: str, redis_url: str, data_dir: Path) -> dict[str, str]:
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
     full.update(env)
-    full["PYTHONPATH"] = f"{BENCH_DIR}:{ROOT}"
+    # The app is bench._subs_app from the repository's root (bench/ itself on the path would shadow the
+    # standard library's secrets module with bench/secrets.py).
+    full["PYTHONPATH"] = str(ROOT)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", "_subs_app:make", "worker",
-                                 f"--concurrency={concurrency}", "--loglevel=WARNING"], cwd=BENCH_DIR, env=full,
+        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", "bench._subs_app:make", "worker",
+                                 f"--concurrency={concurrency}", "--loglevel=WARNING"], cwd=ROOT, env=full,
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     fnd = esf.Foundation(esf.Settings.from_env(env))

@@ -145,4 +145,12 @@ class SubscriptionBackend(Protocol):
         """The stored checkpoint of ``name``."""
         ...
 
+    def rebuilder(self, name: str, tables: Sequence[str]) -> Any:
+        """The database side of a rebuild of projection ``name`` (``prepare``, ``step``, ``swap``)."""
+        ...
+
+    def rebuild_position(self, name: str) -> int | None:
+        """How far an unfinished rebuild of ``name`` has replayed, or None."""
+        ...
+
 

@@ -39,6 +39,7 @@ from esf.events._query import Filter
 
 from ._engine import connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
+from ._rebuild import Rebuilder
 from ._schema import checkpoints, event_head, events, outbox, subscription_batches, subscriptions
 
 __all__ = ["SqlSubscriptionBackend", "TickResult"]
@@ -450,6 +451,16 @@ class SqlSubscriptionBackend:
             value = conn.execute(sa.select(subscription_batches.c.positions).where(
                 subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
         return None if value is None else [int(p) for p in value]
+
+    # -- rebuilds ----------------------------------------------------------------
+
+    def rebuilder(self, name: str, tables: Sequence[str]) -> Rebuilder:
+        """The database side of a rebuild of projection ``name`` writing ``tables`` (see ``_rebuild``)."""
+        return Rebuilder(self, name, tables)
+
+    def rebuild_position(self, name: str) -> int | None:
+        """How far an unfinished rebuild of ``name`` has replayed, or None when none is under way."""
+        return Rebuilder(self, name, ()).position()
 
     # -- checkpoint --------------------------------------------------------------
 

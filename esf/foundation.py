@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .config import ConfigService
     from .events import EventStore
     from .events._async import AsyncAppend, AsyncAppender
+    from .events._facade import Events
     from .flags import FlagService
     from .jobs import Job, JobService, Workflow
     from .jobs._celery import EsfCelery
@@ -184,17 +185,21 @@ class Foundation:
     # -- events ----------------------------------------------------------------
 
     @cached_property
-    def events(self) -> EventStore:
-        """The event store (PostgreSQL, or SQLite under ``data_dir``); created on first use."""
+    def events(self) -> Events:
+        """The event store (PostgreSQL, or SQLite under ``data_dir``); created on first use.
+
+        ``fnd.events.subscribe(name, handler, filter=…)`` declares a subscription.
+        """
         from .events import create_event_store
+        from .events._facade import FoundationEvents
 
         store = create_event_store(self.settings)
         store = self._upcasting(store)
         if self.settings.telemetry.enabled:
             from .events._instrumented import InstrumentedEventStore
 
-            return cast("EventStore", InstrumentedEventStore(store, lambda: self.telemetry.instruments))
-        return store
+            store = cast("EventStore", InstrumentedEventStore(store, lambda: self.telemetry.instruments))
+        return cast("Events", FoundationEvents(store, lambda: self.subscriptions))
 
     def append_async(self, events: Event | Sequence[Event]) -> AsyncAppend:
         """Append events through the ``esf.events`` queue; returns a handle with ``wait(timeout)``.

@@ -116,6 +116,10 @@ class SubscriptionBackend(Protocol):
         """``queued``, ``sent``, ``dead``, or None once handled (or reset)."""
         ...
 
+    def load_batch(self, name: str, batch_id: int, positions: Sequence[int]) -> tuple[str | None, list[StoredEvent]]:
+        """The batch's state (None once handled) and the events at ``positions``, in position order."""
+        ...
+
     def load(self, positions: Sequence[int]) -> list[StoredEvent]:
         """The events at ``positions``, in position order."""
         ...

@@ -267,6 +267,7 @@ class SubscriptionService:
             The number of handler jobs sent.
         """
         subs = [s for s in self.declared() if names is None or s.name in names]
+        outbox = self._fnd.jobs.outbox
         sent = 0
         more = True
         while more:
@@ -275,12 +276,12 @@ class SubscriptionService:
                 result = self.tick(sub.name)
                 sent += result.sent
                 more = more or result.read >= sub.batch_size * sub.max_in_flight
-        if sent:
-            outbox = self._fnd.jobs.outbox
-            if outbox.drain() < sent:
-                # Another relay held the outbox (it returns at once): have this process's relay
-                # thread drain again right after, rather than at its next interval.
-                outbox.wake()
+                # Relayed at once, before the next subscription's tick: a live event's job does not
+                # wait for the ticks of the subscriptions it does not match.
+                if result.sent and outbox.drain() < result.sent:
+                    # Another relay held the outbox (it returns at once): have this process's relay
+                    # thread drain again right after, rather than at its next interval.
+                    outbox.wake()
         return sent
 
     def start_dispatcher(self) -> None:
@@ -322,13 +323,13 @@ class SubscriptionService:
         """
         sub = self.get(name)
         backend = self.backend
-        state = backend.batch_state(name, batch_id)
+        state, loaded = backend.load_batch(name, batch_id, positions)
         if state is None:
             return {"skipped": True}
         if state == "dead":
             # A replay: the dead batch keeps only the failing key's events (the others went on).
-            positions = backend.batch_positions(name, batch_id) or []
-        events = self._fnd.upcasters.upcast_many(backend.load(positions))
+            loaded = backend.load(backend.batch_positions(name, batch_id) or [])
+        events = self._fnd.upcasters.upcast_many(loaded)
         failure: builtins.list[Any] = []
         try:
             if sub.projection:

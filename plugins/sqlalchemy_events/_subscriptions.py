@@ -218,10 +218,19 @@ class SqlSubscriptionBackend:
 
     # -- dispatching -----------------------------------------------------------
 
-    def _lock(self, conn: Connection, name: str, *, wait: bool) -> Any:
-        """The subscription's row, locked, with the store's head (one round trip)."""
+    def _lock(self, conn: Connection, name: str, *, wait: bool, counts: bool = False) -> Any:
+        """The subscription's row, locked, with the store's head and (``counts``) its batches queued and sent.
+
+        One round trip.
+        """
         head = sa.select(event_head.c.position).where(event_head.c.id == 1).scalar_subquery()
-        stmt = sa.select(subscriptions, head.label("head")).where(subscriptions.c.name == name)
+        columns: list[Any] = [subscriptions, head.label("head")]
+        if counts:
+            b = subscription_batches
+            for state in (QUEUED, SENT):
+                columns.append(sa.select(sa.func.count()).select_from(b).where(b.c.name == name, b.c.state == state)
+                               .scalar_subquery().label(state))
+        stmt = sa.select(*columns).where(subscriptions.c.name == name)
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
         return conn.execute(stmt).first()
@@ -250,25 +259,22 @@ class SqlSubscriptionBackend:
             make_job: builds the outbox payload of a batch's handler job.
         """
         with connect_write(self.engine) as conn:
-            row = self._lock(conn, name, wait=False)
+            row = self._lock(conn, name, wait=False, counts=True)
             if row is None:
                 return TickResult(skipped=True)
-            cursor = int(row.cursor)
+            cursor = before = int(row.cursor)
             if row.paused:
                 self._advance_checkpoint(conn, name, cursor)
                 return TickResult(cursor=cursor)
-            b = subscription_batches
-            counts: dict[str, int] = {
-                str(state): int(n) for state, n in conn.execute(
-                    sa.select(b.c.state, sa.func.count()).where(b.c.name == name).group_by(b.c.state))
-            }
             read = 0
-            if counts.get(QUEUED, 0) < max_in_flight:
+            if int(row.queued) < max_in_flight:
                 read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
                                           max_in_flight)
-            queued = counts.get(QUEUED, 0) + (1 if read else 0)
-            sent = self._send(conn, name, max_in_flight - int(counts.get(SENT, 0)), make_job) if queued else 0
-            self._advance_checkpoint(conn, name, cursor)
+            queued = int(row.queued) + (1 if read else 0)
+            sent = self._send(conn, name, max_in_flight - int(row.sent), make_job) if queued else 0
+            if cursor != before or sent:
+                # Otherwise nothing here moved it (completions and dead letters advance it themselves).
+                self._advance_checkpoint(conn, name, cursor)
         return TickResult(read=read, sent=sent, cursor=cursor)
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
@@ -324,31 +330,29 @@ class SqlSubscriptionBackend:
         if room <= 0:
             return 0
         b = subscription_batches
+        # One read of the batches sent and queued: sent ones first (their keys are busy), then the
+        # queued by first position. A batch goes when none of its keys is in a batch sent, or in an
+        # older batch still queued.
         busy: set[str] = set()
-        for (keys,) in conn.execute(sa.select(b.c.partition_keys).where(b.c.name == name, b.c.state == SENT)):
-            busy.update(keys)
-        chosen: list[int] = []
-        # A batch goes when none of its keys is in a batch sent, or in an older batch still queued.
-        for batch_id, keys in conn.execute(sa.select(b.c.id, b.c.partition_keys)
-                                           .where(b.c.name == name, b.c.state == QUEUED)
-                                           .order_by(b.c.first_position, b.c.id)):
-            free = busy.isdisjoint(keys)
-            busy.update(keys)
+        rows: list[Any] = []
+        for r in conn.execute(sa.select(b.c.id, b.c.state, b.c.partition_keys, b.c.positions, b.c.correlation_id)
+                              .where(b.c.name == name, b.c.state.in_([SENT, QUEUED]))
+                              .order_by(sa.case((b.c.state == SENT, 0), else_=1), b.c.first_position, b.c.id)):
+            if len(rows) >= room:
+                break
+            free = r.state == QUEUED and busy.isdisjoint(r.partition_keys)
+            busy.update(r.partition_keys)
             if free:
-                chosen.append(int(batch_id))
-                if len(chosen) >= room:
-                    break
-        if not chosen:
+                rows.append(r)
+        if not rows:
             return 0
         now = _now()
-        rows = conn.execute(sa.select(b.c.id, b.c.positions, b.c.correlation_id).where(b.c.id.in_(chosen))
-                            .order_by(b.c.first_position, b.c.id)).all()
         payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
         conn.execute(sa.insert(outbox), [{"created_at": now, "kind": "job", "payload": p} for p in payloads])
         conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
                      .values(state=SENT, job_id=sa.bindparam("b_job"), sent_at=now),
                      [{"b_id": int(r.id), "b_job": p["job_id"]} for r, p in zip(rows, payloads, strict=True)])
-        return len(chosen)
+        return len(rows)
 
     # -- handling --------------------------------------------------------------
 
@@ -357,6 +361,17 @@ class SqlSubscriptionBackend:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(subscription_batches.c.state).where(
                 subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
+
+    def load_batch(self, name: str, batch_id: int, positions: Sequence[int]) -> tuple[str | None, list[StoredEvent]]:
+        """The batch's state (as :meth:`batch_state`) and the events at ``positions``, on one connection."""
+        with self.engine.connect() as conn:
+            state = conn.execute(sa.select(subscription_batches.c.state).where(
+                subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
+            if state is None:
+                return None, []
+            rows = conn.execute(sa.select(*event_columns()).where(events.c.position.in_(list(positions)))
+                                .order_by(events.c.position)).all()
+        return state, [row_to_event(r) for r in rows]
 
     def load(self, positions: Sequence[int]) -> list[StoredEvent]:
         """The stored events at ``positions``, in position order (pruned ones are missing)."""

@@ -60,12 +60,13 @@ __all__ = [
 @runtime_checkable
 class TickResult(Protocol):
     """What one dispatcher step did: ``read`` events, ``sent`` batches, the ``cursor`` after it,
-    and ``skipped`` when another dispatcher held the subscription."""
+    ``skipped`` when another dispatcher held the subscription, and the ``outbox_ids`` of the jobs sent."""
 
     read: int
     sent: int
     cursor: int
     skipped: bool
+    outbox_ids: tuple[int, ...]
 
 
 @runtime_checkable

@@ -276,9 +276,9 @@ class SubscriptionService:
                 result = self.tick(sub.name)
                 sent += result.sent
                 more = more or result.read >= sub.batch_size * sub.max_in_flight
-                # Relayed at once, before the next subscription's tick: a live event's job does not
-                # wait for the ticks of the subscriptions it does not match.
-                if result.sent and outbox.drain() < result.sent:
+                # Relayed at once by id, before the next subscription's tick: a live event's job does
+                # not wait for the ticks of the subscriptions it does not match, nor for a drain.
+                if result.sent and outbox.send(result.outbox_ids) < result.sent:
                     # Another relay held the outbox (it returns at once): have this process's relay
                     # thread drain again right after, rather than at its next interval.
                     outbox.wake()

@@ -61,12 +61,14 @@ class TickResult:
         sent: batches whose handler jobs were written to the outbox.
         cursor: the read cursor after the tick.
         skipped: another dispatcher held the subscription (nothing done).
+        outbox_ids: the outbox rows of the jobs sent, for the caller to relay at once.
     """
 
     read: int = 0
     sent: int = 0
     cursor: int = 0
     skipped: bool = False
+    outbox_ids: tuple[int, ...] = ()
 
 
 def _now() -> datetime:
@@ -271,11 +273,11 @@ class SqlSubscriptionBackend:
                 read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
                                           max_in_flight)
             queued = int(row.queued) + (1 if read else 0)
-            sent = self._send(conn, name, max_in_flight - int(row.sent), make_job) if queued else 0
-            if cursor != before or sent:
+            ids = self._send(conn, name, max_in_flight - int(row.sent), make_job) if queued else []
+            if cursor != before or ids:
                 # Otherwise nothing here moved it (completions and dead letters advance it themselves).
                 self._advance_checkpoint(conn, name, cursor)
-        return TickResult(read=read, sent=sent, cursor=cursor)
+        return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids))
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
               partition_by: str | None, batch_size: int, max_in_flight: int) -> tuple[int, int]:
@@ -326,9 +328,10 @@ class SqlSubscriptionBackend:
                      .values(cursor=new_cursor, updated_at=now))
         return len(rows), new_cursor
 
-    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob) -> int:
+    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob) -> list[int]:
+        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids."""
         if room <= 0:
-            return 0
+            return []
         b = subscription_batches
         # One read of the batches sent and queued: sent ones first (their keys are busy), then the
         # queued by first position. A batch goes when none of its keys is in a batch sent, or in an
@@ -345,14 +348,15 @@ class SqlSubscriptionBackend:
             if free:
                 rows.append(r)
         if not rows:
-            return 0
+            return []
         now = _now()
         payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
-        conn.execute(sa.insert(outbox), [{"created_at": now, "kind": "job", "payload": p} for p in payloads])
+        ids = conn.execute(sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
+                           [{"created_at": now, "kind": "job", "payload": p} for p in payloads]).scalars().all()
         conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
                      .values(state=SENT, job_id=sa.bindparam("b_job"), sent_at=now),
                      [{"b_id": int(r.id), "b_job": p["job_id"]} for r, p in zip(rows, payloads, strict=True)])
-        return len(rows)
+        return [int(i) for i in ids]
 
     # -- handling --------------------------------------------------------------
 

@@ -75,6 +75,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _Fresh:
+    """A batch inserted by this tick (what ``_mark_sent`` needs of it)."""
+
+    id: int
+    partition_keys: list[str]
+    positions: list[int]
+    correlation_id: str | None
+
+
 class SqlSubscriptionBackend:
     """Subscription state in the event store's database (PostgreSQL or SQLite).
 
@@ -269,18 +279,26 @@ class SqlSubscriptionBackend:
                 self._advance_checkpoint(conn, name, cursor)
                 return TickResult(cursor=cursor)
             read = 0
+            # Nothing queued or sent: the batches of this read are the whole queue (the live case).
+            fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
             if int(row.queued) < max_in_flight:
                 read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                          max_in_flight)
+                                          max_in_flight, fresh)
             queued = int(row.queued) + (1 if read else 0)
-            ids = self._send(conn, name, max_in_flight - int(row.sent), make_job) if queued else []
+            ids = self._send(conn, name, max_in_flight - int(row.sent), make_job, fresh) if queued else []
             if cursor != before or ids:
                 # Otherwise nothing here moved it (completions and dead letters advance it themselves).
                 self._advance_checkpoint(conn, name, cursor)
         return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids))
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int, max_in_flight: int) -> tuple[int, int]:
+              partition_by: str | None, batch_size: int, max_in_flight: int,
+              fresh: list[Any] | None = None) -> tuple[int, int]:
+        """Read new matching events into queued batches and move the cursor; returns (events read, cursor).
+
+        ``fresh``, when given, receives the new batches (``id``, ``positions``, ``correlation_id``), in
+        position order.
+        """
         # The head was read first (with the lock): every event at or below it is committed and
         # visible to the next statement (positions are commit-ordered), so the cursor may move up to it.
         if head <= cursor:
@@ -294,8 +312,8 @@ class SqlSubscriptionBackend:
         ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1].position)
         # One group per key, in the order of their first event. Whole groups are packed into batches of
-        # up to batch_size events; a larger group is cut into chunks of its own. Batches of one read
-        # therefore share no key and can all run at once.
+        # up to batch_size events; a larger group is cut into chunks of its own (which share that key
+        # and go one after the other). Other batches of one read share no key and can run at once.
         groups: dict[str, list[Any]] = {}
         for r in rows:
             groups.setdefault(r.k or "", []).append(r)
@@ -322,22 +340,41 @@ class SqlSubscriptionBackend:
                            "failed_position": None})
         # Insert in position order, so batch ids follow positions within each key.
         values.sort(key=lambda v: v["first_position"])
-        if values:
+        if values and fresh is not None:
+            b = subscription_batches
+            ids = conn.execute(sa.insert(b).returning(b.c.id, sort_by_parameter_order=True), values).scalars().all()
+            fresh.extend(_Fresh(int(i), v["partition_keys"], v["positions"], v["correlation_id"])
+                         for i, v in zip(ids, values, strict=True))
+        elif values:
             conn.execute(sa.insert(subscription_batches), values)
         conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
                      .values(cursor=new_cursor, updated_at=now))
         return len(rows), new_cursor
 
-    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob) -> list[int]:
-        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids."""
+    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob,
+              fresh: list[Any] | None = None) -> list[int]:
+        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids.
+
+        ``fresh``: the batches just read when no other batch was queued or sent: they are the whole
+        queue, so the queue is not read back (the same rule picks those that go).
+        """
         if room <= 0:
             return []
         b = subscription_batches
+        busy: set[str] = set()
+        rows: list[Any] = []
+        if fresh:
+            for f in fresh:
+                if len(rows) >= room:
+                    break
+                free = busy.isdisjoint(f.partition_keys)
+                busy.update(f.partition_keys)
+                if free:
+                    rows.append(f)
+            return self._mark_sent(conn, rows, make_job)
         # One read of the batches sent and queued: sent ones first (their keys are busy), then the
         # queued by first position. A batch goes when none of its keys is in a batch sent, or in an
         # older batch still queued.
-        busy: set[str] = set()
-        rows: list[Any] = []
         for r in conn.execute(sa.select(b.c.id, b.c.state, b.c.partition_keys, b.c.positions, b.c.correlation_id)
                               .where(b.c.name == name, b.c.state.in_([SENT, QUEUED]))
                               .order_by(sa.case((b.c.state == SENT, 0), else_=1), b.c.first_position, b.c.id)):
@@ -349,6 +386,10 @@ class SqlSubscriptionBackend:
                 rows.append(r)
         if not rows:
             return []
+        return self._mark_sent(conn, rows, make_job)
+
+    def _mark_sent(self, conn: Connection, rows: list[Any], make_job: MakeJob) -> list[int]:
+        b = subscription_batches
         now = _now()
         payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
         ids = conn.execute(sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),

@@ -6,8 +6,11 @@ Public API::
                       partition_by="stream_id", retries=5, backoff=1.0)
     def send_receipt(event: StoredEvent) -> None: ...
 
-    @fnd.projection("order_totals", filter=Q.type("order.paid"))
+    @fnd.projection("order_totals", filter=Q.type("order.paid"), tables=["order_totals"])
     def project(event: StoredEvent, session: Session) -> None: ...   # committed with the checkpoint
+
+    fnd.events.subscribe("audit", handler, filter=None, start="now")   # without a decorator
+    fnd.subscriptions.rebuild("order_totals")     # replay into fresh tables, swap them in (esf projections rebuild)
 
     fnd.subscriptions.status("receipts")          # checkpoint, lag, batches in flight, dead batches
     fnd.subscriptions.pause / resume / reset(name, to=…) / delete

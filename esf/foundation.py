@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .config import ConfigService, ConfigStore
     from .events import EventRecorder, EventStore
     from .events._async import AsyncAppend, AsyncAppender
+    from .events._facade import Events
     from .flags import FlagService
     from .jobs import Gather, Job, JobService, Workflow
     from .jobs._celery import EsfCelery
@@ -236,10 +237,14 @@ class Foundation:
     # -- events ----------------------------------------------------------------
 
     @cached_property
-    def events(self) -> EventStore:
+    def events(self) -> Events:
         """The event store (PostgreSQL, or SQLite under ``data_dir``; the injected one if given); created on
-        first use."""
+        first use.
+
+        ``fnd.events.subscribe(name, handler, filter=…)`` declares a subscription.
+        """
         from .events import create_event_store
+        from .events._facade import FoundationEvents
 
         injected = self.backends.events
         store = create_event_store(self.settings) if injected is None else cast("EventStore", injected)
@@ -247,8 +252,8 @@ class Foundation:
         if self.settings.telemetry.enabled:
             from .events._instrumented import InstrumentedEventStore
 
-            return cast("EventStore", InstrumentedEventStore(store, lambda: self.telemetry.instruments))
-        return store
+            store = cast("EventStore", InstrumentedEventStore(store, lambda: self.telemetry.instruments))
+        return cast("Events", FoundationEvents(store, lambda: self.subscriptions))
 
     def append_async(self, events: Event | Sequence[Event]) -> AsyncAppend:
         """Append events through the ``esf.events`` queue; returns a handle with ``wait(timeout)``.

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "_cache",
     "_services",
     "_subscriptions",
+    "_projections",
     "_sagas",
 )
 

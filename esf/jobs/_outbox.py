@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +149,21 @@ class JobOutbox:
             relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
             try:
                 return relay.drain(RELAY_BATCH, older_than_s=older_than_s)
+            finally:
+                if relay.engine.dialect.name == "sqlite":
+                    relay.engine.dispose()
+
+    def send(self, ids: Sequence[int]) -> int:
+        """Dispatch the outbox rows ``ids`` that the caller just committed, now; returns how many were sent.
+
+        Rows a drain holds or sent already are skipped; on a failure they stay for the relay.
+        """
+        if not self.forking:
+            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).send(ids)
+        with fork_guard:
+            relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
+            try:
+                return relay.send(ids)
             finally:
                 if relay.engine.dialect.name == "sqlite":
                     relay.engine.dispose()

@@ -6,8 +6,11 @@ Public API::
                       partition_by="stream_id", retries=5, backoff=1.0)
     def send_receipt(event: StoredEvent) -> None: ...
 
-    @fnd.projection("order_totals", filter=Q.type("order.paid"))
+    @fnd.projection("order_totals", filter=Q.type("order.paid"), tables=["order_totals"])
     def project(event: StoredEvent, session: Session) -> None: ...   # committed with the checkpoint
+
+    fnd.events.subscribe("audit", handler, filter=None, start="now")   # without a decorator
+    fnd.subscriptions.rebuild("order_totals")     # replay into fresh tables, swap them in (esf projections rebuild)
 
     fnd.subscriptions.status("receipts")          # checkpoint, lag, batches in flight, dead batches
     fnd.subscriptions.pause / resume / reset(name, to=…) / delete
@@ -60,12 +63,13 @@ __all__ = [
 @runtime_checkable
 class TickResult(Protocol):
     """What one dispatcher step did: ``read`` events, ``sent`` batches, the ``cursor`` after it,
-    and ``skipped`` when another dispatcher held the subscription."""
+    ``skipped`` when another dispatcher held the subscription, and the ``outbox_ids`` of the jobs sent."""
 
     read: int
     sent: int
     cursor: int
     skipped: bool
+    outbox_ids: tuple[int, ...]
 
 
 @runtime_checkable
@@ -116,6 +120,10 @@ class SubscriptionBackend(Protocol):
         """``queued``, ``sent``, ``dead``, or None once handled (or reset)."""
         ...
 
+    def load_batch(self, name: str, batch_id: int, positions: Sequence[int]) -> tuple[str | None, list[StoredEvent]]:
+        """The batch's state (None once handled) and the events at ``positions``, in position order."""
+        ...
+
     def load(self, positions: Sequence[int]) -> list[StoredEvent]:
         """The events at ``positions``, in position order."""
         ...
@@ -143,6 +151,14 @@ class SubscriptionBackend(Protocol):
 
     def checkpoint(self, name: str) -> int | None:
         """The stored checkpoint of ``name``."""
+        ...
+
+    def rebuilder(self, name: str, tables: Sequence[str]) -> Any:
+        """The database side of a rebuild of projection ``name`` (``prepare``, ``step``, ``swap``)."""
+        ...
+
+    def rebuild_position(self, name: str) -> int | None:
+        """How far an unfinished rebuild of ``name`` has replayed, or None."""
         ...
 
 

@@ -34,6 +34,8 @@ DEFAULT_MAX_IN_FLIGHT = 8
 MAX_BATCH_SIZE = 1000
 #: Largest ``max_in_flight``.
 MAX_IN_FLIGHT = 1000
+#: A projection's table names: SQL identifiers short enough for their shadow copy's name.
+TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 #: Handler jobs are named ``esf.subscription.<name>``.
 HANDLER_JOB_PREFIX = "esf.subscription."
 
@@ -57,6 +59,8 @@ class Subscription:
         queue: the routed queue of the handler jobs.
         projection: the handler writes through a session committed with the checkpoint.
         on_dead_letter: ``"continue"`` (the subscription goes on) or ``"pause"``.
+        tables: the tables a projection's handler writes (its read model), which
+            ``esf projections rebuild`` replays into fresh copies of and swaps in.
         job_name: the handler job's name (``esf.subscription.<name>``).
     """
 
@@ -70,6 +74,7 @@ class Subscription:
     queue: str
     projection: bool = False
     on_dead_letter: OnDeadLetter = "continue"
+    tables: tuple[str, ...] = ()
 
     @property
     def job_name(self) -> str:
@@ -87,6 +92,7 @@ class Subscription:
             "queue": self.queue,
             "on_dead_letter": self.on_dead_letter,
             "job": self.job_name,
+            **({"tables": list(self.tables)} if self.projection else {}),
         }
 
 
@@ -138,7 +144,7 @@ class SubscriptionStatus:
 
 
 def check_options(*, name: Any, handler: Any, filter: Any, start: Any, batch_size: Any, max_in_flight: Any,
-                  partition_by: Any, on_dead_letter: Any) -> None:
+                  partition_by: Any, on_dead_letter: Any, tables: Any = (), projection: bool = False) -> None:
     """Check a subscription's options; every bad one is named.
 
     Raises:
@@ -161,5 +167,9 @@ def check_options(*, name: Any, handler: Any, filter: Any, start: Any, batch_siz
         errors["partition_by"] = "must be 'stream_id', 'correlation_id' or None"
     if on_dead_letter not in ("continue", "pause"):
         errors["on_dead_letter"] = "must be 'continue' or 'pause'"
+    if tables and not projection:
+        errors["tables"] = "only a projection has tables"
+    elif not isinstance(tables, (list, tuple)) or not all(isinstance(t, str) and TABLE_RE.match(t) for t in tables):
+        errors["tables"] = f"must be a list of table names matching {TABLE_RE.pattern} (or SQLAlchemy tables)"
     if errors:
         raise ValidationError(f"invalid subscription options: {describe_errors(errors)}", errors=errors)

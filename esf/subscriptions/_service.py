@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -82,8 +82,9 @@ class SubscriptionService:
         timeout: float | None = None,
         on_dead_letter: str = "continue",
         projection: bool = False,
+        tables: Sequence[Any] = (),
     ) -> Subscription:
-        """Declare a durable subscription: ``handler(event)`` runs once per matching event, at least once.
+        r"""Declare a durable subscription: ``handler(event)`` runs once per matching event, at least once.
 
         Declare it in the code that the workers import too (their dispatcher and
         handler jobs need it). Nothing is written until the dispatcher first runs:
@@ -107,6 +108,8 @@ class SubscriptionService:
             on_dead_letter: ``"continue"`` (later events go on) or ``"pause"`` the subscription.
             projection: the handler gets a session in the transaction that records its batch
                 as handled, so each event takes effect once in what it writes there.
+            tables: a projection's read model: the names (or SQLAlchemy ``Table``\ s) of the tables
+                its handler writes; :meth:`rebuild` replays into fresh copies of them and swaps them in.
 
         Returns:
             The :class:`Subscription`.
@@ -115,8 +118,10 @@ class SubscriptionService:
             ValidationError: an invalid option (every one is named), or the name is taken.
             UnknownQueue: ``queue`` is not configured.
         """
+        table_names: Any = [getattr(t, "name", t) for t in tables] if isinstance(tables, (list, tuple)) else tables
         check_options(name=name, handler=handler, filter=filter, start=start, batch_size=batch_size,
-                      max_in_flight=max_in_flight, partition_by=partition_by, on_dead_letter=on_dead_letter)
+                      max_in_flight=max_in_flight, partition_by=partition_by, on_dead_letter=on_dead_letter,
+                      tables=table_names, projection=projection)
         if name in self._subs:
             raise ValidationError(f"a subscription named {name!r} is already declared", errors={"name": "duplicate"})
         settings = self._fnd.settings
@@ -125,6 +130,7 @@ class SubscriptionService:
             max_in_flight=max_in_flight, partition_by=partition_by,
             queue=queue or settings.jobs.service_queue("events"), projection=projection,
             on_dead_letter=on_dead_letter,  # type: ignore[arg-type]
+            tables=tuple(table_names),
         )
         from esf.tasks.subscriptions import declare_handler
 
@@ -269,6 +275,7 @@ class SubscriptionService:
             The number of handler jobs sent.
         """
         subs = [s for s in self.declared() if names is None or s.name in names]
+        outbox = self._fnd.jobs.outbox
         sent = 0
         more = True
         while more:
@@ -277,12 +284,12 @@ class SubscriptionService:
                 result = self.tick(sub.name)
                 sent += result.sent
                 more = more or result.read >= sub.batch_size * sub.max_in_flight
-        if sent:
-            outbox = self._fnd.jobs.outbox
-            if outbox.drain() < sent:
-                # Another relay held the outbox (it returns at once): have this process's relay
-                # thread drain again right after, rather than at its next interval.
-                outbox.wake()
+                # Relayed at once by id, before the next subscription's tick: a live event's job does
+                # not wait for the ticks of the subscriptions it does not match, nor for a drain.
+                if result.sent and outbox.send(result.outbox_ids) < result.sent:
+                    # Another relay held the outbox (it returns at once): have this process's relay
+                    # thread drain again right after, rather than at its next interval.
+                    outbox.wake()
         return sent
 
     def start_dispatcher(self) -> None:
@@ -324,13 +331,13 @@ class SubscriptionService:
         """
         sub = self.get(name)
         backend = self.backend
-        state = backend.batch_state(name, batch_id)
+        state, loaded = backend.load_batch(name, batch_id, positions)
         if state is None:
             return {"skipped": True}
         if state == "dead":
             # A replay: the dead batch keeps only the failing key's events (the others went on).
-            positions = backend.batch_positions(name, batch_id) or []
-        events = backend.load(positions)
+            loaded = backend.load(backend.batch_positions(name, batch_id) or [])
+        events = self._fnd.upcasters.upcast_many(loaded)
         failure: builtins.list[Any] = []
         try:
             if sub.projection:
@@ -374,6 +381,74 @@ class SubscriptionService:
             exc.add_note(where)
             failure[:] = [f"{where}: {type(exc).__name__}: {exc}", event.position]
             raise
+
+    # -- rebuilding a projection ----------------------------------------------------------
+
+    def projections(self) -> builtins.list[tuple[SubscriptionStatus, int | None]]:
+        """Every projection (declared here or stored) with the position its unfinished rebuild reached, if any."""
+        return [(s, self.backend.rebuild_position(s.name)) for s in self.list()
+                if s.spec.get("kind") == "projection"]
+
+    def rebuild(self, name: str, *, restart: bool = False, chunk: int = 500,
+                progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+        """Replay every matching event from position zero into fresh copies of the projection's tables,
+        then swap them in when caught up with the head.
+
+        The live tables keep serving (and the live projection keeps writing them) until
+        the swap, one transaction that applies the events appended meanwhile, replaces the
+        tables and moves the projection's checkpoint to the head. The handler runs in
+        this process; its statements are pointed at the copies. An interrupted rebuild
+        leaves the live tables untouched and resumes where it stopped (``restart``: from zero).
+
+        Parameters:
+            chunk: events applied per transaction.
+            progress: ``progress(position, head, applied)`` after every chunk.
+
+        Returns:
+            ``{"applied": events applied by this call, "position": the head swapped in at, "resumed_from": p}``.
+
+        Raises:
+            UnknownSubscription: no such projection is declared here.
+            ValidationError: it is not a projection, declares no ``tables``, or a table is missing.
+            Whatever the handler raised (the rebuild stops; run it again to resume).
+        """
+        sub = self.get(name)
+        if not sub.projection or not sub.tables:
+            raise ValidationError(f"{name!r} is not a projection with tables: declare "
+                                  "@fnd.projection(..., tables=[...]) to rebuild it", field="tables")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValidationError(f"chunk must be an integer >= 1, got {chunk!r}", field="chunk")
+        self._ensure(sub)
+        rebuilder = self.backend.rebuilder(name, sub.tables)
+        position = started = rebuilder.prepare(restart=restart)
+        upcast = self._fnd.upcasters.upcast_many
+        failure: builtins.list[Any] = []
+
+        def apply(conn: Any, events: builtins.list[StoredEvent]) -> None:
+            from sqlalchemy.orm import Session
+
+            session = Session(bind=conn)
+            try:
+                for event in upcast(events):
+                    self._call(sub, event, failure, session)
+                session.flush()
+            finally:
+                session.close()
+
+        applied = 0
+        while True:
+            n, position, head = rebuilder.step(position, sub.filter, chunk, apply)
+            applied += n
+            if progress is not None:
+                progress(position, head, applied)
+            if position >= head:
+                break
+        n, head = rebuilder.swap(position, sub.filter, apply)
+        applied += n
+        if progress is not None:
+            progress(head, head, applied)
+        log.info("projection %s rebuilt: %d events applied, swapped in at %d", name, applied, head)
+        return {"applied": applied, "position": head, "resumed_from": started}
 
     def dead_lettered(self, entry: DeadLetter) -> None:
         """A handler job went to the DLQ: its batch stops blocking its partition (the DLQ holds it)."""

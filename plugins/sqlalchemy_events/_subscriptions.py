@@ -39,6 +39,7 @@ from esf.events._query import Filter
 
 from ._engine import connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
+from ._rebuild import Rebuilder
 from ._schema import checkpoints, event_head, events, outbox, subscription_batches, subscriptions
 
 __all__ = ["SqlSubscriptionBackend", "TickResult"]
@@ -60,16 +61,28 @@ class TickResult:
         sent: batches whose handler jobs were written to the outbox.
         cursor: the read cursor after the tick.
         skipped: another dispatcher held the subscription (nothing done).
+        outbox_ids: the outbox rows of the jobs sent, for the caller to relay at once.
     """
 
     read: int = 0
     sent: int = 0
     cursor: int = 0
     skipped: bool = False
+    outbox_ids: tuple[int, ...] = ()
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """A batch inserted by this tick (what ``_mark_sent`` needs of it)."""
+
+    id: int
+    partition_keys: list[str]
+    positions: list[int]
+    correlation_id: str | None
 
 
 class SqlSubscriptionBackend:
@@ -217,10 +230,19 @@ class SqlSubscriptionBackend:
 
     # -- dispatching -----------------------------------------------------------
 
-    def _lock(self, conn: Connection, name: str, *, wait: bool) -> Any:
-        """The subscription's row, locked, with the store's head (one round trip)."""
+    def _lock(self, conn: Connection, name: str, *, wait: bool, counts: bool = False) -> Any:
+        """The subscription's row, locked, with the store's head and (``counts``) its batches queued and sent.
+
+        One round trip.
+        """
         head = sa.select(event_head.c.position).where(event_head.c.id == 1).scalar_subquery()
-        stmt = sa.select(subscriptions, head.label("head")).where(subscriptions.c.name == name)
+        columns: list[Any] = [subscriptions, head.label("head")]
+        if counts:
+            b = subscription_batches
+            for state in (QUEUED, SENT):
+                columns.append(sa.select(sa.func.count()).select_from(b).where(b.c.name == name, b.c.state == state)
+                               .scalar_subquery().label(state))
+        stmt = sa.select(*columns).where(subscriptions.c.name == name)
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
         return conn.execute(stmt).first()
@@ -249,29 +271,34 @@ class SqlSubscriptionBackend:
             make_job: builds the outbox payload of a batch's handler job.
         """
         with connect_write(self.engine) as conn:
-            row = self._lock(conn, name, wait=False)
+            row = self._lock(conn, name, wait=False, counts=True)
             if row is None:
                 return TickResult(skipped=True)
-            cursor = int(row.cursor)
+            cursor = before = int(row.cursor)
             if row.paused:
                 self._advance_checkpoint(conn, name, cursor)
                 return TickResult(cursor=cursor)
-            b = subscription_batches
-            counts: dict[str, int] = {
-                str(state): int(n) for state, n in conn.execute(
-                    sa.select(b.c.state, sa.func.count()).where(b.c.name == name).group_by(b.c.state))
-            }
             read = 0
-            if counts.get(QUEUED, 0) < max_in_flight:
+            # Nothing queued or sent: the batches of this read are the whole queue (the live case).
+            fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
+            if int(row.queued) < max_in_flight:
                 read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                          max_in_flight)
-            queued = counts.get(QUEUED, 0) + (1 if read else 0)
-            sent = self._send(conn, name, max_in_flight - int(counts.get(SENT, 0)), make_job) if queued else 0
-            self._advance_checkpoint(conn, name, cursor)
-        return TickResult(read=read, sent=sent, cursor=cursor)
+                                          max_in_flight, fresh)
+            queued = int(row.queued) + (1 if read else 0)
+            ids = self._send(conn, name, max_in_flight - int(row.sent), make_job, fresh) if queued else []
+            if cursor != before or ids:
+                # Otherwise nothing here moved it (completions and dead letters advance it themselves).
+                self._advance_checkpoint(conn, name, cursor)
+        return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids))
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int, max_in_flight: int) -> tuple[int, int]:
+              partition_by: str | None, batch_size: int, max_in_flight: int,
+              fresh: list[Any] | None = None) -> tuple[int, int]:
+        """Read new matching events into queued batches and move the cursor; returns (events read, cursor).
+
+        ``fresh``, when given, receives the new batches (``id``, ``positions``, ``correlation_id``), in
+        position order.
+        """
         # The head was read first (with the lock): every event at or below it is committed and
         # visible to the next statement (positions are commit-ordered), so the cursor may move up to it.
         if head <= cursor:
@@ -285,8 +312,8 @@ class SqlSubscriptionBackend:
         ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1].position)
         # One group per key, in the order of their first event. Whole groups are packed into batches of
-        # up to batch_size events; a larger group is cut into chunks of its own. Batches of one read
-        # therefore share no key and can all run at once.
+        # up to batch_size events; a larger group is cut into chunks of its own (which share that key
+        # and go one after the other). Other batches of one read share no key and can run at once.
         groups: dict[str, list[Any]] = {}
         for r in rows:
             groups.setdefault(r.k or "", []).append(r)
@@ -313,41 +340,64 @@ class SqlSubscriptionBackend:
                            "failed_position": None})
         # Insert in position order, so batch ids follow positions within each key.
         values.sort(key=lambda v: v["first_position"])
-        if values:
+        if values and fresh is not None:
+            b = subscription_batches
+            ids = conn.execute(sa.insert(b).returning(b.c.id, sort_by_parameter_order=True), values).scalars().all()
+            fresh.extend(_Fresh(int(i), v["partition_keys"], v["positions"], v["correlation_id"])
+                         for i, v in zip(ids, values, strict=True))
+        elif values:
             conn.execute(sa.insert(subscription_batches), values)
         conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
                      .values(cursor=new_cursor, updated_at=now))
         return len(rows), new_cursor
 
-    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob) -> int:
+    def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob,
+              fresh: list[Any] | None = None) -> list[int]:
+        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids.
+
+        ``fresh``: the batches just read when no other batch was queued or sent: they are the whole
+        queue, so the queue is not read back (the same rule picks those that go).
+        """
         if room <= 0:
-            return 0
+            return []
         b = subscription_batches
         busy: set[str] = set()
-        for (keys,) in conn.execute(sa.select(b.c.partition_keys).where(b.c.name == name, b.c.state == SENT)):
-            busy.update(keys)
-        chosen: list[int] = []
-        # A batch goes when none of its keys is in a batch sent, or in an older batch still queued.
-        for batch_id, keys in conn.execute(sa.select(b.c.id, b.c.partition_keys)
-                                           .where(b.c.name == name, b.c.state == QUEUED)
-                                           .order_by(b.c.first_position, b.c.id)):
-            free = busy.isdisjoint(keys)
-            busy.update(keys)
-            if free:
-                chosen.append(int(batch_id))
-                if len(chosen) >= room:
+        rows: list[Any] = []
+        if fresh:
+            for f in fresh:
+                if len(rows) >= room:
                     break
-        if not chosen:
-            return 0
+                free = busy.isdisjoint(f.partition_keys)
+                busy.update(f.partition_keys)
+                if free:
+                    rows.append(f)
+            return self._mark_sent(conn, rows, make_job)
+        # One read of the batches sent and queued: sent ones first (their keys are busy), then the
+        # queued by first position. A batch goes when none of its keys is in a batch sent, or in an
+        # older batch still queued.
+        for r in conn.execute(sa.select(b.c.id, b.c.state, b.c.partition_keys, b.c.positions, b.c.correlation_id)
+                              .where(b.c.name == name, b.c.state.in_([SENT, QUEUED]))
+                              .order_by(sa.case((b.c.state == SENT, 0), else_=1), b.c.first_position, b.c.id)):
+            if len(rows) >= room:
+                break
+            free = r.state == QUEUED and busy.isdisjoint(r.partition_keys)
+            busy.update(r.partition_keys)
+            if free:
+                rows.append(r)
+        if not rows:
+            return []
+        return self._mark_sent(conn, rows, make_job)
+
+    def _mark_sent(self, conn: Connection, rows: list[Any], make_job: MakeJob) -> list[int]:
+        b = subscription_batches
         now = _now()
-        rows = conn.execute(sa.select(b.c.id, b.c.positions, b.c.correlation_id).where(b.c.id.in_(chosen))
-                            .order_by(b.c.first_position, b.c.id)).all()
         payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
-        conn.execute(sa.insert(outbox), [{"created_at": now, "kind": "job", "payload": p} for p in payloads])
+        ids = conn.execute(sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
+                           [{"created_at": now, "kind": "job", "payload": p} for p in payloads]).scalars().all()
         conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
                      .values(state=SENT, job_id=sa.bindparam("b_job"), sent_at=now),
                      [{"b_id": int(r.id), "b_job": p["job_id"]} for r, p in zip(rows, payloads, strict=True)])
-        return len(chosen)
+        return [int(i) for i in ids]
 
     # -- handling --------------------------------------------------------------
 
@@ -356,6 +406,17 @@ class SqlSubscriptionBackend:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(subscription_batches.c.state).where(
                 subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
+
+    def load_batch(self, name: str, batch_id: int, positions: Sequence[int]) -> tuple[str | None, list[StoredEvent]]:
+        """The batch's state (as :meth:`batch_state`) and the events at ``positions``, on one connection."""
+        with self.engine.connect() as conn:
+            state = conn.execute(sa.select(subscription_batches.c.state).where(
+                subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
+            if state is None:
+                return None, []
+            rows = conn.execute(sa.select(*event_columns()).where(events.c.position.in_(list(positions)))
+                                .order_by(events.c.position)).all()
+        return state, [row_to_event(r) for r in rows]
 
     def load(self, positions: Sequence[int]) -> list[StoredEvent]:
         """The stored events at ``positions``, in position order (pruned ones are missing)."""
@@ -450,6 +511,16 @@ class SqlSubscriptionBackend:
             value = conn.execute(sa.select(subscription_batches.c.positions).where(
                 subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
         return None if value is None else [int(p) for p in value]
+
+    # -- rebuilds ----------------------------------------------------------------
+
+    def rebuilder(self, name: str, tables: Sequence[str]) -> Rebuilder:
+        """The database side of a rebuild of projection ``name`` writing ``tables`` (see ``_rebuild``)."""
+        return Rebuilder(self, name, tables)
+
+    def rebuild_position(self, name: str) -> int | None:
+        """How far an unfinished rebuild of ``name`` has replayed, or None when none is under way."""
+        return Rebuilder(self, name, ()).position()
 
     # -- checkpoint --------------------------------------------------------------
 

@@ -66,6 +66,38 @@ def test_a_failing_dispatch_keeps_the_failed_message_and_the_rest(store):
     assert sent == [0, 1, -1, 2, 3]
 
 
+def test_send_dispatches_the_given_rows_at_once_skips_those_sent_and_keeps_them_when_dispatch_fails(store):
+    # Given four committed messages
+    with Session(store.engine) as s:
+        for n in range(4):
+            outbox_put(s, "job", {"n": n})
+        s.commit()
+    with store.engine.connect() as conn:
+        ids = [int(i) for (i,) in conn.execute(sa.text("SELECT id FROM esf_outbox ORDER BY id"))]
+    sent: list[int] = []
+    broker_down = [True]
+
+    def dispatch(kind: str, payload: dict) -> None:
+        if broker_down[0]:
+            raise ConnectionError("broker down")
+        sent.append(payload["n"])
+
+    relay = OutboxRelay(store.engine, dispatch, kind="job")
+    # When sending two of them fails at the broker
+    with pytest.raises(ConnectionError):
+        relay.send(ids[2:])
+    # Then nothing was deleted
+    assert relay.pending() == 4
+    # When they are sent with the broker back, and sent again (a drain took them meanwhile)
+    broker_down[0] = False
+    assert relay.send(ids[2:]) == 2
+    assert relay.send(ids[2:]) == 0
+    # Then each went once, in id order, and the drain sends only the others
+    assert sent == [2, 3]
+    assert relay.drain(10) == 2
+    assert sent == [2, 3, 0, 1]
+
+
 def test_the_relay_can_run_in_the_background_until_stopped(store):
     got = threading.Event()
     relay = OutboxRelay(store.engine, lambda k, p: got.set(), kind="job")

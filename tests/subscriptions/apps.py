@@ -48,7 +48,7 @@ def build(settings: esf.Settings | None = None) -> Foundation:
             time.sleep(float(event.data["sleep"]))
         record(event)
 
-    @fnd.projection("totals", filter=Q.type("order.paid"), batch_size=5, retries=2, backoff=0.1)
+    @fnd.projection("totals", filter=Q.type("order.paid"), batch_size=5, retries=2, backoff=0.1, tables=["proj_totals"])
     def totals(event: Any, session: Any) -> None:
         import sqlalchemy as sa
 
@@ -76,7 +76,7 @@ def make_embedded() -> Foundation:
         with open(seen, "a") as f:
             f.write(f"{event.position}\n")
 
-    @fnd.projection("lite_totals", filter=Q.type("order.paid"), batch_size=5)
+    @fnd.projection("lite_totals", filter=Q.type("order.paid"), batch_size=5, tables=["proj_totals"])
     def lite_totals(event: Any, session: Any) -> None:
         import sqlalchemy as sa
 

@@ -127,6 +127,8 @@ class JobService:
             shared=False,
         )
         task.foundation = self._fnd
+        for breaker in used:
+            self._fnd.breakers.get(breaker)  # listed in health from the start
         job: Job[Any, Any] = Job(self._fnd, fn, options, task)
         task.esf_job = job
         self._jobs[job_name] = job

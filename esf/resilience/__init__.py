@@ -1,10 +1,24 @@
-"""Resilience: ESF's one circuit breaker, shared through Redis, and named breakers for user downstreams."""
+"""Resilience: ESF's one circuit breaker, shared through Redis, named breakers for user downstreams,
+and the health endpoint."""
 
 from __future__ import annotations
 
 from ._breaker import STATE_VALUES, BreakerState, CircuitBreaker, SharedState
+from ._health_server import HealthServer, ReadinessCache, start_health_server
 from ._registry import Breakers, Guard, RateLimitedEvents, validate_breaker_name
 from ._shared import RedisSharedState
 
-__all__ = ["STATE_VALUES", "BreakerState", "Breakers", "CircuitBreaker", "Guard", "RateLimitedEvents",
-           "RedisSharedState", "SharedState", "validate_breaker_name"]
+__all__ = [
+    "STATE_VALUES",
+    "BreakerState",
+    "Breakers",
+    "CircuitBreaker",
+    "Guard",
+    "HealthServer",
+    "RateLimitedEvents",
+    "ReadinessCache",
+    "RedisSharedState",
+    "SharedState",
+    "start_health_server",
+    "validate_breaker_name",
+]

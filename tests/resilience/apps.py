@@ -3,7 +3,8 @@
 ``charge(order)`` calls a "payments API" through ``fnd.breaker("payments_api")``:
 the API fails while the Redis key ``test:api:down`` exists (the test flips it).
 Every call that reached the API is counted in ``test:api:calls:<pid>``, and every
-completed charge is pushed to ``test:done``.
+completed charge is pushed to ``test:done``; every start of a charge is counted in
+``test:api:started:<pid>``. ``opens_mid_flight`` meets its breaker opened while it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import redis
 
 from esf import Foundation, Settings
+from esf.resilience import RedisSharedState
 
 
 class PaymentsDown(Exception):
@@ -27,14 +29,19 @@ def make() -> Foundation:
 
     @fnd.job(name="tests.resilience.charge", uses=["payments_api"], retries=3, backoff=0.2, max_backoff=0.5)
     def charge(order: int) -> None:
+        client.incr(f"test:api:started:{os.getpid()}")
         with fnd.breaker("payments_api"):
             client.incr(f"test:api:calls:{os.getpid()}")
             if client.exists("test:api:down"):
                 raise PaymentsDown("payments API refused the call")
         client.rpush("test:done", order)
 
-    @fnd.job(name="tests.resilience.note")
-    def note(order: int) -> None:
-        client.rpush("test:notes", order)
+    @fnd.job(name="tests.resilience.opens_mid_flight", uses=["ledger_api"], retries=0)
+    def opens_mid_flight(order: int) -> None:
+        # The first execution finds the breaker opened (by another process) after it started.
+        if client.set("test:ledger:opened", 1, nx=True):
+            RedisSharedState(lambda: client, fnd.settings.resilience.breaker_key_prefix).open("ledger_api", 1.0)
+        with fnd.breaker("ledger_api"):
+            client.rpush("test:ledger:done", order)
 
     return fnd

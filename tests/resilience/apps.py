@@ -13,7 +13,7 @@ import os
 
 import redis
 
-from esf import Foundation, Settings
+from esf import Event, Foundation, Settings
 from esf.resilience import RedisSharedState
 
 
@@ -43,5 +43,11 @@ def make() -> Foundation:
             RedisSharedState(lambda: client, fnd.settings.resilience.breaker_key_prefix).open("ledger_api", 1.0)
         with fnd.breaker("ledger_api"):
             client.rpush("test:ledger:done", order)
+
+    @fnd.job(name="tests.resilience.append")
+    def append(order: int) -> None:
+        # Synchronous append: written, or spooled on this node while the database is unreachable.
+        fnd.events.append(Event("test.order", {"order": order}, stream_id=f"order-{order}"))
+        client.rpush("test:appended", order)
 
     return fnd

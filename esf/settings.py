@@ -300,6 +300,8 @@ class TelemetrySettings:
     breaker_failures: int = 3
     #: Seconds an open exporter breaker waits before a trial export.
     breaker_reset_s: float = 30.0
+    #: Seconds ``configure_exporters`` waits for an exporter's start (or shutdown) before leaving it behind.
+    exporter_call_timeout_s: float = 5.0
     prometheus_address: str = "127.0.0.1"
     prometheus_port: int = 9464
     #: Basic-auth credentials of ``/metrics``; required unless ``prometheus_auth`` is false.
@@ -317,7 +319,7 @@ class TelemetrySettings:
             self,
             "telemetry",
             ("max_label_sets", "max_metrics", "push_interval_s", "export_interval_s", "exporter_buffer",
-             "breaker_failures", "breaker_reset_s"),
+             "breaker_failures", "breaker_reset_s", "exporter_call_timeout_s"),
         )
         for port in ("prometheus_port", "statsd_port"):
             if not 0 <= getattr(self, port) <= 65535:

@@ -106,5 +106,6 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
         exporter_defaults=exporter_defaults(ts),
         breaker_failures=ts.breaker_failures,
         breaker_reset_s=ts.breaker_reset_s,
+        exporter_call_timeout_s=ts.exporter_call_timeout_s,
         enabled=ts.enabled,
     )

@@ -513,6 +513,10 @@ class Foundation:
                         self.telemetry.gauge("esf.config.diverged_nodes").set(diverged)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+        if "secrets" in services:
+            self._secret_expiry_health(services["secrets"])
+        if "subscriptions" in self.__dict__ and self.subscriptions.declared():
+            services["subscriptions"] = self._subscription_health()
         if "breakers" in self.__dict__ and self.breakers.names():
             services["breakers"] = self.breakers.health()
         for item in services.values():
@@ -527,6 +531,36 @@ class Foundation:
         if not_ready:
             overall["not_ready"] = not_ready
         return overall
+
+    def _secret_expiry_health(self, report: dict[str, Any]) -> None:
+        """Degrade the secrets report when a held lease ends within ``health.secret_expiry_warn_s``."""
+        import time
+
+        try:
+            leases = self.secrets.leases.describe(time.time())
+        except Exception:
+            return
+        near = [f"{lease['path']} in {lease['expires_in_s']:g} s" for lease in leases
+                if lease["expires_in_s"] < self.settings.health.secret_expiry_warn_s]
+        if near:
+            report["status"] = "down" if report.get("status") == "down" else "degraded"
+            reason = "secret near expiry: " + ", ".join(near)
+            report["reason"] = f"{report['reason']}; {reason}" if report.get("reason") else reason
+
+    def _subscription_health(self) -> dict[str, Any]:
+        """Lag of the subscriptions declared in this process: degraded above ``health.subscription_lag_s``."""
+        try:
+            rows = [self.subscriptions.status(sub.name) for sub in self.subscriptions.declared()]
+        except Exception as exc:
+            return {"status": "degraded", "reason": f"subscription state unreadable ({type(exc).__name__})"}
+        limit = self.settings.health.subscription_lag_s
+        lag = {r.name: {"lag_events": r.lag_events, "lag_seconds": r.lag_seconds, "paused": r.paused} for r in rows}
+        behind = [f"{r.name} {r.lag_seconds:.0f} s behind" for r in rows if r.lag_seconds > limit]
+        stopped = [f"{r.name} stopped ({r.stopped_reason})" for r in rows if r.stopped_reason]
+        report: dict[str, Any] = {"status": "degraded" if behind or stopped else "ok", "subscriptions": lag}
+        if behind or stopped:
+            report["reason"] = "subscription lag: " + ", ".join(behind + stopped)
+        return report
 
     def _dlq_health(self) -> dict[str, Any]:
         """Dead letters per queue (also exported as the ``esf.dlq.depth`` gauge)."""

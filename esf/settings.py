@@ -552,9 +552,13 @@ class HealthSettings:
     cache_s: float = 1.0
     #: Services whose ``down`` makes the process not ready (``degraded`` is ready).
     required: tuple[str, ...] = ("broker",)
+    #: A secret lease ending within this many seconds makes ``secrets`` degraded.
+    secret_expiry_warn_s: float = 300.0
+    #: A declared subscription whose oldest undelivered event is older than this is degraded.
+    subscription_lag_s: float = 60.0
 
     def __post_init__(self) -> None:
-        _non_negative(self, "health", ("cache_s",))
+        _non_negative(self, "health", ("cache_s", "secret_expiry_warn_s", "subscription_lag_s"))
         if self.port is not None and not 0 <= self.port <= 65535:
             raise SettingsError("health.port: must be between 0 and 65535", setting="health.port")
 

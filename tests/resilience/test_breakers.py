@@ -167,3 +167,24 @@ def test_uses_must_be_a_list_of_breaker_names(data_dir: Path) -> None:
         with pytest.raises(ValidationError):
             fnd.job(name="tests.bad_uses", uses=["no spaces"])(charge)
         assert "tests.bad_uses" not in fnd.jobs.names()
+
+
+def test_subscription_lag_degrades_health(data_dir: Path) -> None:
+    from esf import Event, Q
+
+    settings = Settings.from_mapping({"data_dir": str(data_dir), "health": {"subscription_lag_s": 0},
+                                      "subscriptions": {"dispatcher": False}})
+    with Foundation(settings) as fnd:
+        @fnd.subscription("lagging", filter=Q.type("order.paid"))
+        def handle(event: object) -> None:
+            pass
+
+        assert fnd.health()["services"]["subscriptions"]["status"] == "ok"
+        fnd.events.append(Event("order.paid", {"total": 1}, stream_id="order-1"))
+        # Lag is the age of the oldest undelivered event: above the 0 s limit as soon as the clock moves.
+        deadline = time.monotonic() + 10
+        while (report := fnd.health()["services"]["subscriptions"])["status"] != "degraded":
+            assert time.monotonic() < deadline, report
+            time.sleep(0.05)
+        assert report["status"] == "degraded" and "lagging" in report["reason"]
+        assert report["subscriptions"]["lagging"]["lag_events"] == 1

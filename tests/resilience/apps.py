@@ -51,3 +51,12 @@ def make() -> Foundation:
         client.rpush("test:appended", order)
 
     return fnd
+
+
+def embedded() -> Foundation:
+    """An embedded Foundation with one named breaker, opened (``esf health`` tests)."""
+    fnd = Foundation(Settings.from_env())
+    breaker = fnd.breakers.get("payments_api")
+    for _ in range(breaker.failure_threshold):
+        breaker.record_failure()
+    return fnd

@@ -110,3 +110,16 @@ def test_readiness_is_cached() -> None:
     now[0] = 1.0
     cache.get()
     assert len(calls) == 2 and cache.checks == 2
+
+
+def test_esf_health_reports_degraded_with_reason_and_ready(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "ESF_DATA_DIR": str(tmp_path)}
+    base = [sys.executable, "-m", "esf.cli", "--app", "tests.resilience.apps:embedded", "health"]
+    out = subprocess.run([*base, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["status"] == "degraded" and report["ready"] is True
+    assert report["services"]["breakers"]["reason"] == "breaker open: payments_api (open)"
+    out = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("status: degraded  ready: yes")
+    assert "breakers   degraded  (breaker open: payments_api (open))" in out.stdout

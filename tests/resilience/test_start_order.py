@@ -87,3 +87,21 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
         worker.kill()
         fnd.close()
         proxy.stop()
+
+
+def test_producer_with_its_broker_down_gets_a_specific_error(tmp_path: Path) -> None:
+    from esf.errors import ServiceUnavailable
+
+    settings = Settings.from_mapping({"data_dir": str(tmp_path), "broker_url": f"redis://127.0.0.1:{free_port()}/0",
+                                      "resilience": {"redis_connect_timeout_s": 0.5}})
+    with Foundation(settings) as fnd:
+        @fnd.job(name="tests.resilience.produced")
+        def produced() -> None:
+            pass
+
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as info:
+            produced.enqueue()
+        assert "broker unreachable" in str(info.value)
+        assert time.monotonic() - started < 60  # bounded by the publish retries, never blocked
+        assert fnd.health()["ready"] is False

@@ -332,7 +332,11 @@ class JobService:
     def coordinator(self) -> Coordinator:
         """Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
         if self._fnd.settings.effective_redis_url:
-            return RedisCoordinator(self._fnd.redis)
+            from ..resilience import dependency_breaker
+
+            breaker = dependency_breaker("redis.coordination")
+            self._fnd.breakers.adopt(breaker)
+            return RedisCoordinator(self._fnd.redis, breaker=breaker)
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:

@@ -302,3 +302,9 @@ class CircuitBreaker:
         left = self.retry_after()
         return {"state": self._state, "failures": self._failures, "rejected": self.rejected,
                 "shared": self.shared, "retry_after_s": round(left, 3)}
+
+
+def dependency_breaker(name: str) -> CircuitBreaker:
+    """The breaker of one of ESF's own dependencies in this process (the event store's database, the
+    coordination Redis): opens after 3 consecutive failures for 1 s, doubling up to 30 s while trials fail."""
+    return CircuitBreaker(name, failure_threshold=3, reset_timeout_s=1.0, max_reset_timeout_s=30.0)

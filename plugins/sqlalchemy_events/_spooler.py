@@ -28,7 +28,7 @@ from esf.events._contract import AppendResult, PendingAppend
 from esf.events._model import StoredEvent
 from esf.events._spool import Spool
 from esf.events._validation import PreparedEvent
-from esf.resilience import CircuitBreaker
+from esf.resilience import CircuitBreaker, dependency_breaker
 
 __all__ = ["Spooler", "database_breaker"]
 
@@ -53,7 +53,7 @@ def _describe(exc: BaseException) -> str:
 
 def database_breaker(name: str = "events.database") -> CircuitBreaker:
     """The event store's breaker: opens after 3 unreachable errors for 1 s, doubling up to 30 s."""
-    return CircuitBreaker(name, failure_threshold=3, reset_timeout_s=1.0, max_reset_timeout_s=30.0)
+    return dependency_breaker(name)
 
 
 class Spooler:

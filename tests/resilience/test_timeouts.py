@@ -60,3 +60,21 @@ def test_redis_command_timeout(black_hole: int, data_dir: Path) -> None:
         with pytest.raises(redis.exceptions.TimeoutError):
             fnd.redis.ping()
         assert time.monotonic() - started < HANG_S
+
+
+def test_coordination_redis_breaker_fails_fast_once_open(black_hole: int, data_dir: Path) -> None:
+    from esf.errors import CircuitOpen, ServiceUnavailable
+
+    settings = Settings.from_mapping({"data_dir": str(data_dir), "redis_url": f"redis://127.0.0.1:{black_hole}/0",
+                                      "resilience": {"redis_timeout_s": 0.3, "redis_connect_timeout_s": 0.3}})
+    with Foundation(settings) as fnd:
+        coordinator = fnd.jobs.coordinator
+        assert coordinator.breaker is not None
+        for _ in range(coordinator.breaker.failure_threshold):
+            with pytest.raises(ServiceUnavailable) as info:
+                coordinator.get("k")
+            assert not isinstance(info.value, CircuitOpen)
+        with pytest.raises(CircuitOpen):
+            coordinator.get("k")  # no call: the breaker refuses it
+        report = fnd.health()["services"]["breakers"]
+        assert report["status"] == "degraded" and "redis.coordination" in report["reason"]

@@ -123,3 +123,27 @@ def test_esf_health_reports_degraded_with_reason_and_ready(tmp_path: Path) -> No
     out = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("status: degraded  ready: yes")
     assert "breakers   degraded  (breaker open: payments_api (open))" in out.stdout
+
+
+@pytest.mark.slow
+def test_esf_up_serves_the_health_endpoint(redis_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_") or k.startswith("ESF_TEST_")}
+    env.update(settings_env(redis_url, data_dir=str(tmp_path / "data"), extra={"ESF_HEALTH_TOKEN": TOKEN}))
+    env["PYTHONPATH"] = str(ROOT)
+    with open(tmp_path / "up.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", APP, "up", f"--health-port={port}"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: get(port, "/readyz")[0] == 200, timeout=90, message="esf up's health endpoint")
+            assert get(port, "/healthz", token=None)[0] == 401
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .jobs._celery import EsfCelery
     from .jobs._coord import Coordinator
     from .jobs._schedules import ScheduleStore
+    from .resilience import Breakers, BreakerState, Guard
     from .sagas import Saga, SagaService
     from .secrets import SecretsService
     from .services import ServiceRegistry
@@ -146,7 +147,7 @@ class Foundation:
 
     def job(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Declare a job: ``@fnd.job`` or ``@fnd.job(name=, queue=, retries=, backoff=, max_backoff=,
-        jitter=, retry_on=, timeout=, unique_for=, rate_limit=, rate_limit_key=, priority=)``.
+        jitter=, retry_on=, timeout=, unique_for=, rate_limit=, rate_limit_key=, priority=, uses=)``.
 
         ``backoff`` is the first retry delay in seconds; each retry doubles it up to
         ``max_backoff``; ``jitter`` picks a delay between half and all of it.
@@ -155,6 +156,8 @@ class Foundation:
         ``unique_for`` drops a repeated enqueue of the same arguments (or idempotency key) for that
         many seconds. ``rate_limit`` (``"10/s"``) is global across workers and hosts, optionally per
         ``rate_limit_key`` (a keyword argument name, or a function of ``(args, kwargs)``).
+        ``uses`` names the breakers (:meth:`breaker`) of the downstreams the job calls: while one is
+        open the job is deferred (re-enqueued with a delay, same id, no retry spent) instead of run.
 
         Raises:
             ValidationError: an option is invalid (every bad option is named).
@@ -248,6 +251,7 @@ class Foundation:
 
         injected = self.backends.events
         store = create_event_store(self.settings) if injected is None else cast("EventStore", injected)
+        self._watch_breaker(store)
         store = self._upcasting(store)
         if self.settings.telemetry.enabled:
             from .events._instrumented import InstrumentedEventStore
@@ -418,7 +422,9 @@ class Foundation:
             self.record(Event(kind, payload, stream_id="secrets"))
 
         telemetry = (lambda: self.telemetry) if self.settings.telemetry.enabled else None
-        return create_secrets_service(self.settings, emit=emit, telemetry=telemetry)
+        service = create_secrets_service(self.settings, emit=emit, telemetry=telemetry)
+        self._watch_breaker(service)
+        return service
     # -- cache -------------------------------------------------------------------
 
     @cached_property
@@ -426,7 +432,9 @@ class Foundation:
         """The cache: an in-process tier in front of Redis (the in-process tier alone without Redis)."""
         from .cache import create_foundation_cache
 
-        return create_foundation_cache(self)
+        cache = create_foundation_cache(self)
+        self._watch_breaker(cache)
+        return cache
 
     def cached(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Cache a function's results: ``@fnd.cached`` or ``@fnd.cached(ttl=, key=, namespace=, refresh_after=,
@@ -485,16 +493,88 @@ class Foundation:
                 from .errors import SettingsError
 
                 raise SettingsError("redis_url: this needs Redis; set ESF_REDIS_URL", setting="redis_url")
-            client = _redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+            rs = self.settings.resilience
+            client = _redis.Redis.from_url(url, socket_timeout=rs.redis_timeout_s,
+                                           socket_connect_timeout=rs.redis_connect_timeout_s,
                                            health_check_interval=10)
             self.__dict__["_redis"] = client
             self.__dict__["_redis_pid"] = os.getpid()
         return client
 
+    # -- breakers ------------------------------------------------------------------
+
+    @cached_property
+    def breakers(self) -> Breakers:
+        """Every named circuit breaker: user downstreams (:meth:`breaker`) and ESF's own services'.
+
+        Breakers are shared by every process through Redis when one is configured
+        (``resilience.breaker_store``), else each process has its own.
+        """
+        from .resilience import Breakers, RateLimitedEvents, RedisSharedState
+
+        rs = self.settings.resilience
+        shared = None
+        if rs.breaker_store == "redis" or (rs.breaker_store == "auto" and self.settings.effective_redis_url):
+            shared = RedisSharedState(lambda: self.redis, rs.breaker_key_prefix)
+        events = RateLimitedEvents(self._record_breaker_event, rs.breaker_event_interval_s)
+
+        def changed(name: str, state: BreakerState) -> None:
+            if state == "open":
+                log.warning("circuit breaker %s opened", name)
+            elif state == "closed":
+                log.info("circuit breaker %s closed", name)
+            if self.settings.telemetry.enabled and "telemetry" in self.__dict__:
+                try:
+                    self.telemetry.instruments.record_breaker_state(name, state)
+                except Exception:
+                    log.debug("breaker %s: could not record its state", name, exc_info=True)
+            if state != "half_open":
+                events(name, state)
+
+        return Breakers(failure_threshold=rs.breaker_failures, reset_timeout_s=rs.breaker_reset_s,
+                        max_reset_timeout_s=rs.breaker_max_reset_s, shared=shared, on_state_change=changed)
+
+    def breaker(self, name: str, *, failure_on: tuple[type[BaseException], ...] = (Exception,)) -> Guard:
+        """Guard calls to a downstream: ``with fnd.breaker("payments_api"): …`` or ``@fnd.breaker("payments_api")``.
+
+        After ``resilience.breaker_failures`` consecutive failures (exceptions of ``failure_on``)
+        the breaker opens on every process sharing it: entering raises
+        :class:`~esf.errors.CircuitOpen` without running the block, and jobs declared with
+        ``uses=[name]`` are deferred instead of started. After ``resilience.breaker_reset_s``
+        one process makes a trial call; its success closes the breaker everywhere.
+
+        Raises:
+            ValidationError: ``name`` is not a valid breaker name.
+        """
+        return self.breakers.guard(name, failure_on)
+
+    def _watch_breaker(self, service: object) -> None:
+        """List a service's own breaker (health, state events)."""
+        from .resilience import CircuitBreaker
+
+        breaker = getattr(service, "breaker", None)
+        if isinstance(breaker, CircuitBreaker):
+            self.breakers.adopt(breaker)
+
+    def _record_breaker_event(self, name: str, state: BreakerState) -> None:
+        """A ``breaker.opened`` / ``breaker.closed`` event, through the background writer (never blocks)."""
+        try:
+            self.record(Event(f"breaker.{'opened' if state == 'open' else 'closed'}",
+                              {"breaker": name, "node": self.settings.node, "pid": os.getpid()},
+                              stream_id=f"breaker-{name}"))
+        except Exception:
+            log.debug("breaker %s: its state event could not be recorded", name, exc_info=True)
+
     # -- health ------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """``{"status": "ok"|"degraded"|"down", "services": {name: {...}}}`` for every started service."""
+        """``{"status": "ok"|"degraded"|"down", "ready", "services": {name: {...}}}`` for every started service.
+
+        Each service reports ``ok``, ``degraded`` with a ``reason`` (spool depth, stale configuration,
+        breaker open, cache tier down, secret backend unreachable) or ``down``. ``ready`` is False
+        only when a service of ``health.required`` is down. Cheap enough to be called every second:
+        one broker connection check, the DLQ depths, and each started service's own report.
+        """
         services: dict[str, dict[str, Any]] = {"broker": self._broker_health()}
         if services["broker"]["status"] == "ok":
             services["dlq"] = self._dlq_health()
@@ -510,9 +590,54 @@ class Foundation:
                         self.telemetry.gauge("esf.config.diverged_nodes").set(diverged)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+        if "secrets" in services:
+            self._secret_expiry_health(services["secrets"])
+        if "subscriptions" in self.__dict__ and self.subscriptions.declared():
+            services["subscriptions"] = self._subscription_health()
+        if "breakers" in self.__dict__ and self.breakers.names():
+            services["breakers"] = self.breakers.health()
+        for item in services.values():
+            if item.get("status") == "degraded" and "reason" not in item:
+                item["reason"] = _degraded_reason(item)
         states = {s.get("status") for s in services.values()}
         status = "down" if "down" in states else "degraded" if "degraded" in states else "ok"
-        return {"status": status, "node": self.settings.node, "pid": os.getpid(), "services": services}
+        required = self.settings.health.required
+        not_ready = sorted(n for n in required if services.get(n, {}).get("status") == "down")
+        overall: dict[str, Any] = {"status": status, "ready": not not_ready, "node": self.settings.node,
+                                   "pid": os.getpid(), "services": services}
+        if not_ready:
+            overall["not_ready"] = not_ready
+        return overall
+
+    def _secret_expiry_health(self, report: dict[str, Any]) -> None:
+        """Degrade the secrets report when a held lease ends within ``health.secret_expiry_warn_s``."""
+        import time
+
+        try:
+            leases = self.secrets.leases.describe(time.time())
+        except Exception:
+            return
+        near = [f"{lease['path']} in {lease['expires_in_s']:g} s" for lease in leases
+                if lease["expires_in_s"] < self.settings.health.secret_expiry_warn_s]
+        if near:
+            report["status"] = "down" if report.get("status") == "down" else "degraded"
+            reason = "secret near expiry: " + ", ".join(near)
+            report["reason"] = f"{report['reason']}; {reason}" if report.get("reason") else reason
+
+    def _subscription_health(self) -> dict[str, Any]:
+        """Lag of the subscriptions declared in this process: degraded above ``health.subscription_lag_s``."""
+        try:
+            rows = [self.subscriptions.status(sub.name) for sub in self.subscriptions.declared()]
+        except Exception as exc:
+            return {"status": "degraded", "reason": f"subscription state unreadable ({type(exc).__name__})"}
+        limit = self.settings.health.subscription_lag_s
+        lag = {r.name: {"lag_events": r.lag_events, "lag_seconds": r.lag_seconds, "paused": r.paused} for r in rows}
+        behind = [f"{r.name} {r.lag_seconds:.0f} s behind" for r in rows if r.lag_seconds > limit]
+        stopped = [f"{r.name} stopped ({r.stopped_reason})" for r in rows if r.stopped_reason]
+        report: dict[str, Any] = {"status": "degraded" if behind or stopped else "ok", "subscriptions": lag}
+        if behind or stopped:
+            report["reason"] = "subscription lag: " + ", ".join(behind + stopped)
+        return report
 
     def _dlq_health(self) -> dict[str, Any]:
         """Dead letters per queue (also exported as the ``esf.dlq.depth`` gauge)."""
@@ -529,7 +654,7 @@ class Foundation:
         try:
             conn = self.celery.connection_for_write()
             try:
-                conn.ensure_connection(max_retries=1, timeout=5)
+                conn.ensure_connection(max_retries=1, timeout=self.settings.resilience.broker_connect_timeout_s)
             finally:
                 conn.release()
         except Exception as exc:
@@ -555,7 +680,9 @@ class Foundation:
         check_lease_internals()
 
         assert self.settings.broker_url is not None
-        client = _redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=5)
+        client = _redis.Redis.from_url(self.settings.broker_url,
+                                       socket_connect_timeout=self.settings.resilience.redis_connect_timeout_s,
+                                       socket_timeout=self.settings.resilience.redis_timeout_s)
         try:
             return check_redis_broker(client, self.settings.jobs.redis_durability_check)
         finally:
@@ -698,6 +825,20 @@ class Foundation:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _degraded_reason(item: Mapping[str, Any]) -> str:
+    """A reason for a degraded report that gave none, from its usual fields."""
+    reasons = []
+    if item.get("spool_depth"):
+        reasons.append(f"spool depth {item['spool_depth']}")
+    if item.get("breaker") not in (None, "closed"):
+        reasons.append(f"breaker {item['breaker']}")
+    if item.get("error"):
+        reasons.append(str(item["error"]))
+    if item.get("reasons"):
+        reasons.extend(str(r) for r in item["reasons"])
+    return "; ".join(reasons) or "degraded"
 
 
 class _ForwardedEvents:

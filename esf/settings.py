@@ -33,7 +33,9 @@ __all__ = [
     "EventSettings",
     "FlagSettings",
     "FlowerSettings",
+    "HealthSettings",
     "JobSettings",
+    "ResilienceSettings",
     "SecretsSettings",
     "ServicesSettings",
     "Settings",
@@ -319,6 +321,8 @@ class TelemetrySettings:
     breaker_failures: int = 3
     #: Seconds an open exporter breaker waits before a trial export.
     breaker_reset_s: float = 30.0
+    #: Seconds ``configure_exporters`` waits for an exporter's start (or shutdown) before leaving it behind.
+    exporter_call_timeout_s: float = 5.0
     prometheus_address: str = "127.0.0.1"
     prometheus_port: int = 9464
     #: Basic-auth credentials of ``/metrics``; required unless ``prometheus_auth`` is false.
@@ -336,7 +340,7 @@ class TelemetrySettings:
             self,
             "telemetry",
             ("max_label_sets", "max_metrics", "push_interval_s", "export_interval_s", "exporter_buffer",
-             "breaker_failures", "breaker_reset_s"),
+             "breaker_failures", "breaker_reset_s", "exporter_call_timeout_s"),
         )
         for port in ("prometheus_port", "statsd_port"):
             if not 0 <= getattr(self, port) <= 65535:
@@ -538,6 +542,72 @@ class ServicesSettings:
 
 
 @dataclass(frozen=True)
+class ResilienceSettings:
+    """Timeouts of every dependency call and the defaults of named circuit breakers (``fnd.breaker``)."""
+
+    #: Consecutive failures that open a named breaker.
+    breaker_failures: int = 5
+    #: Seconds an open named breaker waits before one trial call.
+    breaker_reset_s: float = 30.0
+    #: Each failed trial doubles the wait, up to this many seconds.
+    breaker_max_reset_s: float = 300.0
+    #: Where named breakers keep their state: ``auto`` (Redis when one is configured, else this
+    #: process), ``redis`` or ``none`` (each process its own).
+    breaker_store: Literal["auto", "redis", "none"] = "auto"
+    #: Prefix of the Redis keys of shared breaker state.
+    breaker_key_prefix: str = "esf:breaker:"
+    #: Least seconds between two ``breaker.opened`` (or ``breaker.closed``) events of one breaker.
+    breaker_event_interval_s: float = 60.0
+    #: Longest delay, in seconds, of a job deferred because a breaker it uses is open.
+    defer_max_s: float = 30.0
+    #: Redis (coordination client and Redis broker): seconds a command may wait for its answer.
+    redis_timeout_s: float = 10.0
+    #: Redis: seconds a connection attempt may take.
+    redis_connect_timeout_s: float = 5.0
+    #: Broker (Redis or RabbitMQ): seconds a connection attempt may take (kombu ``connect_timeout``).
+    broker_connect_timeout_s: float = 4.0
+    #: PostgreSQL event store: seconds a connection attempt may take (rounded to whole seconds).
+    database_connect_timeout_s: float = 5.0
+    #: PostgreSQL event store: the server cancels a statement running longer (0: never).
+    database_statement_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "resilience", ("breaker_failures", "breaker_reset_s", "breaker_max_reset_s", "defer_max_s",
+                                       "redis_timeout_s", "redis_connect_timeout_s", "broker_connect_timeout_s",
+                                       "database_connect_timeout_s"))
+        _non_negative(self, "resilience", ("breaker_event_interval_s", "database_statement_timeout_s"))
+        if self.breaker_max_reset_s < self.breaker_reset_s:
+            raise SettingsError("resilience.breaker_max_reset_s: must not be below resilience.breaker_reset_s",
+                                setting="resilience.breaker_max_reset_s")
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The health endpoint (``/healthz``, ``/readyz``) of ``esf worker --health-port`` and ``esf up``."""
+
+    address: str = "127.0.0.1"
+    #: Port of the endpoint (``--health-port`` wins); None: no endpoint.
+    port: int | None = None
+    #: ``token`` (a bearer token is required) or ``none`` (no authentication: never on a network).
+    auth: Literal["token", "none"] = "token"
+    #: The bearer token clients send as ``Authorization: Bearer <token>``.
+    token: Secret | None = None
+    #: Seconds a readiness answer is reused (the endpoint may be polled every second).
+    cache_s: float = 1.0
+    #: Services whose ``down`` makes the process not ready (``degraded`` is ready).
+    required: tuple[str, ...] = ("broker",)
+    #: A secret lease ending within this many seconds makes ``secrets`` degraded.
+    secret_expiry_warn_s: float = 300.0
+    #: A declared subscription whose oldest undelivered event is older than this is degraded.
+    subscription_lag_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "health", ("cache_s", "secret_expiry_warn_s", "subscription_lag_s"))
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise SettingsError("health.port: must be between 0 and 65535", setting="health.port")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything ESF needs to start. Build it with :meth:`from_env` or directly.
 
@@ -566,6 +636,8 @@ class Settings:
     services: ServicesSettings = field(default_factory=ServicesSettings)
     subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
     sagas: SagaSettings = field(default_factory=SagaSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
 
     #: Prefix of every environment variable.
     ENV_PREFIX: typing.ClassVar[str] = "ESF_"

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--concurrency", type=int, default=None)
     p.add_argument("--pool", choices=["prefork", "threads", "solo"], default=None)
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="serve /healthz and /readyz on this port (default: settings health.port; bearer token "
+                        "health.token required unless health.auth = none)")
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("flower", help="run Flower (basic auth from settings) against the same broker")
@@ -40,6 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--example", default=None, metavar="NAME",
                    help="run an example of examples/ (e.g. orders) and its workload (from the repository's root)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="the worker serves /healthz and /readyz on this port (default: settings health.port)")
     p.set_defaults(handler=_up)
 
 
@@ -51,7 +56,16 @@ def _worker(args: argparse.Namespace) -> int:
     queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
     profile = profile.with_overrides(queues=queues, pool=args.pool or fnd.settings.workers.pool,
                                      concurrency=args.concurrency or fnd.settings.workers.concurrency)
-    run_worker(fnd, profile, loglevel=args.loglevel)
+    from esf.resilience import start_health_server
+
+    if args.health_port is not None and not 0 < args.health_port <= 65535:
+        raise CommandError(f"--health-port: {args.health_port} is not a port (1-65535)")
+    server = start_health_server(fnd, args.health_port)
+    try:
+        run_worker(fnd, profile, loglevel=args.loglevel)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -93,9 +107,11 @@ def _health(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print(f"status: {report['status']}")
+        print(f"status: {report['status']}  ready: {'yes' if report['ready'] else 'no'}")
         for name, item in report["services"].items():
-            print(f"  {name:<10} {item.get('status')}  {json.dumps({k: v for k, v in item.items() if k != 'status'})}")
+            reason = f"  ({item['reason']})" if item.get("reason") else ""
+            rest = {k: v for k, v in item.items() if k not in ("status", "reason")}
+            print(f"  {name:<10} {item.get('status')}{reason}  {json.dumps(rest, default=str)}")
     return 0 if report["status"] != "down" else 1
 
 
@@ -110,8 +126,9 @@ def _up(args: argparse.Namespace) -> int:
     if app is None:
         raise CommandError("esf up needs --app pkg.module[:attribute] (or --demo, or --example NAME)")
     base = [sys.executable, "-m", "esf.cli", "--app", app]
+    health = [f"--health-port={args.health_port}"] if args.health_port is not None else []
     procs = [
-        subprocess.Popen([*base, "worker", "--loglevel=WARNING"]),
+        subprocess.Popen([*base, "worker", "--loglevel=WARNING", *health]),
         subprocess.Popen([*base, "beat"]),
     ]
     stop = {"now": False}

@@ -178,6 +178,7 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
         "result_expires": jobs.result_expires_s,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.resilience.broker_connect_timeout_s,
         "broker_connection_max_retries": None,
         "task_default_queue": jobs.default_queue,
         "task_default_exchange": jobs.default_queue,
@@ -195,8 +196,8 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
             "unacked_restore_throttle": 1,
             "fanout_prefix": True,
             "fanout_patterns": True,
-            "socket_timeout": 30,
-            "socket_connect_timeout": 5,
+            "socket_timeout": settings.resilience.redis_timeout_s,
+            "socket_connect_timeout": settings.resilience.redis_connect_timeout_s,
             "retry_on_timeout": True,
             "health_check_interval": 10,
         }

@@ -21,6 +21,8 @@ from ..errors import ServiceUnavailable
 if TYPE_CHECKING:
     import redis
 
+    from ..resilience import CircuitBreaker
+
 
 #: Seconds between two deletions of expired rows in the SQLite coordinator.
 SWEEP_INTERVAL_S = 60.0
@@ -89,9 +91,12 @@ return 0
 class RedisCoordinator:
     """Coordination on Redis; keys live under ``prefix``."""
 
-    def __init__(self, client: redis.Redis[bytes], prefix: str = "esf:") -> None:
+    def __init__(self, client: redis.Redis[bytes], prefix: str = "esf:", *,
+                 breaker: CircuitBreaker | None = None) -> None:
         self._r = client
         self._prefix = prefix
+        #: Opens after consecutive connection failures and timeouts: calls then fail at once.
+        self.breaker = breaker
         self._token = client.register_script(_BUCKET_LUA)
         self._lease = client.register_script(_LEASE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
@@ -102,10 +107,22 @@ class RedisCoordinator:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import redis as _redis
 
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise breaker.open_error()
         try:
-            return fn(*args, **kwargs)
-        except _redis.RedisError as exc:
+            result = fn(*args, **kwargs)
+        except (_redis.ConnectionError, _redis.TimeoutError) as exc:
+            if breaker is not None:
+                breaker.record_failure()
             raise ServiceUnavailable(f"Redis coordination failed: {type(exc).__name__}: {exc}") from exc
+        except _redis.RedisError as exc:
+            if breaker is not None:
+                breaker.record_success()  # Redis answered: not an outage
+            raise ServiceUnavailable(f"Redis coordination failed: {type(exc).__name__}: {exc}") from exc
+        if breaker is not None:
+            breaker.record_success()
+        return result
 
     def claim(self, key: str, value: str, ttl_s: float) -> str | None:
         ok = self._call(self._r.set, self._k(key), value, nx=True, px=max(1, int(ttl_s * 1000)))

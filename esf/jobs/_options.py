@@ -58,6 +58,8 @@ class JobOptions:
     rate_limit: RateLimit | None = None
     rate_limit_key: str | RateKey | None = None
     priority: int | None = None
+    #: Breakers of the downstreams this job calls: while one is open the job is deferred, not run.
+    uses: tuple[str, ...] = ()
 
     def delay_for(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (exponential, capped, optionally jittered)."""

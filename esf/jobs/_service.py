@@ -74,6 +74,7 @@ class JobService:
         rate_limit: str | None = None,
         rate_limit_key: str | RateKey | None = None,
         priority: int | None = None,
+        uses: Sequence[str] = (),
     ) -> Job[Any, Any]:
         """Declare ``fn`` as a job (see ``Foundation.job``). Raises ValidationError for bad options."""
         defaults = self._fnd.settings.jobs
@@ -86,6 +87,7 @@ class JobService:
         validate_options(name=job_name, queue=q, queues=defaults.all_queues, retries=n_retries, backoff=b,
                          max_backoff=mb, timeout=t, retry_on=retry_on, unique_for=unique_for,
                          rate_limit=rate_limit, priority=priority)
+        used = _validate_uses(uses)
         if job_name in self._jobs:
             raise ValidationError(f"a job named {job_name!r} is already declared", errors={"name": "duplicate"})
         options = JobOptions(
@@ -101,6 +103,7 @@ class JobService:
             rate_limit=RateLimit.parse(rate_limit) if rate_limit is not None else None,
             rate_limit_key=rate_limit_key,
             priority=priority,
+            uses=used,
         )
         app = self._fnd.celery
 
@@ -125,6 +128,8 @@ class JobService:
             shared=False,
         )
         task.foundation = self._fnd
+        for breaker in used:
+            self._fnd.breakers.get(breaker)  # listed in health from the start
         job: Job[Any, Any] = Job(self._fnd, fn, options, task)
         task.esf_job = job
         self._jobs[job_name] = job
@@ -342,7 +347,11 @@ class JobService:
         if injected is not None:
             return injected
         if self._fnd.settings.effective_redis_url:
-            return RedisCoordinator(self._fnd.redis)
+            from ..resilience import dependency_breaker
+
+            breaker = dependency_breaker("redis.coordination")
+            self._fnd.breakers.adopt(breaker)
+            return RedisCoordinator(self._fnd.redis, breaker=breaker)
         return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
@@ -521,3 +530,16 @@ def publish_options(meta: JobMeta, *, countdown: float | None = None, eta: datet
 
 def ensure_sequence(items: Sequence[Any] | Any) -> list[Any]:
     return list(items) if isinstance(items, list | tuple) else [items]
+
+
+def _validate_uses(uses: object) -> tuple[str, ...]:
+    """``uses``: a list of breaker names (a bare string is refused: it would be read letter by letter)."""
+    from ..resilience import validate_breaker_name
+
+    if isinstance(uses, str) or not isinstance(uses, (list, tuple)):
+        raise ValidationError(f"uses: expected a list of breaker names, got {type(uses).__name__}",
+                              errors={"uses": "not a list"})
+    try:
+        return tuple(dict.fromkeys(validate_breaker_name(name) for name in uses))
+    except ValidationError as exc:
+        raise ValidationError(f"uses: {exc}", errors={"uses": "invalid"}) from None

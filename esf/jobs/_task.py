@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 import traceback
 import uuid
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from ..errors import EsfError, Retry, SkipJob
+from ..errors import CircuitOpen, EsfError, Retry, SkipJob
 from ..hooks import JobContext
 from ._deadletter import DeadLetter
 from ._gather import parent_gather
@@ -27,6 +28,8 @@ log = logging.getLogger("esf.jobs")
 #: Seconds a pool process waits before it gives back a job whose dead letter or retry
 #: could not be published (the broker redelivers it at once).
 REQUEUE_PAUSE_S = 1.0
+#: Shortest delay of a job deferred because a breaker it uses is open or being probed.
+DEFER_MIN_S = 0.5
 
 
 class JobDeadLettered(EsfError):
@@ -111,6 +114,11 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     meta = task.meta()
     now = time.time()
 
+    # A job whose downstream's breaker is open waits for it without running or spending a retry.
+    if opts.uses:
+        delay = open_breaker_delay(fnd, opts.uses)
+        if delay is not None:
+            defer(task, meta, now, delay, "a downstream's circuit breaker is open")
     # A job deferred by its rate limit is re-published before it counts as a delivery.
     if opts.rate_limit is not None:
         wait = jobs.rate_limit_wait(opts, args, kwargs)
@@ -135,10 +143,17 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         FlagCarry(meta.flags["context"], meta.flags["answers"], received=True, correlation_id=meta.correlation_id)
         if meta.flags else None)
     started = time.perf_counter()
+    stopped_by: CircuitOpen | None = None
     try:
         result = job.fn(*args, **kwargs)
     except SkipJob:
         result = None
+    except CircuitOpen as exc:
+        if exc.details.get("breaker") not in opts.uses:
+            _fail(task, meta, ctx, args, kwargs, exc, started, retryable=opts.retryable(exc))
+        # A breaker it uses opened (or another process holds its trial call) while it ran: wait for it.
+        result = None
+        stopped_by = exc
     except Retry as exc:
         _fail(task, meta, ctx, args, kwargs, exc, started, retryable=True, delay=exc.delay)
     except SoftTimeLimitExceeded as exc:
@@ -148,9 +163,34 @@ def run_job(task: EsfTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
     finally:
         current_flags.reset(flags_token)
         current_job.reset(token)
+    if stopped_by is not None:
+        fnd.run_hooks("after_process", ctx, exc=stopped_by, runtime_s=time.perf_counter() - started)
+        delay = open_breaker_delay(fnd, opts.uses)
+        defer(task, meta, now, DEFER_MIN_S if delay is None else delay, str(stopped_by))
     fnd.run_hooks("after_process", ctx, result=result, runtime_s=time.perf_counter() - started)
     settle_gather(task, meta, result=result)
     return result
+
+
+def open_breaker_delay(fnd: Foundation, uses: tuple[str, ...]) -> float | None:
+    """Seconds to defer a job using ``uses`` (None: no breaker of them is open)."""
+    longest: float | None = None
+    for name in uses:
+        breaker = fnd.breakers.get(name)
+        if breaker.state == "open":
+            left = breaker.retry_after()
+            longest = left if longest is None else max(longest, left)
+    if longest is None:
+        return None
+    limit: float = fnd.settings.resilience.defer_max_s
+    return min(max(longest, DEFER_MIN_S), limit)
+
+
+def defer(task: EsfTask, meta: JobMeta, now: float, delay: float, why: str) -> NoReturn:
+    """Re-publish the job (same id, correlation and attempt) to run after ``delay`` seconds (jittered up)."""
+    delay = delay * random.uniform(1.0, 1.2)
+    log.info("job %s[%s] deferred %.1fs: %s", task.name, task.request.id, delay, why)
+    retry_or_requeue(task, None, delay, _first_attempt(meta, now))
 
 
 def _first_attempt(meta: JobMeta, now: float) -> JobMeta:

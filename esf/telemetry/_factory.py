@@ -75,4 +75,5 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
     ts = settings.telemetry
     if store is None and ts.enabled:
         store = create_store(settings, redis_url)
-    return Telemetry(ts, store=store, node=node_id or settings.node)
+    return Telemetry(ts, store=store, node=node_id or settings.node,
+                     exporter_call_timeout_s=ts.exporter_call_timeout_s)

@@ -48,8 +48,13 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
 
 
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = PG_CONNECT_TIMEOUT_S,
+                statement_timeout_s: float = 0.0) -> Engine:
     """An engine for ``url``; on SQLite, WAL mode and explicit ``BEGIN``/``BEGIN IMMEDIATE``.
+
+    On PostgreSQL a connection attempt gives up after ``connect_timeout_s`` (whole seconds, at
+    least 1) and, when ``statement_timeout_s`` is above 0, the server cancels a statement
+    running longer (``statement_timeout``).
 
     Raises:
         ValidationError: unsupported URL, or an in-memory SQLite database (not shareable between connections).
@@ -73,12 +78,20 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         parsed,
         # prepare_threshold=None: no server-side prepared statements, so PostgreSQL plans
         # each ``data @> $1`` with its value (a generic plan is 5-10x slower on selective values).
-        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "esf-events",
-                      "prepare_threshold": None},
+        connect_args=pg_connect_args(connect_timeout_s, statement_timeout_s),
         pool_size=pool_size,
         max_overflow=10,
         pool_pre_ping=True,
     )
+
+
+def pg_connect_args(connect_timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
+    """psycopg connection arguments: connect timeout, statement timeout, no server-side prepares."""
+    args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout_s)), "application_name": "esf-events",
+                            "prepare_threshold": None}
+    if statement_timeout_s > 0:
+        args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+    return args
 
 
 def _sqlite_listeners(engine: Engine) -> None:

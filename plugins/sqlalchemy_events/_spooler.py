@@ -1,8 +1,8 @@
 """Spool appends while the database is unreachable, and flush them in order when it is back.
 
-- :class:`Breaker`: after ``failure_threshold`` consecutive "unreachable"
-  errors the circuit opens for a cool-down (doubling up to
-  ``max_cooldown_s``); while open, appends go straight to the spool instead
+- the store's :class:`~esf.resilience.CircuitBreaker` (:func:`database_breaker`):
+  after three consecutive "unreachable" errors it opens for a cool-down
+  (doubling up to 30 s); while open, appends go straight to the spool instead
   of waiting for a connect timeout, and appends that cannot be spooled fail
   fast with :class:`~esf.errors.CircuitOpen`.
 - :class:`Spooler`: once one append of this process went to the spool, the
@@ -28,8 +28,9 @@ from esf.events._contract import AppendResult, PendingAppend
 from esf.events._model import StoredEvent
 from esf.events._spool import Spool
 from esf.events._validation import PreparedEvent
+from esf.resilience import CircuitBreaker, dependency_breaker
 
-__all__ = ["Breaker", "Spooler"]
+__all__ = ["Spooler", "database_breaker"]
 
 log = logging.getLogger("esf.events.spool")
 
@@ -50,43 +51,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-class Breaker:
-    """A small consecutive-failure circuit breaker (thread-safe)."""
-
-    def __init__(self, *, failure_threshold: int = 3, cooldown_s: float = 1.0, max_cooldown_s: float = 30.0) -> None:
-        self.failure_threshold = failure_threshold
-        self.base_cooldown_s = cooldown_s
-        self.max_cooldown_s = max_cooldown_s
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._cooldown_s = cooldown_s
-        self._open_until = 0.0
-
-    @property
-    def state(self) -> str:
-        """``closed``, ``open`` (failing fast) or ``half_open`` (the next call is a probe)."""
-        with self._lock:
-            if self._failures < self.failure_threshold:
-                return "closed"
-            return "open" if time.monotonic() < self._open_until else "half_open"
-
-    def is_open(self) -> bool:
-        """True while calls should not even be tried."""
-        return self.state == "open"
-
-    def success(self) -> None:
-        """Record a successful call: closes the circuit."""
-        with self._lock:
-            self._failures = 0
-            self._cooldown_s = self.base_cooldown_s
-
-    def failure(self) -> None:
-        """Record an "unreachable" failure: opens the circuit after the threshold."""
-        with self._lock:
-            self._failures += 1
-            if self._failures >= self.failure_threshold:
-                self._open_until = time.monotonic() + self._cooldown_s
-                self._cooldown_s = min(self._cooldown_s * 2, self.max_cooldown_s)
+def database_breaker(name: str = "events.database") -> CircuitBreaker:
+    """The event store's breaker: opens after 3 unreachable errors for 1 s, doubling up to 30 s."""
+    return dependency_breaker(name)
 
 
 class Spooler:
@@ -106,7 +73,7 @@ class Spooler:
         write: WriteBatch,
         fetch: FetchEvents,
         *,
-        breaker: Breaker | None = None,
+        breaker: CircuitBreaker | None = None,
         min_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,
         batch_entries: int = 100,
@@ -116,7 +83,7 @@ class Spooler:
             raise ValidationError(f"spool max_attempts: must be an integer of at least 1, not {max_attempts!r}")
         self.max_attempts = max_attempts
         self.spool = spool
-        self.breaker = breaker or Breaker()
+        self.breaker = breaker or database_breaker()
         self._write = write
         self._fetch = fetch
         self.min_backoff_s = min_backoff_s
@@ -238,7 +205,7 @@ class Spooler:
             try:
                 self._write(entry.events)
             except ServiceUnavailable:
-                self.breaker.failure()
+                self.breaker.record_failure()
                 return "unreachable"
             except (DuplicateEventId, ValidationError) as exc:
                 # Can never succeed: keep it aside (never drop it) and say so loudly.
@@ -257,7 +224,7 @@ class Spooler:
                           "list`); the entries after it go on: %s", entry.id, attempts, type(exc).__name__)
                 self.spool.quarantine(entry.id, error)
             else:
-                self.breaker.success()
+                self.breaker.record_success()
                 self.spool.remove(entry.id)
             with self._cond:
                 self._cond.notify_all()

@@ -32,11 +32,19 @@ from esf.events._validation import (
 from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
 from ._copy import COPY_MIN_EVENTS, IdsExist, copy_append
-from ._engine import connect_write, is_unreachable, make_engine, normalize_url, redact, unavailable
+from ._engine import (
+    PG_CONNECT_TIMEOUT_S,
+    connect_write,
+    is_unreachable,
+    make_engine,
+    normalize_url,
+    redact,
+    unavailable,
+)
 from ._outbox import Dispatch, OutboxRelay
 from ._query import SqlQueryMixin
 from ._schema import checkpoints, event_head, events, streams
-from ._spooler import DEFAULT_MAX_ATTEMPTS, Breaker, Spooler
+from ._spooler import DEFAULT_MAX_ATTEMPTS, Spooler, database_breaker
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -64,6 +72,8 @@ class SqlEventStore(SqlQueryMixin):
         spool_max_attempts: failed writes of one spooled entry, while the
             database is reachable, before the entry is quarantined (see
             :meth:`spool_quarantine`).
+        connect_timeout_s: PostgreSQL: seconds a connection attempt may take.
+        statement_timeout_s: PostgreSQL: the server cancels a statement running longer (0: never).
 
     Raises:
         ValidationError: unsupported URL, an in-memory SQLite database, or ``spool_max_attempts`` below 1.
@@ -80,16 +90,20 @@ class SqlEventStore(SqlQueryMixin):
         engine: Engine | None = None,
         pool_size: int = 5,
         spool_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        connect_timeout_s: float = PG_CONNECT_TIMEOUT_S,
+        statement_timeout_s: float = 0.0,
     ) -> None:
         self.url = normalize_url(url)
-        self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size)
+        self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size,
+                                                                    connect_timeout_s=connect_timeout_s,
+                                                                    statement_timeout_s=statement_timeout_s)
         self._engine = self.engine
         self.backend: str = self.engine.dialect.name
         #: Large batches stream through COPY (PostgreSQL on psycopg 3).
         self._copies = self.backend == "postgresql" and self.engine.dialect.driver == "psycopg"
         self.max_event_bytes = max_event_bytes
         self.node = node or socket.gethostname()
-        self.breaker = Breaker()
+        self.breaker = database_breaker()
         self._schema_ready = not migrate
         self._schema_lock = threading.Lock()
         self._closed = False
@@ -155,14 +169,14 @@ class SqlEventStore(SqlQueryMixin):
             with connect_write(self.engine) as conn:
                 result = work(conn)
         except ServiceUnavailable:
-            self.breaker.failure()
+            self.breaker.record_failure()
             raise
         except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             if is_unreachable(exc):
-                self.breaker.failure()
+                self.breaker.record_failure()
                 raise unavailable(exc, self.url) from exc
             raise
-        self.breaker.success()
+        self.breaker.record_success()
         return result
 
     def _write(self, prepared: Sequence[PreparedEvent], expected_version: int | None) -> AppendResult:

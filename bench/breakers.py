@@ -21,9 +21,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# bench/ goes after the standard library: bench/secrets.py would hide the stdlib's secrets module.
-sys.path.remove(str(Path(__file__).resolve().parent))
-sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis

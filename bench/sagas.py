@@ -20,26 +20,22 @@ per second (what the durable state, the transition events and the outbox cost pe
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
-# bench/ holds a secrets.py: import the standard library's first (redis uses it).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-import secrets  # noqa: F401, E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-
-import psycopg  # noqa: E402
-import redis  # noqa: E402
+import psycopg
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Report, lease_redis_db, parse_args, stop_process  # noqa: E402
+from _common import Report, lease_redis_db, parse_args, stop_process
 
-import esf  # noqa: E402
-from esf import Event  # noqa: E402
+import esf
+from esf import Event
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import redis
     from celery.canvas import Signature
 
+    from .backends import Backends
     from .cache import TwoTierCache
     from .config import ConfigService
     from .events import EventStore
@@ -394,22 +395,24 @@ class Foundation:
         self._hook_plans[name] = plan
         return plan
 
-    # -- shared clients ----------------------------------------------------------
+    # -- backends and shared clients ---------------------------------------------
+
+    @cached_property
+    def backends(self) -> Backends:
+        """The factory of this deployment's backends (:func:`esf.backends.backends_for`): Redis when a Redis URL
+        is configured, else SQLite under ``data_dir``. The Redis one shares :attr:`redis`."""
+        from .backends import backends_for
+
+        return backends_for(self.settings, redis_client=lambda: self.redis)
 
     @property
     def redis(self) -> redis.Redis[bytes]:
         """The Redis client for coordination (locks, rate limits, delivery counters); one per process."""
         client = self.__dict__.get("_redis")
         if client is None or self.__dict__.get("_redis_pid") != os.getpid():
-            import redis as _redis
+            from .backends import open_client
 
-            url = self.settings.effective_redis_url
-            if url is None:
-                from .errors import SettingsError
-
-                raise SettingsError("redis_url: this needs Redis; set ESF_REDIS_URL", setting="redis_url")
-            client = _redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                           health_check_interval=10)
+            client = open_client(self.settings)
             self.__dict__["_redis"] = client
             self.__dict__["_redis_pid"] = os.getpid()
         return client

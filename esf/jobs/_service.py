@@ -14,7 +14,7 @@ from .._ids import new_id
 from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
 from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
-from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
+from ._coord import Coordinator
 from ._deadletter import DeadLetter, DeadLetterQueues
 from ._dlq_stores import DeadLetterStore, KombuDeadLetterStore, RedisDeadLetterStore
 from ._job import (
@@ -325,10 +325,8 @@ class JobService:
 
     @cached_property
     def coordinator(self) -> Coordinator:
-        """Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
-        if self._fnd.settings.effective_redis_url:
-            return RedisCoordinator(self._fnd.redis)
-        return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
+        """The coordinator of ``fnd.backends``: Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
+        return self._fnd.backends.coordinator()
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
         """This execution's number for this attempt of the job; called as the job starts running.

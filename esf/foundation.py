@@ -42,6 +42,8 @@ _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
 SERVICES = ("events", "config", "cache", "telemetry", "flags", "secrets")
+#: Services whose lifecycle hooks (esf.lifecycle) the Foundation calls, in start-up order.
+LIFECYCLE_ORDER = (*SERVICES, "jobs", "subscriptions")
 
 
 class Foundation:
@@ -507,10 +509,10 @@ class Foundation:
             except Exception:
                 log.debug("preload: the event store backend could not preload", exc_info=True)
         # This process forks pool processes: it must not hold SQLite connections of its own,
-        # so the events it records (a hard time limit's dead letter) travel as an append job,
-        # and its outbox relay closes its connections after each batch.
+        # so the events it records (a hard time limit's dead letter) travel as an append job.
         self._event_writer.store = cast("EventStore", _ForwardedEvents(self))
-        self.jobs.outbox.forking = True
+        _ = self.jobs
+        self._lifecycle("before_worker_boot")
         for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
             try:
                 importlib.import_module(name)
@@ -526,8 +528,8 @@ class Foundation:
 
     def worker_started(self, queues: tuple[str, ...] = ()) -> None:
         """Called in a worker's main process once it consumes: job leases and a consumer watch on Redis,
-        the outbox relay."""
-        self.jobs.outbox.start()
+        then each service's ``on_worker_start`` (the outbox relay, the subscription dispatcher)."""
+        _ = self.jobs
         if self.settings.broker_kind == "redis" and self._lease is None:
             import signal
 
@@ -541,16 +543,11 @@ class Foundation:
                 on_stall=lambda: os.kill(os.getpid(), signal.SIGHUP),
             )
             self._lease.start()
-        if "subscriptions" in self.__dict__ and self.settings.subscriptions.dispatcher:
-            self.subscriptions.start_dispatcher()
+        self._lifecycle("on_worker_start", queues)
 
     def worker_stopped(self) -> None:
-        """Called when the worker shuts down."""
-        if "subscriptions" in self.__dict__:
-            self.subscriptions.stop_dispatcher()
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None and "outbox" in jobs.__dict__:
-            jobs.outbox.stop()
+        """Called when the worker shuts down: each service's ``on_worker_shutdown`` (in reverse), then the lease."""
+        self._lifecycle("on_worker_shutdown")
         if self._lease is not None:
             self._lease.stop()
             self._lease = None
@@ -560,16 +557,9 @@ class Foundation:
         # A pool process writes its own events (the main process forwards them as jobs).
         self._event_writer.store = cast("EventStore", _DeferredEvents(self))
         self.__dict__.pop("_redis", None)
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None:
-            jobs.__dict__.pop("coordinator", None)
         # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
         self.__dict__.pop("config", None)
-        for name in SERVICES:
-            service = self.__dict__.get(name)
-            engine = getattr(service, "engine", None)
-            if engine is not None and hasattr(engine, "dispose"):
-                engine.dispose(close=False)  # the parent keeps its connections
+        self._lifecycle("after_fork")
         if self.settings.events.record_job_events:
             # Open the event store now, before this pool process takes jobs, rather than on the
             # first job's history (engine, schema check: 0.1-0.3 s of one job otherwise).
@@ -578,6 +568,14 @@ class Foundation:
             except Exception as exc:
                 log.warning("event store not ready in a new pool process (%s: %s); it will be retried on first use",
                             type(exc).__name__, exc)
+
+    def _lifecycle(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` (see :mod:`esf.lifecycle`) on every service built so far: in start-up order, and in
+        reverse for ``on_worker_shutdown``."""
+        from .lifecycle import dispatch
+
+        started = [self.__dict__[name] for name in LIFECYCLE_ORDER if name in self.__dict__]
+        dispatch(reversed(started) if hook == "on_worker_shutdown" else started, hook, *args)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Hand every buffered event (job history, :meth:`record`) to the event store.

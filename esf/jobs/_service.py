@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
+from ..lifecycle import ServiceLifecycle
 from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
 from ._coord import Coordinator
@@ -48,12 +49,29 @@ log = logging.getLogger("esf.jobs")
 DELIVERY_COUNTER_TTL_S = 7 * 86400
 
 
-class JobService:
+class JobService(ServiceLifecycle):
     """Jobs of one Foundation (``fnd.jobs``)."""
 
     def __init__(self, foundation: Foundation) -> None:
         self._fnd = foundation
         self._jobs: dict[str, Job[Any, Any]] = {}
+
+    # -- lifecycle (esf.lifecycle) -------------------------------------------
+
+    def before_worker_boot(self) -> None:
+        # This process forks pool processes: its outbox relay closes its connections after each batch.
+        self.outbox.forking = True
+
+    def on_worker_start(self, queues: tuple[str, ...]) -> None:
+        self.outbox.start()
+
+    def after_fork(self) -> None:
+        # The coordinator's client belongs to the parent: this process builds its own on first use.
+        self.__dict__.pop("coordinator", None)
+
+    def on_worker_shutdown(self) -> None:
+        if "outbox" in self.__dict__:
+            self.outbox.stop()
 
     # -- declaring ---------------------------------------------------------
 

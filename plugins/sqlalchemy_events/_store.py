@@ -392,6 +392,11 @@ class SqlEventStore(SqlQueryMixin):
             return True
         return self.spooler.flush(timeout)
 
+    def after_fork(self) -> None:
+        """In a new pool process (``esf.lifecycle``): drop the parent's pooled connections without closing them,
+        the parent keeps using them."""
+        self.engine.dispose(close=False)
+
     def close(self) -> None:
         """Stop the spool flusher and dispose of the connection pool (idempotent)."""
         if self._closed:

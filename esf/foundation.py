@@ -62,6 +62,9 @@ class Foundation:
         self._lock = threading.Lock()
         self._lease: Any = None
         _instances.add(self)
+        from .lifecycle import track_fork
+
+        track_fork(self)
         from .events import JobHistoryHooks
 
         #: Buffered, batched writer of events nobody waits for (job history, audit events).
@@ -553,13 +556,18 @@ class Foundation:
             self._lease = None
 
     def after_fork(self) -> None:
-        """Drop connections inherited from the parent process."""
+        """In a forked child, at the fork (``esf.lifecycle.track_fork``): drop what belongs to the parent.
+
+        The services drop their own (each tracks itself); this drops the Foundation's client and
+        the configuration service, whose threads and heartbeat belong to the parent (rebuilt lazily).
+        """
         # A pool process writes its own events (the main process forwards them as jobs).
         self._event_writer.store = cast("EventStore", _DeferredEvents(self))
         self.__dict__.pop("_redis", None)
-        # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
         self.__dict__.pop("config", None)
-        self._lifecycle("after_fork")
+
+    def pool_process_started(self) -> None:
+        """In a new worker pool process, before its first job (Celery's ``worker_process_init``)."""
         if self.settings.events.record_job_events:
             # Open the event store now, before this pool process takes jobs, rather than on the
             # first job's history (engine, schema check: 0.1-0.3 s of one job otherwise).
@@ -570,8 +578,8 @@ class Foundation:
                             type(exc).__name__, exc)
 
     def _lifecycle(self, hook: str, *args: Any) -> None:
-        """Call ``hook`` (see :mod:`esf.lifecycle`) on every service built so far: in start-up order, and in
-        reverse for ``on_worker_shutdown``."""
+        """Call the worker hook ``hook`` (see :mod:`esf.lifecycle`) on every service built so far: in start-up
+        order, and in reverse for ``on_worker_shutdown``."""
         from .lifecycle import dispatch
 
         started = [self.__dict__[name] for name in LIFECYCLE_ORDER if name in self.__dict__]
@@ -591,12 +599,8 @@ class Foundation:
         if client is not None:
             client.close()
         jobs = self.__dict__.get("jobs")
-        if jobs is not None and "coordinator" in jobs.__dict__:
-            jobs.coordinator.close()
-        if jobs is not None and "schedules" in jobs.__dict__:
-            jobs.schedules.close()
-        if jobs is not None and "batches" in jobs.__dict__:
-            jobs.batches.close()
+        if jobs is not None:
+            jobs.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,11 +63,43 @@ def test_worker_boot_marks_the_outbox_relay_as_running_in_a_forking_process(data
         assert fnd.jobs.outbox.forking is True
 
 
-def test_after_fork_gives_the_jobs_service_a_new_coordinator_and_the_event_store_a_new_pool(data_dir: Path) -> None:
+
+
+def in_forked_child(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``probe()`` run in a child forked from this process (with os.fork, as a Celery pool does)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(probe()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return dict(json.loads(data))
+
+
+def test_any_fork_resets_the_foundation_and_each_service_in_the_child_and_leaves_the_parent_alone(
+        data_dir: Path) -> None:
+    # Given a Foundation whose coordinator, configuration, event store and telemetry are built
     with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
-        before = fnd.jobs.coordinator
+        coordinator = fnd.jobs.coordinator
+        _ = fnd.config
         pool = fnd.events.engine.pool
-        fnd.after_fork()
-        assert fnd.jobs.coordinator is not before
-        assert fnd.events.engine.pool is not pool  # the parent's connections are left to the parent
-        before.close()
+        proc_id = fnd.telemetry.proc_id
+
+        def probe() -> dict[str, Any]:
+            return {"coordinator kept": "coordinator" in fnd.jobs.__dict__, "config kept": "config" in fnd.__dict__,
+                    "pool kept": fnd.events.engine.pool is pool, "telemetry id kept": fnd.telemetry.proc_id == proc_id}
+
+        # When the process forks (no Celery signal: a plain os.fork); Then the child dropped the parent's state
+        assert in_forked_child(probe) == {"coordinator kept": False, "config kept": False, "pool kept": False,
+                                          "telemetry id kept": False}
+        # And the parent kept its own
+        assert fnd.jobs.coordinator is coordinator and "config" in fnd.__dict__ and fnd.events.engine.pool is pool

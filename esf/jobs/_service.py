@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
-from ..lifecycle import ServiceLifecycle
+from ..lifecycle import ServiceLifecycle, track_fork
 from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
 from ._coord import Coordinator
@@ -55,6 +55,7 @@ class JobService(ServiceLifecycle):
     def __init__(self, foundation: Foundation) -> None:
         self._fnd = foundation
         self._jobs: dict[str, Job[Any, Any]] = {}
+        track_fork(self)
 
     # -- lifecycle (esf.lifecycle) -------------------------------------------
 
@@ -72,6 +73,13 @@ class JobService(ServiceLifecycle):
     def on_worker_shutdown(self) -> None:
         if "outbox" in self.__dict__:
             self.outbox.stop()
+
+    def close(self) -> None:
+        """Close the coordinator, the schedule store and the batch publisher, those that were opened."""
+        for name in ("coordinator", "schedules", "batches"):
+            opened = self.__dict__.get(name)
+            if opened is not None:
+                opened.close()
 
     # -- declaring ---------------------------------------------------------
 

@@ -28,6 +28,7 @@ from esf.events._validation import (
     iter_prepared,
     prepare_events,
 )
+from esf.lifecycle import track_fork
 
 from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
@@ -84,6 +85,7 @@ class SqlEventStore(SqlQueryMixin):
         self.url = normalize_url(url)
         self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size)
         self._engine = self.engine
+        track_fork(self)
         self.backend: str = self.engine.dialect.name
         #: Large batches stream through COPY (PostgreSQL on psycopg 3).
         self._copies = self.backend == "postgresql" and self.engine.dialect.driver == "psycopg"
@@ -393,8 +395,8 @@ class SqlEventStore(SqlQueryMixin):
         return self.spooler.flush(timeout)
 
     def after_fork(self) -> None:
-        """In a new pool process (``esf.lifecycle``): drop the parent's pooled connections without closing them,
-        the parent keeps using them."""
+        """In a forked child (``esf.lifecycle.track_fork``): drop the parent's pooled connections without
+        closing them, the parent keeps using them."""
         self.engine.dispose(close=False)
 
     def close(self) -> None:

@@ -414,12 +414,11 @@ class Foundation:
     def redis(self) -> redis.Redis[bytes]:
         """The Redis client for coordination (locks, rate limits, delivery counters); one per process."""
         client = self.__dict__.get("_redis")
-        if client is None or self.__dict__.get("_redis_pid") != os.getpid():
+        if client is None:  # a forked child starts without one (after_fork)
             from .backends import open_client
 
             client = open_client(self.settings)
             self.__dict__["_redis"] = client
-            self.__dict__["_redis_pid"] = os.getpid()
         return client
 
     # -- health ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import esf
+from esf.backends import RedisBackends
 from esf.foundation import Foundation
 from esf.lifecycle import ServiceLifecycle, dispatch
 
@@ -103,3 +104,23 @@ def test_any_fork_resets_the_foundation_and_each_service_in_the_child_and_leaves
                                           "telemetry id kept": False}
         # And the parent kept its own
         assert fnd.jobs.coordinator is coordinator and "config" in fnd.__dict__ and fnd.events.engine.pool is pool
+
+
+def test_a_forked_child_opens_its_own_redis_clients(redis_url: str, data_dir: Path) -> None:
+    # Given a Foundation on Redis, and a Redis factory of its own, each with a client in use
+    settings = esf.Settings(redis_url=redis_url, data_dir=str(data_dir))
+    backends = RedisBackends(redis_url, settings)
+    own = backends.client()
+    with Foundation(settings) as fnd:
+        shared = fnd.redis
+        assert shared.ping() and own.ping()
+
+        def probe() -> dict[str, Any]:
+            return {"foundation client kept": fnd.redis is shared, "factory client kept": backends.client() is own,
+                    "works": bool(fnd.redis.ping())}
+
+        # When the process forks; Then the child opens new clients, which work
+        assert in_forked_child(probe) == {"foundation client kept": False, "factory client kept": False,
+                                          "works": True}
+        assert fnd.redis is shared and backends.client() is own
+    own.close()

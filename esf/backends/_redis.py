@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._plugins import load_plugin
+from ..lifecycle import track_fork
 
 if TYPE_CHECKING:
     import redis
@@ -43,7 +43,8 @@ class RedisBackends:
         self.url = url
         self.settings = settings
         self._client_fn = client
-        self._own: tuple[int, redis.Redis[bytes]] | None = None
+        self._own: redis.Redis[bytes] | None = None
+        track_fork(self)
 
     def __repr__(self) -> str:
         return f"<RedisBackends node={self.settings.node}>"
@@ -52,9 +53,13 @@ class RedisBackends:
         """The shared client; a forked process opens its own."""
         if self._client_fn is not None:
             return self._client_fn()
-        if self._own is None or self._own[0] != os.getpid():
-            self._own = (os.getpid(), open_redis_client(self.url))
-        return self._own[1]
+        if self._own is None:
+            self._own = open_redis_client(self.url)
+        return self._own
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): the parent's client stays the parent's."""
+        self._own = None
 
     def config_store(self) -> Any:
         cfg = self.settings.config

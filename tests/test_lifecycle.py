@@ -94,16 +94,19 @@ def test_any_fork_resets_the_foundation_and_each_service_in_the_child_and_leaves
         _ = fnd.config
         pool = fnd.events.engine.pool
         proc_id = fnd.telemetry.proc_id
+        broker_pool = fnd.jobs.batches._connections()
 
         def probe() -> dict[str, Any]:
             return {"coordinator kept": "coordinator" in fnd.jobs.__dict__, "config kept": "config" in fnd.__dict__,
-                    "pool kept": fnd.events.engine.pool is pool, "telemetry id kept": fnd.telemetry.proc_id == proc_id}
+                    "pool kept": fnd.events.engine.pool is pool, "telemetry id kept": fnd.telemetry.proc_id == proc_id,
+                    "broker pool kept": fnd.jobs.batches._connections() is broker_pool}
 
         # When the process forks (no Celery signal: a plain os.fork); Then the child dropped the parent's state
         assert in_forked_child(probe) == {"coordinator kept": False, "config kept": False, "pool kept": False,
-                                          "telemetry id kept": False}
+                                          "telemetry id kept": False, "broker pool kept": False}
         # And the parent kept its own
         assert fnd.jobs.coordinator is coordinator and "config" in fnd.__dict__ and fnd.events.engine.pool is pool
+        assert fnd.jobs.batches._connections() is broker_pool
 
 
 def test_a_forked_child_opens_its_own_redis_clients(redis_url: str, data_dir: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._plugins import load_plugin
 from ..lifecycle import track_fork
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import redis
 
     from ..cache._types import SharedTier
+    from ..config._types import ConfigStore
     from ..jobs._coord import Coordinator
     from ..jobs._schedule_stores import ScheduleStore
     from ..settings import Settings
@@ -61,11 +62,12 @@ class RedisBackends:
         """In a forked child (``esf.lifecycle.track_fork``): the parent's client stays the parent's."""
         self._own = None
 
-    def config_store(self) -> Any:
+    def config_store(self) -> ConfigStore:
         cfg = self.settings.config
         store_class = load_plugin("config.redis", setting="config")
-        return store_class(self.url, prefix=cfg.redis_prefix, history_limit=cfg.history_limit,
-                           timeout_s=cfg.store_timeout_s)
+        store: ConfigStore = store_class(self.url, prefix=cfg.redis_prefix, history_limit=cfg.history_limit,
+                                         timeout_s=cfg.store_timeout_s)
+        return store
 
     def coordinator(self) -> Coordinator:
         from ..jobs import RedisCoordinator

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._plugins import load_plugin
 from ._redis import snapshot_ttl_s
 
 if TYPE_CHECKING:
     from ..cache._types import SharedTier
+    from ..config._types import ConfigStore
     from ..jobs._coord import Coordinator
     from ..jobs._schedule_stores import ScheduleStore
     from ..settings import Settings
@@ -42,11 +43,12 @@ class SqliteBackends:
     def __repr__(self) -> str:
         return f"<SqliteBackends {self.data_dir}>"
 
-    def config_store(self) -> Any:
+    def config_store(self) -> ConfigStore:
         cfg = self.settings.config
         store_class = load_plugin("config.sqlite", setting="config")
-        return store_class(self.data_dir / CONFIG_FILE, history_limit=cfg.history_limit,
-                           poll_interval_s=cfg.poll_interval_s, timeout_s=cfg.store_timeout_s)
+        store: ConfigStore = store_class(self.data_dir / CONFIG_FILE, history_limit=cfg.history_limit,
+                                         poll_interval_s=cfg.poll_interval_s, timeout_s=cfg.store_timeout_s)
+        return store
 
     def coordinator(self) -> Coordinator:
         from ..jobs import SqliteCoordinator

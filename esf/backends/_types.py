@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..cache._types import SharedTier
+    from ..config._types import ConfigStore
     from ..jobs._coord import Coordinator
     from ..jobs._schedule_stores import ScheduleStore
     from ..telemetry._store import SnapshotStore
@@ -24,8 +25,8 @@ class Backends(Protocol):
     #: The technology's name, as ``telemetry.store`` and ``cache.backend`` spell it.
     name: str
 
-    def config_store(self) -> Any:
-        """The configuration store (``ConfigStore``), found by name in the ``esf.plugins`` entry points."""
+    def config_store(self) -> ConfigStore:
+        """The configuration store, found by name in the ``esf.plugins`` entry points."""
         ...
 
     def coordinator(self) -> Coordinator:

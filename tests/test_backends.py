@@ -40,6 +40,8 @@ def test_a_service_setting_forces_a_technology_and_redis_without_a_url_is_refuse
     with pytest.raises(SettingsError) as err:
         backends_for(embedded, technology="redis", setting="telemetry.store")
     assert err.value.code == "invalid_settings" and "telemetry.store" in str(err.value)
+    with pytest.raises(SettingsError, match="unknown technology 'mysql'"):
+        backends_for(with_url, technology="mysql")  # type: ignore[arg-type]
     # The services' own settings reach the same decision
     forced = esf.Settings(data_dir=str(data_dir), telemetry=TelemetrySettings(store="redis"))
     with pytest.raises(SettingsError):

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
     from ..settings import Settings
 
-__all__ = ["Backends", "RedisBackends", "SqliteBackends", "Technology", "backends_for", "open_client"]
+__all__ = ["TECHNOLOGIES", "Backends", "RedisBackends", "SqliteBackends", "Technology", "backends_for", "open_client"]
 
 Technology = Literal["auto", "redis", "sqlite"]
+#: The values of :data:`Technology`.
+TECHNOLOGIES: tuple[Technology, ...] = ("auto", "redis", "sqlite")
 
 
 def backends_for(settings: Settings, *, technology: Technology = "auto", redis_url: str | None = None,
@@ -41,8 +43,11 @@ def backends_for(settings: Settings, *, technology: Technology = "auto", redis_u
         setting: the setting named in the error.
 
     Raises:
-        SettingsError: ``technology`` is ``"redis"`` and no Redis is configured.
+        SettingsError: ``technology`` is ``"redis"`` and no Redis is configured, or is not a technology.
     """
+    if technology not in TECHNOLOGIES:
+        raise SettingsError(f"{setting}: unknown technology {technology!r}; expected one of {', '.join(TECHNOLOGIES)}",
+                            setting=setting)
     url = redis_url or settings.effective_redis_url
     if technology == "auto":
         technology = "redis" if url else "sqlite"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import redis
     from celery.canvas import Signature
 
+    from .backends import Backends
     from .cache import TwoTierCache
     from .config import ConfigService, ConfigStore
     from .events import EventRecorder, EventStore
@@ -48,6 +49,8 @@ _instances: weakref.WeakSet[Foundation] = weakref.WeakSet()
 
 #: Services a Foundation creates on first use, in start-up order.
 SERVICES = ("events", "config", "cache", "telemetry", "flags", "secrets", "sagas")
+#: Services whose lifecycle hooks (esf.lifecycle) the Foundation calls, in start-up order.
+LIFECYCLE_ORDER = (*SERVICES, "jobs", "subscriptions")
 
 
 class Foundation:
@@ -71,7 +74,7 @@ class Foundation:
         from ._backends import InjectedBackends
 
         #: The backends given to the constructor (``None``: built from the settings).
-        self.backends = InjectedBackends(events=events, config_store=config_store, coordinator=coordinator,
+        self.injected = InjectedBackends(events=events, config_store=config_store, coordinator=coordinator,
                                          schedule_store=schedule_store, snapshot_store=snapshot_store)
         self.settings = settings or Settings()
         self._hooks: list[JobHooks] = list(hooks)
@@ -80,6 +83,9 @@ class Foundation:
         self._lock = threading.Lock()
         self._lease: Any = None
         _instances.add(self)
+        from .lifecycle import track_fork
+
+        track_fork(self)
         from .events import JobHistoryHooks
 
         #: Buffered, batched writer of events nobody waits for (job history, audit events).
@@ -249,7 +255,7 @@ class Foundation:
         from .events import create_event_store
         from .events._facade import FoundationEvents
 
-        injected = self.backends.events
+        injected = self.injected.events
         store = create_event_store(self.settings) if injected is None else cast("EventStore", injected)
         self._watch_breaker(store)
         store = self._upcasting(store)
@@ -371,7 +377,7 @@ class Foundation:
             self.record(Event(str(payload["type"]), payload, stream_id="config",
                               event_id=payload.get("event_id")))
 
-        service = create_config_service(self.settings, audit=audit, store=self.backends.config_store)
+        service = create_config_service(self.settings, audit=audit, store=self.injected.config_store)
         from .config._deferred import DeferredBatches
 
         service.deferred = DeferredBatches(self)
@@ -408,7 +414,7 @@ class Foundation:
         """Metrics, events and exporters; figures add up across processes and hosts."""
         from .telemetry import create_telemetry
 
-        return create_telemetry(self.settings, store=self.backends.snapshot_store)
+        return create_telemetry(self.settings, store=self.injected.snapshot_store)
 
     # -- secrets -------------------------------------------------------------------
 
@@ -479,26 +485,25 @@ class Foundation:
         self._hook_plans[name] = plan
         return plan
 
-    # -- shared clients ----------------------------------------------------------
+    # -- backends and shared clients ---------------------------------------------
+
+    @cached_property
+    def backends(self) -> Backends:
+        """The factory of this deployment's backends (:func:`esf.backends.backends_for`): Redis when a Redis URL
+        is configured, else SQLite under ``data_dir``. The Redis one shares :attr:`redis`."""
+        from .backends import backends_for
+
+        return backends_for(self.settings, redis_client=lambda: self.redis)
 
     @property
     def redis(self) -> redis.Redis[bytes]:
         """The Redis client for coordination (locks, rate limits, delivery counters); one per process."""
         client = self.__dict__.get("_redis")
-        if client is None or self.__dict__.get("_redis_pid") != os.getpid():
-            import redis as _redis
+        if client is None:  # a forked child starts without one (after_fork)
+            from .backends import open_client
 
-            url = self.settings.effective_redis_url
-            if url is None:
-                from .errors import SettingsError
-
-                raise SettingsError("redis_url: this needs Redis; set ESF_REDIS_URL", setting="redis_url")
-            rs = self.settings.resilience
-            client = _redis.Redis.from_url(url, socket_timeout=rs.redis_timeout_s,
-                                           socket_connect_timeout=rs.redis_connect_timeout_s,
-                                           health_check_interval=10)
+            client = open_client(self.settings)
             self.__dict__["_redis"] = client
-            self.__dict__["_redis_pid"] = os.getpid()
         return client
 
     # -- breakers ------------------------------------------------------------------
@@ -514,7 +519,7 @@ class Foundation:
 
         rs = self.settings.resilience
         shared = None
-        if rs.breaker_store == "redis" or (rs.breaker_store == "auto" and self.settings.effective_redis_url):
+        if rs.breaker_store == "redis" or (rs.breaker_store == "auto" and self.backends.name == "redis"):
             shared = RedisSharedState(lambda: self.redis, rs.breaker_key_prefix)
         events = RateLimitedEvents(self._record_breaker_event, rs.breaker_event_interval_s)
 
@@ -708,10 +713,10 @@ class Foundation:
             except Exception:
                 log.debug("preload: the event store backend could not preload", exc_info=True)
         # This process forks pool processes: it must not hold SQLite connections of its own,
-        # so the events it records (a hard time limit's dead letter) travel as an append job,
-        # and its outbox relay closes its connections after each batch.
+        # so the events it records (a hard time limit's dead letter) travel as an append job.
         self._event_writer.store = cast("EventStore", _ForwardedEvents(self))
-        self.jobs.outbox.forking = True
+        _ = self.jobs
+        self._lifecycle("before_worker_boot")
         for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
             try:
                 importlib.import_module(name)
@@ -727,8 +732,8 @@ class Foundation:
 
     def worker_started(self, queues: tuple[str, ...] = ()) -> None:
         """Called in a worker's main process once it consumes: job leases and a consumer watch on Redis,
-        the outbox relay."""
-        self.jobs.outbox.start()
+        then each service's ``on_worker_start`` (the outbox relay, the subscription dispatcher)."""
+        _ = self.jobs
         if self.settings.broker_kind == "redis" and self._lease is None:
             import signal
 
@@ -742,38 +747,29 @@ class Foundation:
                 on_stall=lambda: os.kill(os.getpid(), signal.SIGHUP),
             )
             self._lease.start()
-        if "subscriptions" in self.__dict__ and self.settings.subscriptions.dispatcher:
-            self.subscriptions.start_dispatcher()
+        self._lifecycle("on_worker_start", queues)
 
     def worker_stopped(self) -> None:
-        """Called when the worker shuts down."""
-        if "subscriptions" in self.__dict__:
-            self.subscriptions.stop_dispatcher()
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None and "outbox" in jobs.__dict__:
-            jobs.outbox.stop()
+        """Called when the worker shuts down: each service's ``on_worker_shutdown`` (in reverse), then the lease."""
+        self._lifecycle("on_worker_shutdown")
         if self._lease is not None:
             self._lease.stop()
             self._lease = None
 
     def after_fork(self) -> None:
-        """Drop connections inherited from the parent process."""
+        """In a forked child, at the fork (``esf.lifecycle.track_fork``): drop what belongs to the parent.
+
+        The services drop their own (each tracks itself); this drops the Foundation's client and
+        the configuration service, whose threads and heartbeat belong to the parent (rebuilt lazily).
+        """
         # A pool process writes its own events (the main process forwards them as jobs).
         self._event_writer.store = cast("EventStore", _DeferredEvents(self))
         self.__dict__.pop("_redis", None)
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None:
-            jobs.__dict__.pop("coordinator", None)
-            gathers = jobs.__dict__.get("gathers")
-            if gathers is not None:
-                gathers.__dict__.pop("store", None)
         # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
         self.__dict__.pop("config", None)
-        for name in SERVICES:
-            service = self.__dict__.get(name)
-            engine = getattr(service, "engine", None)
-            if engine is not None and hasattr(engine, "dispose"):
-                engine.dispose(close=False)  # the parent keeps its connections
+
+    def pool_process_started(self) -> None:
+        """In a new worker pool process, before its first job (Celery's ``worker_process_init``)."""
         if self.settings.events.record_job_events:
             # Open the event store now, before this pool process takes jobs, rather than on the
             # first job's history (engine, schema check: 0.1-0.3 s of one job otherwise).
@@ -782,6 +778,14 @@ class Foundation:
             except Exception as exc:
                 log.warning("event store not ready in a new pool process (%s: %s); it will be retried on first use",
                             type(exc).__name__, exc)
+
+    def _lifecycle(self, hook: str, *args: Any) -> None:
+        """Call the worker hook ``hook`` (see :mod:`esf.lifecycle`) on every service built so far: in start-up
+        order, and in reverse for ``on_worker_shutdown``."""
+        from .lifecycle import dispatch
+
+        started = [self.__dict__[name] for name in LIFECYCLE_ORDER if name in self.__dict__]
+        dispatch(reversed(started) if hook == "on_worker_shutdown" else started, hook, *args)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Hand every buffered event (job history, :meth:`record`) to the event store.
@@ -797,14 +801,8 @@ class Foundation:
         if client is not None:
             client.close()
         jobs = self.__dict__.get("jobs")
-        if jobs is not None and "coordinator" in jobs.__dict__:
-            jobs.coordinator.close()
-        if jobs is not None and "schedules" in jobs.__dict__:
-            jobs.schedules.close()
-        if jobs is not None and "batches" in jobs.__dict__:
-            jobs.batches.close()
-        if jobs is not None and "gathers" in jobs.__dict__ and "store" in jobs.gathers.__dict__:
-            jobs.gathers.store.close()
+        if jobs is not None:
+            jobs.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):

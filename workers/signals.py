@@ -78,8 +78,9 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
 def _on_process_init(sender: Any = None, **_: Any) -> None:
     from esf.foundation import Foundation
 
+    # Each Foundation and service already dropped its parent's state at the fork (esf.lifecycle).
     for fnd in Foundation.instances():
-        fnd.after_fork()
+        fnd.pool_process_started()
 
 
 def _on_process_shutdown(sender: Any = None, **_: Any) -> None:

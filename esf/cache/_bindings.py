@@ -123,6 +123,7 @@ class InvalidatingEventStore:
             self._store.close()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or (self._store is None and name == "engine"):
+        # Not built yet: nothing to dispose of, and no reason to open the store for it.
+        if name.startswith("__") or (self._store is None and name in ("engine", "after_fork")):
             raise AttributeError(name)
         return getattr(self._real(), name)

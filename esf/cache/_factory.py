@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._plugins import load_plugin
-from ..errors import SettingsError
 from ._bindings import EventInvalidator, InvalidatingEventStore
 from ._facade import TwoTierCache
 from ._service import CacheCore
@@ -34,21 +33,20 @@ def create_cache(settings: Settings, *, redis_url: str | None = None,
     (``cache.backend`` ``auto`` or ``redis``), else the in-process tier alone.
 
     Parameters:
-        redis_url: overrides ``settings.effective_redis_url``.
+        redis_url: overrides the configured Redis (see :func:`esf.backends.backends_for`).
         telemetry: returns the Telemetry the counters go to.
         options: passed to :class:`TwoTierCache` (``dispatch``, ``watch_events``, ``config``).
 
     Raises:
         SettingsError: ``cache.backend`` is ``redis`` and no Redis is configured.
     """
+    from ..backends import Technology, backends_for
+
     cfg = settings.cache
-    url = redis_url or settings.effective_redis_url
     tier: SharedTier | None = None
-    if cfg.backend == "redis" and not url:
-        raise SettingsError("cache.backend is 'redis' but no Redis is configured; set ESF_REDIS_URL",
-                            setting="cache.backend")
-    if url and cfg.backend != "local":
-        tier = load_tier_class("cache.redis")(url, prefix=cfg.redis_prefix, timeout_s=cfg.redis_timeout_s)
+    if cfg.backend != "local":
+        technology: Technology = "redis" if cfg.backend == "redis" else "auto"
+        tier = backends_for(settings, technology=technology, redis_url=redis_url, setting="cache.backend").cache_tier()
     core = CacheCore(cfg, tier, node=settings.node, telemetry=telemetry)
     return TwoTierCache(core, telemetry=telemetry, **options)
 

@@ -7,11 +7,11 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CircuitOpen, PayloadTooLarge, ServiceUnavailable
+from ..lifecycle import track_fork
 from ..resilience import BreakerState, CircuitBreaker
 from ._local import ENTRY_OVERHEAD_BYTES, Entry, LocalTier
 from ._state import CounterExport, NsState, PendingInvalidations, check_seconds, freeze
@@ -71,7 +71,7 @@ class CacheCore:
         self._start_lock = threading.Lock()
         self.origin = self._new_origin()
         self.namespace_state(DEFAULT_NAMESPACE)
-        _after_fork_refs.add(self)
+        track_fork(self)
 
     def _breaker_changed(self, name: str, state: BreakerState) -> None:
         """The shared tier's breaker changed state: the ``esf.breaker.state{breaker="cache.redis"}`` gauge."""
@@ -445,7 +445,8 @@ class CacheCore:
         if self.tier is not None:
             self.tier.close()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): new locks, no listener thread, a new origin."""
         self.local.reset_lock()
         self._ns_lock = threading.Lock()
         self.pending.reset_lock()
@@ -457,13 +458,3 @@ class CacheCore:
         self.subscribed = threading.Event()
         self.origin = self._new_origin()
 
-
-_after_fork_refs: weakref.WeakSet[CacheCore] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for cache in list(_after_fork_refs):
-        cache._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

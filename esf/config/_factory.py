@@ -1,4 +1,4 @@
-"""Build the configuration service from Settings: Redis when configured, else SQLite under data_dir."""
+"""Build the configuration service from Settings, on the store of ``esf.backends.backends_for``."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def create_config_service(
 ) -> ConfigService:
     """The configuration service for ``settings``.
 
-    Uses Redis when ``redis_url`` or ``settings.effective_redis_url`` is set
-    (keys under ``settings.config.redis_prefix``), else SQLite in
-    ``<data_dir>/config.sqlite``. The last snapshot is kept in ``data_dir``.
+    The store is the one of :func:`esf.backends.backends_for` (Redis, keys under
+    ``settings.config.redis_prefix``, when a Redis is configured or ``redis_url`` given;
+    else SQLite in ``<data_dir>/config.sqlite``). The last snapshot is kept in ``data_dir``.
     Never raises because the store is down: the service starts degraded.
 
     Parameters:
@@ -54,35 +54,17 @@ def create_config_service(
         start: start notifications, reconciliation and heartbeats now.
         store: the store to use as it is (injected); built from the settings when ``None``.
     """
-    cfg = settings.config
-    url = redis_url or settings.effective_redis_url
-    data_dir = settings.data_path
+    from ..backends import backends_for
+
     if store is None:
-        store = _store_for(settings, url)
+        store = backends_for(settings, redis_url=redis_url).config_store()
     return ConfigService(
         store,
-        settings=cfg,
-        data_dir=data_dir,
+        settings=settings.config,
+        data_dir=settings.data_path,
         node_id=node_id,
         audit=audit,
         esf_defaults=esf_defaults(settings),
         start=start,
     )
 
-
-def _store_for(settings: Settings, url: str | None) -> ConfigStore:
-    """Redis when ``url`` is set, else SQLite under ``data_dir``."""
-    cfg = settings.config
-    store: ConfigStore
-    if url:
-        store = load_store_class("config.redis")(
-            url, prefix=cfg.redis_prefix, history_limit=cfg.history_limit, timeout_s=cfg.store_timeout_s
-        )
-    else:
-        store = load_store_class("config.sqlite")(
-            settings.data_path / "config.sqlite",
-            history_limit=cfg.history_limit,
-            poll_interval_s=cfg.poll_interval_s,
-            timeout_s=cfg.store_timeout_s,
-        )
-    return store

@@ -19,7 +19,6 @@ and the ids whose delivery is uncertain.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchNotSent
+from ..lifecycle import track_fork
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -64,15 +64,19 @@ class BatchPublisher:
         self._confirm_timeout_s = confirm_timeout_s
         self._lock = threading.Lock()
         self._pool: Any = None
-        self._pool_pid = -1
+        track_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): the parent's connections stay the parent's."""
+        self._lock = threading.Lock()
+        self._pool = None
 
     def _connections(self) -> Any:
         with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
+            if self._pool is None:
                 options = {"retry_on_timeout": False} if self._kind == "redis" else {}
                 conn: Connection = self._app.connection_for_write(transport_options=options)
                 self._pool = conn.Pool(limit=POOL_LIMIT)
-                self._pool_pid = os.getpid()
             return self._pool
 
     def publish(self, batch: Sequence[Outgoing]) -> None:
@@ -138,7 +142,7 @@ class BatchPublisher:
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None and self._pool_pid == os.getpid():
+            if self._pool is not None:
                 self._pool.force_close_all()
             self._pool = None
 

@@ -29,7 +29,7 @@ from .._json import check_json, dumps
 from ..errors import JobFailed, SerializationError, Timeout, UnknownJob, ValidationError
 from ..services._registry import task_name
 from ._deadletter import DeadLetter
-from ._gather_store import GatherState, GatherStore, RedisGatherStore, SqliteGatherStore, Verdict
+from ._gather_store import GatherState, GatherStore, Verdict
 from ._job import Job, JobHandle
 from ._meta import JobMeta
 
@@ -63,10 +63,9 @@ class GatherService:
 
     @cached_property
     def store(self) -> GatherStore:
-        """Redis when a Redis URL is configured, else SQLite under ``data_dir`` (as the coordinator)."""
-        if self._fnd.settings.effective_redis_url:
-            return RedisGatherStore(self._fnd.redis)
-        return SqliteGatherStore(self._fnd.settings.data_path / "gather.sqlite")
+        """The gather store of ``fnd.backends``: Redis when a Redis URL is configured, else SQLite under
+        ``data_dir`` (as the coordinator)."""
+        return self._fnd.backends.gather_store()
 
     # -- starting ------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class ScheduleService:
 
     Parameters:
         foundation: the Foundation whose jobs, queues and settings schedules are checked against.
-        store: the store (default: Redis when ``effective_redis_url`` is set, else SQLite under ``data_dir``).
+        store: the store (default: the one of ``fnd.backends``, Redis when configured, else SQLite under ``data_dir``).
     """
 
     def __init__(self, foundation: Foundation, store: ScheduleStore | None = None) -> None:
@@ -83,11 +83,7 @@ class ScheduleService:
     @property
     def store(self) -> ScheduleStore:
         if self._store is None:
-            if self._fnd.settings.effective_redis_url:
-                fnd = self._fnd
-                self._store = RedisScheduleStore(lambda: fnd.redis)
-            else:
-                self._store = SqliteScheduleStore(self._fnd.settings.data_path / "schedules.sqlite")
+            self._store = self._fnd.backends.schedule_store()
         return self._store
 
     # -- checks -----------------------------------------------------------

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
+from ..lifecycle import ServiceLifecycle, track_fork
 from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
-from ._coord import Coordinator, RedisCoordinator, SqliteCoordinator
+from ._coord import Coordinator
 from ._deadletter import DeadLetter, DeadLetterQueues
 from ._dlq_stores import DeadLetterStore, KombuDeadLetterStore, RedisDeadLetterStore
 from ._job import (
@@ -49,12 +50,37 @@ log = logging.getLogger("esf.jobs")
 DELIVERY_COUNTER_TTL_S = 7 * 86400
 
 
-class JobService:
+class JobService(ServiceLifecycle):
     """Jobs of one Foundation (``fnd.jobs``)."""
 
     def __init__(self, foundation: Foundation) -> None:
         self._fnd = foundation
         self._jobs: dict[str, Job[Any, Any]] = {}
+        track_fork(self)
+
+    # -- lifecycle (esf.lifecycle) -------------------------------------------
+
+    def before_worker_boot(self) -> None:
+        # This process forks pool processes: its outbox relay closes its connections after each batch.
+        self.outbox.forking = True
+
+    def on_worker_start(self, queues: tuple[str, ...]) -> None:
+        self.outbox.start()
+
+    def after_fork(self) -> None:
+        # The coordinator's client belongs to the parent: this process builds its own on first use.
+        self.__dict__.pop("coordinator", None)
+
+    def on_worker_shutdown(self) -> None:
+        if "outbox" in self.__dict__:
+            self.outbox.stop()
+
+    def close(self) -> None:
+        """Close the coordinator, the schedule store and the batch publisher, those that were opened."""
+        for name in ("coordinator", "schedules", "batches"):
+            opened = self.__dict__.get(name)
+            if opened is not None:
+                opened.close()
 
     # -- declaring ---------------------------------------------------------
 
@@ -155,7 +181,7 @@ class JobService:
         """Schedules: add, change and remove them at run time (``esf beat`` fires them)."""
         from ._schedules import ScheduleService
 
-        return ScheduleService(self._fnd, self._fnd.backends.schedule_store)
+        return ScheduleService(self._fnd, self._fnd.injected.schedule_store)
 
     def schedule(self, name: str | None = None, *, job: str, cron: str | None = None,
                  every: float | timedelta | None = None, args: Sequence[Any] = (),
@@ -342,17 +368,16 @@ class JobService:
 
     @cached_property
     def coordinator(self) -> Coordinator:
-        """The injected coordinator, else Redis when a Redis URL is configured, else SQLite under ``data_dir``."""
-        injected = self._fnd.backends.coordinator
+        """The injected coordinator, else the one of ``fnd.backends``: Redis when a Redis URL is configured, else
+        SQLite under ``data_dir``."""
+        injected = self._fnd.injected.coordinator
         if injected is not None:
             return injected
-        if self._fnd.settings.effective_redis_url:
-            from ..resilience import dependency_breaker
-
-            breaker = dependency_breaker("redis.coordination")
-            self._fnd.breakers.adopt(breaker)
-            return RedisCoordinator(self._fnd.redis, breaker=breaker)
-        return SqliteCoordinator(self._fnd.settings.data_path / "coord.sqlite")
+        coordinator = self._fnd.backends.coordinator()
+        breaker = getattr(coordinator, "breaker", None)
+        if breaker is not None:
+            self._fnd.breakers.adopt(breaker)  # listed in health, its state changes recorded
+        return coordinator
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
         """This execution's number for this attempt of the job; called as the job starts running.

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EsfError, SecretNotFound, ServiceUnavailable, ValidationError
+from ..lifecycle import track_fork
 from ..resilience import CircuitBreaker
 from ._keeper import Keeper
 from ._leases import LeaseKeeper
@@ -93,8 +92,15 @@ class SecretsService:
         self.breaker = self._new_breaker()
         self.leases = LeaseKeeper(self)
         self.keeper = Keeper(self)
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        track_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): new locks, since another thread of the parent may
+        have held one at the fork."""
+        self._lock = threading.Lock()
+        self.breaker = self._new_breaker()
+        self.leases.reset_locks()
+        self.keeper.reset_locks()
 
     def _new_breaker(self) -> CircuitBreaker:
         return CircuitBreaker(f"secrets.{self.provider.name}", failure_threshold=self.settings.breaker_failures,
@@ -390,17 +396,6 @@ class SecretsService:
         """Stop the lease keeper and close the backend's connections (held leases are left to expire)."""
         self.keeper.close()
         self.provider.close()
-
-
-def _after_fork(ref: weakref.ref[SecretsService]) -> None:
-    """In a forked child: new locks, since another thread of the parent may have held one at the fork."""
-    service = ref()
-    if service is None:
-        return
-    service._lock = threading.Lock()
-    service.breaker = service._new_breaker()
-    service.leases.reset_locks()
-    service.keeper.reset_locks()
 
 
 def pick(data: SecretData, key: str | None) -> Secret:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UnknownSubscription, ValidationError
 from ..events._model import StoredEvent
 from ..hooks import JobHooks
+from ..lifecycle import ServiceLifecycle
 from ._model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_IN_FLIGHT,
@@ -46,7 +47,7 @@ def _backend_class() -> Any:
     return SqlSubscriptionBackend
 
 
-class SubscriptionService:
+class SubscriptionService(ServiceLifecycle):
     """Subscriptions and projections of one Foundation (``fnd.subscriptions``).
 
     Handlers run as routed jobs named ``esf.subscription.<name>``; a dispatcher
@@ -291,6 +292,13 @@ class SubscriptionService:
                     # thread drain again right after, rather than at its next interval.
                     outbox.wake()
         return sent
+
+    def on_worker_start(self, queues: tuple[str, ...]) -> None:
+        if self._fnd.settings.subscriptions.dispatcher:
+            self.start_dispatcher()
+
+    def on_worker_shutdown(self) -> None:
+        self.stop_dispatcher()
 
     def start_dispatcher(self) -> None:
         """Run the dispatcher in a thread of this process (a worker's main process does, on start).

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import SettingsError
 from ._exporter_settings import exporter_defaults, exporter_options
 from ._service import Telemetry
-from ._store import RedisSnapshotStore, SnapshotStore, SQLiteSnapshotStore
+
+if TYPE_CHECKING:
+    from ._store import SnapshotStore
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["SQLITE_FILE", "create_store", "create_telemetry", "exporter_defaults", "exporter_options"]
-
-#: File of the embedded shared store, under ``Settings.data_dir``.
-SQLITE_FILE = "telemetry.sqlite3"
+__all__ = ["create_store", "create_telemetry", "exporter_defaults", "exporter_options"]
 
 
 def create_store(settings: Settings, redis_url: str | None = None) -> SnapshotStore | None:
@@ -26,21 +24,14 @@ def create_store(settings: Settings, redis_url: str | None = None) -> SnapshotSt
     SettingsError
         When ``store = "redis"`` and no Redis URL is configured.
     """
-    ts = settings.telemetry
-    proc_ttl_s = max(30.0, 10 * ts.push_interval_s)
-    url = redis_url or settings.effective_redis_url
-    kind = ts.store
-    if kind == "auto":
-        kind = "redis" if url else "sqlite"
+    from ..backends import Technology, backends_for
+
+    kind = settings.telemetry.store
     if kind == "none":
         return None
-    if kind == "redis":
-        if not url:
-            raise SettingsError(
-                "telemetry.store: 'redis' needs redis_url (or a Redis broker)", setting="telemetry.store"
-            )
-        return RedisSnapshotStore(url, key_prefix=ts.key_prefix, proc_ttl_s=proc_ttl_s)
-    return SQLiteSnapshotStore(settings.data_path / SQLITE_FILE, proc_ttl_s=proc_ttl_s)
+    technology: Technology = "redis" if kind == "redis" else "sqlite" if kind == "sqlite" else "auto"
+    backends = backends_for(settings, technology=technology, redis_url=redis_url, setting="telemetry.store")
+    return backends.snapshot_store()
 
 
 def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_id: str | None = None,
@@ -50,8 +41,8 @@ def create_telemetry(settings: Settings, *, redis_url: str | None = None, node_i
     Parameters
     ----------
     settings:
-        ``settings.telemetry`` configures it; the shared store is Redis (``redis_url``, else
-        ``settings.effective_redis_url``) or SQLite under ``settings.data_dir``.
+        ``settings.telemetry`` configures it; the shared store is the one of
+        :func:`esf.backends.backends_for` (Redis when configured, else SQLite under ``settings.data_dir``).
     redis_url:
         Overrides the Redis used as shared store.
     node_id:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import EsfError, ValidationError
+from ..lifecycle import track_fork
 from ..resilience import BreakerState
 from ..settings import TelemetrySettings
 from ._aggregate import Rules, collect, render
@@ -111,6 +112,7 @@ class Telemetry:
         self.closed = False
         self._pusher = self._new_pusher(store)
         track(self)
+        track_fork(self)
         if ts.exporters:
             self.configure_exporters(exporter_options(ts))
 
@@ -457,7 +459,7 @@ class Telemetry:
             self.flush(final=True)
             store.close()
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         # In a forked child: start from zero (the parent still pushes its own totals), new locks,
         # no threads, no exporters (the parent runs them), a fresh store connection.
         self._families_lock = threading.Lock()

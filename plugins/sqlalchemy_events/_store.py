@@ -28,6 +28,7 @@ from esf.events._validation import (
     iter_prepared,
     prepare_events,
 )
+from esf.lifecycle import track_fork
 
 from . import _ledger
 from ._append import IN_CHUNK, append_in, row_to_event, select_events
@@ -98,6 +99,7 @@ class SqlEventStore(SqlQueryMixin):
                                                                     connect_timeout_s=connect_timeout_s,
                                                                     statement_timeout_s=statement_timeout_s)
         self._engine = self.engine
+        track_fork(self)
         self.backend: str = self.engine.dialect.name
         #: Large batches stream through COPY (PostgreSQL on psycopg 3).
         self._copies = self.backend == "postgresql" and self.engine.dialect.driver == "psycopg"
@@ -405,6 +407,11 @@ class SqlEventStore(SqlQueryMixin):
         if self.spooler is None:
             return True
         return self.spooler.flush(timeout)
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): drop the parent's pooled connections without
+        closing them, the parent keeps using them."""
+        self.engine.dispose(close=False)
 
     def close(self) -> None:
         """Stop the spool flusher and dispose of the connection pool (idempotent)."""

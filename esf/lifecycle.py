@@ -1,0 +1,95 @@
+"""ServiceLifecycle: the hooks through which a process's life reaches each service that holds state across it.
+
+A worker's main process boots, forks pool processes, consumes, and shuts down; each service that owns
+threads, connections or per-process state across those steps implements the hooks it needs (dramatiq's
+middleware ``before_worker_boot``/``after_process_boot``/``before_worker_shutdown``). The Foundation
+calls the worker hooks of the services it built, from the Celery signals connected in
+``workers/signals.py``; it never reaches into a service to do their work.
+
+Fork safety is one mechanism: an object that holds per-process state (threads, locks, pooled
+connections, a client) calls :func:`track_fork` once, and its ``after_fork()`` runs in every forked
+child, at the fork, from the one ``os.register_at_fork`` handler of this module. Whatever forks the
+process (a Celery pool, ``multiprocessing``, ``os.fork()``), the child starts clean. An ``after_fork``
+must be quick and do no I/O: it drops and resets, and the child reconnects on first use.
+
+============================  =======================================  ======================================
+hook                          called                                   for example
+============================  =======================================  ======================================
+``before_worker_boot()``      worker main process, before its pool     mark a relay as running in a forking
+                              starts                                   process
+``on_worker_start(queues)``   worker main process, once it consumes    start a relay or a dispatcher thread
+``after_fork()``              every forked child, at the fork          drop clients and pools of the parent,
+                              (:func:`track_fork`)                     new locks
+``on_worker_shutdown()``      worker main process, at warm shutdown    stop the threads started above
+============================  =======================================  ======================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+__all__ = ["HOOKS", "WORKER_HOOKS", "ForkAware", "ServiceLifecycle", "dispatch", "track_fork"]
+
+log = logging.getLogger("esf")
+
+#: The hooks the Foundation dispatches from worker signals, in the order a worker's life calls them.
+WORKER_HOOKS = ("before_worker_boot", "on_worker_start", "on_worker_shutdown")
+#: Every hook name.
+HOOKS = (*WORKER_HOOKS, "after_fork")
+
+
+class ServiceLifecycle:
+    """No-op lifecycle hooks; a service overrides those it needs. Each runs once per process step."""
+
+    def before_worker_boot(self) -> None:
+        """In a worker's main process, before it forks its pool: this process will fork at any time."""
+
+    def on_worker_start(self, queues: tuple[str, ...]) -> None:
+        """In a worker's main process, once it consumes ``queues``."""
+
+    def after_fork(self) -> None:
+        """In a forked child, at the fork (once :func:`track_fork` was called): drop what belongs to the parent."""
+
+    def on_worker_shutdown(self) -> None:
+        """In a worker's main process, at shutdown: stop what ``on_worker_start`` started."""
+
+
+def dispatch(services: Iterable[Any], hook: str, *args: Any) -> None:
+    """Call ``hook`` on every service that implements it, in order; a failing hook is logged, the others run.
+
+    Raises:
+        ValueError: ``hook`` is not one of :data:`HOOKS`.
+    """
+    if hook not in HOOKS:
+        raise ValueError(f"unknown lifecycle hook {hook!r}; expected one of {', '.join(HOOKS)}")
+    for service in services:
+        method = getattr(service, hook, None)
+        if not callable(method):
+            continue
+        try:
+            method(*args)
+        except Exception:
+            log.exception("lifecycle hook %s.%s failed; continuing", type(service).__name__, hook)
+
+
+class ForkAware(Protocol):
+    def after_fork(self) -> None: ...
+
+
+_TRACKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_fork(obj: ForkAware) -> None:
+    """Call ``obj.after_fork()`` in every child forked from now on, while ``obj`` is alive (idempotent)."""
+    _TRACKED.add(obj)
+
+
+def _after_fork_in_child() -> None:
+    dispatch(list(_TRACKED), "after_fork")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,129 @@
+"""Process lifecycle: worker boot, start, fork and shutdown reach each service through its own hooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import esf
+from esf.backends import RedisBackends
+from esf.foundation import Foundation
+from esf.lifecycle import ServiceLifecycle, dispatch
+
+
+class Recorder(ServiceLifecycle):
+    def __init__(self, name: str, calls: list[tuple[str, str]], fail: bool = False) -> None:
+        self.name, self.calls, self.fail = name, calls, fail
+
+    def on_worker_start(self, queues: tuple[str, ...]) -> None:
+        self.calls.append((self.name, ",".join(queues)))
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+def test_dispatch_calls_each_service_in_order_and_a_failing_hook_does_not_stop_the_others(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[tuple[str, str]] = []
+    services = [Recorder("a", calls, fail=True), object(), Recorder("b", calls)]
+    with caplog.at_level(logging.ERROR, logger="esf"):
+        dispatch(services, "on_worker_start", ("q1", "q2"))
+    assert calls == [("a", "q1,q2"), ("b", "q1,q2")]
+    assert "Recorder.on_worker_start failed" in caplog.text
+
+
+def test_an_unknown_hook_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown lifecycle hook"):
+        dispatch([], "before_everything")
+
+
+def test_worker_start_and_stop_reach_the_outbox_relay_and_the_subscription_dispatcher(data_dir: Path) -> None:
+    # Given an embedded Foundation whose jobs and subscriptions are built
+    with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
+        subscriptions = fnd.subscriptions
+        # When the worker starts; Then the services' threads run
+        fnd.worker_started(queues=("default",))
+        relay = fnd.jobs.outbox._thread
+        assert relay is not None and relay.is_alive()
+        assert subscriptions._dispatcher is not None
+        # When it stops; Then they are stopped
+        fnd.worker_stopped()
+        assert not relay.is_alive() and fnd.jobs.outbox._thread is None
+        assert subscriptions._dispatcher is None
+
+
+def test_worker_boot_marks_the_outbox_relay_as_running_in_a_forking_process(data_dir: Path) -> None:
+    with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
+        assert fnd.jobs.outbox.forking is False
+        fnd.preload()
+        assert fnd.jobs.outbox.forking is True
+
+
+
+
+def in_forked_child(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``probe()`` run in a child forked from this process (with os.fork, as a Celery pool does)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(probe()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return dict(json.loads(data))
+
+
+def test_any_fork_resets_the_foundation_and_each_service_in_the_child_and_leaves_the_parent_alone(
+        data_dir: Path) -> None:
+    # Given a Foundation whose coordinator, configuration, event store and telemetry are built
+    with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
+        coordinator = fnd.jobs.coordinator
+        _ = fnd.config
+        pool = fnd.events.engine.pool
+        proc_id = fnd.telemetry.proc_id
+        broker_pool = fnd.jobs.batches._connections()
+
+        def probe() -> dict[str, Any]:
+            return {"coordinator kept": "coordinator" in fnd.jobs.__dict__, "config kept": "config" in fnd.__dict__,
+                    "pool kept": fnd.events.engine.pool is pool, "telemetry id kept": fnd.telemetry.proc_id == proc_id,
+                    "broker pool kept": fnd.jobs.batches._connections() is broker_pool}
+
+        # When the process forks (no Celery signal: a plain os.fork); Then the child dropped the parent's state
+        assert in_forked_child(probe) == {"coordinator kept": False, "config kept": False, "pool kept": False,
+                                          "telemetry id kept": False, "broker pool kept": False}
+        # And the parent kept its own
+        assert fnd.jobs.coordinator is coordinator and "config" in fnd.__dict__ and fnd.events.engine.pool is pool
+        assert fnd.jobs.batches._connections() is broker_pool
+
+
+def test_a_forked_child_opens_its_own_redis_clients(redis_url: str, data_dir: Path) -> None:
+    # Given a Foundation on Redis, and a Redis factory of its own, each with a client in use
+    settings = esf.Settings(redis_url=redis_url, data_dir=str(data_dir))
+    backends = RedisBackends(redis_url, settings)
+    own = backends.client()
+    with Foundation(settings) as fnd:
+        shared = fnd.redis
+        assert shared.ping() and own.ping()
+
+        def probe() -> dict[str, Any]:
+            return {"foundation client kept": fnd.redis is shared, "factory client kept": backends.client() is own,
+                    "works": bool(fnd.redis.ping())}
+
+        # When the process forks; Then the child opens new clients, which work
+        assert in_forked_child(probe) == {"foundation client kept": False, "factory client kept": False,
+                                          "works": True}
+        assert fnd.redis is shared and backends.client() is own
+    own.close()

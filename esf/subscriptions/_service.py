@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnknownSubscription, ValidationError
+from ..errors import CircuitOpen, ServiceUnavailable, UnknownSubscription, ValidationError
 from ..events._model import StoredEvent
 from ..hooks import JobHooks
 from ..lifecycle import ServiceLifecycle
@@ -34,6 +34,9 @@ log = logging.getLogger("esf.subscriptions")
 
 #: Name of the subscription backend in the ``esf.plugins`` entry-point group.
 ENTRY_POINT = "subscriptions.sqlalchemy"
+#: The breaker a handler job uses for the event store: while its batch cannot be read or settled the job
+#: is deferred (re-sent later, no retry spent) rather than failed.
+STORE_BREAKER = "events.database"
 
 
 def _backend_class() -> Any:
@@ -335,8 +338,24 @@ class SubscriptionService(ServiceLifecycle):
             ``{"handled": n}`` or ``{"skipped": True}``.
 
         Raises:
+            CircuitOpen: the event store could not be read or written (``details["breaker"]`` is
+                ``events.database``, which the handler job uses): the job waits for the database
+                instead of spending its retries, so a database outage never dead-letters a batch.
             Whatever the handler raised, with a note naming the event's position and id.
         """
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        failure: builtins.list[Any] = []
+        try:
+            return self._handle(name, batch_id, positions, failure)
+        except (ServiceUnavailable, OperationalError, InterfaceError) as exc:
+            if failure or isinstance(exc, CircuitOpen):
+                raise  # the handler's own error: retried and dead-lettered as the job declares
+            raise CircuitOpen(f"subscription {name}: the event store is unreachable ({type(exc).__name__})",
+                              breaker=STORE_BREAKER) from exc
+
+    def _handle(self, name: str, batch_id: int, positions: builtins.list[int],
+                failure: builtins.list[Any]) -> dict[str, Any]:
         sub = self.get(name)
         backend = self.backend
         state, loaded = backend.load_batch(name, batch_id, positions)
@@ -346,7 +365,6 @@ class SubscriptionService(ServiceLifecycle):
             # A replay: the dead batch keeps only the failing key's events (the others went on).
             loaded = backend.load(backend.batch_positions(name, batch_id) or [])
         events = self._fnd.upcasters.upcast_many(loaded)
-        failure: builtins.list[Any] = []
         try:
             if sub.projection:
                 return self._project(sub, batch_id, events, failure)

@@ -49,9 +49,7 @@ def build(settings: esf.Settings | None = None) -> Foundation:
         raise AlwaysFails(f"handler for {key} always fails")
 
     if os.environ.get("ESF_TEST_FAULTS_SUBS"):
-        retries = int(os.environ.get("ESF_TEST_FAULTS_SUB_RETRIES", "3"))
-
-        @fnd.subscription("faults", filter=Q.type("fault.tick"), batch_size=10, retries=retries, backoff=0.2,
+        @fnd.subscription("faults", filter=Q.type("fault.tick"), batch_size=10, retries=3, backoff=0.2,
                           max_backoff=1.0, timeout=60)
         def ticks(event: Any) -> None:
             if event.data.get("sleep"):

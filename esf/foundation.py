@@ -377,7 +377,9 @@ class Foundation:
             self.record(Event(str(payload["type"]), payload, stream_id="config",
                               event_id=payload.get("event_id")))
 
-        service = create_config_service(self.settings, audit=audit, store=self.injected.config_store)
+        service = create_config_service(
+            self.settings, audit=audit, store=self.injected.config_store,
+            telemetry=(lambda: self.telemetry) if self.settings.telemetry.enabled else None)
         from .config._deferred import DeferredBatches
 
         service.deferred = DeferredBatches(self)
@@ -589,10 +591,6 @@ class Foundation:
                 try:
                     report = service.health()
                     services[name] = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-                    if name == "config" and self.settings.telemetry.enabled:
-                        # Processes stuck on an old configuration version, as a gauge too.
-                        diverged = len(services[name].get("diverged", ()))
-                        self.telemetry.gauge("esf.config.diverged_nodes").set(diverged)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
         if "secrets" in services:

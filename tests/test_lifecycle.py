@@ -47,12 +47,12 @@ def test_worker_start_and_stop_reach_the_outbox_relay_and_the_subscription_dispa
     with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
         subscriptions = fnd.subscriptions
         # When the worker starts; Then the services' threads run
-        fnd.worker_started(queues=("default",))
+        fnd._runtime.started(queues=("default",))
         relay = fnd.jobs.outbox._thread
         assert relay is not None and relay.is_alive()
         assert subscriptions._dispatcher is not None
         # When it stops; Then they are stopped
-        fnd.worker_stopped()
+        fnd._runtime.stopped()
         assert not relay.is_alive() and fnd.jobs.outbox._thread is None
         assert subscriptions._dispatcher is None
 
@@ -60,7 +60,7 @@ def test_worker_start_and_stop_reach_the_outbox_relay_and_the_subscription_dispa
 def test_worker_boot_marks_the_outbox_relay_as_running_in_a_forking_process(data_dir: Path) -> None:
     with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
         assert fnd.jobs.outbox.forking is False
-        fnd.preload()
+        fnd._runtime.boot()
         assert fnd.jobs.outbox.forking is True
 
 

@@ -683,14 +683,19 @@ class Foundation:
         return self._event_writer.flush(timeout)
 
     def close(self) -> None:
-        """Release connections and stop background threads."""
+        """Release connections and stop background threads.
+
+        The worker hooks stop first (``on_worker_shutdown``), then the job hooks flush what they
+        buffered (job history, audit events) while every service is still open, then each service
+        built releases its own through its ``close`` hook (:mod:`esf.lifecycle`), the last built
+        first; a failing ``close`` is logged and the others still run.
+        """
+        from .lifecycle import dispatch
+
         self._runtime.stopped()
         client = self.__dict__.pop("_redis", None)
         if client is not None:
             client.close()
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None:
-            jobs.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):
@@ -698,10 +703,10 @@ class Foundation:
                     closer()
                 except Exception:
                     log.exception("closing hooks %s failed", type(hooks).__name__)
+        dispatch(reversed(self._started_services()), "close")
         for name in SERVICES:
-            service = self.__dict__.pop(name, None)
-            if service is not None and hasattr(service, "close"):
-                service.close()
+            # Closed: built anew if used again.
+            self.__dict__.pop(name, None)
         app = self.__dict__.get("celery")
         if app is not None:
             app.close()

@@ -9,8 +9,9 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 
+from ._worker_runtime import WorkerRuntime
 from .errors import HookError
 from .events._model import Event
 from .hooks import JobHooks
@@ -67,6 +68,9 @@ class Foundation:
         ValidationError: an injected backend lacks a method of its interface.
     """
 
+    #: The class of ``self._runtime``, the worker-side life of this Foundation (see esf._worker_runtime).
+    _runtime_class: ClassVar[type[WorkerRuntime]] = WorkerRuntime
+
     def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = (),
                  events: EventRecorder | None = None, config_store: ConfigStore | None = None,
                  coordinator: Coordinator | None = None, schedule_store: ScheduleStore | None = None,
@@ -81,11 +85,12 @@ class Foundation:
         self._hook_plans: dict[str, tuple[JobHooks, ...]] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._lease: Any = None
         _instances.add(self)
         from .lifecycle import track_fork
 
-        track_fork(self)
+        #: What a worker process does with this Foundation (Celery signals, ``esf worker``).
+        self._runtime = self._runtime_class(self)
+        track_fork(self._runtime)
         from .events import JobHistoryHooks
 
         #: Buffered, batched writer of events nobody waits for (job history, audit events).
@@ -377,7 +382,9 @@ class Foundation:
             self.record(Event(str(payload["type"]), payload, stream_id="config",
                               event_id=payload.get("event_id")))
 
-        service = create_config_service(self.settings, audit=audit, store=self.injected.config_store)
+        service = create_config_service(
+            self.settings, audit=audit, store=self.injected.config_store,
+            telemetry=(lambda: self.telemetry) if self.settings.telemetry.enabled else None)
         from .config._deferred import DeferredBatches
 
         service.deferred = DeferredBatches(self)
@@ -589,10 +596,6 @@ class Foundation:
                 try:
                     report = service.health()
                     services[name] = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-                    if name == "config" and self.settings.telemetry.enabled:
-                        # Processes stuck on an old configuration version, as a gauge too.
-                        diverged = len(services[name].get("diverged", ()))
-                        self.telemetry.gauge("esf.config.diverged_nodes").set(diverged)
                 except Exception as exc:
                     services[name] = {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
         if "secrets" in services:
@@ -668,124 +671,9 @@ class Foundation:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def check_broker(self) -> list[str]:
-        """Start-up checks of the broker; returns the problems found (warned or raised per settings).
-
-        Raises:
-            MissingDependency: on a Redis broker, the installed Celery or kombu lacks an internal the job
-                lease relies on (the worker must not run without it).
-            SettingsError: the Redis broker is not durable and ``jobs.redis_durability_check`` is ``error``.
-        """
-        if self.settings.broker_kind != "redis":
-            return []
-        import redis as _redis
-
-        from .jobs._checks import check_lease_internals, check_redis_broker
-
-        check_lease_internals()
-
-        assert self.settings.broker_url is not None
-        client = _redis.Redis.from_url(self.settings.broker_url,
-                                       socket_connect_timeout=self.settings.resilience.redis_connect_timeout_s,
-                                       socket_timeout=self.settings.resilience.redis_timeout_s)
-        try:
-            return check_redis_broker(client, self.settings.jobs.redis_durability_check)
-        finally:
-            client.close()
-
-    def preload(self) -> None:
-        """Import every backend the services load lazily, in the calling thread.
-
-        A worker's main process forks pool processes at any time (a hard time
-        limit replaces a killed one); a fork while a background thread is half-way
-        through importing a module leaves that module broken in the child. The
-        worker calls this before its pool starts.
-        """
-        import importlib
-
-        from .events import _backend_class
-
-        backend = _backend_class()
-        preload_backend = getattr(backend, "preload", None)
-        if callable(preload_backend):
-            try:
-                preload_backend(self.settings.effective_database_url)
-            except Exception:
-                log.debug("preload: the event store backend could not preload", exc_info=True)
-        # This process forks pool processes: it must not hold SQLite connections of its own,
-        # so the events it records (a hard time limit's dead letter) travel as an append job.
-        self._event_writer.store = cast("EventStore", _ForwardedEvents(self))
-        _ = self.jobs
-        self._lifecycle("before_worker_boot")
-        for name in ("esf.telemetry", "esf.config", "esf.jobs._schedules"):
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                log.debug("preload: %s not importable", name)
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="esf.plugins"):
-            try:
-                ep.load()
-            except Exception:
-                log.warning("plugin %s could not be loaded", ep.name, exc_info=True)
-
-    def worker_started(self, queues: tuple[str, ...] = ()) -> None:
-        """Called in a worker's main process once it consumes: job leases and a consumer watch on Redis,
-        then each service's ``on_worker_start`` (the outbox relay, the subscription dispatcher)."""
-        _ = self.jobs
-        if self.settings.broker_kind == "redis" and self._lease is None:
-            import signal
-
-            from esf.workers._lease import LeaseKeeper
-
-            assert self.settings.broker_url is not None
-            jobs = self.settings.jobs
-            self._lease = LeaseKeeper(
-                self.settings.broker_url, jobs.visibility_timeout_s, queues=queues,
-                stall_after_s=jobs.stalled_consumer_restart_s,
-                on_stall=lambda: os.kill(os.getpid(), signal.SIGHUP),
-            )
-            self._lease.start()
-        self._lifecycle("on_worker_start", queues)
-
-    def worker_stopped(self) -> None:
-        """Called when the worker shuts down: each service's ``on_worker_shutdown`` (in reverse), then the lease."""
-        self._lifecycle("on_worker_shutdown")
-        if self._lease is not None:
-            self._lease.stop()
-            self._lease = None
-
-    def after_fork(self) -> None:
-        """In a forked child, at the fork (``esf.lifecycle.track_fork``): drop what belongs to the parent.
-
-        The services drop their own (each tracks itself); this drops the Foundation's client and
-        the configuration service, whose threads and heartbeat belong to the parent (rebuilt lazily).
-        """
-        # A pool process writes its own events (the main process forwards them as jobs).
-        self._event_writer.store = cast("EventStore", _DeferredEvents(self))
-        self.__dict__.pop("_redis", None)
-        # The configuration service's threads and heartbeat belong to the parent: rebuild it lazily.
-        self.__dict__.pop("config", None)
-
-    def pool_process_started(self) -> None:
-        """In a new worker pool process, before its first job (Celery's ``worker_process_init``)."""
-        if self.settings.events.record_job_events:
-            # Open the event store now, before this pool process takes jobs, rather than on the
-            # first job's history (engine, schema check: 0.1-0.3 s of one job otherwise).
-            try:
-                _ = self.events
-            except Exception as exc:
-                log.warning("event store not ready in a new pool process (%s: %s); it will be retried on first use",
-                            type(exc).__name__, exc)
-
-    def _lifecycle(self, hook: str, *args: Any) -> None:
-        """Call the worker hook ``hook`` (see :mod:`esf.lifecycle`) on every service built so far: in start-up
-        order, and in reverse for ``on_worker_shutdown``."""
-        from .lifecycle import dispatch
-
-        started = [self.__dict__[name] for name in LIFECYCLE_ORDER if name in self.__dict__]
-        dispatch(reversed(started) if hook == "on_worker_shutdown" else started, hook, *args)
+    def _started_services(self) -> list[Any]:
+        """The services of :data:`LIFECYCLE_ORDER` built so far, in start-up order."""
+        return [self.__dict__[name] for name in LIFECYCLE_ORDER if name in self.__dict__]
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Hand every buffered event (job history, :meth:`record`) to the event store.
@@ -795,14 +683,19 @@ class Foundation:
         return self._event_writer.flush(timeout)
 
     def close(self) -> None:
-        """Release connections and stop background threads."""
-        self.worker_stopped()
+        """Release connections and stop background threads.
+
+        The worker hooks stop first (``on_worker_shutdown``), then the job hooks flush what they
+        buffered (job history, audit events) while every service is still open, then each service
+        built releases its own through its ``close`` hook (:mod:`esf.lifecycle`), the last built
+        first; a failing ``close`` is logged and the others still run.
+        """
+        from .lifecycle import dispatch
+
+        self._runtime.stopped()
         client = self.__dict__.pop("_redis", None)
         if client is not None:
             client.close()
-        jobs = self.__dict__.get("jobs")
-        if jobs is not None:
-            jobs.close()
         for hooks in self._hooks:
             closer = getattr(hooks, "close", None)
             if callable(closer):
@@ -810,10 +703,10 @@ class Foundation:
                     closer()
                 except Exception:
                     log.exception("closing hooks %s failed", type(hooks).__name__)
+        dispatch(reversed(self._started_services()), "close")
         for name in SERVICES:
-            service = self.__dict__.pop(name, None)
-            if service is not None and hasattr(service, "close"):
-                service.close()
+            # Closed: built anew if used again.
+            self.__dict__.pop(name, None)
         app = self.__dict__.get("celery")
         if app is not None:
             app.close()
@@ -837,21 +730,6 @@ def _degraded_reason(item: Mapping[str, Any]) -> str:
     if item.get("reasons"):
         reasons.extend(str(r) for r in item["reasons"])
     return "; ".join(reasons) or "degraded"
-
-
-class _ForwardedEvents:
-    """The job-history writer's store in a worker's main process: events go out as append jobs."""
-
-    def __init__(self, foundation: Foundation) -> None:
-        self._foundation = foundation
-
-    def append(self, events: Any, **_: Any) -> Any:
-        # Straight to the broker: opening the database here would leave SQLite state for every
-        # pool process forked afterwards (see esf._sqlite.fork_guard).
-        from .events._async import APPEND_JOB, event_to_wire
-
-        batch = [events] if isinstance(events, Event) else list(events)
-        return self._foundation.jobs.get(APPEND_JOB).enqueue_with([[event_to_wire(e) for e in batch]])
 
 
 class _DeferredEvents:

@@ -2,9 +2,10 @@
 
 A worker's main process boots, forks pool processes, consumes, and shuts down; each service that owns
 threads, connections or per-process state across those steps implements the hooks it needs (dramatiq's
-middleware ``before_worker_boot``/``after_process_boot``/``before_worker_shutdown``). The Foundation
-calls the worker hooks of the services it built, from the Celery signals connected in
-``workers/signals.py``; it never reaches into a service to do their work.
+middleware ``before_worker_boot``/``after_process_boot``/``before_worker_shutdown``). The Foundation's
+worker runtime (``esf._worker_runtime``) calls the worker hooks of the services it built, from the
+Celery signals connected in ``workers/signals.py``, and ``Foundation.close()`` calls their ``close``;
+neither reaches into a service to do its work.
 
 Fork safety is one mechanism: an object that holds per-process state (threads, locks, pooled
 connections, a client) calls :func:`track_fork` once, and its ``after_fork()`` runs in every forked
@@ -21,7 +22,13 @@ hook                          called                                   for examp
 ``after_fork()``              every forked child, at the fork          drop clients and pools of the parent,
                               (:func:`track_fork`)                     new locks
 ``on_worker_shutdown()``      worker main process, at warm shutdown    stop the threads started above
+``close()``                   any process, ``Foundation.close()``,     release connections, stop background
+                              in reverse start-up order                threads, flush what is buffered
 ============================  =======================================  ======================================
+
+A service's ``close()`` is its own release (the services' ``close`` methods are this hook); the
+Foundation calls it on every service it built, the last built first, and a failing ``close`` is
+logged while the others still run.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ log = logging.getLogger("esf")
 #: The hooks the Foundation dispatches from worker signals, in the order a worker's life calls them.
 WORKER_HOOKS = ("before_worker_boot", "on_worker_start", "on_worker_shutdown")
 #: Every hook name.
-HOOKS = (*WORKER_HOOKS, "after_fork")
+HOOKS = (*WORKER_HOOKS, "after_fork", "close")
 
 
 class ServiceLifecycle:
@@ -56,6 +63,9 @@ class ServiceLifecycle:
 
     def on_worker_shutdown(self) -> None:
         """In a worker's main process, at shutdown: stop what ``on_worker_start`` started."""
+
+    def close(self) -> None:
+        """When the Foundation closes (in any process), after the worker hooks: release what the service holds."""
 
 
 def dispatch(services: Iterable[Any], hook: str, *args: Any) -> None:

@@ -47,12 +47,12 @@ def test_worker_start_and_stop_reach_the_outbox_relay_and_the_subscription_dispa
     with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
         subscriptions = fnd.subscriptions
         # When the worker starts; Then the services' threads run
-        fnd.worker_started(queues=("default",))
+        fnd._runtime.started(queues=("default",))
         relay = fnd.jobs.outbox._thread
         assert relay is not None and relay.is_alive()
         assert subscriptions._dispatcher is not None
         # When it stops; Then they are stopped
-        fnd.worker_stopped()
+        fnd._runtime.stopped()
         assert not relay.is_alive() and fnd.jobs.outbox._thread is None
         assert subscriptions._dispatcher is None
 
@@ -60,10 +60,35 @@ def test_worker_start_and_stop_reach_the_outbox_relay_and_the_subscription_dispa
 def test_worker_boot_marks_the_outbox_relay_as_running_in_a_forking_process(data_dir: Path) -> None:
     with Foundation(esf.Settings(data_dir=str(data_dir))) as fnd:
         assert fnd.jobs.outbox.forking is False
-        fnd.preload()
+        fnd._runtime.boot()
         assert fnd.jobs.outbox.forking is True
 
 
+
+
+def test_close_reaches_each_built_service_through_its_close_hook_last_built_first(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a Foundation whose event store, configuration, cache, telemetry and jobs are built
+    fnd = Foundation(esf.Settings(data_dir=str(data_dir)))
+    closed: list[str] = []
+    for name in ("events", "config", "cache", "telemetry", "jobs"):
+        service = getattr(fnd, name)
+        original = service.close
+
+        def close(*args: Any, _name: str = name, _original: Callable[..., None] = original) -> None:
+            closed.append(_name)
+            _original(*args)
+            if _name == "telemetry":
+                raise RuntimeError("boom")
+
+        monkeypatch.setattr(service, "close", close)
+    # When it closes, with the telemetry's close failing
+    with caplog.at_level(logging.ERROR, logger="esf"):
+        fnd.close()
+    # Then every service was closed, in reverse start-up order, and the failure was logged
+    assert closed == ["jobs", "telemetry", "cache", "config", "events"]
+    assert "Telemetry.close failed" in caplog.text
+    assert "config" not in fnd.__dict__ and "events" not in fnd.__dict__
 
 
 def in_forked_child(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -21,3 +21,16 @@ def test_every_error_has_a_stable_unique_code() -> None:
     assert all(isinstance(c, str) and c for c in codes)
     err = errors.error_from_code("duplicate_event_id", "x")
     assert isinstance(err, errors.DuplicateEventId)
+
+
+def test_worker_plumbing_is_not_part_of_the_foundation_public_surface() -> None:
+    from esf.foundation import Foundation
+    from esf.testing import TestFoundation
+
+    worker_only = {"preload", "worker_started", "worker_stopped", "after_fork", "pool_process_started",
+                   "check_broker", "boot", "started", "stopped"}
+    for cls in (Foundation, TestFoundation):
+        public = {name for name in dir(cls) if not name.startswith("_")}
+        assert not public & worker_only, cls.__name__
+    # What an application uses stays public
+    assert {"job", "schedule", "chain", "gather", "events", "config", "health", "close"} <= set(dir(Foundation))

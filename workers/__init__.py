@@ -46,5 +46,5 @@ def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str
 
 def run_worker(foundation: Foundation, profile: WorkerProfile, *, loglevel: str = "INFO") -> None:
     """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
-    foundation.check_broker()
+    foundation._runtime.check_broker()
     foundation.celery.worker_main(worker_argv(foundation, profile, loglevel=loglevel))

@@ -1,4 +1,5 @@
-"""The one place where ESF connects Celery signals; they are forwarded to the Foundation."""
+"""The one place where ESF connects Celery signals; they are forwarded to the Foundation's worker runtime
+(``fnd._runtime``, see ``esf._worker_runtime``)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _foundation(sender: Any) -> Any:
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is not None:
-        fnd.preload()
+        fnd._runtime.boot()
         # Before the first job is consumed: on RabbitMQ a message the broker dead-letters
         # into an exchange or queue that does not exist yet would be dropped.
         try:
@@ -66,13 +67,13 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         return
     consumer = getattr(sender, "task_consumer", None)
     queues = tuple(q.name for q in getattr(consumer, "queues", ()) or ())
-    fnd.worker_started(queues=queues)
+    fnd._runtime.started(queues=queues)
 
 
 def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is not None:
-        fnd.worker_stopped()
+        fnd._runtime.stopped()
 
 
 def _on_process_init(sender: Any = None, **_: Any) -> None:
@@ -80,7 +81,7 @@ def _on_process_init(sender: Any = None, **_: Any) -> None:
 
     # Each Foundation and service already dropped its parent's state at the fork (esf.lifecycle).
     for fnd in Foundation.instances():
-        fnd.pool_process_started()
+        fnd._runtime.pool_process_started()
 
 
 def _on_process_shutdown(sender: Any = None, **_: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._plugins import load_plugin
@@ -10,6 +11,7 @@ from ._service import AuditSink, ConfigService
 
 if TYPE_CHECKING:
     from ..settings import Settings
+    from ..telemetry import Telemetry
     from ._types import ConfigStore
 
 __all__ = ["create_config_service", "esf_defaults", "load_store_class"]
@@ -40,6 +42,7 @@ def create_config_service(
     node_id: str | None = None,
     start: bool = True,
     store: ConfigStore | None = None,
+    telemetry: Callable[[], Telemetry] | None = None,
 ) -> ConfigService:
     """The configuration service for ``settings``.
 
@@ -53,6 +56,7 @@ def create_config_service(
         node_id: this process's name in heartbeats.
         start: start notifications, reconciliation and heartbeats now.
         store: the store to use as it is (injected); built from the settings when ``None``.
+        telemetry: returns the telemetry service, or None (no metrics).
     """
     from ..backends import backends_for
 
@@ -66,5 +70,6 @@ def create_config_service(
         audit=audit,
         esf_defaults=esf_defaults(settings),
         start=start,
+        telemetry=telemetry,
     )
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import (
     ConcurrencyConflict,
@@ -33,6 +33,9 @@ from ._types import (
     NodeStatus,
     StoredConfig,
 )
+
+if TYPE_CHECKING:
+    from ..telemetry import Telemetry
 
 __all__ = ["AuditSink", "ConfigService"]
 
@@ -65,6 +68,8 @@ class ConfigService(Replica):
         audit: optional sink for ``config.updated`` / ``config.denied`` payloads.
         esf_defaults: read-only defaults published under ``esf`` (ESF's own settings).
         start: start the background thread and notifications (tests may start later with ``start()``).
+        telemetry: returns the telemetry service, or None (no metrics); :meth:`health` records the
+            number of diverged processes as the ``esf.config.diverged_nodes`` gauge.
     """
 
     def __init__(
@@ -77,12 +82,14 @@ class ConfigService(Replica):
         audit: AuditSink | None = None,
         esf_defaults: Mapping[str, Any] | None = None,
         start: bool = True,
+        telemetry: Callable[[], Telemetry] | None = None,
     ) -> None:
         rules = Rules()
         rules.read_only.add("esf")
         if esf_defaults:
             rules.defaults = {"esf": dict(esf_defaults)}
         self._audit = audit
+        self._telemetry = telemetry
         super().__init__(store, settings=settings, data_dir=data_dir, node_id=node_id, rules=rules)
         if start:
             self.start()
@@ -385,6 +392,7 @@ class ConfigService(Replica):
                 diverged = []
             if diverged:
                 reasons.append("diverged: " + ", ".join(f"{n.node_id} at {n.version}" for n in diverged))
+            self._record_diverged(len(diverged))
         return ConfigHealth(
             status="ok" if not reasons else "degraded",
             version=self.version,
@@ -395,6 +403,15 @@ class ConfigService(Replica):
             diverged=tuple(diverged),
             reasons=tuple(reasons),
         )
+
+    def _record_diverged(self, count: int) -> None:
+        """The ``esf.config.diverged_nodes`` gauge: processes stuck on an older version than the store's."""
+        if self._telemetry is None:
+            return
+        try:
+            self._telemetry().gauge("esf.config.diverged_nodes").set(count)
+        except Exception:
+            log.debug("the diverged-nodes gauge could not be recorded", exc_info=True)
 
     def _diverged(self, store_version: int) -> list[NodeStatus]:
         limit = time.time() - self._settings.diverged_after_s

@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._worker_runtime import WorkerRuntime
 from ..errors import Timeout
 from ..foundation import Foundation
 from ..settings import Settings
@@ -25,6 +26,13 @@ T = TypeVar("T")
 
 #: Longest wait, in seconds, of :meth:`TestFoundation.wait_for` unless told (a bound, not a speed requirement).
 DEFAULT_WAIT_S = 30.0
+
+
+class _ThreadWorkerRuntime(WorkerRuntime):
+    """The worker of a TestFoundation is a thread of this process, and never forks: nothing to preload."""
+
+    def boot(self) -> None:
+        """Nothing to do before the worker thread starts."""
 
 
 class TestFoundation(Foundation):
@@ -48,6 +56,7 @@ class TestFoundation(Foundation):
     """
 
     __test__ = False  # not a test class, whatever pytest's naming rules say
+    _runtime_class = _ThreadWorkerRuntime
 
     def __init__(self, settings: Settings | None = None, *, hooks: Sequence[JobHooks] = (),
                  keep_data_dir: bool = False, **backends: Any) -> None:
@@ -107,9 +116,6 @@ class TestFoundation(Foundation):
         consumer = getattr(self._worker, "consumer", None)
         if consumer is not None and getattr(consumer, "strategies", None) is not None:
             consumer.update_strategies()
-
-    def preload(self) -> None:
-        """Nothing to do: the worker is a thread of this process, and never forks."""
 
     # -- what tests assert on ------------------------------------------------------------------------
 

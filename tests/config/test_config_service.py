@@ -475,3 +475,22 @@ def test_audit_payloads_are_json_with_a_stable_event_id_per_version(make_service
     assert len(payload["event_id"]) == 36
     svc.update("a", 2)
     assert events[-1]["event_id"] != payload["event_id"]
+
+
+def test_health_records_the_diverged_processes_as_a_gauge(make_service, tmp_path):
+    from esf.settings import Settings
+    from esf.telemetry import create_telemetry
+
+    # Given a service with telemetry, and another process stuck on an old version
+    telemetry = create_telemetry(Settings(data_dir=str(tmp_path / "telemetry")))
+    try:
+        a = make_service(node_id="node-a", telemetry=lambda: telemetry)
+        stuck = make_service(node_id="node-stuck")
+        stuck.test_hooks.freeze = True
+        a.update("x", 1)
+        # When its health reports the divergence; Then the gauge counts the stuck process
+        eventually(lambda: a.health().diverged, what="divergence reported")
+        series = telemetry.snapshot("esf.config.diverged_nodes", cluster=False)["metrics"]["esf.config.diverged_nodes"]
+        assert [s["value"] for s in series["series"]] == [1]
+    finally:
+        telemetry.close()

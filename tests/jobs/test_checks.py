@@ -17,13 +17,13 @@ def test_a_redis_broker_without_persistence_is_warned_about_or_refused(redis_url
     fnd = Foundation(esf.Settings(broker_url=redis_url, data_dir=str(data_dir)))
     # When a worker would start on it, a warning names the problem and the fix
     with pytest.warns(RedisDurabilityWarning, match="appendonly yes"):
-        problems = fnd.check_broker()
+        problems = fnd._runtime.check_broker()
     assert problems
     # And with the strict setting it refuses to start
     strict = Foundation(esf.Settings(broker_url=redis_url, data_dir=str(data_dir),
                                      jobs=esf.settings.JobSettings(redis_durability_check="error")))
     with pytest.raises(SettingsError, match="not durable"):
-        strict.check_broker()
+        strict._runtime.check_broker()
     fnd.close()
     strict.close()
 

@@ -113,7 +113,7 @@ def test_a_celery_without_an_internal_the_lease_needs_stops_the_worker_at_start_
     fnd = Foundation(esf.Settings(broker_url=redis_url, data_dir=str(data_dir)))
     try:
         with pytest.raises(MissingDependency, match="scheduled_requests"):
-            fnd.check_broker()
+            fnd._runtime.check_broker()
     finally:
         fnd.close()
 

@@ -21,7 +21,7 @@ from esf.foundation import Foundation
 def main_process(tmp_path: Path) -> Iterator[Foundation]:
     """A Foundation on the embedded default, prepared as a worker's main process is before its pool starts."""
     fnd = Foundation(esf.Settings(data_dir=str(tmp_path)))
-    fnd.preload()
+    fnd._runtime.boot()
     try:
         yield fnd
     finally:

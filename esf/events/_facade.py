@@ -39,10 +39,5 @@ class FoundationEvents:
         """
         return self._subscriptions().subscribe(name, handler, **options)
 
-    @property
-    def wrapped(self) -> EventStore:
-        """The store this wraps (the capability checks look through it)."""
-        return self._store
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("esf.jobs")
 
-#: Failed publishes (each after kombu's own retries) that open the breaker ``broker``.
-BROKER_BREAKER_FAILURES = 1
+#: Consecutive failed publishes (each after kombu's own retries) that open the breaker ``broker``.
+BROKER_BREAKER_FAILURES = 3
 
 #: Seconds a delivery counter is kept.
 DELIVERY_COUNTER_TTL_S = 7 * 86400
@@ -346,10 +346,11 @@ class JobService(ServiceLifecycle):
     def broker_breaker(self) -> CircuitBreaker:
         """The breaker ``broker`` of this process's publishes (listed in health).
 
-        A publish that could not reach the broker has already spent kombu's retries (about 5 s), so one
-        such failure opens it: the next publishes fail at once with CircuitOpen (a ServiceUnavailable)
-        until a trial publish, after 1 s doubling up to 30 s, reaches the broker. A refused message
-        (``basic.nack``) is an answer of the broker, a bad argument is no verdict on it.
+        Each publish that could not reach the broker has spent kombu's retries (about 5 s); after
+        ``BROKER_BREAKER_FAILURES`` of them in a row (at once, from concurrent producers) the next
+        publishes fail at once with CircuitOpen (a ServiceUnavailable) until a trial publish, after 1 s
+        doubling up to 30 s, reaches the broker. A single outage a producer thread waits out never opens
+        it. A refused message (``basic.nack``) is an answer of the broker, a bad argument is no verdict.
         """
         from ..resilience import dependency_breaker
 

@@ -1,8 +1,10 @@
-"""The breaker ``broker`` of producers: once a publish has failed, the next fail at once until the broker is back."""
+"""The breaker ``broker`` of producers: after three failed publishes in a row, the next fail at once
+until the broker is back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import redis
 
 from esf import Foundation, Settings
 from esf.errors import BatchNotSent, CircuitOpen, SerializationError, ServiceUnavailable
+from esf.jobs._service import BROKER_BREAKER_FAILURES
 from esf.resilience import CircuitBreaker
 from tests.jobs.harness import wait_for
 from tests.servers import PrivateRedis
@@ -24,6 +27,14 @@ def test_a_half_open_breaker_gets_its_trial_back_when_the_call_gives_no_verdict(
     assert not b.allow()
     b.release()  # e.g. the trial's argument could not be encoded: nothing learnt about the dependency
     assert b.allow()
+
+
+def _error_of(call: Callable[[], object]) -> Exception | None:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _refused(call: Callable[[], object], error: type[ServiceUnavailable]) -> ServiceUnavailable:
@@ -66,15 +77,17 @@ def test_enqueues_fail_fast_while_the_broker_is_down_and_flow_once_it_is_back(tm
             assert client.llen(queue) == 1
             breaker = fnd.jobs.broker_breaker
             assert breaker.state == "closed"
-            # A bad argument is refused at the call site and says nothing about the broker.
-            with pytest.raises(SerializationError):
-                produced.enqueue(object())
+            # Bad arguments are refused at the call site and say nothing about the broker.
+            for _ in range(BROKER_BREAKER_FAILURES):
+                with pytest.raises(SerializationError):
+                    produced.enqueue(object())
             assert breaker.snapshot()["failures"] == 0
             server.stop()
-            # The first publish spends kombu's retries, fails, and opens the breaker.
-            with pytest.raises(ServiceUnavailable) as first:
-                produced.enqueue(1)
-            assert not isinstance(first.value, CircuitOpen)
+            # Three concurrent producers each spend kombu's retries and fail: the third failure opens the breaker.
+            with ThreadPoolExecutor(BROKER_BREAKER_FAILURES) as pool:
+                outcomes = list(pool.map(lambda n: _error_of(lambda: produced.enqueue(n)),
+                                         range(BROKER_BREAKER_FAILURES)))
+            assert all(type(e) is ServiceUnavailable for e in outcomes), outcomes
             assert breaker.state in ("open", "half_open")  # half-open once its 1 s has passed
             assert fnd.health()["services"]["breakers"]["breakers"]["broker"]["state"] != "closed"
             # Once open, the next publishes are refused without trying: CircuitOpen, still a ServiceUnavailable.

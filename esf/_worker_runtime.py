@@ -52,6 +52,8 @@ class WorkerRuntime:
             MissingDependency: on a Redis broker, the installed Celery or kombu lacks an internal the job
                 lease relies on (the worker must not run without it).
             SettingsError: the Redis broker is not durable and ``jobs.redis_durability_check`` is ``error``.
+            ServiceUnavailable: ``jobs.redis_durability_check`` is ``error`` and the Redis broker does not
+                answer (a worker checks again once it has connected, see ``esf.workers``).
         """
         settings = self._fnd.settings
         if settings.broker_kind != "redis":

@@ -48,7 +48,8 @@ class PrivateRedis:
     finds the data it persisted.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, args: tuple[str, ...] = ()) -> None:
+        """``args``: more redis-server options, after (and so over) the defaults."""
         binary = shutil.which("redis-server")
         if binary is None:
             unavailable("redis-server is not installed (Debian: apt-get install redis-server)")
@@ -56,6 +57,7 @@ class PrivateRedis:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +68,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
-             "--daemonize", "no"],
+             "--daemonize", "no", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from typing import TYPE_CHECKING
@@ -10,6 +11,8 @@ from .profiles import PROFILES, WorkerProfile, get_profile
 
 if TYPE_CHECKING:
     from esf.foundation import Foundation
+
+log = logging.getLogger("esf.workers")
 
 __all__ = ["PROFILES", "WorkerProfile", "get_profile", "run_worker", "worker_argv"]
 
@@ -45,6 +48,22 @@ def worker_argv(foundation: Foundation, profile: WorkerProfile, *, loglevel: str
 
 
 def run_worker(foundation: Foundation, profile: WorkerProfile, *, loglevel: str = "INFO") -> None:
-    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
-    foundation._runtime.check_broker()
+    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown).
+
+    A broker that does not answer yet does not keep the worker from starting: a durability check that
+    needs it (``jobs.redis_durability_check = "error"``) runs once the worker has connected, before it
+    consumes (see ``signals.check_broker_when_connected``).
+    """
+    from esf.errors import ServiceUnavailable
+
+    from .signals import check_broker_when_connected, take_refusal
+
+    try:
+        foundation._runtime.check_broker()
+    except ServiceUnavailable as exc:
+        log.warning("%s", exc)
+        check_broker_when_connected(foundation)
     foundation.celery.worker_main(worker_argv(foundation, profile, loglevel=loglevel))
+    refusal = take_refusal(foundation)
+    if refusal is not None:  # the broker answered at last, and was refused: the worker stopped for it
+        raise refusal

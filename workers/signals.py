@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import signals
@@ -15,6 +16,9 @@ from esf.jobs._task import EsfTask, request_headers
 log = logging.getLogger("esf.workers")
 
 _connected = False
+
+#: Seconds between two tries of a deferred broker check while the broker stops answering again.
+DEFERRED_CHECK_INTERVAL_S = 1.0
 
 
 def connect() -> None:
@@ -61,10 +65,59 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
             log.exception("could not declare the dead-letter queues at start; each is declared on first use")
 
 
+#: Foundations whose broker checks wait for the worker's first connection.
+_deferred_checks: list[Any] = []
+
+
+#: Deferred checks that refused the broker: the worker stopped, ``run_worker`` raises the error.
+_refusals: list[tuple[Any, Exception]] = []
+
+
+def check_broker_when_connected(fnd: Any) -> None:
+    """Run ``fnd._runtime.check_broker()`` once the worker has connected to its broker, before it consumes."""
+    _deferred_checks.append(fnd)
+
+
+def take_refusal(fnd: Any) -> Exception | None:
+    """The error of ``fnd``'s deferred broker check when it stopped the worker (once), else None."""
+    for index, (refused, exc) in enumerate(_refusals):
+        if refused is fnd:
+            del _refusals[index]
+            return exc
+    return None
+
+
+def _run_deferred_check(fnd: Any) -> None:
+    """The broker check of a worker that started before its broker: a broker found unfit stops the worker
+    (exit code 1) before it consumes a job; one that stops answering again is waited for."""
+    from celery.exceptions import WorkerShutdown
+    from celery.worker import state
+
+    from esf.errors import ServiceUnavailable, SettingsError
+
+    while True:
+        try:
+            fnd._runtime.check_broker()
+        except SettingsError as exc:
+            log.critical("%s", exc)
+            _refusals.append((fnd, exc))
+            raise WorkerShutdown(1) from None
+        except ServiceUnavailable:
+            if state.should_stop is not None or state.should_terminate is not None:
+                return
+            time.sleep(DEFERRED_CHECK_INTERVAL_S)
+            continue
+        log.info("broker checked now that it answers")
+        return
+
+
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     fnd = _foundation(sender)
     if fnd is None:
         return
+    if any(f is fnd for f in _deferred_checks):
+        _deferred_checks[:] = [f for f in _deferred_checks if f is not fnd]
+        _run_deferred_check(fnd)
     consumer = getattr(sender, "task_consumer", None)
     queues = tuple(q.name for q in getattr(consumer, "queues", ()) or ())
     fnd._runtime.started(queues=queues)

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import MissingDependency, SettingsError
+from ..errors import MissingDependency, ServiceUnavailable, SettingsError
 
 if TYPE_CHECKING:
     import redis
@@ -54,19 +54,32 @@ def check_redis_broker(client: redis.Redis[bytes], mode: str) -> list[str]:
 
     A Redis whose settings cannot be read (``CONFIG GET`` refused by an ACL or
     renamed away) is not assumed durable: it is reported as
-    :data:`DURABILITY_UNKNOWN`, warned about, and refused in ``error`` mode.
+    :data:`DURABILITY_UNKNOWN`, warned about, and refused in ``error`` mode. A
+    Redis that does not answer at all is warned about the same way, and in
+    ``error`` mode raises ServiceUnavailable: the check is to be made again when
+    it answers (a worker starts with its broker down).
 
     Returns:
         The problems found (empty when the broker is durable or ``mode`` is ``off``).
 
     Raises:
         SettingsError: ``mode`` is ``error`` and the broker is not durable, or its durability is unknown.
+        ServiceUnavailable: ``mode`` is ``error`` and the broker cannot be reached.
     """
     if mode == "off":
         return []
+    import redis as _redis
+
     try:
         problems = redis_durability_problems(client)
         text = "the Redis broker is not durable: " + "; ".join(problems)
+    except (_redis.ConnectionError, _redis.TimeoutError) as exc:
+        answered = (_redis.AuthenticationError, getattr(_redis, "AuthorizationError", _redis.AuthenticationError))
+        if mode == "error" and not isinstance(exc, answered):  # refusing a login is an answer
+            raise ServiceUnavailable(f"the Redis broker did not answer ({type(exc).__name__}); its durability "
+                                     "is checked when it does") from None
+        problems = [f"{DURABILITY_UNKNOWN}: the Redis broker could not be reached ({type(exc).__name__})"]
+        text = "the Redis broker's " + problems[0]
     except Exception as exc:  # CONFIG may be refused by an ACL or renamed away
         problems = [f"{DURABILITY_UNKNOWN}: its persistence settings could not be read ({type(exc).__name__}; "
                     "CONFIG GET may be refused to this user); grant it '+config|get', or set "

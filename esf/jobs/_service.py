@@ -40,11 +40,15 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from ..foundation import Foundation
+    from ..resilience import CircuitBreaker
     from ._gather import GatherService
     from ._outbox import JobOutbox
     from ._schedules import Schedule, ScheduleService
 
 log = logging.getLogger("esf.jobs")
+
+#: Consecutive failed publishes (each after kombu's own retries) that open the breaker ``broker``.
+BROKER_BREAKER_FAILURES = 3
 
 #: Seconds a delivery counter is kept.
 DELIVERY_COUNTER_TTL_S = 7 * 86400
@@ -246,7 +250,7 @@ class JobService(ServiceLifecycle):
                     for _, p, _ in chunk:
                         self.outbox.put(session, job, p, countdown=countdown, eta=eta, priority=prio)
                 else:
-                    self.batches.publish([
+                    self._publish_batch([
                         Outgoing(job.task, p.job_id, list(p.args), p.kwargs,
                                  publish_options(p.meta, countdown=countdown, eta=eta, priority=prio))
                         for _, p, _ in chunk
@@ -290,6 +294,26 @@ class JobService(ServiceLifecycle):
         except Exception as exc:  # the claim expires by itself
             log.warning("could not release the unique claim of a job that was not sent: %s", exc)
 
+    def _publish_batch(self, batch: list[Outgoing]) -> None:
+        """``batches.publish`` behind the broker breaker: while it is open nothing is sent (BatchNotSent)."""
+        breaker = self.broker_breaker
+        if not breaker.allow():
+            opened = breaker.open_error()
+            raise BatchNotSent(f"{opened}; none of a batch of {len(batch)} jobs was sent", sent=[], uncertain=[],
+                               refused=[], not_sent=[o.job_id for o in batch], breaker=breaker.name)
+        try:
+            self.batches.publish(batch)
+        except BatchNotSent as exc:
+            if exc.details.get("sent") or exc.details.get("refused"):
+                breaker.record_success()  # the broker answered part of the batch
+            else:
+                breaker.record_failure()
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.record_success()
+
     @cached_property
     def batches(self) -> BatchPublisher:
         """Publishes ``enqueue_many``'s batches (connections of their own)."""
@@ -298,6 +322,9 @@ class JobService(ServiceLifecycle):
     def _publish(self, task: EsfTask, job_id: str, args: list[Any], kwargs: dict[str, Any], meta: JobMeta, *,
                  countdown: float | None = None, eta: datetime | None = None, priority: int | None = None) -> None:
         options = publish_options(meta, countdown=countdown, eta=eta, priority=priority)
+        breaker = self.broker_breaker
+        if not breaker.allow():
+            raise breaker.open_error()
         try:
             task.apply_async(args, kwargs, task_id=job_id, **options)
         except Exception as exc:
@@ -305,11 +332,31 @@ class JobService(ServiceLifecycle):
             from kombu.exceptions import OperationalError
 
             if _caused_by(exc, MessageNacked):
+                breaker.record_success()  # the broker answered
                 raise ServiceUnavailable(f"the broker refused job {task.name}[{job_id}] (basic.nack: a full queue "
                                          "or a broker-side limit); it was not queued", job_id=job_id) from exc
             if isinstance(exc, OperationalError | ConnectionError | OSError):
+                breaker.record_failure()
                 raise ServiceUnavailable(f"cannot send job {task.name}: broker unreachable ({exc})") from exc
+            breaker.release()
             raise
+        breaker.record_success()
+
+    @cached_property
+    def broker_breaker(self) -> CircuitBreaker:
+        """The breaker ``broker`` of this process's publishes (listed in health).
+
+        Each publish that could not reach the broker has spent kombu's retries (about 5 s); after
+        ``BROKER_BREAKER_FAILURES`` of them in a row (at once, from concurrent producers) the next
+        publishes fail at once with CircuitOpen (a ServiceUnavailable) until a trial publish, after 1 s
+        doubling up to 30 s, reaches the broker. A single outage a producer thread waits out never opens
+        it. A refused message (``basic.nack``) is an answer of the broker, a bad argument is no verdict.
+        """
+        from ..resilience import dependency_breaker
+
+        breaker = dependency_breaker("broker", failure_threshold=BROKER_BREAKER_FAILURES)
+        self._fnd.breakers.adopt(breaker)
+        return breaker
 
     @cached_property
     def gathers(self) -> GatherService:

@@ -265,6 +265,13 @@ class CircuitBreaker:
                 log.debug("breaker %s: could not open the shared state (%s)", self.name, type(exc).__name__)
         self._notify(changed)
 
+    def release(self) -> None:
+        """A call ended without telling whether the dependency works (a bad argument, say): a half-open
+        breaker gives its trial slot back, so the next call may try instead."""
+        with self._lock:
+            if self._state == "half_open" and self._trials > 0:
+                self._trials -= 1
+
     def open_error(self) -> CircuitOpen:
         """The error a refused call raises."""
         return CircuitOpen(
@@ -304,7 +311,8 @@ class CircuitBreaker:
                 "shared": self.shared, "retry_after_s": round(left, 3)}
 
 
-def dependency_breaker(name: str) -> CircuitBreaker:
+def dependency_breaker(name: str, *, failure_threshold: int = 3) -> CircuitBreaker:
     """The breaker of one of ESF's own dependencies in this process (the event store's database, the
-    coordination Redis): opens after 3 consecutive failures for 1 s, doubling up to 30 s while trials fail."""
-    return CircuitBreaker(name, failure_threshold=3, reset_timeout_s=1.0, max_reset_timeout_s=30.0)
+    coordination Redis, the broker for producers): opens after ``failure_threshold`` (3) consecutive failures
+    for 1 s, doubling up to 30 s while trials fail."""
+    return CircuitBreaker(name, failure_threshold=failure_threshold, reset_timeout_s=1.0, max_reset_timeout_s=30.0)

@@ -310,34 +310,41 @@ class SqlSubscriptionBackend:
             .where(events.c.position > cursor, events.c.position <= head, self._where(filter))
             .order_by(events.c.position).limit(limit)
         ).all()
-        new_cursor = head if len(rows) < limit else int(rows[-1].position)
-        # One group per key, in the order of their first event. Whole groups are packed into batches of
-        # up to batch_size events; a larger group is cut into chunks of its own (which share that key
-        # and go one after the other). Other batches of one read share no key and can run at once.
-        groups: dict[str, list[Any]] = {}
-        for r in rows:
-            groups.setdefault(r.k or "", []).append(r)
-        packs: list[list[Any]] = []
-        current: list[Any] = []
-        for members in groups.values():
+        new_cursor = head if len(rows) < limit else int(rows[-1][0])
+        # One group per key (its positions, ascending), in the order of their first event. Whole groups
+        # are packed into batches of up to batch_size events; a larger group is cut into chunks of its own
+        # (which share that key and go one after the other). Other batches of one read share no key and
+        # can run at once. Plain ints and tuples: a catch-up read is up to batch_size x max_in_flight rows.
+        groups: dict[str, list[int]] = {}
+        correlation: dict[int, str | None] = {}
+        for position, k, correlation_id in rows:
+            members = groups.get(k or "")
+            if members is None:
+                members = groups[k or ""] = []
+            members.append(position)
+            correlation[position] = correlation_id
+        packs: list[tuple[list[str], list[int]]] = []
+        keys: list[str] = []
+        current: list[int] = []
+        for k, members in groups.items():
             if len(members) >= batch_size:
-                packs.extend(members[i:i + batch_size] for i in range(0, len(members), batch_size))
+                packs.extend(([k], members[i:i + batch_size]) for i in range(0, len(members), batch_size))
                 continue
             if len(current) + len(members) > batch_size:
-                packs.append(current)
-                current = []
+                packs.append((keys, current))
+                keys, current = [], []
+            keys.append(k)
             current.extend(members)
         if current:
-            packs.append(current)
+            packs.append((keys, current))
         now = _now()
-        values = []
-        for pack in packs:
-            pack.sort(key=lambda r: r.position)
-            values.append({"name": name, "partition_keys": sorted({r.k or "" for r in pack}),
-                           "first_position": int(pack[0].position), "last_position": int(pack[-1].position),
-                           "positions": [int(r.position) for r in pack], "correlation_id": pack[0].correlation_id,
-                           "state": QUEUED, "job_id": None, "created_at": now, "sent_at": None, "error": None,
-                           "failed_position": None})
+        values: list[dict[str, Any]] = []
+        for pack_keys, positions in packs:
+            positions.sort()
+            values.append({"name": name, "partition_keys": sorted(pack_keys), "first_position": positions[0],
+                           "last_position": positions[-1], "positions": positions,
+                           "correlation_id": correlation[positions[0]], "state": QUEUED, "job_id": None,
+                           "created_at": now, "sent_at": None, "error": None, "failed_position": None})
         # Insert in position order, so batch ids follow positions within each key.
         values.sort(key=lambda v: v["first_position"])
         if values and fresh is not None:

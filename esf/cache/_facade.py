@@ -21,6 +21,7 @@ from ._types import DEFAULT_NAMESPACE, KEY_RE, CacheHealth, CacheStats, Codec, c
 
 if TYPE_CHECKING:
     from ..config import ConfigService, Subscription
+    from ..resilience import CircuitBreaker
     from ..telemetry import Telemetry
 
 __all__ = ["Namespace", "TwoTierCache"]
@@ -153,6 +154,11 @@ class TwoTierCache:
 
     def __repr__(self) -> str:
         return f"<TwoTierCache backend={self.core.backend}>"
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The shared tier's breaker, ``cache.redis`` (listed in ``fnd.breakers`` and ``fnd.health()``)."""
+        return self.core.breaker
 
     # -- namespaces and the default one ------------------------------------------
 

@@ -156,6 +156,24 @@ def test_foundation_breaker_records_events_and_health(data_dir: Path) -> None:
         assert types == ["breaker.opened"]
 
 
+def test_the_cache_tiers_breaker_is_listed_in_health_and_records_its_events(data_dir: Path) -> None:
+    # Given a cache whose shared tier is a Redis nobody listens on
+    settings = Settings.from_env({"ESF_DATA_DIR": str(data_dir), "ESF_REDIS_URL": "redis://127.0.0.1:1/0",
+                                  "ESF_CACHE_BACKEND": "redis", "ESF_CACHE_BREAKER_FAILURES": "2",
+                                  "ESF_CACHE_BREAKER_RESET_S": "60",
+                                  "ESF_TELEMETRY_ENABLED": "false"})
+    with Foundation(settings) as fnd:
+        # When reads miss the shared tier until its breaker opens
+        for _ in range(3):
+            assert fnd.cache.get("missing") is None
+        # Then the breaker is the Foundation's, in health and in the events
+        report = fnd.health()["services"]["breakers"]
+        assert report["breakers"]["cache.redis"]["state"] == "open"
+        assert "cache.redis" in report["reason"]
+        assert fnd.flush(10)
+        assert [e.event_type for e in fnd.events.read_stream("breaker-cache.redis")] == ["breaker.opened"]
+
+
 def test_uses_must_be_a_list_of_breaker_names(data_dir: Path) -> None:
     with Foundation(Settings(data_dir=str(data_dir))) as fnd:
         def charge() -> None:

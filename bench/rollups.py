@@ -82,7 +82,7 @@ def main() -> None:
                 t = time.perf_counter()
                 load(fnd, url, args.n, now)
                 report.log(f"loaded {args.n:,} events in {time.perf_counter() - t:.1f} s")
-                backend = rollup_backend(fnd)
+                backend = rollup_backend(fnd.events)
                 t = time.perf_counter()
                 rolled = roll_up(fnd.events, backend, now=now, settle_s=120, max_minutes=1440, first_s=DAY_S)
                 report.add("rollup.catch_up_day_s", [time.perf_counter() - t], "s")

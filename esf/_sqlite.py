@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ServiceUnavailable
+from .lifecycle import track_fork
 
 #: How long a writer waits for another process's write lock, in milliseconds.
 BUSY_TIMEOUT_MS = 30_000
@@ -46,7 +47,8 @@ fork_guard = _ForkGuard()
 
 
 class SqliteFile:
-    """A connection per thread and per process (re-opened after a fork), WAL mode, busy timeout.
+    """A connection per thread and per process (a forked child opens its own: :meth:`after_fork`), WAL mode,
+    busy timeout.
 
     Parameters:
         path: the database file (its folder is created).
@@ -57,17 +59,29 @@ class SqliteFile:
         self._path = path
         self._what = what
         path.parent.mkdir(parents=True, exist_ok=True)
+        #: This process's connection of each thread (``db``).
+        self._local = threading.local()
+        #: What a forked child inherited: kept, never used nor closed (see after_fork).
+        self._inherited: list[threading.local] = []
+        track_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): every thread's connection is the parent's.
+
+        A new ``threading.local`` drops them for every thread at once; the old one is kept referenced,
+        because closing a connection the parent opened would act on the parent's locks (no I/O at the fork).
+        """
+        self._inherited.append(self._local)
         self._local = threading.local()
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
+        if db is None:
             db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._local.db = db
-            self._local.pid = os.getpid()
         return db
 
     @contextmanager

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from .backends import Backends
     from .cache import TwoTierCache
+    from .cache._bindings import EventInvalidator
     from .config import ConfigService, ConfigStore
     from .events import EventRecorder, EventStore
     from .events._async import AsyncAppend, AsyncAppender
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .jobs._celery import EsfCelery
     from .jobs._coord import Coordinator
     from .jobs._schedules import ScheduleStore
+    from .jobs._task import EsfTask
     from .resilience import Breakers, BreakerState, Guard
     from .sagas import Saga, SagaService
     from .secrets import SecretsService
@@ -86,11 +88,16 @@ class Foundation:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         _instances.add(self)
-        from .lifecycle import track_fork
+        from .lifecycle import ServiceContext, track_fork
 
         #: What a worker process does with this Foundation (Celery signals, ``esf worker``).
         self._runtime = self._runtime_class(self)
         track_fork(self._runtime)
+        #: What the services use (esf.lifecycle.ServiceContext): the settings and lazy providers.
+        self._context = ServiceContext(
+            settings=self.settings, injected=self.injected, celery=lambda: self.celery, events=lambda: self.events,
+            backends=lambda: self.backends, breakers=lambda: self.breakers, telemetry=lambda: self.telemetry,
+            run_hooks=self.run_hooks, add_hooks=self.add_hooks)
         from .events import JobHistoryHooks
 
         #: Buffered, batched writer of events nobody waits for (job history, audit events).
@@ -126,7 +133,9 @@ class Foundation:
         from .jobs._celery import create_celery_app
 
         signals.connect()
-        return create_celery_app(self)
+        app = create_celery_app(self.settings)
+        app.foundation = self
+        return app
 
     @cached_property
     def jobs(self) -> JobService:
@@ -135,17 +144,21 @@ class Foundation:
 
         from .jobs import JobService
 
-        service = JobService(self)
+        service = JobService(self._context, bind_task=self._bind_task)
         self.__dict__["jobs"] = service
         register(self)
         return service
+
+    def _bind_task(self, task: EsfTask) -> None:
+        """A declared job's task reaches this Foundation (``self.foundation`` in a task body, the worker's run)."""
+        task.foundation = self
 
     @cached_property
     def services(self) -> ServiceRegistry:
         """ESF's own service tasks (``esf.<service>.<verb>`` on ``esf.<service>``) and their default schedules."""
         from .services import ServiceRegistry
 
-        registry = ServiceRegistry(self)
+        registry = ServiceRegistry(self._context, jobs=lambda: self.jobs)
         self.__dict__["services"] = registry
         _ = self.jobs  # declares them (tasks/<service>.py) when the jobs service is built
         return registry
@@ -304,7 +317,7 @@ class Foundation:
         """Durable event subscriptions and projections; handlers run as routed jobs."""
         from .subscriptions import SubscriptionService
 
-        return SubscriptionService(self)
+        return SubscriptionService(self._context, jobs=lambda: self.jobs, upcasters=lambda: self.upcasters)
 
     def subscription(self, name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Subscription]:
         """Declare a subscription: ``@fnd.subscription("receipts", filter=Q.type("order.paid"))`` on a
@@ -324,7 +337,7 @@ class Foundation:
         """Sagas (process managers): instances in the database, steps as jobs, transitions as events."""
         from .sagas import SagaService
 
-        return SagaService(self)
+        return SagaService(self._context, jobs=lambda: self.jobs, subscriptions=lambda: self.subscriptions)
 
     def saga(self, cls: type[_S]) -> type[_S]:
         """Declare a saga class (``@fnd.saga`` on a subclass of :class:`esf.sagas.Saga`); returns it.
@@ -387,7 +400,7 @@ class Foundation:
             telemetry=(lambda: self.telemetry) if self.settings.telemetry.enabled else None)
         from .config._deferred import DeferredBatches
 
-        service.deferred = DeferredBatches(self)
+        service.deferred = DeferredBatches(service, events=lambda: self.events, jobs=lambda: self.jobs)
 
         def telemetry_changed(_change: Any) -> None:
             if "telemetry" in self.__dict__:
@@ -445,9 +458,25 @@ class Foundation:
         """The cache: an in-process tier in front of Redis (the in-process tier alone without Redis)."""
         from .cache import create_foundation_cache
 
-        cache = create_foundation_cache(self)
+        cache = create_foundation_cache(self._context, jobs=lambda: self.jobs, config=lambda: self.config,
+                                        watch_events=self._invalidate_on_events)
         self._watch_breaker(cache)
         return cache
+
+    def _invalidate_on_events(self, invalidator: EventInvalidator) -> None:
+        """Put the cache's ``invalidator`` in front of ``fnd.events`` (once), built or not yet."""
+        from .cache._bindings import InvalidatingEventStore
+
+        current = self.__dict__.get("events")
+        if isinstance(current, InvalidatingEventStore):
+            return
+        if current is not None:
+            wrapped = InvalidatingEventStore(lambda: current, invalidator)
+        else:
+            # Opened on first use, as ``fnd.events`` is.
+            build = cast(Any, type(self).__dict__["events"]).func
+            wrapped = InvalidatingEventStore(lambda: build(self), invalidator)
+        self.__dict__["events"] = wrapped
 
     def cached(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Cache a function's results: ``@fnd.cached`` or ``@fnd.cached(ttl=, key=, namespace=, refresh_after=,

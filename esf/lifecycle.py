@@ -29,6 +29,12 @@ hook                          called                                   for examp
 A service's ``close()`` is its own release (the services' ``close`` methods are this hook); the
 Foundation calls it on every service it built, the last built first, and a failing ``close`` is
 logged while the others still run.
+
+What a service uses comes in a :class:`ServiceContext`: the settings and lazy providers of the
+deployment's shared parts (the Celery app, the event store, the job hooks, the breakers, the backend
+factory, telemetry), which the Foundation builds once; a sibling service a service needs is one more
+provider given to its constructor. A service never holds the Foundation, so it can be built, and
+tested, from real backends without one.
 """
 
 from __future__ import annotations
@@ -36,10 +42,21 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["HOOKS", "WORKER_HOOKS", "ForkAware", "ServiceLifecycle", "dispatch", "track_fork"]
+if TYPE_CHECKING:
+    from ._backends import InjectedBackends
+    from .backends import Backends
+    from .events._facade import Events
+    from .hooks import JobHooks
+    from .jobs._celery import EsfCelery
+    from .resilience import Breakers
+    from .settings import Settings
+    from .telemetry import Telemetry
+
+__all__ = ["HOOKS", "WORKER_HOOKS", "ForkAware", "ServiceContext", "ServiceLifecycle", "dispatch", "track_fork"]
 
 log = logging.getLogger("esf")
 
@@ -84,6 +101,36 @@ def dispatch(services: Iterable[Any], hook: str, *args: Any) -> None:
             method(*args)
         except Exception:
             log.exception("lifecycle hook %s.%s failed; continuing", type(service).__name__, hook)
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service gets from the deployment: the settings, and providers called on first use.
+
+    A provider builds its part the first time it is called (the Foundation's build-on-first-use),
+    so a service that never sends a job never opens the broker.
+
+    Attributes:
+        settings: the deployment's settings.
+        injected: backends given to the deployment instead of built from the settings.
+        celery: the Celery app.
+        events: the event store (``fnd.events``).
+        backends: the factory of coordination, schedule and gather stores (:mod:`esf.backends`).
+        breakers: every named circuit breaker.
+        telemetry: metrics; called only when ``settings.telemetry.enabled``.
+        run_hooks: runs a job hook (``run_hooks("before_enqueue", ctx)``); only HookError propagates.
+        add_hooks: registers job hooks (after those already registered).
+    """
+
+    settings: Settings
+    injected: InjectedBackends
+    celery: Callable[[], EsfCelery]
+    events: Callable[[], Events]
+    backends: Callable[[], Backends]
+    breakers: Callable[[], Breakers]
+    telemetry: Callable[[], Telemetry]
+    run_hooks: Callable[..., None]
+    add_hooks: Callable[[JobHooks], None]
 
 
 class ForkAware(Protocol):

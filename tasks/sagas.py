@@ -12,14 +12,16 @@ from esf.errors import ConcurrencyConflict, ServiceUnavailable
 
 if TYPE_CHECKING:
     from esf.foundation import Foundation
-    from esf.sagas import Saga
+    from esf.jobs import JobService
+    from esf.sagas import Saga, SagaService
 
 
-def declare_steps(foundation: Foundation, cls: type[Saga]) -> None:
-    """Declare the step and compensation jobs of ``cls``. Raises ValidationError / UnknownQueue for bad options."""
+def declare_steps(jobs: JobService, service: SagaService, cls: type[Saga]) -> None:
+    """Declare the step and compensation jobs of ``cls`` in ``jobs``; they run ``service.run_step``. Raises
+    ValidationError / UnknownQueue for bad options."""
     from esf.sagas._service import step_job_name
 
-    settings = foundation.settings
+    settings = jobs.settings
     saga = cls.name
     for step_name, step in sorted(cls.steps.items()):
         queue = step.queue or settings.sagas.step_queue or settings.jobs.default_queue
@@ -28,10 +30,11 @@ def declare_steps(foundation: Foundation, cls: type[Saga]) -> None:
                                                           ("max_backoff", step.max_backoff),
                                                           ("timeout", step.timeout)) if v is not None}
 
-            @foundation.job(name=step_job_name(saga, step_name, compensation=compensation), queue=queue, **options)
             def run(saga_id: str, run_id: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
                 """Run one step (or compensation) of a saga instance and record its outcome."""
-                return foundation.sagas.run_step(saga, str(saga_id), str(run_id), list(args), dict(kwargs))
+                return service.run_step(saga, str(saga_id), str(run_id), list(args), dict(kwargs))
+
+            jobs.declare(run, name=step_job_name(saga, step_name, compensation=compensation), queue=queue, **options)
 
 
 def register(foundation: Foundation) -> None:

@@ -11,29 +11,30 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from esf.foundation import Foundation
-    from esf.jobs import Job
-    from esf.subscriptions import Subscription
+    from esf.jobs import Job, JobService
+    from esf.subscriptions import Subscription, SubscriptionService
 
 #: Runs one dispatcher step of a subscription now (on the ``esf.events`` service queue).
 TICK_JOB = "esf.subscriptions.tick"
 
 
-def declare_handler(foundation: Foundation, sub: Subscription, *, retries: int | None, backoff: float | None,
-                    max_backoff: float | None, retry_on: type[BaseException] | tuple[type[BaseException], ...],
+def declare_handler(jobs: JobService, service: SubscriptionService, sub: Subscription, *, retries: int | None,
+                    backoff: float | None, max_backoff: float | None,
+                    retry_on: type[BaseException] | tuple[type[BaseException], ...],
                     timeout: float | None) -> Job[Any, Any]:
-    """Declare ``sub``'s handler job on ``foundation``. Raises ValidationError / UnknownQueue for bad options."""
+    """Declare ``sub``'s handler job in ``jobs``; it runs ``service.handle``. Raises ValidationError / UnknownQueue
+    for bad options."""
     from esf.subscriptions._service import STORE_BREAKER
 
     name = sub.name
 
     # It uses the event store's breaker: a database outage defers it (no retry spent) instead of failing it.
-    @foundation.job(name=sub.job_name, queue=sub.queue, retries=retries, backoff=backoff, max_backoff=max_backoff,
-                    retry_on=retry_on, timeout=timeout, uses=[STORE_BREAKER])
     def handle(batch_id: int, positions: list[int]) -> dict[str, Any]:
         """Run the subscription's handler on one batch of events (given by position)."""
-        return foundation.subscriptions.handle(name, int(batch_id), [int(p) for p in positions])
+        return service.handle(name, int(batch_id), [int(p) for p in positions])
 
-    return handle
+    return jobs.declare(handle, name=sub.job_name, queue=sub.queue, retries=retries, backoff=backoff,
+                        max_backoff=max_backoff, retry_on=retry_on, timeout=timeout, uses=[STORE_BREAKER])
 
 
 def register(foundation: Foundation) -> None:

@@ -36,7 +36,8 @@ def register(foundation: Foundation) -> None:
         from esf.telemetry._push import push_cluster_view
 
         names = list(s.telemetry_push_exporters) if exporters is None else list(exporters)
-        return push_cluster_view(foundation, names)
+        return push_cluster_view(foundation.telemetry, foundation.jobs.coordinator, foundation.settings.telemetry,
+                                 names)
 
     @foundation.services.task(TELEMETRY_SERVICE, "rollup", retries=3, backoff=10.0, max_backoff=120.0, timeout=300,
                               retry_on=(ServiceUnavailable,),
@@ -49,7 +50,7 @@ def register(foundation: Foundation) -> None:
         """Roll up the job history's complete minutes into per-minute run-time figures (``esf metrics jobs``)."""
         from esf.telemetry._rollup import roll_up, rollup_backend
 
-        return roll_up(foundation.events, rollup_backend(foundation), now=time.time(),
+        return roll_up(foundation.events, rollup_backend(foundation.events), now=time.time(),
                        settle_s=s.telemetry_rollup_settle_s, max_minutes=s.telemetry_rollup_max_minutes,
                        first_s=s.telemetry_rollup_first_s, retention_s=s.telemetry_rollup_retention_s,
                        since=since)

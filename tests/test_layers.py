@@ -120,3 +120,37 @@ def test_the_import_reader_resolves_relative_imports_and_sees_where_they_are() -
     assert late and not any(top for _, top in late)
     assert is_private_plugin_module("esf.plugins.redis_cache._tier.RedisCacheTier")
     assert not is_private_plugin_module("esf.plugins.redis_cache.RedisCacheTier")
+
+
+# -- services get what they use (esf.lifecycle.ServiceContext), never the Foundation --------------------------------
+
+#: Packages of esf/ that are front ends of a Foundation, not services: the CLI loads one, esf.testing builds one.
+FRONT_ENDS = ("cli", "testing")
+#: Service modules that may name the Foundation, and why: the public attributes through which Celery reaches it.
+FOUNDATION_ALLOWED = {
+    # EsfCelery.foundation: the worker's signal handlers (workers/signals.py) find the Foundation of the app they run.
+    "esf/jobs/_celery.py",
+    # EsfTask.foundation: a task body's ``self.foundation``, and the job runner's way back to the hooks and services.
+    "esf/jobs/_task.py",
+}
+
+
+def foundation_imports() -> list[str]:
+    found = []
+    for package in sorted(p for p in ESF.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        if package.name in FRONT_ENDS:
+            continue
+        for path in sources(str(package.relative_to(ROOT))):
+            if str(path.relative_to(ROOT)) in FOUNDATION_ALLOWED:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{line}: {module}" for module, _, line in imports(path)
+                      if module == "esf.foundation" or module.startswith("esf.foundation.")]
+    return found
+
+
+def test_no_service_module_imports_the_foundation() -> None:
+    # Given every module of a service package (esf/<service>/), type-only imports included
+    # Then none imports esf.foundation: a service gets a ServiceContext and providers of its siblings,
+    # except the two Celery attributes of FOUNDATION_ALLOWED
+    assert foundation_imports() == []
+    assert all((ROOT / path).exists() for path in FOUNDATION_ALLOWED)

@@ -152,3 +152,117 @@ def test_a_forked_child_opens_its_own_redis_clients(redis_url: str, data_dir: Pa
                                           "works": True}
         assert fnd.redis is shared and backends.client() is own
     own.close()
+
+
+# -- the per-process writers: one mechanism (track_fork), a real write in the child and in the parent -------------
+
+
+def test_a_forked_child_starts_its_own_job_history_writer_and_the_parent_keeps_its_own(data_dir: Path) -> None:
+    from esf.events import JobHistoryHooks, create_event_store
+
+    # Given a job-history writer whose thread runs and has written an event
+    store = create_event_store(esf.Settings(data_dir=str(data_dir)))
+    writer = JobHistoryHooks(store, flush_interval_s=0.05)
+    try:
+        writer.append_later(esf.Event("fork.parent", {"n": 1}, stream_id="fork-history"))
+        assert writer.flush(30)
+        thread = writer._thread
+        assert thread is not None and thread.is_alive()
+
+        def probe() -> dict[str, Any]:
+            inherited = writer._thread is not None
+            writer.append_later(esf.Event("fork.child", {"n": 2}, stream_id="fork-history"))
+            flushed = writer.flush(30)
+            return {"inherited a writer": inherited, "flushed": flushed,
+                    "own writer": writer._thread is not None and writer._thread.is_alive()}
+
+        # When the process forks; Then the child has no writer until its first event, starts its own and writes
+        assert in_forked_child(probe) == {"inherited a writer": False, "flushed": True, "own writer": True}
+        # And the parent's writer still runs and writes
+        writer.append_later(esf.Event("fork.parent", {"n": 3}, stream_id="fork-history"))
+        assert writer.flush(30) and writer._thread is thread and thread.is_alive()
+        assert [e.data["n"] for e in store.read_stream("fork-history")] == [1, 2, 3]
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_forked_child_starts_its_own_secrets_keeper_and_reads_a_secret(data_dir: Path) -> None:
+    from esf.secrets import create_secrets_service
+    from esf.settings import SecretsSettings
+
+    # Given a secrets service on a file whose keeper thread runs
+    path = data_dir / "secrets.json"
+    path.write_text(json.dumps({"db": {"password": "s3cret"}}))
+    settings = esf.Settings(data_dir=str(data_dir), secrets=SecretsSettings(backend="file",
+                                                                            file_path=str(path)))
+    service = create_secrets_service(settings)
+    try:
+        service.keeper.ensure()
+        thread = service.keeper._thread
+        assert service.keeper.running and thread is not None
+
+        def probe() -> dict[str, Any]:
+            inherited = service.keeper._thread is not None
+            service.keeper.ensure()
+            return {"inherited a keeper": inherited, "own keeper": service.keeper.running,
+                    "read": service.get("db", "password").reveal() == "s3cret"}
+
+        # When the process forks; Then the child starts its own keeper and reads from the backend
+        assert in_forked_child(probe) == {"inherited a keeper": False, "own keeper": True, "read": True}
+        # And the parent's keeper is the same running thread
+        assert service.keeper._thread is thread and service.keeper.running
+        assert service.get("db", "password").reveal() == "s3cret"
+    finally:
+        service.close()
+
+
+def test_a_forked_child_opens_its_own_spool_connection_and_spools(data_dir: Path) -> None:
+    from esf.events._spool import Spool
+    from esf.events._validation import prepare_events
+
+    # Given a spool whose connection this thread opened and used
+    spool = Spool(data_dir / "spool.sqlite")
+    try:
+        spool.put(prepare_events(esf.Event("fork.spooled", {"n": 1})))
+        parent_conn = spool._local.conn
+
+        def probe() -> dict[str, Any]:
+            inherited = getattr(spool._local, "conn", None) is not None
+            spool.put(prepare_events(esf.Event("fork.spooled", {"n": 2})))
+            return {"inherited a connection": inherited, "own connection": spool._local.conn is not parent_conn}
+
+        # When the process forks; Then the child opens its own connection and spools through it
+        assert in_forked_child(probe) == {"inherited a connection": False, "own connection": True}
+        # And the parent keeps its connection and spools too: every entry is there, in order
+        spool.put(prepare_events(esf.Event("fork.spooled", {"n": 3})))
+        assert spool._local.conn is parent_conn
+        assert [entry.events[0].data["n"] for entry in spool.peek(10)] == [1, 2, 3]
+    finally:
+        spool.close()
+
+
+def test_a_forked_child_opens_its_own_connection_to_a_shared_sqlite_file(data_dir: Path) -> None:
+    from esf._sqlite import SqliteFile
+
+    # Given a SQLite file this thread has written to
+    db = SqliteFile(data_dir / "shared.sqlite", "the test store")
+    with db._tx() as conn:
+        conn.execute("CREATE TABLE t (who TEXT)")
+        conn.execute("INSERT INTO t VALUES ('parent')")
+    parent_conn = db._db()
+
+    def probe() -> dict[str, Any]:
+        inherited = getattr(db._local, "db", None) is not None
+        with db._tx() as conn:
+            conn.execute("INSERT INTO t VALUES ('child')")
+        return {"inherited a connection": inherited, "own connection": db._db() is not parent_conn}
+
+    # When the process forks; Then the child writes through a connection of its own
+    assert in_forked_child(probe) == {"inherited a connection": False, "own connection": True}
+    # And the parent keeps its connection, and writes
+    with db._tx() as conn:
+        conn.execute("INSERT INTO t VALUES ('parent')")
+        rows = [r[0] for r in conn.execute("SELECT who FROM t ORDER BY rowid")]
+    assert db._db() is parent_conn and rows == ["parent", "child", "parent"]
+    db.close()

@@ -1,17 +1,19 @@
-"""Build the cache from Settings (and wire it to a Foundation's events, configuration, jobs and telemetry)."""
+"""Build the cache from Settings (and wire it to the deployment's events, configuration, jobs and telemetry)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .._plugins import load_plugin
-from ._bindings import EventInvalidator, InvalidatingEventStore
+from ._bindings import EventInvalidator
 from ._facade import TwoTierCache
 from ._service import CacheCore
 
 if TYPE_CHECKING:
-    from ..foundation import Foundation
+    from ..config import ConfigService
+    from ..jobs import JobService
+    from ..lifecycle import ServiceContext
     from ..settings import Settings
     from ..telemetry import Telemetry
     from ._types import SharedTier
@@ -51,26 +53,16 @@ def create_cache(settings: Settings, *, redis_url: str | None = None,
     return TwoTierCache(core, telemetry=telemetry, **options)
 
 
-def create_foundation_cache(foundation: Foundation) -> TwoTierCache:
-    """``fnd.cache``: refresh-ahead and warmers go to the ``esf.cache`` queue, counters to ``fnd.telemetry``,
-    ``invalidate_on`` watches ``fnd.events``, ``bind_config`` subscribes to ``fnd.config``."""
-    settings = foundation.settings
-    telemetry = (lambda: foundation.telemetry) if settings.telemetry.enabled else None
+def create_foundation_cache(context: ServiceContext, *, jobs: Callable[[], JobService],
+                            config: Callable[[], ConfigService],
+                            watch_events: Callable[[EventInvalidator], None]) -> TwoTierCache:
+    """``fnd.cache``: refresh-ahead and warmers go to the ``esf.cache`` queue (through ``jobs``), counters to
+    telemetry, ``invalidate_on`` watches the event store (``watch_events`` puts ``invalidator`` in front of
+    it), ``bind_config`` subscribes to ``config``."""
+    settings = context.settings
+    telemetry = context.telemetry if settings.telemetry.enabled else None
 
     def dispatch(job: str, request: dict[str, Any]) -> Any:
-        return foundation.jobs.get(job).enqueue(**request)
+        return jobs().get(job).enqueue(**request)
 
-    def watch_events(invalidator: EventInvalidator) -> None:
-        current = foundation.__dict__.get("events")
-        if isinstance(current, InvalidatingEventStore):
-            return
-        if current is not None:
-            wrapped = InvalidatingEventStore(lambda: current, invalidator)
-        else:
-            # Opened on first use, as ``fnd.events`` is.
-            build = cast(Any, type(foundation).__dict__["events"]).func
-            wrapped = InvalidatingEventStore(lambda: build(foundation), invalidator)
-        foundation.__dict__["events"] = wrapped
-
-    return create_cache(settings, telemetry=telemetry, dispatch=dispatch, watch_events=watch_events,
-                        config=lambda: foundation.config)
+    return create_cache(settings, telemetry=telemetry, dispatch=dispatch, watch_events=watch_events, config=config)

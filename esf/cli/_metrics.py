@@ -57,7 +57,7 @@ def show_job_summaries(fnd: Foundation, window: timedelta, *, job: str | None = 
     from ..telemetry._rollup import rollup_backend
 
     try:
-        backend = rollup_backend(fnd)
+        backend = rollup_backend(fnd.events)
     except SettingsError:
         backend = None  # an event store without rollups: every figure from the raw events
     result = job_summaries(fnd.events, backend, window_s=window.total_seconds(),

@@ -24,9 +24,12 @@ from ._batch import check_batch
 from ._paths import DELETE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..events import StoredEvent
-    from ..foundation import Foundation
-    from ..jobs import JobHandle
+    from ..events._facade import Events
+    from ..jobs import JobHandle, JobService
+    from ._service import ConfigService
 
 #: The task that applies a batch.
 APPLY_JOB = "esf.config.apply_batch"
@@ -76,10 +79,18 @@ class ScheduledBatch:
 
 
 class DeferredBatches:
-    """``fnd.config.update_batch_async`` / ``schedule_batch`` and the scheduled batches' book-keeping."""
+    """``fnd.config.update_batch_async`` / ``schedule_batch`` and the scheduled batches' book-keeping.
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    Parameters:
+        config: the configuration service the batches apply to.
+        events: the event store (each batch's stream: its claim and outcome).
+        jobs: the jobs service ``esf.config.apply_batch`` is sent through.
+    """
+
+    def __init__(self, config: ConfigService, *, events: Callable[[], Events], jobs: Callable[[], JobService]) -> None:
+        self._config = config
+        self._events = events
+        self._jobs = jobs
 
     # -- sending ---------------------------------------------------------------
 
@@ -109,7 +120,7 @@ class DeferredBatches:
                         for p, v in changes.items() if v is DELETE})
             if bad:
                 raise ValidationError(f"cannot defer this batch: {', '.join(sorted(bad))}", errors=bad)
-        config = self._fnd.config
+        config = self._config
         prepared, _ = check_batch(changes, config._rules, actor, config._settings.max_value_bytes)
         config.validate_batch(prepared, actor=actor)  # schemas and validators, against the current snapshot
         return prepared
@@ -123,8 +134,8 @@ class DeferredBatches:
             ServiceUnavailable: the broker is unreachable.
         """
         prepared = self.check(changes, expected_version, actor)
-        return self._fnd.jobs.get(APPLY_JOB).enqueue_with([prepared], {"expected_version": expected_version,
-                                                                       "actor": actor})
+        return self._jobs().get(APPLY_JOB).enqueue_with([prepared], {"expected_version": expected_version,
+                                                                     "actor": actor})
 
     def schedule_batch(self, changes: Any, *, at: datetime, expected_version: int | None = None,
                        actor: str | None = None) -> ScheduledBatch:
@@ -143,7 +154,7 @@ class DeferredBatches:
         self._append(batch.id, "config.batch_scheduled", {k: v for k, v in batch.to_dict().items()
                                                           if k not in ("state", "version", "error")}, 0)
         try:
-            self._fnd.jobs.get(APPLY_JOB).enqueue_with(
+            self._jobs().get(APPLY_JOB).enqueue_with(
                 [prepared], {"expected_version": expected_version, "actor": actor, "batch_id": batch.id},
                 eta=batch.at, correlation_id=f"config-batch:{batch.id}")
         except ServiceUnavailable as exc:
@@ -157,7 +168,7 @@ class DeferredBatches:
         """The scheduled batch ``batch_id``. Raises NotFound."""
         if not isinstance(batch_id, str) or not batch_id or len(batch_id) > 100:
             raise NotFound(f"no scheduled configuration batch {batch_id!r}")
-        events = self._fnd.events.read_stream(STREAM_PREFIX + batch_id)
+        events = self._events().read_stream(STREAM_PREFIX + batch_id)
         if not events or events[0].event_type != "config.batch_scheduled":
             raise NotFound(f"no scheduled configuration batch {batch_id!r}; see `esf config scheduled list`")
         return _fold(batch_id, events)
@@ -166,9 +177,9 @@ class DeferredBatches:
         """Scheduled batches by time: pending and refused ones (every one with ``include_done``)."""
         from ..events import Q, QueryableEventStore, require_capability
 
-        require_capability(self._fnd.events, QueryableEventStore, needed_for="config scheduled batches")
+        require_capability(self._events(), QueryableEventStore, needed_for="config scheduled batches")
         out = []
-        for e in self._fnd.events.query(Q.type("config.batch_scheduled")):
+        for e in self._events().query(Q.type("config.batch_scheduled")):
             batch = self.get(str(e.stream_id)[len(STREAM_PREFIX):])
             if include_done or batch.state in ("pending", "refused"):
                 out.append(batch)
@@ -206,7 +217,7 @@ class DeferredBatches:
             ServiceUnavailable: the configuration or event store is unreachable (retried).
         """
         if batch_id is None:
-            return {"version": self._fnd.config.update_batch(changes, expected_version=expected_version, actor=actor)}
+            return {"version": self._config.update_batch(changes, expected_version=expected_version, actor=actor)}
         batch = self.get(batch_id)
         if batch.state == "cancelled":
             return {"batch_id": batch_id, "cancelled": True}
@@ -217,8 +228,8 @@ class DeferredBatches:
             self._append(batch_id, "config.batch_applying", {}, head)  # ConcurrencyConflict: cancelled meanwhile
             head += 1
         try:
-            version = self._fnd.config.update_batch(changes, expected_version=expected_version,
-                                                    actor=actor or f"scheduled:{batch_id}")
+            version = self._config.update_batch(changes, expected_version=expected_version,
+                                                actor=actor or f"scheduled:{batch_id}")
         except ServiceUnavailable:
             raise
         except Exception as exc:
@@ -230,8 +241,8 @@ class DeferredBatches:
     def _append(self, batch_id: str, event_type: str, data: dict[str, Any], expected: int) -> None:
         from ..events import Event
 
-        self._fnd.events.append(Event(event_type, data, stream_id=STREAM_PREFIX + batch_id,
-                                      correlation_id=f"config-batch:{batch_id}"), expected_version=expected)
+        self._events().append(Event(event_type, data, stream_id=STREAM_PREFIX + batch_id,
+                                    correlation_id=f"config-batch:{batch_id}"), expected_version=expected)
 
 
 def _fold(batch_id: str, events: list[StoredEvent]) -> ScheduledBatch:

@@ -19,7 +19,6 @@ time of the step, seconds), and per type: ``runtime_s``; ``error_type``,
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .._sqlite import fork_guard
 from ..errors import EsfError, Retry, SkipJob, ValidationError
 from ..hooks import JobContext, JobHooks
+from ..lifecycle import track_fork
 from ._async import APPEND_JOB
 from ._model import Event
 from ._validation import MAX_STREAM_ID_CHARS, STREAM_ID_RE
@@ -62,8 +62,6 @@ _SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_.:@/+=$\-]{1,196}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Metadata of every job event.
 _METADATA: dict[str, Any] = {"source": "esf.jobs"}
-#: Serialises writer-thread starts of every JobHistoryHooks (rare: once per process).
-_START_LOCK = threading.Lock()
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
@@ -127,9 +125,19 @@ class JobHistoryHooks(JobHooks):
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_backoff_s = max_backoff_s
-        self._pid = -1
+        #: This process's writer thread; None until the first event (and in a forked child).
         self._thread: threading.Thread | None = None
+        #: Serialises starts of the writer thread (rare: once per process, and after a close).
+        self._start_lock = threading.Lock()
         self._reset_buffer()
+        track_fork(self)
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): the parent's writer thread and buffered events stay
+        the parent's; the child buffers anew and starts its own writer with its first event."""
+        self._reset_buffer()
+        self._thread = None
+        self._start_lock = threading.Lock()
 
     def _reset_buffer(self) -> None:
         # The hot path is one append under a plain lock: no condition variable, no wake-up per
@@ -224,7 +232,7 @@ class JobHistoryHooks(JobHooks):
         self._put(event)
 
     def _put(self, event: Event) -> None:
-        if self._pid != os.getpid() or self._stop.is_set():
+        if self._thread is None or self._stop.is_set():
             self._start()
         with self._lock:
             self._buffer.append(event)
@@ -248,13 +256,8 @@ class JobHistoryHooks(JobHooks):
 
     def _start(self, *, force: bool = False) -> None:
         """Start this process's writer thread (a forked child inherits none: it starts afresh)."""
-        with _START_LOCK:
-            pid = os.getpid()
-            if self._pid != pid:
-                self._reset_buffer()
-                self._thread = None
-                self._pid = pid
-            elif self._stop.is_set():  # closed, then used again: a new writer for what comes next
+        with self._start_lock:
+            if self._stop.is_set():  # closed, then used again: a new writer for what comes next
                 if self._thread is not None and self._thread is not threading.current_thread():
                     self._thread.join(self.max_backoff_s)
                 self._stop = threading.Event()
@@ -332,8 +335,8 @@ class JobHistoryHooks(JobHooks):
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Block until every buffered event was handed to the store (True) or ``timeout`` passed (False)."""
-        if self._pid != os.getpid():
-            return True  # nothing buffered in this process (a fork inherits no events to write)
+        if self._thread is None:
+            return True  # nothing buffered yet in this process (a forked child inherits no events to write)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._drained:
             target = self._added

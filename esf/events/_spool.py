@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lifecycle import track_fork
 from ._validation import PreparedEvent
 
 __all__ = ["QuarantinedEntry", "Spool", "SpoolEntry"]
@@ -95,19 +96,33 @@ class Spool:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: This process's connection of each thread (``conn``).
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
+        #: Connections a forked child inherited: kept, never used nor closed (see after_fork).
+        self._inherited: list[object] = []
+        track_fork(self)
         self._connection().executescript(_SCHEMA)  # autocommit; CREATE … IF NOT EXISTS is idempotent
+
+    def after_fork(self) -> None:
+        """In a forked child (``esf.lifecycle.track_fork``): the parent's connections are not this process's.
+
+        A new ``threading.local`` drops them for every thread at once; they are kept referenced, because
+        closing a SQLite connection a parent opened would act on the parent's locks (no I/O at the fork).
+        """
+        self._inherited.append((self._local, self._all))
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all = []
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+        if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
-            self._local.pid = os.getpid()
             with self._lock:
                 self._all.append(conn)
         return conn

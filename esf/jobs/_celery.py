@@ -216,12 +216,10 @@ def celery_config(settings: Settings, max_timeout_s: float | None = None) -> dic
     return conf
 
 
-def create_celery_app(foundation: Foundation, name: str = "esf") -> EsfCelery:
-    """A Celery app configured from the Foundation's settings."""
-    settings = foundation.settings
+def create_celery_app(settings: Settings, name: str = "esf") -> EsfCelery:
+    """A Celery app configured from ``settings``; its owner sets ``app.foundation``."""
     if settings.broker_kind == "embedded":
         settings.data_path.mkdir(parents=True, exist_ok=True)
     app = EsfCelery(name, set_as_current=False, fixups=[])
-    app.foundation = foundation
     app.conf.update(celery_config(settings))
     return app

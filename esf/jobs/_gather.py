@@ -36,7 +36,7 @@ from ._meta import JobMeta
 if TYPE_CHECKING:
     from celery.canvas import Signature
 
-    from ..foundation import Foundation
+    from ._service import JobService
 
 log = logging.getLogger("esf.jobs")
 
@@ -58,14 +58,14 @@ Call = Any
 class GatherService:
     """Starts gathers and closes them (``fnd.jobs.gathers``)."""
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
 
     @cached_property
     def store(self) -> GatherStore:
         """The gather store of ``fnd.backends``: Redis when a Redis URL is configured, else SQLite under
         ``data_dir`` (as the coordinator)."""
-        return self._fnd.backends.gather_store()
+        return self._jobs.context.backends().gather_store()
 
     # -- starting ------------------------------------------------------------------
 
@@ -73,7 +73,7 @@ class GatherService:
               min_results: int | None = None, on_timeout: OnTimeout = "fail",
               correlation_id: str | None = None) -> Gather:
         """See ``Foundation.gather``."""
-        jobs = self._fnd.jobs
+        jobs = self._jobs
         then_job = self._job(then, "then")
         seconds = _deadline_s(deadline)
         if on_timeout not in ("continue", "fail"):
@@ -116,14 +116,14 @@ class GatherService:
             jobs.send(job, prepared)
         log.info("gather %s started: %d jobs, then %s, deadline %.1fs, min_results %d, on_timeout %s",
                  gather_id, n, then_job.name, seconds, need, on_timeout)
-        return Gather(self._fnd, gather_id, then_id, then_job.name, cid)
+        return Gather(self._jobs, gather_id, then_id, then_job.name, cid)
 
     def _job(self, ref: Any, label: str) -> Job[Any, Any]:
         if isinstance(ref, Job):
             return ref
         if isinstance(ref, str):
             try:
-                return self._fnd.jobs.get(ref)
+                return self._jobs.get(ref)
             except UnknownJob as exc:
                 raise ValidationError(f"{label}: {exc}", errors={label: "unknown_job"}) from exc
         raise ValidationError(f"{label}: must be a declared job or its name, got {type(ref).__name__}",
@@ -185,24 +185,24 @@ class GatherService:
         outcome = outcome_of(state)
         spec = state.spec
         if verdict == "closing":
-            then = self._fnd.jobs.get(str(spec["then"]))
+            then = self._jobs.get(str(spec["then"]))
             try:
                 prepared = then.prepare([outcome], {}, correlation_id=str(spec["correlation_id"]),
                                         idempotency_key=None, countdown=None, eta=None, queue=None)
             except ValidationError as exc:  # the results together exceed jobs.max_payload_bytes
                 entry = self._dead_letter(state, {**outcome, "results": None}, why=str(exc))
-                self._fnd.jobs.dead_letter(entry)
+                self._jobs.dead_letter(entry)
                 self.store.finish(gather_id, "failed")
                 self._count("esf.gather.failed")
                 return
             prepared.job_id = str(spec["then_id"])
-            self._fnd.jobs.send(then, prepared)
+            self._jobs.send(then, prepared)
             self.store.finish(gather_id, "done")
             log.info("gather %s closed (%s): %d of %d results; %s[%s] sent", gather_id, state.reason,
                      len(state.results), spec["n"], then.name, spec["then_id"])
             self._count("esf.gather.completed")
             return
-        self._fnd.jobs.dead_letter(self._dead_letter(state, outcome))
+        self._jobs.dead_letter(self._dead_letter(state, outcome))
         self.store.finish(gather_id, "failed")
         self._count("esf.gather.failed")
 
@@ -224,9 +224,9 @@ class GatherService:
         )
 
     def _count(self, name: str) -> None:
-        if self._fnd.settings.telemetry.enabled:
+        if self._jobs.settings.telemetry.enabled:
             try:
-                self._fnd.telemetry.counter(name, {}).inc()
+                self._jobs.context.telemetry().counter(name, {}).inc()
             except Exception:  # a metric must not fail the gather
                 log.exception("could not count %s", name)
 
@@ -261,8 +261,8 @@ def outcome_of(state: GatherState) -> dict[str, Any]:
 class Gather:
     """A running gather: ``wait()`` for the callback's result, ``status()`` for what arrived so far."""
 
-    def __init__(self, foundation: Foundation, gather_id: str, then_id: str, then: str, correlation_id: str) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService, gather_id: str, then_id: str, then: str, correlation_id: str) -> None:
+        self._jobs = jobs
         self.id = gather_id
         #: The callback's job id (fixed when the gather starts).
         self.then_id = then_id
@@ -280,7 +280,7 @@ class Gather:
         """
         from ..errors import NotFound
 
-        state = self._fnd.jobs.gathers.store.read(self.id)
+        state = self._jobs.gathers.store.read(self.id)
         if state is None:
             raise NotFound(f"gather {self.id} is unknown (or its record expired)", gather_id=self.id)
         return {"state": state.state, "late": state.late, **outcome_of(state)}
@@ -306,7 +306,7 @@ class Gather:
                 raise Timeout(f"gather {self.id} did not close within {timeout} s", job_id=self.then_id)
             time.sleep(0.1)
         left = None if end is None else max(0.1, end - time.monotonic())
-        return JobHandle(self._fnd, self.then_id, self.then, correlation_id=self.correlation_id).wait(left)
+        return JobHandle(self._jobs, self.then_id, self.then, correlation_id=self.correlation_id).wait(left)
 
 
 def parent_gather(meta: JobMeta) -> tuple[str, int] | None:

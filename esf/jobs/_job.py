@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from celery.canvas import Signature
     from sqlalchemy.orm import Session
 
-    from ..foundation import Foundation
+    from ._service import JobService
     from ._task import EsfTask
 
 P = ParamSpec("P")
@@ -52,9 +52,9 @@ MAX_BATCH_SIZE = 10_000
 class JobHandle:
     """A handle on one enqueued job: its ``id``, ``status()`` and ``wait()``."""
 
-    def __init__(self, foundation: Foundation, job_id: str, name: str, *, duplicate: bool = False,
+    def __init__(self, jobs: JobService, job_id: str, name: str, *, duplicate: bool = False,
                  correlation_id: str | None = None) -> None:
-        self._fnd = foundation
+        self._jobs = jobs
         self.id = job_id
         self.name = name
         #: True when ``unique_for`` dropped this enqueue and returned the first job's handle.
@@ -66,7 +66,7 @@ class JobHandle:
 
     def status(self) -> JobStatus:
         """``pending``, ``running``, ``retrying``, ``succeeded``, ``failed`` or ``revoked``."""
-        return self._fnd.jobs.status(self.id)
+        return self._jobs.status(self.id)
 
     def wait(self, timeout: float | None = 30.0) -> Any:
         """Block until the job finished and return its result.
@@ -75,14 +75,14 @@ class JobHandle:
             Timeout: the job did not finish within ``timeout`` seconds.
             JobFailed: the job failed (``remote_type``/``remote_message`` say why).
         """
-        return self._fnd.jobs.wait(self.id, timeout=timeout)
+        return self._jobs.wait(self.id, timeout=timeout)
 
 
 class Job(Generic[P, R]):
     """A declared job. Call it to run the handler in-process; ``enqueue`` to run it on a worker."""
 
-    def __init__(self, foundation: Foundation, fn: Callable[P, R], options: JobOptions, task: EsfTask) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService, fn: Callable[P, R], options: JobOptions, task: EsfTask) -> None:
+        self._jobs = jobs
         self.fn = fn
         self.options = options
         self.task = task
@@ -134,8 +134,8 @@ class Job(Generic[P, R]):
         kwargs = dict(kwargs or {})
         prepared = self.prepare(args, kwargs, correlation_id=correlation_id, idempotency_key=idempotency_key,
                                 countdown=countdown, eta=eta, queue=queue)
-        return self._fnd.jobs.send(self, prepared, countdown=countdown, eta=eta, priority=priority,
-                                   session=session)
+        return self._jobs.send(self, prepared, countdown=countdown, eta=eta, priority=priority,
+                               session=session)
 
     def enqueue_many(
         self,
@@ -183,8 +183,8 @@ class Job(Generic[P, R]):
                 exc.message = f"item {index}: {exc.message or exc}"
                 exc.args = (exc.message, *exc.args[1:])
                 raise
-        return self._fnd.jobs.send_many(self, prepared, countdown=countdown, eta=eta, priority=priority,
-                                        session=session, batch_size=batch_size)
+        return self._jobs.send_many(self, prepared, countdown=countdown, eta=eta, priority=priority,
+                                    session=session, batch_size=batch_size)
 
     def _item(self, index: int, item: Any) -> tuple[Args, dict[str, Any], str | None, str | None]:
         """``(args, kwargs, idempotency_key, correlation_id)`` of one ``enqueue_many`` item."""
@@ -213,7 +213,7 @@ class Job(Generic[P, R]):
             raise ValidationError(f"{self.name}: args must be a list or tuple, got {type(args).__name__}")
         check_json(list(args), f"{self.name} args")
         check_json(kwargs, f"{self.name} kwargs")
-        check_size(dumps([list(args), kwargs]), self._fnd.settings.jobs.max_payload_bytes, f"{self.name} arguments")
+        check_size(dumps([list(args), kwargs]), self._jobs.settings.jobs.max_payload_bytes, f"{self.name} arguments")
         for label, value in (("correlation_id", correlation_id), ("idempotency_key", idempotency_key)):
             if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
                 raise ValidationError(f"{label}: must be a non-empty string of at most 200 characters",
@@ -225,9 +225,9 @@ class Job(Generic[P, R]):
         if eta is not None and (not isinstance(eta, datetime) or eta.tzinfo is None):
             raise ValidationError("eta: must be a timezone-aware datetime")
         target = queue or self.options.queue
-        if target not in self._fnd.settings.jobs.all_queues:
+        if target not in self._jobs.settings.jobs.all_queues:
             raise UnknownQueue(f"unknown queue {target!r}; configured queues: "
-                               f"{', '.join(self._fnd.settings.jobs.all_queues)}")
+                               f"{', '.join(self._jobs.settings.jobs.all_queues)}")
         parent = current_job.get()
         if correlation_id is None and parent and parent.correlation_id:
             correlation_id = parent.correlation_id

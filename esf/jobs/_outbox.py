@@ -33,8 +33,8 @@ from ._meta import JobMeta
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ..foundation import Foundation
     from ._job import Job, PreparedJob
+    from ._service import JobService
 
 log = logging.getLogger("esf.jobs.outbox")
 
@@ -49,8 +49,8 @@ JOB_KIND = "job"
 class JobOutbox:
     """Writes jobs into the caller's transaction and relays them after commit."""
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
         #: True in a process that forks children (a worker's main process): see the module docstring.
         self.forking = False
         self._wake = threading.Event()
@@ -70,8 +70,8 @@ class JobOutbox:
 
         from ..events import TransactionalEventStore, require_capability
 
-        require_capability(self._fnd.events, TransactionalEventStore, needed_for="enqueue(..., session=)")
-        self._fnd.events.head()  # the tables exist before the caller's transaction touches them
+        require_capability(self._jobs.context.events(), TransactionalEventStore, needed_for="enqueue(..., session=)")
+        self._jobs.context.events().head()  # the tables exist before the caller's transaction touches them
         payload = {
             "job": job.name,
             "job_id": prepared.job_id,
@@ -102,8 +102,8 @@ class JobOutbox:
         """
         if kind != JOB_KIND:
             raise ValidationError(f"outbox kind {kind!r}: the jobs relay sends only {JOB_KIND!r} rows")
-        jobs = self._fnd.jobs
-        meta = JobMeta.from_headers(payload.get("headers"), self._fnd.settings.jobs.default_queue)
+        jobs = self._jobs
+        meta = JobMeta.from_headers(payload.get("headers"), self._jobs.settings.jobs.default_queue)
         eta = datetime.fromisoformat(payload["eta"]) if payload.get("eta") else None
         name = str(payload["job"])
         try:
@@ -114,9 +114,9 @@ class JobOutbox:
             jobs._publish(task, str(payload["job_id"]), list(payload["args"]), dict(payload["kwargs"]), meta,
                           countdown=payload.get("countdown"), eta=eta, priority=payload.get("priority"))
         else:
-            self._fnd.celery.send_task(name, payload["args"], payload["kwargs"], task_id=payload["job_id"],
-                                       queue=meta.queue, headers=meta.headers(), countdown=payload.get("countdown"),
-                                       eta=eta)
+            app = self._jobs.context.celery()
+            app.send_task(name, payload["args"], payload["kwargs"], task_id=payload["job_id"], queue=meta.queue,
+                          headers=meta.headers(), countdown=payload.get("countdown"), eta=eta)
 
     def drain(self, *, older_than_s: float | None = None) -> int:
         """Dispatch everything waiting now (with ``older_than_s``: only rows written at least that many seconds
@@ -136,17 +136,17 @@ class JobOutbox:
         from ..events import TransactionalEventStore
         from ..events._contract import unwrap
 
-        if not isinstance(unwrap(self._fnd.events), TransactionalEventStore):
+        if not isinstance(unwrap(self._jobs.context.events()), TransactionalEventStore):
             return 0  # a store without an outbox holds no row (put refuses): nothing to relay
         if not self.forking:
-            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).drain(RELAY_BATCH,
-                                                                                     older_than_s=older_than_s)
+            relay = self._jobs.context.events().outbox_relay(self.dispatch, kind=JOB_KIND)
+            return relay.drain(RELAY_BATCH, older_than_s=older_than_s)
         # SQLite keeps its lock records per process, and a child inherits them: forked while the
         # drain holds the write lock, it would fail every write with "database is locked" for as
         # long as it lives; forked while a connection is merely open, it would believe it holds
         # file locks that it does not.
         with fork_guard:
-            relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
+            relay = self._jobs.context.events().outbox_relay(self.dispatch, kind=JOB_KIND)
             try:
                 return relay.drain(RELAY_BATCH, older_than_s=older_than_s)
             finally:
@@ -159,9 +159,9 @@ class JobOutbox:
         Rows a drain holds or sent already are skipped; on a failure they stay for the relay.
         """
         if not self.forking:
-            return self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND).send(ids)
+            return self._jobs.context.events().outbox_relay(self.dispatch, kind=JOB_KIND).send(ids)
         with fork_guard:
-            relay = self._fnd.events.outbox_relay(self.dispatch, kind=JOB_KIND)
+            relay = self._jobs.context.events().outbox_relay(self.dispatch, kind=JOB_KIND)
             try:
                 return relay.send(ids)
             finally:

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._json import dumps
 from ..errors import ConcurrencyConflict, Conflict, NotFound, UnknownQueue, ValidationError
@@ -34,8 +34,8 @@ from ._schedule_values import MAX_SCHEDULE_NAME, Origin, Schedule, from_epoch, s
 log = logging.getLogger("esf.beat")
 
 if TYPE_CHECKING:
-    from ..foundation import Foundation
     from ._job import Job
+    from ._service import JobService
 
 __all__ = [
     "ABSENT",
@@ -44,6 +44,7 @@ __all__ = [
     "Origin",
     "RedisScheduleStore",
     "Schedule",
+    "HasJobs",
     "ScheduleService",
     "ScheduleStore",
     "SqliteScheduleStore",
@@ -65,16 +66,16 @@ UPDATE_ATTEMPTS = 10
 
 
 class ScheduleService:
-    """Schedules of one Foundation (``fnd.jobs.schedules``): add, change and remove them at run time,
+    """Schedules of one jobs service (``fnd.jobs.schedules``): add, change and remove them at run time,
     and the schedules declared in code (``@fnd.schedule``), written to the store when beat starts.
 
     Parameters:
-        foundation: the Foundation whose jobs, queues and settings schedules are checked against.
+        jobs: the jobs service whose jobs, queues and settings schedules are checked against.
         store: the store (default: the one of ``fnd.backends``, Redis when configured, else SQLite under ``data_dir``).
     """
 
-    def __init__(self, foundation: Foundation, store: ScheduleStore | None = None) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService, store: ScheduleStore | None = None) -> None:
+        self._jobs = jobs
         self._store = store
         self._declared: dict[str, Schedule] = {}
         self._retired: set[str] = set()
@@ -83,7 +84,7 @@ class ScheduleService:
     @property
     def store(self) -> ScheduleStore:
         if self._store is None:
-            self._store = self._fnd.backends.schedule_store()
+            self._store = self._jobs.context.backends().schedule_store()
         return self._store
 
     # -- checks -----------------------------------------------------------
@@ -92,15 +93,15 @@ class ScheduleService:
         """Check a schedule against this deployment.
 
         Raises:
-            UnknownJob: the job is not declared in this Foundation (``require_job``).
+            UnknownJob: the job is not declared in this jobs service (``require_job``).
             UnknownQueue: the queue is not configured.
         """
-        queues = self._fnd.settings.jobs.queues
+        queues = self._jobs.settings.jobs.queues
         if schedule.queue is not None and schedule.queue not in queues:
             raise UnknownQueue(f"schedule {schedule.name}: unknown queue {schedule.queue!r}; configured queues: "
                                f"{', '.join(queues)}", queue=schedule.queue)
         if require_job:
-            self._fnd.jobs.get(schedule.job)
+            self._jobs.get(schedule.job)
 
     # -- reading ------------------------------------------------------------
 
@@ -302,19 +303,19 @@ class ScheduleService:
         return self.store.record_run(schedule.name, schedule.revision, to_epoch(last), to_epoch(next_))
 
 
-def schedule_service(foundation: Foundation) -> ScheduleService:
-    """The Foundation's schedule service (``fnd.jobs.schedules`` once the Foundation exposes it)."""
-    jobs = foundation.jobs
-    if hasattr(type(jobs), "schedules"):
-        service: ScheduleService = jobs.schedules  # type: ignore[attr-defined]
-        return service
-    existing = jobs.__dict__.get("_esf_schedules")
-    if existing is None:
-        existing = jobs.__dict__["_esf_schedules"] = ScheduleService(foundation)
-    return existing  # type: ignore[no-any-return]
+class HasJobs(Protocol):
+    """What owns a jobs service (a Foundation)."""
+
+    @property
+    def jobs(self) -> JobService: ...
 
 
-def schedule_decorator(foundation: Foundation, name: str | None = None, *, cron: str | None = None,
+def schedule_service(owner: HasJobs) -> ScheduleService:
+    """The schedule service of ``owner``'s jobs (``fnd.jobs.schedules``)."""
+    return owner.jobs.schedules
+
+
+def schedule_decorator(owner: HasJobs, name: str | None = None, *, cron: str | None = None,
                        every: float | timedelta | None = None, args: Sequence[Any] = (),
                        kwargs: Mapping[str, Any] | None = None,
                        queue: str | None = None) -> Callable[[Callable[..., Any]], Job[Any, Any]]:
@@ -329,15 +330,15 @@ def schedule_decorator(foundation: Foundation, name: str | None = None, *, cron:
     # Check the schedule before declaring anything, so a bad schedule leaves no job behind.
     Schedule(name=name or "probe", job="probe", cron=cron, every=seconds(every), args=tuple(args),
              kwargs=dict(kwargs or {}), queue=queue)
-    queues = foundation.settings.jobs.queues
+    queues = owner.jobs.settings.jobs.queues
     if queue is not None and queue not in queues:
         raise UnknownQueue(f"schedule {name or ''}: unknown queue {queue!r}; configured queues: {', '.join(queues)}",
                            queue=queue)
 
     def decorator(fn: Callable[..., Any]) -> Job[Any, Any]:
-        job = fn if isinstance(fn, Job) else foundation.jobs.declare(fn, queue=queue)
-        schedule_service(foundation).declare(name, job=job.name, cron=cron, every=every, args=args,
-                                             kwargs=kwargs, queue=queue)
+        job = fn if isinstance(fn, Job) else owner.jobs.declare(fn, queue=queue)
+        schedule_service(owner).declare(name, job=job.name, cron=cron, every=every, args=args,
+                                        kwargs=kwargs, queue=queue)
         return job
 
     return decorator

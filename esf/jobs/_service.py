@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._ids import new_id
 from ..errors import BatchNotSent, ServiceUnavailable, UnknownJob, ValidationError
-from ..lifecycle import ServiceLifecycle, track_fork
+from ..lifecycle import ServiceContext, ServiceLifecycle, track_fork
 from ._bulk import BatchPublisher, Outgoing
 from ._celery import dead_letter_queue
 from ._coord import Coordinator
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from kombu import Connection
     from sqlalchemy.orm import Session
 
-    from ..foundation import Foundation
     from ..resilience import CircuitBreaker
+    from ..settings import Settings
     from ._gather import GatherService
     from ._outbox import JobOutbox
     from ._schedules import Schedule, ScheduleService
@@ -55,12 +55,25 @@ DELIVERY_COUNTER_TTL_S = 7 * 86400
 
 
 class JobService(ServiceLifecycle):
-    """Jobs of one Foundation (``fnd.jobs``)."""
+    """Jobs of one deployment (``fnd.jobs``).
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    Parameters:
+        context: the settings and the providers of the Celery app, the event store, the backends, the
+            breakers, telemetry and the job hooks.
+        bind_task: called with each declared job's Celery task (the Foundation sets ``task.foundation``,
+            through which a worker runs the job).
+    """
+
+    def __init__(self, context: ServiceContext, *, bind_task: Callable[[EsfTask], None] | None = None) -> None:
+        #: What this service uses (settings, providers); its parts (gathers, schedules, outbox) use it too.
+        self.context = context
+        self._bind_task = bind_task
         self._jobs: dict[str, Job[Any, Any]] = {}
         track_fork(self)
+
+    @property
+    def settings(self) -> Settings:
+        return self.context.settings
 
     # -- lifecycle (esf.lifecycle) -------------------------------------------
 
@@ -107,7 +120,7 @@ class JobService(ServiceLifecycle):
         uses: Sequence[str] = (),
     ) -> Job[Any, Any]:
         """Declare ``fn`` as a job (see ``Foundation.job``). Raises ValidationError for bad options."""
-        defaults = self._fnd.settings.jobs
+        defaults = self.context.settings.jobs
         job_name = name or f"{fn.__module__}.{fn.__qualname__}".replace(".<locals>.", ".")
         q = queue or defaults.default_queue
         n_retries = defaults.default_retries if retries is None else retries
@@ -135,7 +148,7 @@ class JobService(ServiceLifecycle):
             priority=priority,
             uses=used,
         )
-        app = self._fnd.celery
+        app = self.context.celery()
 
         def runner(task: EsfTask, *args: Any, **kwargs: Any) -> Any:
             return run_job(task, args, kwargs)
@@ -157,10 +170,11 @@ class JobService(ServiceLifecycle):
             # Not a "shared" task: Celery would add it to every app created later in this process.
             shared=False,
         )
-        task.foundation = self._fnd
+        if self._bind_task is not None:
+            self._bind_task(task)
         for breaker in used:
-            self._fnd.breakers.get(breaker)  # listed in health from the start
-        job: Job[Any, Any] = Job(self._fnd, fn, options, task)
+            self.context.breakers().get(breaker)  # listed in health from the start
+        job: Job[Any, Any] = Job(self, fn, options, task)
         task.esf_job = job
         self._jobs[job_name] = job
         return job
@@ -185,7 +199,7 @@ class JobService(ServiceLifecycle):
         """Schedules: add, change and remove them at run time (``esf beat`` fires them)."""
         from ._schedules import ScheduleService
 
-        return ScheduleService(self._fnd, self._fnd.injected.schedule_store)
+        return ScheduleService(self, self.context.injected.schedule_store)
 
     def schedule(self, name: str | None = None, *, job: str, cron: str | None = None,
                  every: float | timedelta | None = None, args: Sequence[Any] = (),
@@ -211,7 +225,7 @@ class JobService(ServiceLifecycle):
         if duplicate is not None:
             return duplicate
         ctx = job.context(prepared)
-        self._fnd.run_hooks("before_enqueue", ctx)
+        self.context.run_hooks("before_enqueue", ctx)
         prio = priority if priority is not None else job.options.priority
         try:
             if session is not None:
@@ -223,8 +237,8 @@ class JobService(ServiceLifecycle):
             if claim is not None:  # not sent: a later enqueue of the same job must not be dropped
                 self._release(claim)
             raise
-        self._fnd.run_hooks("after_enqueue", ctx)
-        return JobHandle(self._fnd, prepared.job_id, job.name, correlation_id=meta.correlation_id)
+        self.context.run_hooks("after_enqueue", ctx)
+        return JobHandle(self, prepared.job_id, job.name, correlation_id=meta.correlation_id)
 
     def send_many(self, job: Job[Any, Any], prepared: Sequence[PreparedJob], *, countdown: float | None = None,
                   eta: datetime | None = None, priority: int | None = None, session: Session | None = None,
@@ -244,7 +258,7 @@ class JobService(ServiceLifecycle):
             chunk = todo[start : start + batch_size]
             contexts = [job.context(p) for _, p, _ in chunk]
             for ctx in contexts:
-                self._fnd.run_hooks("before_enqueue", ctx)
+                self.context.run_hooks("before_enqueue", ctx)
             try:
                 if session is not None:
                     for _, p, _ in chunk:
@@ -259,7 +273,7 @@ class JobService(ServiceLifecycle):
                 confirmed = set(exc.details.get("sent", ())) if isinstance(exc, BatchNotSent) else set()
                 for (_, p, claim), ctx in zip(chunk, contexts, strict=True):
                     if p.job_id in confirmed:
-                        self._fnd.run_hooks("after_enqueue", ctx)
+                        self.context.run_hooks("after_enqueue", ctx)
                     elif claim is not None:
                         self._release(claim)
                 for _, _, claim in todo[start + batch_size :]:
@@ -272,8 +286,8 @@ class JobService(ServiceLifecycle):
                     ]
                 raise
             for (index, p, _), ctx in zip(chunk, contexts, strict=True):
-                self._fnd.run_hooks("after_enqueue", ctx)
-                handles[index] = JobHandle(self._fnd, p.job_id, job.name, correlation_id=p.meta.correlation_id)
+                self.context.run_hooks("after_enqueue", ctx)
+                handles[index] = JobHandle(self, p.job_id, job.name, correlation_id=p.meta.correlation_id)
                 sent.append(p.job_id)
         return [h for h in handles if h is not None]
 
@@ -285,7 +299,7 @@ class JobService(ServiceLifecycle):
         existing = self.coordinator.claim(claim, prepared.job_id, job.options.unique_for_s)
         if existing is None:
             return claim, None
-        return None, JobHandle(self._fnd, existing, job.name, duplicate=True,
+        return None, JobHandle(self, existing, job.name, duplicate=True,
                                correlation_id=prepared.meta.correlation_id)
 
     def _release(self, claim: str) -> None:
@@ -317,7 +331,7 @@ class JobService(ServiceLifecycle):
     @cached_property
     def batches(self) -> BatchPublisher:
         """Publishes ``enqueue_many``'s batches (connections of their own)."""
-        return BatchPublisher(self._fnd.celery, self._fnd.settings.broker_kind)
+        return BatchPublisher(self.context.celery(), self.context.settings.broker_kind)
 
     def _publish(self, task: EsfTask, job_id: str, args: list[Any], kwargs: dict[str, Any], meta: JobMeta, *,
                  countdown: float | None = None, eta: datetime | None = None, priority: int | None = None) -> None:
@@ -355,7 +369,7 @@ class JobService(ServiceLifecycle):
         from ..resilience import dependency_breaker
 
         breaker = dependency_breaker("broker", failure_threshold=BROKER_BREAKER_FAILURES)
-        self._fnd.breakers.adopt(breaker)
+        self.context.breakers().adopt(breaker)
         return breaker
 
     @cached_property
@@ -363,14 +377,14 @@ class JobService(ServiceLifecycle):
         """Scatter-gathers (see ``Foundation.gather``) and the store of their results."""
         from ._gather import GatherService
 
-        return GatherService(self._fnd)
+        return GatherService(self)
 
     @cached_property
     def outbox(self) -> JobOutbox:
         """The transactional outbox of ``enqueue(..., session=)`` and its relay."""
         from ._outbox import JobOutbox
 
-        return JobOutbox(self._fnd)
+        return JobOutbox(self)
 
     def once(self, key: str, *, session: Session | None = None) -> AbstractContextManager[bool]:
         """Exactly-once effects on at-least-once delivery: an idempotency ledger.
@@ -387,22 +401,23 @@ class JobService(ServiceLifecycle):
         from ..events import TransactionalEventStore, require_capability
         from ._meta import current_job
 
-        require_capability(self._fnd.events, TransactionalEventStore, needed_for="jobs.once (the idempotency ledger)")
+        events = self.context.events()
+        require_capability(events, TransactionalEventStore, needed_for="jobs.once (the idempotency ledger)")
         current = current_job.get()
-        return self._fnd.events.once(key, session=session, job_id=current.job_id if current else None)
+        return events.once(key, session=session, job_id=current.job_id if current else None)
 
     # -- observing ---------------------------------------------------------
 
     def status(self, job_id: str) -> JobStatus:
         """The job's status as the result backend knows it."""
-        state = self._fnd.celery.AsyncResult(job_id).state
+        state = self.context.celery().AsyncResult(job_id).state
         return _STATES.get(state, "unknown")
 
     def wait(self, job_id: str, timeout: float | None = 30.0) -> Any:
         """Wait for a job's result (see ``JobHandle.wait``)."""
         from celery.exceptions import TimeoutError as CeleryTimeout
 
-        result = self._fnd.celery.AsyncResult(job_id)
+        result = self.context.celery().AsyncResult(job_id)
         try:
             value = result.get(timeout=timeout, propagate=False, interval=0.1, disable_sync_subtasks=False)
         except CeleryTimeout:
@@ -417,13 +432,13 @@ class JobService(ServiceLifecycle):
     def coordinator(self) -> Coordinator:
         """The injected coordinator, else the one of ``fnd.backends``: Redis when a Redis URL is configured, else
         SQLite under ``data_dir``."""
-        injected = self._fnd.injected.coordinator
+        injected = self.context.injected.coordinator
         if injected is not None:
             return injected
-        coordinator = self._fnd.backends.coordinator()
+        coordinator = self.context.backends().coordinator()
         breaker = getattr(coordinator, "breaker", None)
         if breaker is not None:
-            self._fnd.breakers.adopt(breaker)  # listed in health, its state changes recorded
+            self.context.breakers().adopt(breaker)  # listed in health, its state changes recorded
         return coordinator
 
     def count_delivery(self, job_id: str, meta: JobMeta, *, redelivered: bool = True) -> int:
@@ -457,19 +472,19 @@ class JobService(ServiceLifecycle):
     @cached_property
     def dlq(self) -> DeadLetterQueues:
         """The dead-letter queues (list, show, replay, purge)."""
-        settings = self._fnd.settings
+        settings = self.context.settings
         return DeadLetterQueues(
             connect=self._connection,
             queues=settings.jobs.all_queues,
             declare=lambda name: dead_letter_queue(settings, name),
             resend=self._resend,
             store=self._dlq_store(),
-            on_publish=lambda entry: self._fnd.run_hooks("after_dead_letter", entry),
-            on_replay=lambda entry, job_id: self._fnd.run_hooks("after_replay", entry, job_id=job_id),
+            on_publish=lambda entry: self.context.run_hooks("after_dead_letter", entry),
+            on_replay=lambda entry, job_id: self.context.run_hooks("after_replay", entry, job_id=job_id),
         )
 
     def _dlq_store(self) -> DeadLetterStore:
-        settings = self._fnd.settings
+        settings = self.context.settings
         if settings.broker_kind == "redis":
             import redis as _redis
 
@@ -479,7 +494,7 @@ class JobService(ServiceLifecycle):
         return KombuDeadLetterStore(self._connection, functools.partial(dead_letter_queue, settings))
 
     def _connection(self) -> Connection:
-        conn: Connection = self._fnd.celery.connection_for_write()
+        conn: Connection = self.context.celery().connection_for_write()
         conn.ensure_connection(max_retries=3)
         return conn
 
@@ -495,9 +510,9 @@ class JobService(ServiceLifecycle):
         except Exception as exc:
             log.error("could not dead-letter job %s[%s] to %s.dlq (%s: %s); the job stays on its queue",
                       entry.job, entry.job_id, entry.queue, type(exc).__name__, exc)
-            if self._fnd.settings.telemetry.enabled:
+            if self.context.settings.telemetry.enabled:
                 try:
-                    self._fnd.telemetry.counter("esf.dlq.publish_failed", {"queue": entry.queue}).inc()
+                    self.context.telemetry().counter("esf.dlq.publish_failed", {"queue": entry.queue}).inc()
                 except Exception:  # a metric must not hide the failure being reported
                     log.exception("could not count a failed dead-letter publish")
             raise
@@ -518,15 +533,15 @@ class JobService(ServiceLifecycle):
         # The replay runs under the same job id: the dead-lettered run's stored FAILURE is forgotten first,
         # so a wait() right after the replay waits for the new run instead of returning the old outcome.
         try:
-            self._fnd.celery.backend.forget(entry.job_id)
+            self.context.celery().backend.forget(entry.job_id)
         except Exception as exc:
             log.warning("replay of %s: the old result could not be forgotten (%s: %s); a wait() may see it",
                         entry.job_id, type(exc).__name__, exc)
         if job is not None:
             self._publish(job.task, entry.job_id, args, kwargs, meta)
         else:
-            self._fnd.celery.send_task(entry.job, args, kwargs, task_id=entry.job_id, queue=entry.queue,
-                                       headers=meta.headers())
+            self.context.celery().send_task(entry.job, args, kwargs, task_id=entry.job_id, queue=entry.queue,
+                                            headers=meta.headers())
         return entry.job_id
 
     # -- workflows -------------------------------------------------------------
@@ -538,7 +553,7 @@ class JobService(ServiceLifecycle):
         cid = correlation_id or (parent.correlation_id if parent else None)
 
         cid = cid or new_id()
-        headers = JobMeta(queue=self._fnd.settings.jobs.default_queue, correlation_id=cid).headers()
+        headers = JobMeta(queue=self.context.settings.jobs.default_queue, correlation_id=cid).headers()
         headers.pop("esf_queue", None)
         result = sig.apply_async(headers=headers)
         result.esf_correlation_id = cid
@@ -547,14 +562,14 @@ class JobService(ServiceLifecycle):
 
     def run_workflow(self, sig: Signature, *, correlation_id: str | None = None) -> Workflow:
         """Send a chain, group or chord; every step carries ``correlation_id``."""
-        return Workflow(self._fnd, self._apply(sig, correlation_id))
+        return Workflow(self, self._apply(sig, correlation_id))
 
 
 class Workflow:
     """A running chain, group or chord of jobs."""
 
-    def __init__(self, foundation: Foundation, result: Any) -> None:
-        self._fnd = foundation
+    def __init__(self, jobs: JobService, result: Any) -> None:
+        self._jobs = jobs
         self.result = result
         self.id: str = result.id
         self.correlation_id: str = result.esf_correlation_id

@@ -44,10 +44,13 @@ from ._model import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..events._model import StoredEvent
     from ..events._query import Filter
-    from ..foundation import Foundation
-    from ..jobs import DeadLetter
+    from ..jobs import DeadLetter, JobService
+    from ..lifecycle import ServiceContext
+    from ..subscriptions import SubscriptionService
     from . import SagaBackend
 
 log = logging.getLogger("esf.sagas")
@@ -87,12 +90,22 @@ def parse_ref(ref: str, name: str | None = None) -> tuple[str, str]:
 
 
 class SagaService:
-    """Sagas of one Foundation (``fnd.sagas``): declare with :meth:`declare` (``@fnd.saga``)."""
+    """Sagas of one deployment (``fnd.sagas``): declare with :meth:`declare` (``@fnd.saga``).
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    Parameters:
+        context: the settings, the event store (instances, transitions) and the job hooks (a dead-lettered
+            step reaches its saga).
+        jobs: the jobs service the step jobs are declared in and sent through.
+        subscriptions: the subscription service each saga's events arrive through.
+    """
+
+    def __init__(self, context: ServiceContext, *, jobs: Callable[[], JobService],
+                 subscriptions: Callable[[], SubscriptionService]) -> None:
+        self.context = context
+        self._jobs = jobs
+        self._subscriptions = subscriptions
         self._sagas: dict[str, type[Saga]] = {}
-        foundation.add_hooks(_DeadLetterHooks(self))
+        context.add_hooks(_DeadLetterHooks(self))
 
     # -- declaring -----------------------------------------------------------------------
 
@@ -113,18 +126,18 @@ class SagaService:
 
         from ..events._query import Q
 
-        declare_steps(self._fnd, cls)
+        declare_steps(self._jobs(), self, cls)
         start: Filter = Q.type(cls.starts_on)
         if cls.start_filter is not None:
             start = start & cls.start_filter
         flt = start | Q.types(*cls.reactions) if cls.reactions else start
         name = cls.name
-        self._fnd.subscriptions.subscribe(
+        self._subscriptions().subscribe(
             SUBSCRIPTION_PREFIX + name, lambda event: self.on_event(name, event), filter=flt, start=cls.start,
             # A reaction must never overtake the event that starts its instance: events of one
             # correlation id are kept in order; a data key has no partition of its own, so one order.
             partition_by="correlation_id" if cls.correlate_by is None else None,
-            queue=self._fnd.settings.jobs.service_queue("sagas"), retries=10, backoff=0.5, max_backoff=30.0)
+            queue=self.context.settings.jobs.service_queue("sagas"), retries=10, backoff=0.5, max_backoff=30.0)
         self._sagas[name] = cls
         return cls
 
@@ -145,14 +158,14 @@ class SagaService:
         A saga starting ``"now"`` reacts to the events appended after its subscription is created.
         """
         for cls in self.declared():
-            self._fnd.subscriptions.status(SUBSCRIPTION_PREFIX + cls.name)
+            self._subscriptions().status(SUBSCRIPTION_PREFIX + cls.name)
 
     @cached_property
     def backend(self) -> SagaBackend:
         """The saga rows, in the event store's database."""
         from .._plugins import load_plugin
 
-        store = self._fnd.events
+        store = self.context.events()
         store.head()  # migrated before the first use
         backend: SagaBackend = load_plugin(ENTRY_POINT, setting="sagas")(store.engine)  # type: ignore[attr-defined]
         return backend
@@ -188,7 +201,7 @@ class SagaService:
         """
         cls = self.get_class(name)
         backend = self.backend
-        attempts = self._fnd.settings.sagas.cas_attempts
+        attempts = self.context.settings.sagas.cas_attempts
         for attempt in range(attempts):
             row = read if attempt == 0 and read is not None else backend.get(name, saga_id)
             if row is None:
@@ -228,13 +241,13 @@ class SagaService:
             data["reason"] = progress["reason"]
         with self.backend.transaction() as session:
             if key is not None:
-                with self._fnd.jobs.once(key, session=session) as first:
+                with self._jobs().once(key, session=session) as first:
                     if not first:
                         return None
             if not self.backend.write(session, row, expected_version=version):
                 raise _Lost
-            self._fnd.events.append(Event(f"saga.{cause}", data, stream_id=stream,
-                                          correlation_id=saga.correlation_id), session=session)
+            self.context.events().append(Event(f"saga.{cause}", data, stream_id=stream,
+                                               correlation_id=saga.correlation_id), session=session)
             for send in sends:
                 self._send(cls, saga, send, session)
         log.debug("saga %s %s: %s -> %s (v%d)", cls.name, saga.id, cause, saga.status, version + 1)
@@ -243,12 +256,12 @@ class SagaService:
 
     def _send(self, cls: type[Saga], saga: Saga, send: dict[str, Any], session: Any) -> None:
         if "timeout" in send:
-            job = self._fnd.jobs.get(TIMEOUT_JOB)
+            job = self._jobs().get(TIMEOUT_JOB)
             job.enqueue_with([cls.name, saga.id, send["timeout"], send["token"]], countdown=send["seconds"],
                              correlation_id=saga.correlation_id, session=session)
             return
         run = send["spec"]
-        job = self._fnd.jobs.get(step_job_name(cls.name, run["step"], compensation=run.get("compensation", False)))
+        job = self._jobs().get(step_job_name(cls.name, run["step"], compensation=run.get("compensation", False)))
         job.enqueue_with([saga.id, send["run"], run["args"], run["kwargs"]], correlation_id=saga.correlation_id,
                          idempotency_key=run["key"], session=session)
 
@@ -307,7 +320,7 @@ class SagaService:
         compensation = bool(spec.get("compensation"))
         fn = step.compensate if compensation else step.fn
         assert fn is not None
-        store = self._fnd.events
+        store = self.context.events()
         ctx = StepContext(saga=name, saga_id=saga_id, step=spec["step"], run_id=run_id, key=spec["key"],
                           state=copy.deepcopy(row["state"]), correlation_id=row["correlation_id"],
                           compensation=compensation,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -26,28 +25,36 @@ class Keeper:
     or notify them for it. The thread renews each lease at its renewal point and runs a full
     :meth:`SecretsService.refresh` every ``refresh_interval_s`` (token upkeep, a new read of the
     watched and subscribed paths, a check of every lease with the backend). A forked child
-    inherits the state but not the thread: it starts its own on its next lease or subscription.
+    inherits the state but not the thread: :meth:`after_fork` forgets it, and the child starts its
+    own on its next lease or subscription.
     """
 
     def __init__(self, service: SecretsService) -> None:
         self._service = service
         self._lock = threading.Lock()
+        #: This process's thread; None until started (and in a forked child).
         self._thread: threading.Thread | None = None
-        self._pid = 0
         self._stop = threading.Event()
         #: Set when a lease is issued: the thread recomputes when to wake.
         self._wake = threading.Event()
         self._last_full = time.monotonic()
 
-    def reset_locks(self) -> None:
-        """A new lock (in a forked child: the parent's thread may have held it at the fork)."""
+    def after_fork(self) -> None:
+        """In a forked child (its service's ``after_fork``): the parent's thread is not here, and may have held
+        the lock or been waiting on the wake-up at the fork; a closed keeper stays closed."""
         self._lock = threading.Lock()
+        self._thread = None
+        self._wake = threading.Event()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
 
     @property
     def running(self) -> bool:
         """Whether this process's thread is alive."""
         thread = self._thread
-        return thread is not None and self._pid == os.getpid() and thread.is_alive()
+        return thread is not None and thread.is_alive()
 
     def ensure(self, *, wake: bool = False) -> None:
         """Start the thread in this process unless it runs (or is turned off, or closed).
@@ -55,14 +62,13 @@ class Keeper:
         Parameters:
             wake: a new lease was issued: the running thread recomputes its next renewal point.
         """
-        if self._pid == os.getpid() or not self._service.settings.refresh_thread or self._stop.is_set():
+        if self._thread is not None or not self._service.settings.refresh_thread or self._stop.is_set():
             if wake:
                 self._wake.set()
             return
         with self._lock:
-            if self._pid == os.getpid():
+            if self._thread is not None:
                 return
-            self._pid = os.getpid()
             self._last_full = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="esf-secrets-keeper", daemon=True)
             self._thread.start()
@@ -94,5 +100,5 @@ class Keeper:
         self._stop.set()
         self._wake.set()
         thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if thread is not None and thread.is_alive():
             thread.join(timeout=5)

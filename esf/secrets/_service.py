@@ -100,7 +100,7 @@ class SecretsService:
         self._lock = threading.Lock()
         self.breaker = self._new_breaker()
         self.leases.reset_locks()
-        self.keeper.reset_locks()
+        self.keeper.after_fork()
 
     def _new_breaker(self) -> CircuitBreaker:
         return CircuitBreaker(f"secrets.{self.provider.name}", failure_threshold=self.settings.breaker_failures,

@@ -14,9 +14,11 @@ from ..settings import SERVICES
 from ._types import DefaultSchedule, ServiceTask, ServiceTaskStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..events import StoredEvent
-    from ..foundation import Foundation
-    from ..jobs import Job
+    from ..jobs import Job, JobService
+    from ..lifecycle import ServiceContext
 
 log = logging.getLogger("esf.services")
 
@@ -42,11 +44,13 @@ class ServiceRegistry:
     """Every foundation service's routed tasks (``fnd.services``).
 
     Parameters:
-        foundation: the Foundation whose jobs and schedules the tasks are declared in.
+        context: the settings and the event store (where a task's last run is looked up).
+        jobs: the jobs service the tasks and their schedules are declared in.
     """
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    def __init__(self, context: ServiceContext, *, jobs: Callable[[], JobService]) -> None:
+        self._context = context
+        self._jobs = jobs
         self._declared: dict[str, ServiceTask] = {}
 
     # -- declaring -------------------------------------------------------------
@@ -104,11 +108,11 @@ class ServiceRegistry:
             Schedule(name=name, job=name, every=schedule.every_s, cron=schedule.cron)  # checks the cron now
 
         def decorator(fn: Callable[..., Any]) -> Job[Any, Any]:
-            jobs = self._fnd.jobs
+            jobs = self._jobs()
             if schedule is not None and name in {s.name for s in jobs.schedules.declared()}:
                 raise ValidationError(f"a schedule named {name!r} is already declared", errors={"name": "duplicate"})
-            queue = self._fnd.settings.jobs.service_queue(service)
-            cap = self._fnd.settings.services.max_backoff_s
+            queue = self._context.settings.jobs.service_queue(service)
+            cap = self._context.settings.services.max_backoff_s
             first, most = (backoff, max_backoff) if cap is None else (min(backoff, cap), min(max_backoff, cap))
             job = jobs.declare(fn, name=name, queue=queue, retries=retries, backoff=first,
                                max_backoff=most, retry_on=retry_on, timeout=timeout)
@@ -128,8 +132,8 @@ class ServiceRegistry:
         """Every service task, by name: those declared here, and every other job on a service queue
         (``declared=False``)."""
         out = dict(self._declared)
-        services = {self._fnd.settings.jobs.service_queue(s): s for s in SERVICES}
-        for job in self._fnd.jobs:
+        services = {self._context.settings.jobs.service_queue(s): s for s in SERVICES}
+        for job in self._jobs():
             service = services.get(job.options.queue)
             if service is not None and job.name not in out:
                 out[job.name] = self._describe(job, service, idempotency="", schedule=None, declared=False)
@@ -150,7 +154,7 @@ class ServiceRegistry:
         from ..jobs._schedules import Schedule
 
         out: list[ServiceTaskStatus] = []
-        schedules = self._fnd.jobs.schedules
+        schedules = self._jobs().schedules
         for t in self.tasks():
             problems: list[str] = []
             scheduled, next_run, last_fired = False, None, None
@@ -163,9 +167,9 @@ class ServiceRegistry:
                 problems.append(f"schedule store: {exc}")
             last_run = None
             try:
-                require_capability(self._fnd.events, QueryableEventStore, needed_for="a service task's last run")
-                found = self._fnd.events.query((Q.types(*_RUN_ENDS) & (Q.data("job") == t.name))
-                                               .query(order="desc", limit=_LAST_RUN_SCAN))
+                require_capability(self._context.events(), QueryableEventStore, needed_for="a service task's last run")
+                found = self._context.events().query((Q.types(*_RUN_ENDS) & (Q.data("job") == t.name))
+                                                     .query(order="desc", limit=_LAST_RUN_SCAN))
                 if found:
                     # By the time of the step, not the position: events spooled while the database was
                     # down are stored after newer ones.

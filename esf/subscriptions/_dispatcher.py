@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from .._sqlite import fork_guard
 
 if TYPE_CHECKING:
-    from ..foundation import Foundation
+    from ..jobs import JobService
+    from ..lifecycle import ServiceContext
     from ._service import SubscriptionService
 
 log = logging.getLogger("esf.subscriptions")
@@ -43,10 +44,11 @@ STOP_SLICE_S = 0.25
 class Dispatcher:
     """Ticks the subscriptions of ``service`` in a daemon thread (see the module docstring)."""
 
-    def __init__(self, service: SubscriptionService, foundation: Foundation) -> None:
+    def __init__(self, service: SubscriptionService, context: ServiceContext, jobs: Callable[[], JobService]) -> None:
         self._service = service
-        self._fnd = foundation
-        settings = foundation.settings.subscriptions
+        self._context = context
+        self._jobs = jobs
+        settings = context.settings.subscriptions
         self.poll_interval_s = settings.poll_interval_s
         self.wakeups = settings.wakeups
         self.lag_interval_s = settings.lag_interval_s
@@ -97,7 +99,7 @@ class Dispatcher:
             self._wait()
 
     def _guarded(self, work: Callable[[], object]) -> None:
-        if not self._fnd.jobs.outbox.forking:
+        if not self._jobs().outbox.forking:
             work()
             return
         # A worker's main process forks at any time: no SQLite state may outlive a tick here
@@ -149,7 +151,7 @@ class Dispatcher:
         """True when a listener is connected; connects one on PostgreSQL (then ticks at once)."""
         if self._listener is not None:
             return True
-        url = self._fnd.settings.effective_database_url
+        url = self._context.settings.effective_database_url
         if not url.startswith("postgres"):
             return False
         try:
@@ -176,14 +178,14 @@ class Dispatcher:
                 log.debug("subscriptions: closing the listener failed", exc_info=True)
 
     def _report_lag(self) -> None:
-        if not self._fnd.settings.telemetry.enabled:
+        if not self._context.settings.telemetry.enabled:
             return
         now = time.monotonic()
         if now - self._lag_at < self.lag_interval_s:
             return
         self._lag_at = now
         try:
-            telemetry = self._fnd.telemetry
+            telemetry = self._context.telemetry()
             for sub in self._service.declared():
                 status = self._service.status(sub.name)
                 labels = {"subscription": sub.name}

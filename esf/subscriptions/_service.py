@@ -24,9 +24,12 @@ from ._model import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..events._query import Filter
-    from ..foundation import Foundation
-    from ..jobs import DeadLetter
+    from ..jobs import DeadLetter, JobService
+    from ..lifecycle import ServiceContext
+    from ..sourcing import Upcasters
     from . import SubscriptionBackend, TickResult
     from ._dispatcher import Dispatcher
 
@@ -51,20 +54,29 @@ def _backend_class() -> Any:
 
 
 class SubscriptionService(ServiceLifecycle):
-    """Subscriptions and projections of one Foundation (``fnd.subscriptions``).
+    """Subscriptions and projections of one deployment (``fnd.subscriptions``).
 
     Handlers run as routed jobs named ``esf.subscription.<name>``; a dispatcher
     (in every worker's main process, see :meth:`start_dispatcher`) reads new
     matching events from each subscription's cursor and sends them in batches.
+
+    Parameters:
+        context: the settings, the event store, telemetry, and the job hooks (a dead-lettered batch
+            reaches its subscription's ``on_dead_letter``).
+        jobs: the jobs service the handler jobs are declared in and sent through.
+        upcasters: the upcaster registry that events read for handlers go through.
     """
 
-    def __init__(self, foundation: Foundation) -> None:
-        self._fnd = foundation
+    def __init__(self, context: ServiceContext, *, jobs: Callable[[], JobService],
+                 upcasters: Callable[[], Upcasters]) -> None:
+        self.context = context
+        self._jobs = jobs
+        self._upcasters = upcasters
         self._subs: dict[str, Subscription] = {}
         self._lock = threading.Lock()
         self._ensured: set[str] = set()
         self._dispatcher: Dispatcher | None = None
-        foundation.add_hooks(_DeadLetterHooks(self))
+        context.add_hooks(_DeadLetterHooks(self))
 
     # -- declaring -----------------------------------------------------------------
 
@@ -128,7 +140,7 @@ class SubscriptionService(ServiceLifecycle):
                       tables=table_names, projection=projection)
         if name in self._subs:
             raise ValidationError(f"a subscription named {name!r} is already declared", errors={"name": "duplicate"})
-        settings = self._fnd.settings
+        settings = self.context.settings
         sub = Subscription(
             name=name, handler=handler, filter=filter, start=start, batch_size=batch_size,  # type: ignore[arg-type]
             max_in_flight=max_in_flight, partition_by=partition_by,
@@ -138,7 +150,7 @@ class SubscriptionService(ServiceLifecycle):
         )
         from esf.tasks.subscriptions import declare_handler
 
-        declare_handler(self._fnd, sub, retries=retries, backoff=backoff, max_backoff=max_backoff,
+        declare_handler(self._jobs(), self, sub, retries=retries, backoff=backoff, max_backoff=max_backoff,
                         retry_on=retry_on, timeout=timeout)
         self._subs[name] = sub
         return sub
@@ -175,7 +187,7 @@ class SubscriptionService(ServiceLifecycle):
         """
         from ..events import TransactionalEventStore, require_capability
 
-        store = self._fnd.events
+        store = self.context.events()
         require_capability(store, TransactionalEventStore, needed_for="subscriptions")
         store.head()  # migrated before the first use
         backend: SubscriptionBackend = _backend_class()(store.engine)  # type: ignore[attr-defined]
@@ -261,7 +273,7 @@ class SubscriptionService(ServiceLifecycle):
         """
         sub = self.get(name)
         self._ensure(sub)
-        job = self._fnd.jobs.get(sub.job_name)
+        job = self._jobs().get(sub.job_name)
 
         def make_job(batch_id: int, positions: builtins.list[int], correlation_id: str | None) -> dict[str, Any]:
             prepared = job.prepare([batch_id, positions], {}, correlation_id=correlation_id, idempotency_key=None,
@@ -279,7 +291,7 @@ class SubscriptionService(ServiceLifecycle):
             The number of handler jobs sent.
         """
         subs = [s for s in self.declared() if names is None or s.name in names]
-        outbox = self._fnd.jobs.outbox
+        outbox = self._jobs().outbox
         sent = 0
         more = True
         while more:
@@ -297,7 +309,7 @@ class SubscriptionService(ServiceLifecycle):
         return sent
 
     def on_worker_start(self, queues: tuple[str, ...]) -> None:
-        if self._fnd.settings.subscriptions.dispatcher:
+        if self.context.settings.subscriptions.dispatcher:
             self.start_dispatcher()
 
     def on_worker_shutdown(self) -> None:
@@ -314,7 +326,7 @@ class SubscriptionService(ServiceLifecycle):
             if self._dispatcher is None:
                 from ._dispatcher import Dispatcher
 
-                self._dispatcher = Dispatcher(self, self._fnd)
+                self._dispatcher = Dispatcher(self, self.context, self._jobs)
             self._dispatcher.start()
 
     def stop_dispatcher(self) -> None:
@@ -364,7 +376,7 @@ class SubscriptionService(ServiceLifecycle):
         if state == "dead":
             # A replay: the dead batch keeps only the failing key's events (the others went on).
             loaded = backend.load(backend.batch_positions(name, batch_id) or [])
-        events = self._fnd.upcasters.upcast_many(loaded)
+        events = self._upcasters().upcast_many(loaded)
         try:
             if sub.projection:
                 return self._project(sub, batch_id, events, failure)
@@ -447,7 +459,7 @@ class SubscriptionService(ServiceLifecycle):
         self._ensure(sub)
         rebuilder = self.backend.rebuilder(name, sub.tables)
         position = started = rebuilder.prepare(restart=restart)
-        upcast = self._fnd.upcasters.upcast_many
+        upcast = self._upcasters().upcast_many
         failure: builtins.list[Any] = []
 
         def apply(conn: Any, events: builtins.list[StoredEvent]) -> None:

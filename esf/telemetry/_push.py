@@ -23,7 +23,9 @@ from ._exporter_settings import exporter_defaults
 from ._exporting import canonical_name, discover_exporters
 
 if TYPE_CHECKING:
-    from ..foundation import Foundation
+    from ..jobs._coord import Coordinator
+    from ..settings import TelemetrySettings
+    from ._service import Telemetry
 
 #: Coordinator key of the lease held while pushing.
 PUSH_LEASE = "telemetry:export"
@@ -35,8 +37,15 @@ STATE_KEY = "telemetry:export:state:{name}"
 STATE_TTL_S = 30 * 86400.0
 
 
-def push_cluster_view(foundation: Foundation, names: Sequence[str]) -> dict[str, Any]:
-    """Push the cluster-wide metrics to the push-style exporters ``names``.
+def push_cluster_view(telemetry: Telemetry, coord: Coordinator, settings: TelemetrySettings,
+                      names: Sequence[str]) -> dict[str, Any]:
+    """Push the cluster-wide metrics of ``telemetry`` to the push-style exporters ``names``.
+
+    Parameters:
+        telemetry: the telemetry service whose cluster-wide view is pushed.
+        coord: the coordinator holding the push lease and each exporter's state.
+        settings: the telemetry settings (the exporters' options).
+        names: the exporters.
 
     Raises:
         ValidationError: a name is not an installed exporter, or not push-style (non-retryable).
@@ -51,17 +60,16 @@ def push_cluster_view(foundation: Foundation, names: Sequence[str]) -> dict[str,
     if unknown:
         raise ValidationError(f"unknown exporter(s) {', '.join(unknown)}; installed: {', '.join(sorted(factories))}",
                               errors={n: "unknown" for n in unknown})
-    batch = foundation.telemetry.batch(cluster=True)
+    batch = telemetry.batch(cluster=True)
     if batch.scope != "cluster":
-        store = foundation.telemetry.health()["store"]
+        store = telemetry.health()["store"]
         why = store["error"] or ("telemetry.store is 'none'" if store["kind"] is None else "unreadable")
         raise ServiceUnavailable(f"telemetry: no cluster-wide view ({why}); a one-process view is not pushed")
-    coord = foundation.jobs.coordinator
     owner = uuid.uuid4().hex
     if not coord.acquire_lease(PUSH_LEASE, owner, PUSH_LEASE_TTL_S):
         return {"skipped": "another export is running"}
     try:
-        defaults = exporter_defaults(foundation.settings.telemetry)
+        defaults = exporter_defaults(settings)
         for name in canonical:
             exporter: Any = factories[name]()
             if not getattr(exporter, "push", False):

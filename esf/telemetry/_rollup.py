@@ -30,7 +30,6 @@ from ._slo import _get, _number, _rank, _timestamp
 
 if TYPE_CHECKING:
     from ..events import EventStore
-    from ..foundation import Foundation
 
 #: Name of the rollup backend in the ``esf.plugins`` entry-point group.
 ENTRY_POINT = "rollups.sqlalchemy"
@@ -93,8 +92,8 @@ class RollupBackend(Protocol):
         """Rows of the minutes ``start <= minute < end``. Raises ServiceUnavailable."""
 
 
-def rollup_backend(foundation: Foundation) -> RollupBackend:
-    """The rollup table of ``foundation``'s event store.
+def rollup_backend(store: EventStore) -> RollupBackend:
+    """The rollup table of the event store ``store`` (``fnd.events``).
 
     Raises:
         SettingsError: the event store keeps no rollups (a store without a SQL engine).
@@ -102,7 +101,6 @@ def rollup_backend(foundation: Foundation) -> RollupBackend:
     """
     from .._plugins import load_plugin
 
-    store = foundation.events
     engine = getattr(store, "engine", None)
     if engine is None:
         raise SettingsError("job rollups need the SQL event store (events.sqlalchemy)", setting="events")

@@ -47,7 +47,7 @@ def test_a_job_sees_the_variant_of_the_request_that_enqueued_it_even_after_the_f
         worker = Worker(env, Path(tmp_path / "worker.log"), app="tests.flags.flag_apps:make", concurrency=1)
         worker.wait_ready()
         result = handle.wait(timeout=60)
-        child = JobHandle(fnd, result["child"], "flags.seen").wait(timeout=60)
+        child = JobHandle(fnd.jobs, result["child"], "flags.seen").wait(timeout=60)
         outside = plain.wait(timeout=60)
     finally:
         if worker is not None:

@@ -72,7 +72,7 @@ def test_rollups_agree_with_the_raw_events_and_hold_each_minute_s_exact_percenti
     # Given ten minutes of job history, the last two not complete yet (they ended less than 120 s ago)
     now = time.time()
     runs = history(fnd, now)
-    backend = rollup_backend(fnd)
+    backend = rollup_backend(fnd.events)
     # When the rollup runs until it has caught up (at most 3 minutes a run, from 15 minutes back)
     results = [roll(fnd)]
     while results[-1]["behind_minutes"]:
@@ -111,7 +111,7 @@ def test_rolling_a_minute_again_replaces_its_row_with_the_same_figures_and_keeps
     history(fnd, now)
     while roll(fnd)["behind_minutes"]:
         pass
-    backend = rollup_backend(fnd)
+    backend = rollup_backend(fnd.events)
     mark, before = backend.watermark(), backend.read(0, 2**40)
     # And a row of the first minute of history spoiled behind the rollup's back
     import sqlalchemy as sa
@@ -147,7 +147,7 @@ def test_a_bad_since_or_window_is_refused_and_the_rollup_reports_an_unreachable_
             roll(up, since="yesterday")  # type: ignore[arg-type]
         with pytest.raises(ValidationError):
             job_summaries(up.events, None, window_s=0, now=time.time())
-        assert rollup_backend(up).watermark() is None
+        assert rollup_backend(up.events).watermark() is None
     finally:
         up.close()
 
@@ -175,7 +175,7 @@ def test_a_rollup_run_deletes_the_rows_older_than_the_retention_and_keeps_the_ot
     history(fnd, now)
     while roll(fnd)["behind_minutes"]:
         pass
-    backend = rollup_backend(fnd)
+    backend = rollup_backend(fnd.events)
     mark = backend.watermark()
     assert mark is not None and fnd.settings.services.telemetry_rollup_retention_s == 90 * 86400
     old = [MinuteRollup(minute=int((now - days * 86400) // 60 * 60), job="old", queue="", count=1, failures=0,
@@ -196,7 +196,7 @@ def test_an_event_stored_after_its_minute_was_rolled_up_is_added_by_the_next_run
     history(fnd, now)
     while roll(fnd)["behind_minutes"]:
         pass
-    backend = rollup_backend(fnd)
+    backend = rollup_backend(fnd.events)
     first = min(r.minute for r in backend.read(0, 2**40))
     before = {(r.minute, r.job, r.queue): r for r in backend.read(0, 2**40)}
     # When a run of that first minute is stored only now (a spool drained after a database outage)

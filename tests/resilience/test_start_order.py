@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from esf import Foundation, Settings
+from tests.faults.proxy import FaultProxy
 from tests.jobs.harness import settings_env, wait_for
-from tests.resilience.proxy import TcpProxy
 from tests.resilience.test_health_endpoint import TOKEN, get
 from tests.resilience.workers import QueueWorker
 from tests.servers import PrivateRedis, free_port
@@ -47,7 +47,7 @@ def test_worker_started_before_its_redis_broker(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.slow
 def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    proxy = TcpProxy(free_port(), 5432)  # not started: the database's port is closed
+    proxy = FaultProxy(5432, listening=False)  # the database's port is closed
     db_url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     port = free_port()
     env = settings_env(redis_url, data_dir=str(tmp_path / "data"), extra={
@@ -76,7 +76,7 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
         assert events["status"] == "degraded" and events["spool_depth"] == 3, events
         assert "spool depth 3" in events["reason"]
         # The database comes back: the spool drains into it and the worker is healthy again.
-        proxy.start()
+        proxy.listen()
         wait_for(lambda: get(port, "/readyz")[1]["services"]["events"]["status"] == "ok", timeout=90,
                  message="the spool to drain")
         with Foundation(Settings(database_url=pg_url, data_dir=str(tmp_path / "reader"))) as reader:
@@ -86,7 +86,7 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
     finally:
         worker.kill()
         fnd.close()
-        proxy.stop()
+        proxy.close()
 
 
 def test_producer_with_its_broker_down_gets_a_specific_error(tmp_path: Path) -> None:

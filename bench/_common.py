@@ -230,21 +230,19 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
         os.killpg(proc.pid, 9)
 
 
-def create_pg_database() -> tuple[str, str]:
-    """A new PostgreSQL database of the benchmark's own: ``(name, url)``; drop it with :func:`drop_pg_database`."""
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """The URL of a new PostgreSQL database of the benchmark's own, dropped afterwards."""
     import psycopg
 
     name = f"esf_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_pg_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def esf_worker_env(db_url: str, redis_url: str, data_dir: Path | str) -> dict[str, str]:

@@ -33,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     Report,
-    create_pg_database,
-    drop_pg_database,
     esf_worker_env,
     lease_redis_db,
     parse_args,
+    pg_database,
     start_esf_worker,
     stop_process,
 )
@@ -83,41 +82,40 @@ def chain_run(fnd: esf.Foundation, r: redis.Redis[bytes], n: int, timeout_s: flo
 def main() -> None:
     args = parse_args(__doc__ or "", full_n=500, quick_n=100)
     report = Report("sagas", args, steps_per_saga=3, transitions_per_saga=TRANSITIONS_PER_SAGA, pool=2)
-    db_name, db_url = create_pg_database()
-    proc = None
-    try:
-        with lease_redis_db() as db, tempfile.TemporaryDirectory() as tmp:
-            redis_url = f"redis://127.0.0.1:6379/{db}"
-            env = {**esf_worker_env(db_url, redis_url, tmp), "ESF_SUBSCRIPTIONS_POLL_INTERVAL_S": "0.2"}
-            os.environ["BENCH_REDIS_URL"] = redis_url
-            from _sagas_app import make
+    with pg_database() as db_url:
+        proc = None
+        try:
+            with lease_redis_db() as db, tempfile.TemporaryDirectory() as tmp:
+                redis_url = f"redis://127.0.0.1:6379/{db}"
+                env = {**esf_worker_env(db_url, redis_url, tmp), "ESF_SUBSCRIPTIONS_POLL_INTERVAL_S": "0.2"}
+                os.environ["BENCH_REDIS_URL"] = redis_url
+                from _sagas_app import make
 
-            os.environ.update({k: v for k, v in env.items() if k.startswith("ESF_")})
-            fnd = make()
-            r = redis.Redis.from_url(redis_url)
-            # ready when its dispatcher has created the saga's subscription
-            proc = start_esf_worker("bench._sagas_app:make", env, Path(tmp) / "worker.log", concurrency=2,
-                                    subscriptions=1)
-            timeout_s = 60 + args.n * 0.5
-            saga_rates, chain_rates = [], []
-            saga_run(fnd, db_url, 10, timeout_s)  # warm-up: pool processes, connections
-            chain_run(fnd, r, 10, timeout_s)
-            for run in range(args.runs):
-                chain_s = chain_run(fnd, r, args.n, timeout_s)
-                saga_s = saga_run(fnd, db_url, args.n, timeout_s)
-                chain_rates.append(args.n / chain_s)
-                saga_rates.append(args.n / saga_s)
-                report.log(f"run {run + 1}: sagas {saga_s:.2f} s, chains {chain_s:.2f} s for {args.n}")
-            report.add("sagas_per_s", saga_rates, "/s")
-            report.add("saga_transitions_per_s", [x * TRANSITIONS_PER_SAGA for x in saga_rates], "/s")
-            report.add("chains_per_s", chain_rates, "/s")
-            report.add("chain_jobs_per_s", [x * 3 for x in chain_rates], "/s")
-            headline = report.paired_ratio("sagas_vs_chains", saga_rates, chain_rates)
-            fnd.close()
-    finally:
-        if proc is not None:
-            stop_process(proc)
-        drop_pg_database(db_name)
+                os.environ.update({k: v for k, v in env.items() if k.startswith("ESF_")})
+                fnd = make()
+                r = redis.Redis.from_url(redis_url)
+                # ready when its dispatcher has created the saga's subscription
+                proc = start_esf_worker("bench._sagas_app:make", env, Path(tmp) / "worker.log", concurrency=2,
+                                        subscriptions=1)
+                timeout_s = 60 + args.n * 0.5
+                saga_rates, chain_rates = [], []
+                saga_run(fnd, db_url, 10, timeout_s)  # warm-up: pool processes, connections
+                chain_run(fnd, r, 10, timeout_s)
+                for run in range(args.runs):
+                    chain_s = chain_run(fnd, r, args.n, timeout_s)
+                    saga_s = saga_run(fnd, db_url, args.n, timeout_s)
+                    chain_rates.append(args.n / chain_s)
+                    saga_rates.append(args.n / saga_s)
+                    report.log(f"run {run + 1}: sagas {saga_s:.2f} s, chains {chain_s:.2f} s for {args.n}")
+                report.add("sagas_per_s", saga_rates, "/s")
+                report.add("saga_transitions_per_s", [x * TRANSITIONS_PER_SAGA for x in saga_rates], "/s")
+                report.add("chains_per_s", chain_rates, "/s")
+                report.add("chain_jobs_per_s", [x * 3 for x in chain_rates], "/s")
+                headline = report.paired_ratio("sagas_vs_chains", saga_rates, chain_rates)
+                fnd.close()
+        finally:
+            if proc is not None:
+                stop_process(proc)
     report.finish(headline="sagas_vs_chained_jobs", value=headline)
 
 

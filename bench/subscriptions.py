@@ -42,12 +42,11 @@ import psycopg
 import redis
 from _common import (
     Report,
-    create_pg_database,
-    drop_pg_database,
     esf_worker_env,
     lease_redis_db,
     parse_args,
     percentile,
+    pg_database,
     start_esf_worker,
     stop_process,
 )
@@ -254,23 +253,19 @@ def main() -> None:
         (["--phases"], {"default": "latency,throughput,catchup", "help": "comma-separated phases to run"})])
     phases = set(args.phases.split(","))
     report = Report("subscriptions", args, filter="order.paid & total > 100 (10 %)")
-    name, db_url = create_pg_database()
     tmp = Path(f"/tmp/esf-bench-subs-{uuid.uuid4().hex[:6]}")
     tmp.mkdir(parents=True)
-    try:
-        with lease_redis_db() as db:
-            redis_url = f"redis://127.0.0.1:6379/{db}"
-            env = esf_worker_env(db_url, redis_url, tmp / "data")
-            r = redis.Redis.from_url(redis_url)
-            if "latency" in phases:
-                report.log("live latency")
-                latency(report, env, r, 100 if args.quick else 400, tmp)
-            if "throughput" in phases:
-                report.log("handler throughput")
-                throughput(report, env, r, 600 if args.quick else 2000, tmp)
-            headline = catch_up(report, env, args.n, args.runs) if "catchup" in phases else float("nan")
-    finally:
-        drop_pg_database(name)
+    with pg_database() as db_url, lease_redis_db() as db:
+        redis_url = f"redis://127.0.0.1:6379/{db}"
+        env = esf_worker_env(db_url, redis_url, tmp / "data")
+        r = redis.Redis.from_url(redis_url)
+        if "latency" in phases:
+            report.log("live latency")
+            latency(report, env, r, 100 if args.quick else 400, tmp)
+        if "throughput" in phases:
+            report.log("handler throughput")
+            throughput(report, env, r, 600 if args.quick else 2000, tmp)
+        headline = catch_up(report, env, args.n, args.runs) if "catchup" in phases else float("nan")
     report.finish("catch-up ESF / hand-written SQL (target >= 0.5)", headline)
 
 

@@ -103,6 +103,18 @@ class Worker(EsfProcess):
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready within {timeout} s:\n{self.log()}")
 
+    def __enter__(self) -> Worker:
+        """Wait until the worker is ready (stopping it if it is not); leaving the block stops it."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]

@@ -23,18 +23,11 @@ def env(redis_url: str, pg_url: str, data_dir: Path, unique: str) -> dict[str, s
 
 @pytest.fixture
 def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
-    w = Worker(env, tmp_path / "worker.log", concurrency=2, app="tests.services.apps:make")
-    try:
-        w.wait_ready()
+    with Worker(env, tmp_path / "worker.log", concurrency=2, app="tests.services.apps:make") as w:
         yield w
-    finally:
-        w.stop()
 
 
 @pytest.fixture
 def fnd(env: dict[str, str]) -> Iterator[Foundation]:
-    f = Foundation(esf.Settings.from_env(env))
-    try:
+    with Foundation(esf.Settings.from_env(env)) as f:
         yield f
-    finally:
-        f.close()

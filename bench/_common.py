@@ -231,17 +231,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """The URL of a new PostgreSQL database of the benchmark's own, dropped afterwards."""
+def pg_database(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """The URL of a new PostgreSQL database of the benchmark's own on ``admin_url``'s server, dropped afterwards."""
     import psycopg
 
     name = f"esf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks in bench/: arguments, medians, ratios, output, Redis DB leases.
+"""Helpers shared by the benchmarks in bench/: arguments, medians, ratios, output, Redis DB leases,
+PostgreSQL databases of their own, ESF worker subprocesses, and the workers' Redis client.
 
 Every benchmark takes ``--quick`` (well under a minute: fewer items, one run) and
 ``--json`` (one JSON document on stdout), runs the ESF path and its baseline side by
@@ -36,6 +37,7 @@ ROOT = BENCH_DIR.parent
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 AMQP_URL = os.environ.get("ESF_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+PG_ADMIN_URL = os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def parse_args(description: str, *, full_n: int, quick_n: int, full_runs: int = 3,
@@ -226,3 +228,77 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     # Pool processes left behind by a killed parent.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, 9)
+
+
+@contextlib.contextmanager
+def pg_database(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """The URL of a new PostgreSQL database of the benchmark's own on ``admin_url``'s server, dropped afterwards."""
+    import psycopg
+
+    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def esf_worker_env(db_url: str, redis_url: str, data_dir: Path | str) -> dict[str, str]:
+    """``ESF_*`` settings of a benchmark's ESF workers (and ``BENCH_REDIS_URL`` for :func:`redis_client`)."""
+    return {
+        "ESF_BROKER_URL": redis_url, "ESF_DATABASE_URL": db_url, "ESF_DATA_DIR": str(data_dir),
+        "ESF_JOBS_REDIS_DURABILITY_CHECK": "off", "ESF_TELEMETRY_ENABLED": "false",
+        "ESF_EVENTS_RECORD_JOB_EVENTS": "false", "BENCH_REDIS_URL": redis_url,
+    }
+
+
+def start_esf_worker(app: str, env: dict[str, str], log: Path, *, concurrency: int,
+                     subscriptions: int) -> subprocess.Popen[bytes]:
+    """``esf worker`` of ``app`` (``bench._x:make``) with ``env`` over the ``ESF_``-free environment, in a
+    session of its own (stop it with :func:`stop_process`); returns once the worker's dispatcher has created
+    the rows of ``subscriptions`` subscriptions.
+
+    Raises:
+        RuntimeError: the worker exited, or was not ready within 120 s (with the end of its log).
+    """
+    import psycopg
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
+    full.update(env)
+    # The app is imported from the repository's root (bench/ itself on the path would shadow the
+    # standard library's secrets module with bench/secrets.py).
+    full["PYTHONPATH"] = str(ROOT)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", app, "worker",
+                                 f"--concurrency={concurrency}", "--loglevel=WARNING"], cwd=ROOT, env=full,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{log.read_text(errors='replace')[-3000:]}")
+        with psycopg.connect(env["ESF_DATABASE_URL"]) as conn:
+            try:
+                n = conn.execute("SELECT count(*) FROM esf_subscriptions").fetchone()[0]  # type: ignore[index]
+            except psycopg.errors.UndefinedTable:
+                n = 0
+        if n >= subscriptions:
+            return proc
+        time.sleep(0.2)
+    raise RuntimeError(f"worker not ready:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+_client: Any = None
+_client_pid: int | None = None
+
+
+def redis_client() -> Any:
+    """One Redis client of ``BENCH_REDIS_URL`` per process (pool processes are forked)."""
+    global _client, _client_pid
+    if _client is None or _client_pid != os.getpid():
+        import redis
+
+        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+        _client_pid = os.getpid()
+    return _client

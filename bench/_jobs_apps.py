@@ -16,26 +16,14 @@ import os
 import time
 from typing import Any
 
+from _common import redis_client
+
 COUNTER_KEY = "bench:done"
 FIRST_KEY = "bench:first"
 LAST_KEY = "bench:last"
 #: ESF's job and bare Celery's task have different names, so that no log or result can be mistaken.
 ESF_JOB = "bench.esf_noop"
 BARE_TASK = "bench.noop"
-
-_client: Any = None
-_client_pid: int | None = None
-
-
-def redis_client() -> Any:
-    """One Redis client per process (pool processes are forked)."""
-    global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        import redis
-
-        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-        _client_pid = os.getpid()
-    return _client
 
 
 def record() -> None:

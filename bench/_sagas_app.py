@@ -9,36 +9,27 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-import redis
 
 import esf
 from esf.foundation import Foundation
 from esf.sagas import Saga, StepContext, step
 
-_client: Any = None
-_pid: int | None = None
-
-
-def client() -> Any:
-    global _client, _pid
-    if _client is None or _pid != os.getpid():
-        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-        _pid = os.getpid()
-    return _client
+if __package__:  # bench._sagas_app in a worker (PYTHONPATH is the repository's root)
+    from ._common import redis_client
+else:  # _sagas_app imported by its benchmark (bench/ on the path)
+    from _common import redis_client
 
 
 def make() -> Foundation:
     fnd = Foundation(esf.Settings.from_env())
 
     def work(ctx: StepContext, n: int) -> int:
-        client().incr("bench:saga_steps")
+        redis_client().incr("bench:saga_steps")
         return n + 1
 
     def undo(ctx: StepContext, n: int) -> None:
-        client().incr("bench:saga_undone")
+        redis_client().incr("bench:saga_undone")
 
     @fnd.saga
     class BenchOrder(Saga):
@@ -63,17 +54,17 @@ def make() -> Foundation:
 
     @fnd.job(name="bench.chain_three", retries=0)
     def chain_three(n: int) -> None:
-        client().incr("bench:saga_steps")
-        client().incr("bench:chains_done")
+        redis_client().incr("bench:saga_steps")
+        redis_client().incr("bench:chains_done")
 
     @fnd.job(name="bench.chain_two", retries=0)
     def chain_two(n: int) -> None:
-        client().incr("bench:saga_steps")
+        redis_client().incr("bench:saga_steps")
         chain_three.enqueue(n + 1)
 
     @fnd.job(name="bench.chain_one", retries=0)
     def chain_one(n: int) -> None:
-        client().incr("bench:saga_steps")
+        redis_client().incr("bench:saga_steps")
         chain_two.enqueue(n + 1)
 
     return fnd

@@ -9,26 +9,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
-
-import redis
 
 import esf
 from esf import Q
 from esf.foundation import Foundation
 
-_client: Any = None
-_pid: int | None = None
-
-
-def client() -> Any:
-    global _client, _pid
-    if _client is None or _pid != os.getpid():
-        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-        _pid = os.getpid()
-    return _client
+if __package__:  # bench._subs_app in a worker (PYTHONPATH is the repository's root)
+    from ._common import redis_client
+else:  # _subs_app imported by its benchmark (bench/ on the path)
+    from _common import redis_client
 
 
 def _spin(ms: float) -> None:
@@ -42,17 +33,17 @@ def make() -> Foundation:
 
     @fnd.subscription("lat", filter=Q.type("bench.ping"), partition_by="stream_id", max_in_flight=32, retries=0)
     def lat(event: Any) -> None:
-        client().rpush("bench:lat", time.time() - float(event.data["t"]))
+        redis_client().rpush("bench:lat", time.time() - float(event.data["t"]))
 
     @fnd.job(name="bench.ping_job", queue=fnd.settings.jobs.service_queue("events"), retries=0)
     def ping_job(t: float) -> None:
-        client().rpush("bench:job_lat", time.time() - t)
+        redis_client().rpush("bench:job_lat", time.time() - t)
 
     @fnd.subscription("thr", filter=Q.type("bench.work"), partition_by="stream_id", batch_size=20,
                       max_in_flight=32, retries=0)
     def thr(event: Any) -> None:
         _spin(float(event.data.get("work_ms", 0)))
-        r = client()
+        r = redis_client()
         n = r.incr("bench:done")
         now = time.time()
         if n == 1:

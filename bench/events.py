@@ -29,12 +29,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import pg_database
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,18 +89,6 @@ def raw_rows(events: list[Event]) -> list[tuple[Any, ...]]:
             )
         )
     return rows
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -403,15 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():  # interleaved, so drifts in machine load hit every contender
-            with fresh_database(args.pg_url) as url:
+            with pg_database(args.pg_url) as url:
                 seconds[name].append(fn(url))
-    with fresh_database(args.pg_url) as url:
+    with pg_database(args.pg_url) as url:
         lat = single_append_latencies(url, n_single)
     async_runs = []
     if not args.skip_async:
         n_async = 5000 if args.quick else 20_000
         for _ in range(args.repeats):
-            with fresh_database(args.pg_url) as url:
+            with pg_database(args.pg_url) as url:
                 async_runs.append(run_async_appends(url, args.redis_url, make_events(n_async)))
     sqlite_s = statistics.median(run_sqlite(make_events(n_sqlite), args.batch) for _ in range(args.repeats))
 

@@ -18,39 +18,23 @@ aggregate without snapshot divided by ESF's (above 1: ESF loads faster).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Report, parse_args
+from _common import Report, parse_args, pg_database
 
 from esf.events import create_event_store
 from esf.settings import Settings
 from esf.sourcing import Aggregate, AggregateRepository, applies
 
-PG_ADMIN_URL = os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 #: Loads timed per contender and run (the median is kept).
 LOADS = 5
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # ------------------------------------------------------------------ ESF
@@ -199,19 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     for run in range(args.runs):
         report.log(f"run {run + 1}/{args.runs}")
         # Interleaved, each on a fresh database, so drifts in machine load hit every contender.
-        with fresh_database() as url:
+        with pg_database() as url:
             add_load("esf", esf_loads(url, args.n))
-        with fresh_database() as url:
+        with pg_database() as url:
             add_load("eventsourcing", es_loads(url, args.n, ES_PG))
-        with fresh_database() as url:
+        with pg_database() as url:
             add_load("eventsourcing_on_esf", es_loads(url, args.n, ES_ON_ESF))
         for per_save in (1, 10):
-            with fresh_database() as url:
+            with pg_database() as url:
                 rates.setdefault(f"esf.saves_{per_save}_per_s", []).append(esf_saves(url, saves, per_save))
-            with fresh_database() as url:
+            with pg_database() as url:
                 rates.setdefault(f"eventsourcing.saves_{per_save}_per_s", []).append(
                     es_saves(url, saves, per_save, ES_PG))
-            with fresh_database() as url:
+            with pg_database() as url:
                 rates.setdefault(f"eventsourcing_on_esf.saves_{per_save}_per_s", []).append(
                     es_saves(url, saves, per_save, ES_ON_ESF))
     for key, values in loads.items():

@@ -26,7 +26,6 @@ hand-written SQL (target >= 0.5); the strict-order subscription's ratio is print
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -41,67 +40,29 @@ sys.path.append(sys.path.pop(0))
 
 import psycopg
 import redis
-from _common import Report, lease_redis_db, parse_args, percentile, stop_process
+from _common import (
+    Report,
+    esf_worker_env,
+    lease_redis_db,
+    parse_args,
+    percentile,
+    pg_database,
+    start_esf_worker,
+    stop_process,
+)
 
 import esf
 from esf import Event, Q
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-ADMIN_URL = os.environ.get("ESF_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FILTER = Q.type("order.paid") & (Q.data("total") > 100)
 SQL_SCAN = ("SELECT position, stream_id FROM esf_events WHERE event_type = 'order.paid' "
             "AND jsonb_typeof(data -> 'total') = 'number' AND (data -> 'total')::numeric > 100 ORDER BY position")
 
 
-def create_db() -> tuple[str, str]:
-    name = f"esf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_db(name: str) -> None:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def env_for(db_url: str, redis_url: str, data_dir: Path) -> dict[str, str]:
-    return {
-        "ESF_BROKER_URL": redis_url, "ESF_DATABASE_URL": db_url, "ESF_DATA_DIR": str(data_dir),
-        "ESF_JOBS_REDIS_DURABILITY_CHECK": "off", "ESF_TELEMETRY_ENABLED": "false",
-        "ESF_EVENTS_RECORD_JOB_EVENTS": "false", "BENCH_REDIS_URL": redis_url,
-    }
-
-
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ESF_")}
-    full.update(env)
-    # The app is bench._subs_app from the repository's root (bench/ itself on the path would shadow the
-    # standard library's secrets module with bench/secrets.py).
-    full["PYTHONPATH"] = str(ROOT)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "esf.cli", "--app", "bench._subs_app:make", "worker",
-                                 f"--concurrency={concurrency}", "--loglevel=WARNING"], cwd=ROOT, env=full,
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    fnd = esf.Foundation(esf.Settings.from_env(env))
-    try:
-        # Ready when the dispatcher has created both subscriptions' rows.
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{log.read_text(errors='replace')[-3000:]}")
-            with psycopg.connect(env["ESF_DATABASE_URL"]) as conn:
-                try:
-                    n = conn.execute("SELECT count(*) FROM esf_subscriptions").fetchone()[0]  # type: ignore[index]
-                except psycopg.errors.UndefinedTable:
-                    n = 0
-            if n >= 2:
-                return proc
-            time.sleep(0.2)
-    finally:
-        fnd.close()
-    raise RuntimeError(f"worker not ready:\n{log.read_text(errors='replace')[-3000:]}")
+    """Workers of bench._subs_app, ready once the dispatcher has created both subscriptions' rows."""
+    with esf.Foundation(esf.Settings.from_env(env)):
+        return start_esf_worker("bench._subs_app:make", env, log, concurrency=concurrency, subscriptions=2)
 
 
 def latency(report: Report, env: dict[str, str], r: redis.Redis[bytes], n: int, tmp: Path) -> float:
@@ -292,23 +253,19 @@ def main() -> None:
         (["--phases"], {"default": "latency,throughput,catchup", "help": "comma-separated phases to run"})])
     phases = set(args.phases.split(","))
     report = Report("subscriptions", args, filter="order.paid & total > 100 (10 %)")
-    name, db_url = create_db()
     tmp = Path(f"/tmp/esf-bench-subs-{uuid.uuid4().hex[:6]}")
     tmp.mkdir(parents=True)
-    try:
-        with lease_redis_db() as db:
-            redis_url = f"redis://127.0.0.1:6379/{db}"
-            env = env_for(db_url, redis_url, tmp / "data")
-            r = redis.Redis.from_url(redis_url)
-            if "latency" in phases:
-                report.log("live latency")
-                latency(report, env, r, 100 if args.quick else 400, tmp)
-            if "throughput" in phases:
-                report.log("handler throughput")
-                throughput(report, env, r, 600 if args.quick else 2000, tmp)
-            headline = catch_up(report, env, args.n, args.runs) if "catchup" in phases else float("nan")
-    finally:
-        drop_db(name)
+    with pg_database() as db_url, lease_redis_db() as db:
+        redis_url = f"redis://127.0.0.1:6379/{db}"
+        env = esf_worker_env(db_url, redis_url, tmp / "data")
+        r = redis.Redis.from_url(redis_url)
+        if "latency" in phases:
+            report.log("live latency")
+            latency(report, env, r, 100 if args.quick else 400, tmp)
+        if "throughput" in phases:
+            report.log("handler throughput")
+            throughput(report, env, r, 600 if args.quick else 2000, tmp)
+        headline = catch_up(report, env, args.n, args.runs) if "catchup" in phases else float("nan")
     report.finish("catch-up ESF / hand-written SQL (target >= 0.5)", headline)
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, ValidationError
+from ..events._model import thaw_json
 from ._common import CommandError, load_foundation, parse_duration, parse_json_arg
 
 if TYPE_CHECKING:
@@ -80,14 +81,6 @@ def _handler(run: Callable[[FlagService, argparse.Namespace], int]) -> Callable[
     return handler
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _state(definition: Mapping[str, Any]) -> str:
     if definition.get("kill") is True:
         return "killed"
@@ -121,7 +114,7 @@ def run_list(service: FlagService, args: argparse.Namespace) -> int:
 
 
 def run_show(service: FlagService, args: argparse.Namespace) -> int:
-    print(json.dumps(_plain(service.definition(args.name)), indent=2, sort_keys=True))
+    print(json.dumps(thaw_json(service.definition(args.name)), indent=2, sort_keys=True))
     return 0
 
 
@@ -130,7 +123,7 @@ def run_eval(service: FlagService, args: argparse.Namespace) -> int:
     if not isinstance(context, dict):
         raise ValidationError("--context: expected a JSON object")
     answer = service.evaluate(args.name, context)
-    out = {"flag": answer.flag, "value": _plain(answer.value), "variant": answer.variant, "reason": answer.reason,
+    out = {"flag": answer.flag, "value": thaw_json(answer.value), "variant": answer.variant, "reason": answer.reason,
            "rule": answer.rule, "error": answer.error}
     if args.json:
         print(json.dumps(out, indent=2))

@@ -8,7 +8,7 @@ Path syntax: dotted segments, see :mod:`esf.config._paths`.
 
 from __future__ import annotations
 
-from ._factory import create_config_service, esf_defaults, load_store_class
+from ._factory import create_config_service, esf_defaults
 from ._paths import DELETE, MAX_PATH_CHARS, MAX_SEGMENTS, parse_path, path_error
 from ._replica import MISSING, Subscription, TestHooks
 from ._service import AuditSink, ConfigService
@@ -46,7 +46,6 @@ __all__ = [
     "TestHooks",
     "create_config_service",
     "esf_defaults",
-    "load_store_class",
     "parse_path",
     "path_error",
 ]

@@ -6,7 +6,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._plugins import load_plugin
 from ._service import AuditSink, ConfigService
 
 if TYPE_CHECKING:
@@ -14,15 +13,7 @@ if TYPE_CHECKING:
     from ..telemetry import Telemetry
     from ._types import ConfigStore
 
-__all__ = ["create_config_service", "esf_defaults", "load_store_class"]
-
-def load_store_class(name: str) -> Any:
-    """The store class registered as ``name`` (``config.redis``, ``config.sqlite``) in ``esf.plugins``.
-
-    Raises:
-        SettingsError: nothing is registered under that name.
-    """
-    return load_plugin(name, setting="config")
+__all__ = ["create_config_service", "esf_defaults"]
 
 
 def esf_defaults(settings: Settings) -> dict[str, Any]:

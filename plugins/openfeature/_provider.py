@@ -12,6 +12,7 @@ from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
 from openfeature.track import TrackingEventDetails
 
+from esf.events._model import thaw_json
 from esf.flags import Evaluation, FlagService
 
 __all__ = ["REASONS", "EsfProvider"]
@@ -106,7 +107,7 @@ class EsfProvider(AbstractProvider):
         details = self._resolve(flag_key, default_value, evaluation_context,
                                 lambda v: isinstance(v, Mapping | list | tuple))
         if details.error_code is None:
-            details.value = _plain(details.value)
+            details.value = thaw_json(details.value)
         return details
 
     def _resolve(self, flag_key: str, default: T, evaluation_context: EvaluationContext | None,
@@ -145,11 +146,3 @@ def _metadata(answer: Evaluation) -> dict[str, bool | int | float | str]:
     if answer.rule is not None:
         meta["rule"] = answer.rule
     return meta
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

@@ -12,6 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from esf.backends._pubsub import listen
 from esf.cache import Invalidation, InvalidationCallback
 from esf.errors import ServiceUnavailable, ValidationError
 from esf.settings import strip_url_credentials
@@ -155,36 +156,19 @@ class RedisCacheTier:
 
     def watch(self, callback: InvalidationCallback, stop: threading.Event, tick: Callable[[], None]) -> None:
         """Subscriber loop: reconnects with backoff; after each (re)subscription calls ``callback(None)``."""
-        delay = 0.05
-        while not stop.is_set():
-            pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
+        def on_message(data: Any) -> None:
+            if data is None:
+                callback(None)
+                return
             try:
-                pubsub.subscribe(self.channel)
-                delay = 0.05
-                _call(callback, None)
-                while not stop.is_set():
-                    tick()
-                    message = pubsub.get_message(timeout=0.25)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        parsed = Invalidation.from_json(message["data"])
-                    except ValidationError:
-                        log.warning("cache: ignored a malformed invalidation message")
-                        continue
-                    _call(callback, parsed)
-            except (RedisError, OSError, ValueError) as exc:
-                if stop.is_set():
-                    break
-                log.debug("cache pub/sub lost (%s); reconnecting in %.2fs", exc, delay)
-                tick()
-                stop.wait(delay)
-                delay = min(delay * 2, 1.0)
-            finally:
-                try:
-                    pubsub.close()
-                except (RedisError, OSError):
-                    pass
+                parsed = Invalidation.from_json(data)
+            except ValidationError:
+                log.warning("cache: ignored a malformed invalidation message")
+                return
+            callback(parsed)
+
+        listen(self._client, self.channel, on_message, stop, log=log, what="cache: invalidation", first_delay_s=0.05,
+               max_delay_s=1.0, tick=tick)
 
     def close(self) -> None:
         self._client.close()
@@ -192,9 +176,3 @@ class RedisCacheTier:
     def __repr__(self) -> str:
         return f"RedisCacheTier({strip_url_credentials(self._url)!r}, prefix={self.prefix!r})"
 
-
-def _call(callback: InvalidationCallback, message: Invalidation | None) -> None:
-    try:
-        callback(message)
-    except Exception:
-        log.exception("cache: invalidation callback failed")

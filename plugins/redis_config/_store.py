@@ -11,6 +11,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
+from esf.backends._pubsub import listen
 from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
 from esf.errors import ConcurrencyConflict, ServiceUnavailable
 from esf.settings import strip_url_credentials
@@ -101,7 +102,6 @@ class RedisConfigStore:
         self.channel = f"{prefix}changes"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pubsub: Any = None
 
     def _fail(self, exc: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(f"Redis config store {strip_url_credentials(self._url)}: {exc}")
@@ -237,34 +237,18 @@ class RedisConfigStore:
 
     def _listen(self, callback: NotifyCallback) -> None:
         """Subscriber loop: reconnects with backoff; after each (re)subscription asks for a full resync."""
-        delay = 0.1
-        while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub = pubsub
+        def on_message(data: Any) -> None:
+            if data is None:
+                callback(None)  # messages sent while we were away are lost: resync
+                return
             try:
-                pubsub.subscribe(self.channel)
-                delay = 0.1
-                _call(callback, None)  # messages sent while we were away are lost: resync
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.25)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    try:
-                        version = int(message["data"])
-                    except (TypeError, ValueError):
-                        continue
-                    _call(callback, version)
-            except (RedisError, OSError, ValueError) as exc:
-                if self._stop.is_set():
-                    break
-                log.debug("config pub/sub lost (%s); reconnecting in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                try:
-                    pubsub.close()
-                except (RedisError, OSError):
-                    pass
+                version = int(data)
+            except (TypeError, ValueError):
+                return
+            callback(version)
+
+        listen(self._client, self.channel, on_message, self._stop, log=log, what="config: notification",
+               first_delay_s=0.1, max_delay_s=2.0)
 
     def close(self) -> None:
         self._stop.set()
@@ -275,9 +259,3 @@ class RedisConfigStore:
     def __repr__(self) -> str:
         return f"RedisConfigStore({strip_url_credentials(self._url)!r}, prefix={self.prefix!r})"
 
-
-def _call(callback: NotifyCallback, version: int | None) -> None:
-    try:
-        callback(version)
-    except Exception:
-        log.exception("config: notification callback failed")

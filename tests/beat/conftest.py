@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -13,7 +9,7 @@ import pytest
 
 import esf
 from esf.foundation import Foundation
-from tests.jobs.harness import ROOT
+from tests.jobs.harness import EsfProcess
 
 from . import app
 
@@ -54,27 +50,11 @@ def fnd(env: dict[str, str], fire_log: Path) -> Iterator[Foundation]:
         f.close()
 
 
-class BeatProcess:
+class BeatProcess(EsfProcess):
     """An `esf beat` subprocess running tests.beat.app."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, *, tick: float = 0.2, lease_ttl: float = 2.0) -> None:
-        self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_") or k.startswith("ESF_TEST_")}
-        full_env.update(env)
-        full_env["PYTHONPATH"] = str(ROOT)
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "esf.cli", "--app", "tests.beat.app:make", "beat", f"--tick={tick}",
-             f"--lease-ttl={lease_ttl}"],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        super().__init__(env, log_path, "tests.beat.app:make", ["beat", f"--tick={tick}", f"--lease-ttl={lease_ttl}"])
 
     def started(self) -> bool:
         if self.proc.poll() is not None:
@@ -84,21 +64,5 @@ class BeatProcess:
     def leading(self) -> bool:
         return b"now leading" in self.log_path.read_bytes()
 
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self._log.close()
-
     def stop(self, timeout: float = 30) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+        return super().stop(timeout)

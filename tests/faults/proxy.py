@@ -9,6 +9,9 @@ Its mode applies to every connection, open or new, from the moment it is set:
   vanished from the network: the client sees nothing until its own timeout);
 - ``reset``: close every connection at once with a TCP reset, and reset new ones on accept.
 
+``FaultProxy(target_port, listening=False)`` reserves its port but refuses connections (the dependency is
+down: nothing listens) until :meth:`FaultProxy.listen`.
+
 Threads, not asyncio: the proxy runs next to blocking test code and must keep working while it blocks.
 """
 
@@ -33,7 +36,7 @@ def _reset(sock: socket.socket) -> None:
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, listening: bool = True) -> None:
         self.target = (target_host, target_port)
         self.mode: Mode = "pass"
         self.delay_ms = 0
@@ -41,10 +44,15 @@ class FaultProxy:
         self._pairs: list[tuple[socket.socket, socket.socket | None]] = []
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(128)
+        self._listener.bind(("127.0.0.1", 0))  # bound, not listening: a connection to the port is refused
         self.port = int(self._listener.getsockname()[1])
         self._closed = threading.Event()
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        """Start accepting connections on :attr:`port` (once; the constructor does it unless ``listening=False``)."""
+        self._listener.listen(128)
         threading.Thread(target=self._accept_loop, name=f"fault-proxy-{self.port}", daemon=True).start()
 
     def set(self, mode: Mode, delay_ms: int = 0) -> None:

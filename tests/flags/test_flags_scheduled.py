@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-import esf
 from esf.cli import build_parser
 from esf.cli._flags import parse_at, run_set
 from esf.errors import ValidationError
 from esf.events import Q
 from esf.foundation import Foundation
-from tests.jobs.harness import Worker, settings_env, wait_for
+from tests.jobs.harness import Worker, wait_for
+from tests.services import fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -22,30 +21,7 @@ RULE = {"rules": [{"if": {"attr": "country", "op": "in", "value": ["FR", "DE"]},
         "serve": {"variant": "off"}}
 
 
-@pytest.fixture
-def env(redis_url: str, pg_url: str, data_dir: Path, unique: str) -> dict[str, str]:
-    return settings_env(redis_url, data_dir=str(data_dir), extra={
-        "ESF_DATABASE_URL": pg_url, "ESF_WORKERS_PROFILE": "services", "ESF_SERVICES_SCHEDULES": "false",
-        "ESF_CONFIG_REDIS_PREFIX": f"esf-test-{unique}:"})
-
-
-@pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
-    w = Worker(env, tmp_path / "worker.log", concurrency=1, app="tests.services.apps:make")
-    try:
-        w.wait_ready()
-        yield w
-    finally:
-        w.stop()
-
-
-@pytest.fixture
-def fnd(env: dict[str, str]) -> Iterator[Foundation]:
-    f = Foundation(esf.Settings.from_env(env))
-    try:
-        yield f
-    finally:
-        f.close()
+env, worker, fnd = fixtures.env, fixtures.worker, fixtures.fnd
 
 
 def scheduled_events(fnd: Foundation) -> int:

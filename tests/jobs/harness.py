@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,21 +38,60 @@ def settings_env(broker_url: str, *, queues: tuple[str, ...] = ("default",), red
     return env
 
 
-class Worker:
-    """An `esf worker` subprocess for tests.jobs.apps."""
+class EsfProcess:
+    """An ``esf`` command (``python -m esf.cli --app <app> <args>``) as a subprocess in a session of its own
+    (killed as a group), its output appended to ``log_path``; the ``ESF_*`` variables it sees are ``env``'s."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, concurrency: int = 2, pool: str = "prefork",
-                 app: str = "tests.jobs.apps:make") -> None:
+    #: How many characters of the end of the log :meth:`log` returns (``None``: all of it).
+    log_tail: int | None = 6000
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, app: str, args: Sequence[str]) -> None:
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ESF_") or k.startswith("ESF_TEST_")}
         full_env.update(env)
         full_env["PYTHONPATH"] = str(ROOT)
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "esf.cli", "--app", app, "worker", f"--concurrency={concurrency}",
-             f"--pool={pool}", "--loglevel=INFO"],
+            [sys.executable, "-m", "esf.cli", "--app", app, *args],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text if self.log_tail is None else text[-self.log_tail:]
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children (a worker's pool processes) at once."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (a worker's warm shutdown); SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+
+class Worker(EsfProcess):
+    """An `esf worker` subprocess for tests.jobs.apps."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, concurrency: int = 2, pool: str = "prefork",
+                 app: str = "tests.jobs.apps:make") -> None:
+        super().__init__(env, log_path, app,
+                         ["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO"])
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -64,31 +103,21 @@ class Worker:
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready within {timeout} s:\n{self.log()}")
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+    def __enter__(self) -> Worker:
+        """Wait until the worker is ready (stopping it if it is not); leaving the block stops it."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (warm shutdown); SIGKILL if it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-        return self.proc.returncode
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.jobs.harness import settings_env, wait_for
-from tests.resilience.workers import QueueWorker
+from tests.jobs.harness import wait_for
+from tests.resilience.workers import QueueWorker, app_foundation, charge_runs, worker_waiting_for
 from tests.servers import PrivateRedis
 
 pytestmark = pytest.mark.slow
@@ -17,13 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _worker_waiting_for(server: PrivateRedis, tmp_path: Path) -> tuple[QueueWorker, dict[str, str]]:
     """A worker in ``error`` mode started while ``server`` is down, seen waiting for it."""
-    env = settings_env(server.url, data_dir=str(tmp_path / "data"),
-                       extra={"ESF_JOBS_REDIS_DURABILITY_CHECK": "error",
-                              "ESF_RESILIENCE_REDIS_CONNECT_TIMEOUT_S": "1", "ESF_RESILIENCE_REDIS_TIMEOUT_S": "2"})
-    worker = QueueWorker(env, tmp_path / "worker.log", queues="default")
-    wait_for(lambda: "Cannot connect" in worker.log() or worker.proc.poll() is not None, timeout=60,
-             message="the worker's first connection attempt")
-    assert worker.proc.poll() is None, worker.log()[-3000:]
+    worker, env = worker_waiting_for(server, tmp_path, {"ESF_JOBS_REDIS_DURABILITY_CHECK": "error"})
     assert "its durability is checked when it does" in worker.log()
     return worker, env
 
@@ -35,15 +29,9 @@ def test_a_worker_in_error_mode_starts_before_its_durable_redis_and_runs_jobs(
     worker, env = _worker_waiting_for(server, tmp_path)
     try:
         server.start()
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        from tests.resilience.apps import make
-
-        fnd = make()
+        fnd = app_foundation(env, monkeypatch)
         try:
-            client: redis.Redis[bytes] = redis.Redis.from_url(server.url)
-            fnd.jobs.get("tests.resilience.charge").enqueue(1)
-            wait_for(lambda: client.llen("test:done") == 1, timeout=90, message="the job to run")
+            charge_runs(fnd, server.url)
             assert "broker checked now that it answers" in worker.log()
         finally:
             fnd.close()
@@ -59,11 +47,7 @@ def test_a_worker_in_error_mode_stops_before_consuming_when_its_late_redis_is_no
     worker, env = _worker_waiting_for(server, tmp_path)
     try:
         server.start()
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        from tests.resilience.apps import make
-
-        fnd = make()
+        fnd = app_foundation(env, monkeypatch)
         try:
             fnd.jobs.get("tests.resilience.charge").enqueue(1)
         finally:

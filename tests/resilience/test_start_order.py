@@ -9,34 +9,23 @@ import pytest
 import redis
 
 from esf import Foundation, Settings
+from tests.faults.proxy import FaultProxy
 from tests.jobs.harness import settings_env, wait_for
-from tests.resilience.proxy import TcpProxy
 from tests.resilience.test_health_endpoint import TOKEN, get
-from tests.resilience.workers import QueueWorker
+from tests.resilience.workers import QueueWorker, app_foundation, charge_runs, worker_waiting_for
 from tests.servers import PrivateRedis, free_port
 
 
 @pytest.mark.slow
 def test_worker_started_before_its_redis_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = PrivateRedis(tmp_path / "redis")  # not started: the broker is down
-    env = settings_env(server.url, data_dir=str(tmp_path / "data"),
-                       extra={"ESF_RESILIENCE_REDIS_CONNECT_TIMEOUT_S": "1", "ESF_RESILIENCE_REDIS_TIMEOUT_S": "2"})
-    worker = QueueWorker(env, tmp_path / "worker.log", queues="default")
+    # It keeps trying to connect (and does not exit) while nothing listens.
+    worker, env = worker_waiting_for(server, tmp_path)
     try:
-        # It keeps trying to connect (and does not exit) while nothing listens.
-        wait_for(lambda: "Cannot connect" in worker.log() or worker.proc.poll() is not None, timeout=60,
-                 message="the worker's first connection attempt")
-        assert worker.proc.poll() is None, worker.log()[-3000:]
         server.start()
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        from tests.resilience.apps import make
-
-        fnd = make()
+        fnd = app_foundation(env, monkeypatch)
         try:
-            client: redis.Redis[bytes] = redis.Redis.from_url(server.url)
-            fnd.jobs.get("tests.resilience.charge").enqueue(1)
-            wait_for(lambda: client.llen("test:done") == 1, timeout=90, message="the job to run")
+            charge_runs(fnd, server.url)
         finally:
             fnd.close()
     finally:
@@ -47,7 +36,7 @@ def test_worker_started_before_its_redis_broker(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.slow
 def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    proxy = TcpProxy(free_port(), 5432)  # not started: the database's port is closed
+    proxy = FaultProxy(5432, listening=False)  # the database's port is closed
     db_url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     port = free_port()
     env = settings_env(redis_url, data_dir=str(tmp_path / "data"), extra={
@@ -57,11 +46,7 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
         "ESF_HEALTH_PORT": str(port), "ESF_HEALTH_TOKEN": TOKEN, "ESF_HEALTH_CACHE_S": "0.2",
     })
     worker = QueueWorker(env, tmp_path / "worker.log", queues="default")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    from tests.resilience.apps import make
-
-    fnd = make()
+    fnd = app_foundation(env, monkeypatch)
     client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
     try:
         wait_for(lambda: worker.ready(), timeout=90, message="the worker")
@@ -76,7 +61,7 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
         assert events["status"] == "degraded" and events["spool_depth"] == 3, events
         assert "spool depth 3" in events["reason"]
         # The database comes back: the spool drains into it and the worker is healthy again.
-        proxy.start()
+        proxy.listen()
         wait_for(lambda: get(port, "/readyz")[1]["services"]["events"]["status"] == "ok", timeout=90,
                  message="the spool to drain")
         with Foundation(Settings(database_url=pg_url, data_dir=str(tmp_path / "reader"))) as reader:
@@ -86,7 +71,7 @@ def test_worker_started_while_postgresql_is_unreachable(pg_url: str, redis_url: 
     finally:
         worker.kill()
         fnd.close()
-        proxy.stop()
+        proxy.close()
 
 
 def test_producer_with_its_broker_down_gets_a_specific_error(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,35 +12,13 @@ import esf
 from esf.cli import main
 from esf.errors import Conflict, JobFailed, PermissionDenied, ServiceUnavailable, ValidationError
 from esf.foundation import Foundation
-from tests.jobs.harness import Worker, settings_env, wait_for
+from tests.jobs.harness import Worker, wait_for
+from tests.services import fixtures
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def env(redis_url: str, pg_url: str, data_dir: Path, unique: str) -> dict[str, str]:
-    return settings_env(redis_url, data_dir=str(data_dir), extra={
-        "ESF_DATABASE_URL": pg_url, "ESF_WORKERS_PROFILE": "services", "ESF_SERVICES_SCHEDULES": "false",
-        "ESF_CONFIG_REDIS_PREFIX": f"esf-test-{unique}:"})  # pub/sub channels are global: a prefix of its own
-
-
-@pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
-    w = Worker(env, tmp_path / "worker.log", concurrency=2, app="tests.services.apps:make")
-    try:
-        w.wait_ready()
-        yield w
-    finally:
-        w.stop()
-
-
-@pytest.fixture
-def fnd(env: dict[str, str]) -> Iterator[Foundation]:
-    f = Foundation(esf.Settings.from_env(env))
-    try:
-        yield f
-    finally:
-        f.close()
+env, worker, fnd = fixtures.env, fixtures.worker, fixtures.fnd
 
 
 def ran(fnd: Foundation, batch_id: str) -> bool:

@@ -13,10 +13,9 @@ import esf
 from esf.foundation import Foundation
 from tests.beat.app import read_fires
 from tests.beat.conftest import BeatProcess, beat_env
+from tests.faults.proxy import FaultProxy
 from tests.jobs.harness import Worker, settings_env, wait_for
 from tests.servers import PrivateRedis
-
-from .forwarder import Forwarder
 
 pytestmark = pytest.mark.slow
 
@@ -68,24 +67,24 @@ def test_two_beats_fire_each_default_schedule_once_per_occurrence(redis_url: str
 
 
 @pytest.fixture
-def down(tmp_path: Path, pg_url: str) -> Iterator[tuple[Forwarder, PrivateRedis, str]]:
-    """The event store's PostgreSQL behind a closed forwarder, and a config-store Redis not started yet."""
+def down(tmp_path: Path, pg_url: str) -> Iterator[tuple[FaultProxy, PrivateRedis, str]]:
+    """The event store's PostgreSQL behind a proxy not listening yet, and a config-store Redis not started yet."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(pg_url)
-    forwarder = Forwarder(parts.port or 5432)
-    url = parts._replace(netloc=f"{parts.username}@127.0.0.1:{forwarder.port}").geturl()
+    proxy = FaultProxy(parts.port or 5432, listening=False)
+    url = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
     redis = PrivateRedis(tmp_path / "config-redis")
     try:
-        yield forwarder, redis, url
+        yield proxy, redis, url
     finally:
-        forwarder.close()
+        proxy.close()
         redis.stop()
 
 
 @pytest.fixture
 def services_worker(redis_url: str, data_dir: Path, tmp_path: Path,
-                    down: tuple[Forwarder, PrivateRedis, str]) -> Iterator[tuple[Worker, dict[str, str]]]:
+                    down: tuple[FaultProxy, PrivateRedis, str]) -> Iterator[tuple[Worker, dict[str, str]]]:
     """`esf worker --profile services` (settings workers.profile) with its stores down."""
     _, redis, db_url = down
     env = settings_env(redis_url, queues=("default", "other"), data_dir=str(data_dir), extra={
@@ -118,9 +117,9 @@ def test_the_services_worker_consumes_only_the_esf_queues(services_worker: tuple
 
 
 def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_and_succeeds_on_replay(
-        services_worker: tuple[Worker, dict[str, str]], down: tuple[Forwarder, PrivateRedis, str]) -> None:
+        services_worker: tuple[Worker, dict[str, str]], down: tuple[FaultProxy, PrivateRedis, str]) -> None:
     worker, env = services_worker
-    forwarder, redis, _ = down
+    proxy, redis, _ = down
     fnd = Foundation(esf.Settings.from_env(env))
     try:
         # Given the event store's database and the Redis of the configuration and telemetry stores unreachable
@@ -149,7 +148,7 @@ def test_each_service_task_that_keeps_failing_is_dead_lettered_with_its_reason_a
         assert dead["esf.telemetry.export"].exception_type == "ServiceUnavailable"
         assert dead["esf.telemetry.rollup"].exception_type == "ServiceUnavailable"
         # When the servers are back and every entry is replayed
-        forwarder.open()
+        proxy.listen()
         redis.start()
         wait_for(lambda: _answers(redis.url), timeout=30, message="the Redis serving (not only listening)")
         for name in SCHEDULED:

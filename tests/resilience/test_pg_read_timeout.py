@@ -164,3 +164,37 @@ def test_a_migration_waits_for_its_lock_without_a_read_timeout(pg_url: str) -> N
         assert result == head_revision(), result
     finally:
         engine.dispose()
+
+
+def test_the_subscription_dispatchers_listen_wait_is_not_cut_by_the_read_timeout(pg_url: str, data_dir: Path) -> None:
+    # Given a read timeout (0.2 s) shorter than one slice of the dispatcher's wait for notifications (0.25 s),
+    # and a poll interval long enough that only a notification wakes the dispatcher during the test
+    settings = esf.Settings.from_env({
+        "ESF_DATABASE_URL": pg_url, "ESF_DATA_DIR": str(data_dir), "ESF_TELEMETRY_ENABLED": "false",
+        "ESF_EVENTS_RECORD_JOB_EVENTS": "false", "ESF_RESILIENCE_DATABASE_READ_TIMEOUT_S": "0.2",
+        "ESF_SUBSCRIPTIONS_POLL_INTERVAL_S": "60"})
+    with Foundation(settings) as fnd:
+        fnd.subscriptions.start_dispatcher()
+        try:
+            dispatcher = fnd.subscriptions._dispatcher  # type: ignore[attr-defined]
+            wait_for(lambda: dispatcher._listener is not None, timeout=60, message="the listener")
+            listener = dispatcher._listener
+            pid = listener.info.backend_pid
+            seen = dispatcher.wakeups_seen
+
+            def listened_for(seconds: float) -> bool:
+                with psycopg.connect(pg_url, autocommit=True) as probe:
+                    row = probe.execute("SELECT clock_timestamp() - state_change > make_interval(secs => %s) "
+                                        "FROM pg_stat_activity WHERE pid = %s AND state = 'idle'",
+                                        (seconds, pid)).fetchone()
+                return bool(row and row[0])
+
+            # When its listening connection has waited for 5x the read timeout
+            wait_for(lambda: listened_for(1.0), timeout=60, message="the listener to wait 1 s")
+            # Then it is still the same connection, and a notification sent now wakes the dispatcher
+            with psycopg.connect(pg_url, autocommit=True) as notifier:
+                notifier.execute("NOTIFY esf_events")
+            wait_for(lambda: dispatcher.wakeups_seen > seen, timeout=30, message="the wake-up")
+            assert dispatcher._listener is listener and not listener.closed
+        finally:
+            fnd.subscriptions.stop_dispatcher()

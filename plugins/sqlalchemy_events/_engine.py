@@ -132,7 +132,21 @@ def connect_write(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn = conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
-            yield conn
+            try:
+                yield conn
+            except BaseException:
+                _invalidate_if_closed(conn)
+                raise
+
+
+def _invalidate_if_closed(conn: Connection) -> None:
+    """Invalidate ``conn`` when its driver connection was closed under SQLAlchemy (a read timeout in a
+    statement sent to psycopg directly): the rollback is then skipped, and the caller sees the error that
+    closed it rather than the rollback's "the connection is closed"."""
+    if conn.invalidated:
+        return
+    if getattr(conn.connection.driver_connection, "closed", False):
+        conn.invalidate()
 
 
 #: SQLSTATE classes/codes meaning "the server is not reachable / not serving": connection errors,

@@ -129,6 +129,19 @@ def test_an_append_waiting_longer_than_the_read_timeout_is_broken_and_spooled(fn
     assert [e.data["n"] for e in fnd.events.read_all()] == [1, 2]
 
 
+def test_an_append_that_cannot_be_spooled_fails_naming_the_read_timeout_and_the_pool_recovers(
+        fnd: Foundation, pg_url: str) -> None:
+    # When an append naming its stream's version (never spooled) waits on a lock past the read timeout
+    result = blocked(lambda: fnd.events.append(Event("t.tick", {"n": 2}, stream_id="s-1"), expected_version=1),
+                     lock_events(pg_url))
+    # Then it fails as unavailable, saying the server did not answer in time (not a secondary error)
+    assert isinstance(result, ServiceUnavailable), result
+    assert "read timeout" in str(result), result
+    # And the next append gets a working connection
+    fnd.events.append(Event("t.tick", {"n": 2}, stream_id="s-1"), expected_version=1)
+    assert [e.data["n"] for e in fnd.events.read_all()] == [1, 2]
+
+
 def test_a_query_waits_past_the_read_timeout_up_to_the_statement_timeout(fnd: Foundation, pg_url: str) -> None:
     # When a query waits on a lock for twice the read timeout
     result = blocked(lambda: fnd.events.query(Q.type("t.tick")), lock_events(pg_url))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,33 @@ def test_a_subscription_catch_up_read_waits_past_the_read_timeout(fnd: Foundatio
     # Then the tick is not broken: it reads the event once the lock is gone
     assert not isinstance(result, Exception), result
     assert result.read == 1
+
+
+def test_a_projection_rebuild_waits_past_the_read_timeout(fnd: Foundation, pg_url: str) -> None:
+    # Given a projection with a table of its own
+    engine: sa.Engine = fnd.events.engine  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE rt_ticks (position BIGINT NOT NULL)"))
+
+    @fnd.projection("rt_ticks", filter=Q.type("t.tick"), tables=["rt_ticks"])
+    def project(event: Any, session: Any) -> None:
+        session.execute(sa.text("INSERT INTO rt_ticks (position) VALUES (:p)"), {"p": event.position})
+
+    # When its rebuild replays the events while a lock holds them for twice the read timeout
+    result = blocked(lambda: fnd.subscriptions.rebuild("rt_ticks"), lock_events(pg_url))
+    # Then the rebuild is not broken: it replays the event and swaps the table in
+    assert not isinstance(result, Exception), result
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM rt_ticks")).scalar() == 1
+
+
+def test_retention_waits_past_the_read_timeout(fnd: Foundation, pg_url: str) -> None:
+    # Given a stream with two events (retention keeps a stream's latest)
+    fnd.events.append(Event("t.tick", {"n": 2}, stream_id="s-1"))
+    # When a prune deletes while a lock holds the events for twice the read timeout
+    result = blocked(lambda: fnd.events.prune(older_than=timedelta(0)), lock_events(pg_url))
+    # Then it is not broken: it deletes the older event once the lock is gone
+    assert result == 1, result
 
 
 def test_a_migration_waits_for_its_lock_without_a_read_timeout(pg_url: str) -> None:

@@ -239,3 +239,29 @@ def test_the_subscription_dispatchers_listen_wait_is_not_cut_by_the_read_timeout
             assert dispatcher._listener is listener and not listener.closed
         finally:
             fnd.subscriptions.stop_dispatcher()
+
+
+def test_the_read_timeout_setting_defaults_to_30_s_and_refuses_a_negative_value() -> None:
+    from esf.errors import SettingsError
+
+    assert esf.Settings.from_env({}).resilience.database_read_timeout_s == 30.0
+    off = esf.Settings.from_env({"ESF_RESILIENCE_DATABASE_READ_TIMEOUT_S": "0"})
+    assert off.resilience.database_read_timeout_s == 0
+    with pytest.raises(SettingsError) as caught:
+        esf.Settings.from_env({"ESF_RESILIENCE_DATABASE_READ_TIMEOUT_S": "-1"})
+    assert caught.value.code == "invalid_settings" and "resilience.database_read_timeout_s" in str(caught.value)
+
+
+def test_an_engine_without_a_read_timeout_uses_plain_psycopg_connections(pg_url: str) -> None:
+    from plugins.sqlalchemy_events._engine import make_engine
+    from plugins.sqlalchemy_events._read_timeout import DeadlineConnection
+
+    for read_timeout_s, bounded in ((0, False), (READ_TIMEOUT_S, True)):
+        engine = make_engine(pg_url, read_timeout_s=read_timeout_s)
+        try:
+            with engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, DeadlineConnection) is bounded
+                assert not bounded or raw.limit_s == READ_TIMEOUT_S
+        finally:
+            engine.dispose()

@@ -570,12 +570,17 @@ class ResilienceSettings:
     database_connect_timeout_s: float = 5.0
     #: PostgreSQL event store: the server cancels a statement running longer (0: never).
     database_statement_timeout_s: float = 120.0
+    #: PostgreSQL event store: seconds a call on an open connection may wait for the server without an
+    #: answer before the connection is closed and the call fails (0: wait until the OS drops the socket).
+    #: Queries, catch-up reads, rebuilds and retention wait up to the statement timeout plus this.
+    database_read_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         _positive(self, "resilience", ("breaker_failures", "breaker_reset_s", "breaker_max_reset_s", "defer_max_s",
                                        "redis_timeout_s", "redis_connect_timeout_s", "broker_connect_timeout_s",
                                        "database_connect_timeout_s"))
-        _non_negative(self, "resilience", ("breaker_event_interval_s", "database_statement_timeout_s"))
+        _non_negative(self, "resilience", ("breaker_event_interval_s", "database_statement_timeout_s",
+                                           "database_read_timeout_s"))
         if self.breaker_max_reset_s < self.breaker_reset_s:
             raise SettingsError("resilience.breaker_max_reset_s: must not be below resilience.breaker_reset_s",
                                 setting="resilience.breaker_max_reset_s")

@@ -130,6 +130,7 @@ def create_event_store(settings: Settings, **options: Any) -> EventStore:
     options.setdefault("spool_max_attempts", settings.events.spool_max_attempts)
     options.setdefault("connect_timeout_s", settings.resilience.database_connect_timeout_s)
     options.setdefault("statement_timeout_s", settings.resilience.database_statement_timeout_s)
+    options.setdefault("read_timeout_s", settings.resilience.database_read_timeout_s)
     store: EventStore = _backend_class()(
         url,
         max_event_bytes=settings.events.max_event_bytes,

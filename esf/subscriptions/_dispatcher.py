@@ -158,6 +158,9 @@ class Dispatcher:
             import psycopg
 
             dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+            # A plain connection of its own, outside the store's pool and its read timeout: waiting
+            # for a notification is not a call the server owes an answer to. Each wait is bounded by
+            # its slice; a silent server only delays wake-ups until the next poll.
             conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name="esf-subscriptions")
             for channel in CHANNELS:
                 conn.execute(f"LISTEN {channel}")

@@ -17,6 +17,8 @@ __all__ = ["connect_write", "is_unreachable", "make_engine", "normalize_url", "r
 
 #: Seconds to wait for a PostgreSQL connection before the server counts as unreachable.
 PG_CONNECT_TIMEOUT_S = 5
+#: Seconds one PostgreSQL call on an open connection may wait without an answer (see ``_read_timeout``).
+PG_READ_TIMEOUT_S = 30.0
 #: Milliseconds SQLite waits on a locked database before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLite page cache per connection, in KiB.
@@ -49,12 +51,15 @@ def redact(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = PG_CONNECT_TIMEOUT_S,
-                statement_timeout_s: float = 0.0) -> Engine:
+                statement_timeout_s: float = 0.0, read_timeout_s: float = PG_READ_TIMEOUT_S) -> Engine:
     """An engine for ``url``; on SQLite, WAL mode and explicit ``BEGIN``/``BEGIN IMMEDIATE``.
 
     On PostgreSQL a connection attempt gives up after ``connect_timeout_s`` (whole seconds, at
-    least 1) and, when ``statement_timeout_s`` is above 0, the server cancels a statement
-    running longer (``statement_timeout``).
+    least 1); when ``statement_timeout_s`` is above 0, the server cancels a statement
+    running longer (``statement_timeout``); when ``read_timeout_s`` is above 0 (psycopg 3), a
+    call on an open connection that waits that long for the server without an answer closes
+    the connection and fails (``_read_timeout.ReadTimeout``, the connection invalidated), except
+    inside ``long_calls`` blocks.
 
     Raises:
         ValidationError: unsupported URL, or an in-memory SQLite database (not shareable between connections).
@@ -74,7 +79,7 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = PG_C
         )
         _sqlite_listeners(engine)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         # prepare_threshold=None: no server-side prepared statements, so PostgreSQL plans
         # each ``data @> $1`` with its value (a generic plan is 5-10x slower on selective values).
@@ -83,6 +88,11 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = PG_C
         max_overflow=10,
         pool_pre_ping=True,
     )
+    if read_timeout_s > 0 and engine.dialect.driver == "psycopg":
+        from ._read_timeout import install
+
+        install(engine, read_timeout_s, statement_timeout_s)
+    return engine
 
 
 def pg_connect_args(connect_timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
@@ -122,12 +132,27 @@ def connect_write(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn = conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
-            yield conn
+            try:
+                yield conn
+            except BaseException:
+                _invalidate_if_closed(conn)
+                raise
+
+
+def _invalidate_if_closed(conn: Connection) -> None:
+    """Invalidate ``conn`` when its driver connection was closed under SQLAlchemy (a read timeout in a
+    statement sent to psycopg directly): the rollback is then skipped, and the caller sees the error that
+    closed it rather than the rollback's "the connection is closed"."""
+    if conn.invalidated:
+        return
+    if getattr(conn.connection.driver_connection, "closed", False):
+        conn.invalidate()
 
 
 #: SQLSTATE classes/codes meaning "the server is not reachable / not serving": connection errors,
-#: shutdowns, and insufficient resources (disk full, out of memory, too many connections).
-_UNREACHABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+#: shutdowns, insufficient resources (disk full, out of memory, too many connections), and a
+#: statement cancelled (57014: the statement timeout of a server too slow to serve us now).
+_UNREACHABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "57014")
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -160,6 +185,21 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def unavailable(exc: BaseException, url: str) -> ServiceUnavailable:
     """The ``ServiceUnavailable`` to raise ``from exc`` (the URL's password is never included)."""
+    from ._read_timeout import ReadTimeout
+
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    if isinstance(cause, ReadTimeout):
+        return ServiceUnavailable(
+            f"event store database {redact(url)} did not answer within the read timeout "
+            "(resilience.database_read_timeout_s); the connection was closed",
+            backend="sqlalchemy",
+        )
+    if getattr(cause, "sqlstate", None) == "57014":
+        return ServiceUnavailable(
+            f"event store database {redact(url)} cancelled a statement at its statement timeout "
+            "(resilience.database_statement_timeout_s): the server is too slow, or a lock is held",
+            backend="sqlalchemy",
+        )
     return ServiceUnavailable(
         f"event store database {redact(url)} is unreachable ({type(exc).__name__}); "
         "check that the server is running and reachable",

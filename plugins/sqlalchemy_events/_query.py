@@ -40,6 +40,7 @@ from ._query_sql import (
     sqlite_type,
     sqlite_value,
 )
+from ._read_timeout import long_calls
 from ._schema import events
 
 __all__ = [
@@ -342,7 +343,8 @@ class SqlQueryMixin:
     @contextmanager
     def _query_connection(self) -> Iterator[Connection]:
         try:
-            with self._engine.connect() as conn:
+            # A query may scan for as long as the server's statement timeout allows.
+            with self._engine.connect() as conn, long_calls(conn):
                 yield conn
         except (OperationalError, InterfaceError) as exc:
             raise ServiceUnavailable(

@@ -35,6 +35,7 @@ from esf.events._model import StoredEvent
 from esf.events._query import Filter
 
 from ._query_sql import event_columns, row_to_event
+from ._read_timeout import long_calls
 from ._schema import checkpoints, event_head, events, subscription_batches, subscriptions
 
 __all__ = ["REBUILD_PREFIX", "SHADOW_SUFFIX", "Rebuilder"]
@@ -100,7 +101,7 @@ class Rebuilder:
         """
         from ._engine import connect_write
 
-        with connect_write(self.engine) as conn:
+        with connect_write(self.engine) as conn, long_calls(conn):
             position = self.position(conn)
             existing = set(sa.inspect(conn).get_table_names())
             missing = [t for t in self.tables if t not in existing]
@@ -176,7 +177,7 @@ class Rebuilder:
         """
         from ._engine import connect_write
 
-        with connect_write(self.engine) as conn:
+        with connect_write(self.engine) as conn, long_calls(conn):
             head = int(conn.execute(sa.select(event_head.c.position)).scalar_one())
             applied, reached = self._replay(conn, after, head, filter, limit, apply)
         return applied, reached, head
@@ -189,7 +190,7 @@ class Rebuilder:
         """
         from ._engine import connect_write
 
-        with connect_write(self.engine) as conn:
+        with connect_write(self.engine) as conn, long_calls(conn):
             self.backend._lock(conn, self.name, wait=True)
             conn.execute(sa.delete(subscription_batches).where(subscription_batches.c.name == self.name))
             head = int(conn.execute(sa.select(event_head.c.position)).scalar_one())

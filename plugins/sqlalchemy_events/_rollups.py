@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from esf.telemetry import MinuteRollup
 
 from ._engine import connect_write, is_unreachable, unavailable
+from ._read_timeout import long_calls
 from ._schema import job_rollup_state, job_rollups
 
 #: The watermark's row in ``esf_job_rollup_state``.
@@ -39,9 +40,10 @@ class SqlJobRollups:
     def _run(self, work: Any, *, write: bool) -> Any:
         try:
             if write:
-                with connect_write(self.engine) as conn:
+                # A rollup scans the events of its minutes: as long as the statement timeout allows.
+                with connect_write(self.engine) as conn, long_calls(conn):
                     return work(conn)
-            with self.engine.connect() as conn:
+            with self.engine.connect() as conn, long_calls(conn):
                 return work(conn)
         except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             if is_unreachable(exc):

@@ -35,6 +35,7 @@ from ._append import IN_CHUNK, append_in, row_to_event, select_events
 from ._copy import COPY_MIN_EVENTS, IdsExist, copy_append
 from ._engine import (
     PG_CONNECT_TIMEOUT_S,
+    PG_READ_TIMEOUT_S,
     connect_write,
     is_unreachable,
     make_engine,
@@ -44,6 +45,7 @@ from ._engine import (
 )
 from ._outbox import Dispatch, OutboxRelay
 from ._query import SqlQueryMixin
+from ._read_timeout import long_calls
 from ._schema import checkpoints, event_head, events, streams
 from ._spooler import DEFAULT_MAX_ATTEMPTS, Spooler, database_breaker
 
@@ -75,6 +77,8 @@ class SqlEventStore(SqlQueryMixin):
             :meth:`spool_quarantine`).
         connect_timeout_s: PostgreSQL: seconds a connection attempt may take.
         statement_timeout_s: PostgreSQL: the server cancels a statement running longer (0: never).
+        read_timeout_s: PostgreSQL: a call on an open connection that waits this long without an
+            answer closes the connection and fails (0: no limit); see ``_read_timeout``.
 
     Raises:
         ValidationError: unsupported URL, an in-memory SQLite database, or ``spool_max_attempts`` below 1.
@@ -93,11 +97,13 @@ class SqlEventStore(SqlQueryMixin):
         spool_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         connect_timeout_s: float = PG_CONNECT_TIMEOUT_S,
         statement_timeout_s: float = 0.0,
+        read_timeout_s: float = PG_READ_TIMEOUT_S,
     ) -> None:
         self.url = normalize_url(url)
         self.engine = engine if engine is not None else make_engine(self.url, pool_size=pool_size,
                                                                     connect_timeout_s=connect_timeout_s,
-                                                                    statement_timeout_s=statement_timeout_s)
+                                                                    statement_timeout_s=statement_timeout_s,
+                                                                    read_timeout_s=read_timeout_s)
         self._engine = self.engine
         track_fork(self)
         self.backend: str = self.engine.dialect.name
@@ -342,7 +348,7 @@ class SqlEventStore(SqlQueryMixin):
             conditions.append(events.c.event_type.in_(type_list))
         self._ensure_schema()
         try:
-            with connect_write(self.engine) as conn:
+            with connect_write(self.engine) as conn, long_calls(conn):
                 lowest = conn.execute(sa.select(sa.func.min(checkpoints.c.position))).scalar()
                 if lowest is not None:
                     conditions.append(events.c.position <= int(lowest))

@@ -39,6 +39,7 @@ from esf.events._query import Filter
 
 from ._engine import connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
+from ._read_timeout import long_calls
 from ._rebuild import Rebuilder
 from ._schema import checkpoints, event_head, events, outbox, subscription_batches, subscriptions
 
@@ -224,7 +225,7 @@ class SqlSubscriptionBackend:
 
     def position_at(self, when: datetime) -> int:
         """The last position recorded before ``when`` (0 when none)."""
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, long_calls(conn):
             value = conn.execute(sa.select(sa.func.max(events.c.position)).where(events.c.recorded_at < when)).scalar()
         return int(value or 0)
 
@@ -270,7 +271,8 @@ class SqlSubscriptionBackend:
             max_in_flight: most batches sent and not finished at a time.
             make_job: builds the outbox payload of a batch's handler job.
         """
-        with connect_write(self.engine) as conn:
+        # A catch-up read with a selective filter may scan long: as long as the statement timeout allows.
+        with connect_write(self.engine) as conn, long_calls(conn):
             row = self._lock(conn, name, wait=False, counts=True)
             if row is None:
                 return TickResult(skipped=True)

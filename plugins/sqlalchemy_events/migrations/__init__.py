@@ -27,6 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from .._engine import connect_write, make_engine
+from .._read_timeout import long_calls
 
 __all__ = ["ADVISORY_LOCK_KEY", "VERSION_TABLE", "current_revision", "head_revision", "upgrade"]
 
@@ -80,8 +81,11 @@ def upgrade(url: str | Engine, revision: str = "head") -> str:
             except sa.exc.ProgrammingError:  # pragma: no cover - version table absent on some dialects
                 pass
         cfg = _config()
-        with connect_write(engine) as conn:
+        # A migration may build an index or wait for a lock as long as it takes: no read timeout,
+        # and no statement timeout for its transaction.
+        with connect_write(engine) as conn, long_calls(conn, unbounded=True):
             if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)

@@ -42,14 +42,16 @@ class Counts:
     unexpected: int
     recover_s: float | None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: Sent keys seen in a DLQ (kept and replayable): those replayed since may be done now.
-    dead_lettered: int = 0
+    #: Sent keys seen in a DLQ (kept and replayable): those replayed since may be done now. None: the
+    #: scenario's ledger reads no DLQ.
+    dead_lettered: int | None = None
 
     def line(self) -> str:
         recover = "-" if self.recover_s is None else f"{self.recover_s:.1f}"
         extra = "".join(f" {k}={v}" for k, v in self.extra.items())
+        dead = "-" if self.dead_lettered is None else self.dead_lettered
         return (f"FAULTS {self.scenario}: sent={self.sent} done={self.done} duplicated={self.duplicated} "
-                f"dead_lettered={self.dead_lettered} lost={self.lost} recover_s={recover}{extra}")
+                f"dead_lettered={dead} lost={self.lost} recover_s={recover}{extra}")
 
 
 def record_effect(client: redis.Redis[bytes], scenario: str, key: str) -> int:
@@ -164,7 +166,7 @@ class Ledger:
             recover = round(self.recovered_at - self._fault_ended_at, 2)
         return Counts(self.scenario, len(sent), len(done), sum(effects[k] - 1 for k in done),
                       len(sent - done - dead), len(set(effects) - sent), recover, dict(extra),
-                      dead_lettered=len(self._dead_seen))
+                      dead_lettered=None if self.dead_letters is None else len(self._dead_seen))
 
     def report(self, *, allow_duplicates: bool, all_done: bool = False, **extra: Any) -> Counts:
         """Print the summary line, write the JSON record, and check the scenario's promise.

@@ -19,8 +19,9 @@ def table(directory: Path) -> str:
         r = json.loads(path.read_text())
         recover = "—" if r["recover_s"] is None else f"{r['recover_s']:.1f}"
         extra = ", ".join(f"{k} {v}" for k, v in r.get("extra", {}).items())
+        dead = "—" if r.get("dead_lettered") is None else r["dead_lettered"]
         lines.append(f"| {r['scenario']} | {r['sent']} | {r['done']} | {r['duplicated']} | "
-                     f"{r.get('dead_lettered', 0)} | {r['lost']} | {recover} | {extra} |")
+                     f"{dead} | {r['lost']} | {recover} | {extra} |")
     return "\n".join(lines)
 
 

@@ -612,9 +612,10 @@ class Foundation:
         """``{"status": "ok"|"degraded"|"down", "ready", "services": {name: {...}}}`` for every started service.
 
         Each service reports ``ok``, ``degraded`` with a ``reason`` (spool depth, stale configuration,
-        breaker open, cache tier down, secret backend unreachable) or ``down``. ``ready`` is False
-        only when a service of ``health.required`` is down. Cheap enough to be called every second:
-        one broker connection check, the DLQ depths, and each started service's own report.
+        breaker open, cache tier down, secret backend unreachable, a secret lease near expiry) or
+        ``down``. ``ready`` is False only when a service of ``health.required`` is down. Cheap enough
+        to be called every second: one broker connection check, the DLQ depths, and each started
+        service's own report.
         """
         services: dict[str, dict[str, Any]] = {"broker": self._broker_health()}
         if services["broker"]["status"] == "ok":
@@ -648,10 +649,8 @@ class Foundation:
 
     def _secret_expiry_health(self, report: dict[str, Any]) -> None:
         """Degrade the secrets report when a held lease ends within ``health.secret_expiry_warn_s``."""
-        import time
-
         try:
-            leases = self.secrets.leases.describe(time.time())
+            leases = self.secrets.leases.describe()
         except Exception:
             return
         near = [f"{lease['path']} in {lease['expires_in_s']:g} s" for lease in leases

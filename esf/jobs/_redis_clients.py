@@ -30,6 +30,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _esf_client: tuple[Any, Any] | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            # The channel was closed, or its connection collected after a connection error, and a
+            # command of it still comes: the acknowledgement of a job that finished across the loss,
+            # run by Celery's event loop after the reconnect. kombu builds a pool from the missing
+            # connection and raises AttributeError, which stops the worker ("Unrecoverable error");
+            # a connection error is logged by the acknowledgement instead, and the message stays in
+            # ``unacked`` for the restore sweep.
+            import redis
+
+            raise redis.exceptions.ConnectionError("this channel's connection was closed")
         if asynchronous:
             return super()._create_client(asynchronous=True)
         pool = self.pool

@@ -194,8 +194,15 @@ class LeaseKeeper:
         due = [self._renew_at(h) - now for h in list(self._held.values())]
         return min(due) if due else None
 
-    def describe(self, now: float) -> list[dict[str, Any]]:
-        """Held leases: path, lease id, seconds to expiry, renewable."""
+    def describe(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Held leases: path, lease id, seconds to expiry, renewable.
+
+        Parameters:
+            now: epoch seconds to count the expiries from (default: the service's clock, the one the
+                leases' ends were computed with).
+        """
+        if now is None:
+            now = self._service._clock()
         return [{"path": p, "lease_id": h.lease.lease_id, "expires_in_s": round(h.lease.expires_at - now, 3),
                  "renewable": h.lease.renewable, "issued_at": h.lease.issued_at}
                 for p, h in sorted(self._held.items())]

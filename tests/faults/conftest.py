@@ -16,7 +16,7 @@ from tests.conftest import REDIS_HOST, REDIS_PORT, lease_redis_db
 from tests.jobs.harness import Worker, settings_env
 
 from . import app
-from .ledger import SUMMARIES, Ledger
+from .ledger import SUMMARIES, DeadLetters, Ledger
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -43,8 +43,9 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
     foundations: list[Foundation] = field(default_factory=list)
 
-    def ledger(self, scenario: str) -> Ledger:
-        return Ledger(redis.Redis.from_url(self.ledger_url), scenario)
+    def ledger(self, scenario: str, fnd: Foundation | None = None) -> Ledger:
+        """The ledger of ``scenario``; given ``fnd``, it also reads the DLQs of ``fnd``'s queues."""
+        return Ledger(redis.Redis.from_url(self.ledger_url), scenario, DeadLetters(fnd) if fnd else None)
 
     def foundation(self, **extra: str) -> Foundation:
         fnd = app.build(esf.Settings.from_env({**self.env, **extra}))

@@ -9,17 +9,19 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ("sent", "done", "duplicated", "lost", "recover_s")
+COLUMNS = ("sent", "done", "duplicated", "dead_lettered", "lost", "recover_s")
 
 
 def table(directory: Path) -> str:
-    lines = ["| scenario | sent | done | duplicated | lost | recover (s) | more |", "|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | sent | done | duplicated | dead-lettered | lost | recover (s) | more |",
+             "|---|---|---|---|---|---|---|---|"]
     for path in sorted(directory.glob("*.json")):
         r = json.loads(path.read_text())
         recover = "—" if r["recover_s"] is None else f"{r['recover_s']:.1f}"
         extra = ", ".join(f"{k} {v}" for k, v in r.get("extra", {}).items())
-        lines.append(f"| {r['scenario']} | {r['sent']} | {r['done']} | {r['duplicated']} | {r['lost']} | "
-                     f"{recover} | {extra} |")
+        dead = "—" if r.get("dead_lettered") is None else r["dead_lettered"]
+        lines.append(f"| {r['scenario']} | {r['sent']} | {r['done']} | {r['duplicated']} | "
+                     f"{dead} | {r['lost']} | {recover} | {extra} |")
     return "\n".join(lines)
 
 

@@ -59,4 +59,4 @@ def test_poison_messages_and_an_always_failing_handler_do_not_hold_up_the_other_
     broker = redis.Redis.from_url(redis_url)
     wait_for(lambda: broker.llen(queue) == 0 and broker.hlen("unacked") == 0, timeout=30,
              message="the queue drained of every message, poison included")
-    ledger.report(allow_duplicates=False, dead_lettered=len(entries), poison_messages=3)
+    ledger.report(allow_duplicates=False, failing_dead_lettered=len(entries), poison_messages=3)

@@ -57,6 +57,32 @@ def test_a_channel_closed_after_its_connection_was_collected_keeps_its_unacked_m
     assert client.hlen("unacked") == 1 and client.llen("esf-test-collected") == 0
 
 
+
+def test_an_acknowledgement_after_the_connection_was_collected_is_a_connection_error(redis_url: str) -> None:
+    import logging
+
+    import redis
+
+    # Given a message delivered on a channel, not yet acknowledged (its job still running)
+    conn = EsfConnection(redis_url)
+    channel = conn.default_channel
+    channel.queue_declare("esf-test-late-ack")
+    channel.basic_publish(channel.prepare_message("late"), routing_key="esf-test-late-ack", exchange="")
+    message = channel.basic_get("esf-test-late-ack", no_ack=False)
+    assert message is not None
+    # When the connection is collected and closed after a connection error, as Celery's consumer does,
+    # and the job's acknowledgement arrives afterwards (Celery's event loop runs it as Celery does, through
+    # ack_log_error with the connection's errors)
+    conn._do_close_transport()
+    conn.close()
+    message.ack_log_error(logging.getLogger("esf.test"), conn.connection_errors)
+    # Then the acknowledgement failed as a connection error, logged (kombu's raises AttributeError, which
+    # stopped the worker: "Unrecoverable error"), and the message is still in the unacked index, for the
+    # restore sweep to give back
+    client = redis.Redis.from_url(redis_url)
+    assert client.hlen("unacked") == 1 and client.llen("esf-test-late-ack") == 0
+    client.delete("unacked", "unacked_index")
+
 def test_clones_keep_the_channel(redis_url: str) -> None:
     # kombu's connection pools (Celery's producer pool among them) open clones
     conn = EsfConnection(redis_url)

@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from esf.plugins.vault_secrets import VaultSecretsProvider
 
+from esf import Foundation, Settings
 from esf.errors import ServiceUnavailable
-from esf.secrets import SecretChange, SecretsService, rotating_engine
-from esf.settings import SecretsSettings
+from esf.secrets import Secret, SecretChange, SecretsService, rotating_engine
+from esf.settings import HealthSettings, SecretsSettings
 from tests.jobs.harness import wait_for
 from tests.secrets.conftest import Bao
 
@@ -275,3 +276,36 @@ def test_a_forked_child_keeps_the_leases_it_inherited_alive_with_a_thread_of_its
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         secrets.close()
+
+
+def test_health_is_degraded_while_a_held_lease_is_near_its_expiry_and_ok_once_it_is_renewed(
+        bao: Bao, creds_path: str, tmp_path: Any) -> None:
+    # Given a Foundation on OpenBao that warns 20 s before a held lease ends, holding a lease of 30 s
+    # (renewable to 120 s), with no keeper thread and a clock the test moves
+    settings = Settings(data_dir=str(tmp_path / "data"),
+                        secrets=SecretsSettings(backend="vault", vault_url=bao.url, vault_token=Secret(bao.root_token),
+                                                refresh_thread=False),
+                        health=HealthSettings(secret_expiry_warn_s=20))
+    fnd = Foundation(settings)
+    try:
+        now = [time.time()]
+        fnd.secrets._clock = lambda: now[0]
+        fnd.secrets.lease(creds_path)
+        # Then with 30 s left the secrets service is ok
+        assert fnd.health()["services"]["secrets"]["status"] == "ok"
+        # When 15 s pass without a renewal (its renewal point came, nothing renewed it)
+        now[0] += 15
+        health = fnd.health()
+        # Then secrets is degraded with the reason naming the lease's path and its seconds left, and the
+        # process stays ready (degraded is ready)
+        report = health["services"]["secrets"]
+        assert report["status"] == "degraded"
+        assert report["reason"] == f"secret near expiry: {creds_path} in 15 s"
+        assert health["status"] == "degraded" and health["ready"] is True
+        # When a refresh renews the lease in OpenBao (30 s again from now)
+        assert fnd.secrets.refresh()["renewed"] == [creds_path]
+        # Then secrets is ok again, without a reason
+        report = fnd.health()["services"]["secrets"]
+        assert report["status"] == "ok" and "reason" not in report
+    finally:
+        fnd.close()

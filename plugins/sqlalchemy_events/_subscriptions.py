@@ -41,7 +41,7 @@ from ._engine import WRITE_OPTION, connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
 from ._rebuild import Rebuilder
 from ._schema import checkpoints, event_head, events, subscription_batches, subscriptions
-from ._sending import Held, MakeJob, Publish, mark_sent, publish_held
+from ._sending import Held, MakeJob, Publish, mark_sent, publish_held, write_fresh
 
 __all__ = ["SqlSubscriptionBackend", "TickResult"]
 
@@ -293,11 +293,17 @@ class SqlSubscriptionBackend:
             self._advance_checkpoint(conn, name, cursor)
             return TickResult(cursor=cursor), None
         read = 0
+        values: list[dict[str, Any]] = []
         # Nothing queued or sent: the batches of this read are the whole queue (the live case).
         fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
         if int(row.queued) < max_in_flight:
-            read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                      max_in_flight, fresh)
+            read, cursor, values = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
+                                              max_in_flight)
+        if fresh is not None and values and self.dialect == "postgresql":
+            ids, held = write_fresh(conn, name, values, room=max_in_flight - int(row.sent), make_job=make_job,
+                                    cursor=cursor, moved=cursor != before, hold=hold)
+            return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
+        self._insert(conn, values, fresh)
         queued = int(row.queued) + (1 if read else 0)
         ids, held = (self._send(conn, name, max_in_flight - int(row.sent), make_job, fresh, hold=hold)
                      if queued else ([], None))
@@ -307,17 +313,17 @@ class SqlSubscriptionBackend:
         return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int, max_in_flight: int,
-              fresh: list[Any] | None = None) -> tuple[int, int]:
-        """Read new matching events into queued batches; returns (events read, the cursor to store).
+              partition_by: str | None, batch_size: int,
+              max_in_flight: int) -> tuple[int, int, list[dict[str, Any]]]:
+        """Read new matching events and cut them into batches.
 
-        ``fresh``, when given, receives the new batches (``id``, ``positions``, ``correlation_id``), in
-        position order.
+        Returns:
+            (events read, the cursor to store, the new batches' rows in position order, not written yet).
         """
         # The head was read first (with the lock): every event at or below it is committed and
         # visible to the next statement (positions are commit-ordered), so the cursor may move up to it.
         if head <= cursor:
-            return 0, cursor
+            return 0, cursor, []
         limit = batch_size * max_in_flight
         key = events.c[partition_by] if partition_by else sa.literal("")
         rows = conn.execute(
@@ -360,8 +366,13 @@ class SqlSubscriptionBackend:
                            "last_position": positions[-1], "positions": positions,
                            "correlation_id": correlation[positions[0]], "state": QUEUED, "job_id": None,
                            "created_at": now, "sent_at": None, "error": None, "failed_position": None})
-        # Insert in position order, so batch ids follow positions within each key.
+        # Inserted in position order, so batch ids follow positions within each key.
         values.sort(key=lambda v: v["first_position"])
+        return len(rows), new_cursor, values
+
+    def _insert(self, conn: Connection, values: list[dict[str, Any]], fresh: list[Any] | None) -> None:
+        """Write new batches as queued; ``fresh``, when given, receives them (``id``, ``positions``,
+        ``correlation_id``), in position order."""
         if values and fresh is not None:
             b = subscription_batches
             ids = conn.execute(sa.insert(b).returning(b.c.id, sort_by_parameter_order=True), values).scalars().all()
@@ -369,8 +380,6 @@ class SqlSubscriptionBackend:
                          for i, v in zip(ids, values, strict=True))
         elif values:
             conn.execute(sa.insert(subscription_batches), values)
-        # The caller stores the new cursor (with the checkpoint, in one statement).
-        return len(rows), new_cursor
 
     def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob,
               fresh: list[Any] | None = None, *, hold: bool = False) -> tuple[list[int], Held | None]:

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from esf.events._model import StoredEvent
 from esf.events._query import Filter
 
+from ._batching import PEEK_ROWS, cut, lock_and_peek_statement, lock_statement
 from ._engine import WRITE_OPTION, connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
 from ._rebuild import Rebuilder
@@ -233,17 +234,7 @@ class SqlSubscriptionBackend:
 
         One round trip.
         """
-        head = sa.select(event_head.c.position).where(event_head.c.id == 1).scalar_subquery()
-        columns: list[Any] = [subscriptions, head.label("head")]
-        if counts:
-            b = subscription_batches
-            for state in (QUEUED, SENT):
-                columns.append(sa.select(sa.func.count()).select_from(b).where(b.c.name == name, b.c.state == state)
-                               .scalar_subquery().label(state))
-        stmt = sa.select(*columns).where(subscriptions.c.name == name)
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
-        return conn.execute(stmt).first()
+        return conn.execute(lock_statement(name, wait=wait, counts=counts, dialect=self.dialect)).first()
 
     def _where(self, filter: Filter | None) -> Any:
         if filter is None:
@@ -285,7 +276,18 @@ class SqlSubscriptionBackend:
     def _tick(self, conn: Connection, name: str, filter: Filter | None, partition_by: str | None,
               batch_size: int, max_in_flight: int, make_job: MakeJob, *,
               hold: bool) -> tuple[TickResult, Held | None]:
-        row = self._lock(conn, name, wait=False, counts=True)
+        limit = batch_size * max_in_flight
+        peeked: list[Any] | None = None
+        if self.dialect == "postgresql":
+            peek = min(limit, PEEK_ROWS)
+            rows = conn.execute(lock_and_peek_statement(name, self._where(filter), partition_by, max_in_flight,
+                                                        peek)).all()
+            row = rows[0] if rows else None
+            found = [(r.position, r.k, r.correlation_id) for r in rows if r.position is not None]
+            # Everything new was in the peek (or the peek was the whole read): no second read.
+            peeked = found if len(found) < peek or peek == limit else None
+        else:
+            row = self._lock(conn, name, wait=False, counts=True)
         if row is None:
             return TickResult(skipped=True), None
         cursor = before = int(row.cursor)
@@ -298,7 +300,7 @@ class SqlSubscriptionBackend:
         fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
         if int(row.queued) < max_in_flight:
             read, cursor, values = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                              max_in_flight)
+                                              max_in_flight, peeked)
         if fresh is not None and values and self.dialect == "postgresql":
             ids, held = write_fresh(conn, name, values, room=max_in_flight - int(row.sent), make_job=make_job,
                                     cursor=cursor, moved=cursor != before, hold=hold)
@@ -313,9 +315,10 @@ class SqlSubscriptionBackend:
         return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int,
-              max_in_flight: int) -> tuple[int, int, list[dict[str, Any]]]:
-        """Read new matching events and cut them into batches.
+              partition_by: str | None, batch_size: int, max_in_flight: int,
+              peeked: list[Any] | None = None) -> tuple[int, int, list[dict[str, Any]]]:
+        """Read new matching events and cut them into batches (``peeked``: the events read with the lock,
+        when they are all there is up to the head).
 
         Returns:
             (events read, the cursor to store, the new batches' rows in position order, not written yet).
@@ -325,50 +328,17 @@ class SqlSubscriptionBackend:
         if head <= cursor:
             return 0, cursor, []
         limit = batch_size * max_in_flight
-        key = events.c[partition_by] if partition_by else sa.literal("")
-        rows = conn.execute(
-            sa.select(events.c.position, key.label("k"), events.c.correlation_id)
-            .where(events.c.position > cursor, events.c.position <= head, self._where(filter))
-            .order_by(events.c.position).limit(limit)
-        ).all()
+        if peeked is not None:
+            rows: Sequence[Any] = peeked
+        else:
+            key = events.c[partition_by] if partition_by else sa.literal("")
+            rows = conn.execute(
+                sa.select(events.c.position, key.label("k"), events.c.correlation_id)
+                .where(events.c.position > cursor, events.c.position <= head, self._where(filter))
+                .order_by(events.c.position).limit(limit)
+            ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1][0])
-        # One group per key (its positions, ascending), in the order of their first event. Whole groups
-        # are packed into batches of up to batch_size events; a larger group is cut into chunks of its own
-        # (which share that key and go one after the other). Other batches of one read share no key and
-        # can run at once. Plain ints and tuples: a catch-up read is up to batch_size x max_in_flight rows.
-        groups: dict[str, list[int]] = {}
-        correlation: dict[int, str | None] = {}
-        for position, k, correlation_id in rows:
-            members = groups.get(k or "")
-            if members is None:
-                members = groups[k or ""] = []
-            members.append(position)
-            correlation[position] = correlation_id
-        packs: list[tuple[list[str], list[int]]] = []
-        keys: list[str] = []
-        current: list[int] = []
-        for k, members in groups.items():
-            if len(members) >= batch_size:
-                packs.extend(([k], members[i:i + batch_size]) for i in range(0, len(members), batch_size))
-                continue
-            if len(current) + len(members) > batch_size:
-                packs.append((keys, current))
-                keys, current = [], []
-            keys.append(k)
-            current.extend(members)
-        if current:
-            packs.append((keys, current))
-        now = _now()
-        values: list[dict[str, Any]] = []
-        for pack_keys, positions in packs:
-            positions.sort()
-            values.append({"name": name, "partition_keys": sorted(pack_keys), "first_position": positions[0],
-                           "last_position": positions[-1], "positions": positions,
-                           "correlation_id": correlation[positions[0]], "state": QUEUED, "job_id": None,
-                           "created_at": now, "sent_at": None, "error": None, "failed_position": None})
-        # Inserted in position order, so batch ids follow positions within each key.
-        values.sort(key=lambda v: v["first_position"])
-        return len(rows), new_cursor, values
+        return len(rows), new_cursor, cut(rows, name, batch_size)
 
     def _insert(self, conn: Connection, values: list[dict[str, Any]], fresh: list[Any] | None) -> None:
         """Write new batches as queued; ``fresh``, when given, receives them (``id``, ``positions``,

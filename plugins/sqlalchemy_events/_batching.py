@@ -1,12 +1,4 @@
-"""A subscription tick's reading half: the lock that peeks at the new events, and the cut into batches.
-
-On PostgreSQL the statement that locks the subscription's row (with the
-store's head and the counts of its batches queued and sent) also reads the
-first :data:`PEEK_ROWS` matching events above its cursor. A live tick finds
-everything new there and reads no more; a catch-up, which finds the peek
-full, reads its ``batch_size x max_in_flight`` rows with a statement of its
-own, so the wide lock rows are never many.
-"""
+"""A subscription tick's reading half: the statement that locks the subscription, and the cut into batches."""
 
 from __future__ import annotations
 
@@ -16,10 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._schema import event_head, events, subscription_batches, subscriptions
+from ._schema import event_head, subscription_batches, subscriptions
 
-#: Most events the locking statement reads (PostgreSQL).
-PEEK_ROWS = 64
 QUEUED, SENT = "queued", "sent"
 
 
@@ -36,26 +26,6 @@ def lock_statement(name: str, *, wait: bool, counts: bool, dialect: str) -> Any:
     if dialect == "postgresql":
         stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
     return stmt
-
-
-def lock_and_peek_statement(name: str, where: Any, partition_by: str | None, max_in_flight: int,
-                            peek: int) -> Any:
-    """(PostgreSQL) :func:`lock_statement` with counts, joined to the first ``peek`` matching events above the
-    cursor and at or below the head (none when paused or ``max_in_flight`` batches are queued).
-
-    One row per event (``position``, ``k``, ``correlation_id``), or one with them null; no row when
-    another transaction holds the subscription's row. The head and the events are read in one snapshot:
-    an event at or below the head is committed and visible (positions are commit-ordered).
-    """
-    s = lock_statement(name, wait=False, counts=True, dialect="postgresql").cte("s")
-    key = events.c[partition_by] if partition_by else sa.literal("")
-    e = (sa.select(events.c.position, key.label("k"), events.c.correlation_id)
-         .where(events.c.position > s.c.cursor, events.c.position <= s.c.head, where, sa.not_(s.c.paused),
-                s.c[QUEUED] < max_in_flight)
-         .order_by(events.c.position).limit(peek).lateral("e"))
-    return (sa.select(s.c.cursor, s.c.paused, s.c.head, s.c[QUEUED], s.c[SENT], e.c.position, e.c.k,
-                      e.c.correlation_id)
-            .select_from(s.outerjoin(e, sa.true())).order_by(e.c.position))
 
 
 def cut(rows: Sequence[Any], name: str, batch_size: int) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from esf.events._model import StoredEvent
 from esf.events._query import Filter
 
-from ._batching import PEEK_ROWS, cut, lock_and_peek_statement, lock_statement
+from ._batching import cut, lock_statement
 from ._engine import WRITE_OPTION, connect_write
 from ._query_sql import compile_filter, event_columns, row_to_event
 from ._rebuild import Rebuilder
@@ -276,18 +276,7 @@ class SqlSubscriptionBackend:
     def _tick(self, conn: Connection, name: str, filter: Filter | None, partition_by: str | None,
               batch_size: int, max_in_flight: int, make_job: MakeJob, *,
               hold: bool) -> tuple[TickResult, Held | None]:
-        limit = batch_size * max_in_flight
-        peeked: list[Any] | None = None
-        if self.dialect == "postgresql":
-            peek = min(limit, PEEK_ROWS)
-            rows = conn.execute(lock_and_peek_statement(name, self._where(filter), partition_by, max_in_flight,
-                                                        peek)).all()
-            row = rows[0] if rows else None
-            found = [(r.position, r.k, r.correlation_id) for r in rows if r.position is not None]
-            # Everything new was in the peek (or the peek was the whole read): no second read.
-            peeked = found if len(found) < peek or peek == limit else None
-        else:
-            row = self._lock(conn, name, wait=False, counts=True)
+        row = self._lock(conn, name, wait=False, counts=True)
         if row is None:
             return TickResult(skipped=True), None
         cursor = before = int(row.cursor)
@@ -300,7 +289,7 @@ class SqlSubscriptionBackend:
         fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
         if int(row.queued) < max_in_flight:
             read, cursor, values = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                              max_in_flight, peeked)
+                                              max_in_flight)
         if fresh is not None and values and self.dialect == "postgresql":
             ids, held = write_fresh(conn, name, values, room=max_in_flight - int(row.sent), make_job=make_job,
                                     cursor=cursor, moved=cursor != before, hold=hold)
@@ -315,10 +304,9 @@ class SqlSubscriptionBackend:
         return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int, max_in_flight: int,
-              peeked: list[Any] | None = None) -> tuple[int, int, list[dict[str, Any]]]:
-        """Read new matching events and cut them into batches (``peeked``: the events read with the lock,
-        when they are all there is up to the head).
+              partition_by: str | None, batch_size: int,
+              max_in_flight: int) -> tuple[int, int, list[dict[str, Any]]]:
+        """Read new matching events and cut them into batches.
 
         Returns:
             (events read, the cursor to store, the new batches' rows in position order, not written yet).
@@ -328,15 +316,12 @@ class SqlSubscriptionBackend:
         if head <= cursor:
             return 0, cursor, []
         limit = batch_size * max_in_flight
-        if peeked is not None:
-            rows: Sequence[Any] = peeked
-        else:
-            key = events.c[partition_by] if partition_by else sa.literal("")
-            rows = conn.execute(
-                sa.select(events.c.position, key.label("k"), events.c.correlation_id)
-                .where(events.c.position > cursor, events.c.position <= head, self._where(filter))
-                .order_by(events.c.position).limit(limit)
-            ).all()
+        key = events.c[partition_by] if partition_by else sa.literal("")
+        rows = conn.execute(
+            sa.select(events.c.position, key.label("k"), events.c.correlation_id)
+            .where(events.c.position > cursor, events.c.position <= head, self._where(filter))
+            .order_by(events.c.position).limit(limit)
+        ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1][0])
         return len(rows), new_cursor, cut(rows, name, batch_size)
 

@@ -62,9 +62,9 @@ def test_a_read_is_cut_into_batches_of_whole_key_groups_with_ascending_positions
     assert sorted(seen) == sorted(by_position)
 
 
-def test_a_read_larger_than_the_lock_statements_peek_reads_all_it_may_and_stops_the_cursor_there(
+def test_a_read_of_more_events_than_it_may_take_reads_batch_size_times_max_in_flight_and_stops_the_cursor_there(
         db_url: str, tmp_path: Path) -> None:
-    # Given 100 events in 100 streams, more than the locking statement's peek (64 events on PostgreSQL)
+    # Given 100 events in 100 streams
     store = create_event_store(Settings(database_url=db_url, data_dir=str(tmp_path / "data")))
     try:
         stored = store.append([Event("t.p", {"i": i}, stream_id=f"s-{i}") for i in range(100)])

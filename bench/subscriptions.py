@@ -2,7 +2,7 @@
 
 1. **Live latency**: one event appended at a time (every 40 ms, each in a stream of its own) to a
    subscription on ``bench.ping`` partitioned by stream; the handler measures from just before
-   the append to the moment it runs (append, commit, NOTIFY, dispatcher tick, outbox relay,
+   the append to the moment it runs (append, commit, NOTIFY, dispatcher tick and publish,
    broker, worker). Side by side in the same run, alternating: a plain job enqueued to the
    same queue, measured from just before ``enqueue`` to its handler. Ratio: subscription p50 / job p50.
 2. **Catch-up read rate**: N stored events (default 1,000,000; ``--quick`` 100,000), of which

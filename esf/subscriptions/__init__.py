@@ -112,8 +112,13 @@ class SubscriptionBackend(Protocol):
         ...
 
     def tick(self, name: str, *, filter: Filter | None, partition_by: str | None, batch_size: int,
-             max_in_flight: int, make_job: Callable[[int, list[int], str | None], dict[str, Any]]) -> TickResult:
-        """Read new matching events into batches; write the jobs of those that may go into the outbox."""
+             max_in_flight: int, make_job: Callable[[int, list[int], str | None], dict[str, Any]],
+             publish: Callable[[dict[str, Any]], None] | None = None) -> TickResult:
+        """Read new matching events into batches; write the jobs of those that may go into the outbox.
+
+        With ``publish``, a backend may publish the jobs itself after its commit (deleting their
+        outbox rows, never while a relay could send them too); ``outbox_ids`` lists the rows it left.
+        """
         ...
 
     def batch_state(self, name: str, batch_id: int) -> str | None:

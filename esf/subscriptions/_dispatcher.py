@@ -121,7 +121,7 @@ class Dispatcher:
                 if first is not None:
                     self.wakeups_seen += 1
                     # Coalesce the notifications already waiting into this one round.
-                    notes = [first, *self._listener.notifies(timeout=0.001)]
+                    notes = [first, *self._listener.notifies(timeout=0)]
                     if all(n.channel == "esf_subscriptions" for n in notes):
                         # Only partitions freed: tick just those subscriptions.
                         self._names = {n.payload for n in notes}

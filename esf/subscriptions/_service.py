@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CircuitOpen, ServiceUnavailable, UnknownSubscription, ValidationError
 from ..events._model import StoredEvent
 from ..hooks import JobHooks
+from ..jobs._outbox import JOB_KIND
 from ..lifecycle import ServiceLifecycle
 from ._model import (
     DEFAULT_BATCH_SIZE,
@@ -271,6 +272,9 @@ class SubscriptionService(ServiceLifecycle):
         The handler jobs are written to the outbox in the same transaction; the caller
         relays them (:meth:`dispatch` does). Raises UnknownSubscription.
         """
+        return self._tick(name, None)
+
+    def _tick(self, name: str, publish: Callable[[dict[str, Any]], None] | None) -> TickResult:
         sub = self.get(name)
         self._ensure(sub)
         job = self._jobs().get(sub.job_name)
@@ -282,7 +286,7 @@ class SubscriptionService(ServiceLifecycle):
                     "headers": prepared.meta.headers(), "countdown": None, "eta": None, "priority": None}
 
         return self.backend.tick(name, filter=sub.filter, partition_by=sub.partition_by, batch_size=sub.batch_size,
-                                 max_in_flight=sub.max_in_flight, make_job=make_job)
+                                 max_in_flight=sub.max_in_flight, make_job=make_job, publish=publish)
 
     def dispatch(self, names: Collection[str] | None = None) -> int:
         """Tick the declared subscriptions (``names``, or all) until none has more to read now; relay the jobs.
@@ -292,17 +296,23 @@ class SubscriptionService(ServiceLifecycle):
         """
         subs = [s for s in self.declared() if names is None or s.name in names]
         outbox = self._jobs().outbox
+
+        def publish(payload: dict[str, Any]) -> None:
+            outbox.dispatch(JOB_KIND, payload)
+
         sent = 0
         more = True
         while more:
             more = False
             for sub in subs:
-                result = self.tick(sub.name)
+                # Published at once, before the next subscription's tick: a live event's job does not wait
+                # for the ticks of the subscriptions it does not match, nor for a drain. The backend
+                # publishes them itself right after its commit when it can (PostgreSQL); what it leaves
+                # is relayed here by id.
+                result = self._tick(sub.name, publish)
                 sent += result.sent
                 more = more or result.read >= sub.batch_size * sub.max_in_flight
-                # Relayed at once by id, before the next subscription's tick: a live event's job does
-                # not wait for the ticks of the subscriptions it does not match, nor for a drain.
-                if result.sent and outbox.send(result.outbox_ids) < result.sent:
+                if result.outbox_ids and outbox.send(result.outbox_ids) < len(result.outbox_ids):
                     # Another relay held the outbox (it returns at once): have this process's relay
                     # thread drain again right after, rather than at its next interval.
                     outbox.wake()

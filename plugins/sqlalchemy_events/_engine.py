@@ -135,11 +135,11 @@ def connect_write(engine: Engine) -> Iterator[Connection]:
             try:
                 yield conn
             except BaseException:
-                _invalidate_if_closed(conn)
+                invalidate_if_closed(conn)
                 raise
 
 
-def _invalidate_if_closed(conn: Connection) -> None:
+def invalidate_if_closed(conn: Connection) -> None:
     """Invalidate ``conn`` when its driver connection was closed under SQLAlchemy (a read timeout in a
     statement sent to psycopg directly): the rollback is then skipped, and the caller sees the error that
     closed it rather than the rollback's "the connection is closed"."""

@@ -25,9 +25,9 @@ its batch is marked sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,16 +37,15 @@ from sqlalchemy.engine import Connection, Engine
 from esf.events._model import StoredEvent
 from esf.events._query import Filter
 
-from ._engine import connect_write
+from ._batching import cut, lock_statement
+from ._engine import WRITE_OPTION, connect_write, invalidate_if_closed
 from ._query_sql import compile_filter, event_columns, row_to_event
 from ._read_timeout import long_calls
 from ._rebuild import Rebuilder
-from ._schema import checkpoints, event_head, events, outbox, subscription_batches, subscriptions
+from ._schema import checkpoints, event_head, events, subscription_batches, subscriptions
+from ._sending import Held, MakeJob, Publish, mark_sent, publish_held, write_fresh
 
 __all__ = ["SqlSubscriptionBackend", "TickResult"]
-
-#: ``make_job(batch_id, positions, correlation_id) -> outbox payload`` of the batch's handler job.
-MakeJob = Callable[[int, list[int], "str | None"], dict[str, Any]]
 
 QUEUED, SENT, DEAD = "queued", "sent", "dead"
 #: Longest stored error text, in characters.
@@ -236,17 +235,7 @@ class SqlSubscriptionBackend:
 
         One round trip.
         """
-        head = sa.select(event_head.c.position).where(event_head.c.id == 1).scalar_subquery()
-        columns: list[Any] = [subscriptions, head.label("head")]
-        if counts:
-            b = subscription_batches
-            for state in (QUEUED, SENT):
-                columns.append(sa.select(sa.func.count()).select_from(b).where(b.c.name == name, b.c.state == state)
-                               .scalar_subquery().label(state))
-        stmt = sa.select(*columns).where(subscriptions.c.name == name)
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=subscriptions, skip_locked=not wait)
-        return conn.execute(stmt).first()
+        return conn.execute(lock_statement(name, wait=wait, counts=counts, dialect=self.dialect)).first()
 
     def _where(self, filter: Filter | None) -> Any:
         if filter is None:
@@ -257,7 +246,7 @@ class SqlSubscriptionBackend:
         return expr
 
     def tick(self, name: str, *, filter: Filter | None, partition_by: str | None, batch_size: int,
-             max_in_flight: int, make_job: MakeJob) -> TickResult:
+             max_in_flight: int, make_job: MakeJob, publish: Publish | None = None) -> TickResult:
         """Read new matching events into batches and send the batches whose partition is free.
 
         One transaction, holding the subscription's row (``FOR UPDATE SKIP LOCKED`` on
@@ -270,41 +259,68 @@ class SqlSubscriptionBackend:
             batch_size: most events per batch.
             max_in_flight: most batches sent and not finished at a time.
             make_job: builds the outbox payload of a batch's handler job.
+            publish: sends one handler job; on PostgreSQL the tick then publishes its jobs itself right
+                after the commit, holding the outbox relay's lock (see ``_sending``), and ``outbox_ids``
+                lists only the rows it left for a relay. Whatever ``publish`` raised propagates (the rows
+                not published stay in the outbox).
         """
-        # A catch-up read with a selective filter may scan long: as long as the statement timeout allows.
-        with connect_write(self.engine) as conn, long_calls(conn):
-            row = self._lock(conn, name, wait=False, counts=True)
-            if row is None:
-                return TickResult(skipped=True)
-            cursor = before = int(row.cursor)
-            if row.paused:
-                self._advance_checkpoint(conn, name, cursor)
-                return TickResult(cursor=cursor)
-            read = 0
-            # Nothing queued or sent: the batches of this read are the whole queue (the live case).
-            fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
-            if int(row.queued) < max_in_flight:
-                read, cursor = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
-                                          max_in_flight, fresh)
-            queued = int(row.queued) + (1 if read else 0)
-            ids = self._send(conn, name, max_in_flight - int(row.sent), make_job, fresh) if queued else []
-            if cursor != before or ids:
-                # Otherwise nothing here moved it (completions and dead letters advance it themselves).
-                self._advance_checkpoint(conn, name, cursor)
-        return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids))
+        with self.engine.connect() as base:
+            conn = base.execution_options(**{WRITE_OPTION: True})
+            # A catch-up read with a selective filter may scan long: as long as the statement timeout allows.
+            with long_calls(conn), conn.begin():
+                try:
+                    result, held = self._tick(conn, name, filter, partition_by, batch_size, max_in_flight,
+                                              make_job, hold=publish is not None and self.dialect == "postgresql")
+                except BaseException:
+                    invalidate_if_closed(conn)
+                    raise
+            if held is None or publish is None:
+                return result
+            left = publish_held(conn, held, publish)
+        return replace(result, outbox_ids=tuple(left))
+
+    def _tick(self, conn: Connection, name: str, filter: Filter | None, partition_by: str | None,
+              batch_size: int, max_in_flight: int, make_job: MakeJob, *,
+              hold: bool) -> tuple[TickResult, Held | None]:
+        row = self._lock(conn, name, wait=False, counts=True)
+        if row is None:
+            return TickResult(skipped=True), None
+        cursor = before = int(row.cursor)
+        if row.paused:
+            self._advance_checkpoint(conn, name, cursor)
+            return TickResult(cursor=cursor), None
+        read = 0
+        values: list[dict[str, Any]] = []
+        # Nothing queued or sent: the batches of this read are the whole queue (the live case).
+        fresh: list[Any] | None = [] if int(row.queued) == 0 and int(row.sent) == 0 else None
+        if int(row.queued) < max_in_flight:
+            read, cursor, values = self._read(conn, name, cursor, int(row.head), filter, partition_by, batch_size,
+                                              max_in_flight)
+        if fresh is not None and values and self.dialect == "postgresql":
+            ids, held = write_fresh(conn, name, values, room=max_in_flight - int(row.sent), make_job=make_job,
+                                    cursor=cursor, moved=cursor != before, hold=hold)
+            return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
+        self._insert(conn, values, fresh)
+        queued = int(row.queued) + (1 if read else 0)
+        ids, held = (self._send(conn, name, max_in_flight - int(row.sent), make_job, fresh, hold=hold)
+                     if queued else ([], None))
+        if cursor != before or ids:
+            # Otherwise nothing here moved it (completions and dead letters advance it themselves).
+            self._advance_checkpoint(conn, name, cursor, moved=cursor != before)
+        return TickResult(read=read, sent=len(ids), cursor=cursor, outbox_ids=tuple(ids)), held
 
     def _read(self, conn: Connection, name: str, cursor: int, head: int, filter: Filter | None,
-              partition_by: str | None, batch_size: int, max_in_flight: int,
-              fresh: list[Any] | None = None) -> tuple[int, int]:
-        """Read new matching events into queued batches and move the cursor; returns (events read, cursor).
+              partition_by: str | None, batch_size: int,
+              max_in_flight: int) -> tuple[int, int, list[dict[str, Any]]]:
+        """Read new matching events and cut them into batches.
 
-        ``fresh``, when given, receives the new batches (``id``, ``positions``, ``correlation_id``), in
-        position order.
+        Returns:
+            (events read, the cursor to store, the new batches' rows in position order, not written yet).
         """
         # The head was read first (with the lock): every event at or below it is committed and
         # visible to the next statement (positions are commit-ordered), so the cursor may move up to it.
         if head <= cursor:
-            return 0, cursor
+            return 0, cursor, []
         limit = batch_size * max_in_flight
         key = events.c[partition_by] if partition_by else sa.literal("")
         rows = conn.execute(
@@ -313,42 +329,11 @@ class SqlSubscriptionBackend:
             .order_by(events.c.position).limit(limit)
         ).all()
         new_cursor = head if len(rows) < limit else int(rows[-1][0])
-        # One group per key (its positions, ascending), in the order of their first event. Whole groups
-        # are packed into batches of up to batch_size events; a larger group is cut into chunks of its own
-        # (which share that key and go one after the other). Other batches of one read share no key and
-        # can run at once. Plain ints and tuples: a catch-up read is up to batch_size x max_in_flight rows.
-        groups: dict[str, list[int]] = {}
-        correlation: dict[int, str | None] = {}
-        for position, k, correlation_id in rows:
-            members = groups.get(k or "")
-            if members is None:
-                members = groups[k or ""] = []
-            members.append(position)
-            correlation[position] = correlation_id
-        packs: list[tuple[list[str], list[int]]] = []
-        keys: list[str] = []
-        current: list[int] = []
-        for k, members in groups.items():
-            if len(members) >= batch_size:
-                packs.extend(([k], members[i:i + batch_size]) for i in range(0, len(members), batch_size))
-                continue
-            if len(current) + len(members) > batch_size:
-                packs.append((keys, current))
-                keys, current = [], []
-            keys.append(k)
-            current.extend(members)
-        if current:
-            packs.append((keys, current))
-        now = _now()
-        values: list[dict[str, Any]] = []
-        for pack_keys, positions in packs:
-            positions.sort()
-            values.append({"name": name, "partition_keys": sorted(pack_keys), "first_position": positions[0],
-                           "last_position": positions[-1], "positions": positions,
-                           "correlation_id": correlation[positions[0]], "state": QUEUED, "job_id": None,
-                           "created_at": now, "sent_at": None, "error": None, "failed_position": None})
-        # Insert in position order, so batch ids follow positions within each key.
-        values.sort(key=lambda v: v["first_position"])
+        return len(rows), new_cursor, cut(rows, name, batch_size)
+
+    def _insert(self, conn: Connection, values: list[dict[str, Any]], fresh: list[Any] | None) -> None:
+        """Write new batches as queued; ``fresh``, when given, receives them (``id``, ``positions``,
+        ``correlation_id``), in position order."""
         if values and fresh is not None:
             b = subscription_batches
             ids = conn.execute(sa.insert(b).returning(b.c.id, sort_by_parameter_order=True), values).scalars().all()
@@ -356,19 +341,18 @@ class SqlSubscriptionBackend:
                          for i, v in zip(ids, values, strict=True))
         elif values:
             conn.execute(sa.insert(subscription_batches), values)
-        conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
-                     .values(cursor=new_cursor, updated_at=now))
-        return len(rows), new_cursor
 
     def _send(self, conn: Connection, name: str, room: int, make_job: MakeJob,
-              fresh: list[Any] | None = None) -> list[int]:
-        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids.
+              fresh: list[Any] | None = None, *, hold: bool = False) -> tuple[list[int], Held | None]:
+        """Mark the batches that may go ``sent`` and write their jobs into the outbox; returns the outbox ids
+        and the jobs held for :func:`._sending.publish_held`.
 
         ``fresh``: the batches just read when no other batch was queued or sent: they are the whole
-        queue, so the queue is not read back (the same rule picks those that go).
+        queue, so the queue is not read back (the same rule picks those that go). ``hold``: see
+        :func:`._sending.mark_sent`.
         """
         if room <= 0:
-            return []
+            return [], None
         b = subscription_batches
         busy: set[str] = set()
         rows: list[Any] = []
@@ -380,7 +364,7 @@ class SqlSubscriptionBackend:
                 busy.update(f.partition_keys)
                 if free:
                     rows.append(f)
-            return self._mark_sent(conn, rows, make_job)
+            return mark_sent(conn, rows, make_job, hold=hold)
         # One read of the batches sent and queued: sent ones first (their keys are busy), then the
         # queued by first position. A batch goes when none of its keys is in a batch sent, or in an
         # older batch still queued.
@@ -394,19 +378,8 @@ class SqlSubscriptionBackend:
             if free:
                 rows.append(r)
         if not rows:
-            return []
-        return self._mark_sent(conn, rows, make_job)
-
-    def _mark_sent(self, conn: Connection, rows: list[Any], make_job: MakeJob) -> list[int]:
-        b = subscription_batches
-        now = _now()
-        payloads = [make_job(int(r.id), [int(p) for p in r.positions], r.correlation_id) for r in rows]
-        ids = conn.execute(sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
-                           [{"created_at": now, "kind": "job", "payload": p} for p in payloads]).scalars().all()
-        conn.execute(sa.update(b).where(b.c.id == sa.bindparam("b_id"))
-                     .values(state=SENT, job_id=sa.bindparam("b_job"), sent_at=now),
-                     [{"b_id": int(r.id), "b_job": p["job_id"]} for r, p in zip(rows, payloads, strict=True)])
-        return [int(i) for i in ids]
+            return [], None
+        return mark_sent(conn, rows, make_job, hold=hold)
 
     # -- handling --------------------------------------------------------------
 
@@ -417,15 +390,25 @@ class SqlSubscriptionBackend:
                 subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
 
     def load_batch(self, name: str, batch_id: int, positions: Sequence[int]) -> tuple[str | None, list[StoredEvent]]:
-        """The batch's state (as :meth:`batch_state`) and the events at ``positions``, on one connection."""
+        """The batch's state (as :meth:`batch_state`) and the events at ``positions``.
+
+        One statement (the state is a column of every event row; on PostgreSQL outside a
+        transaction: one snapshot, no BEGIN or ROLLBACK); a second one only when no event
+        is stored at ``positions``.
+        """
+        b = subscription_batches
+        state = sa.select(b.c.state).where(b.c.id == batch_id, b.c.name == name).scalar_subquery()
         with self.engine.connect() as conn:
-            state = conn.execute(sa.select(subscription_batches.c.state).where(
-                subscription_batches.c.id == batch_id, subscription_batches.c.name == name)).scalar()
-            if state is None:
-                return None, []
-            rows = conn.execute(sa.select(*event_columns()).where(events.c.position.in_(list(positions)))
-                                .order_by(events.c.position)).all()
-        return state, [row_to_event(r) for r in rows]
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = conn.execute(sa.select(*event_columns(), state.label("batch_state"))
+                                .where(events.c.position.in_(list(positions))).order_by(events.c.position)).all()
+            if not rows:
+                return conn.execute(sa.select(state)).scalar(), []
+        found = rows[0].batch_state
+        if found is None:
+            return None, []
+        return str(found), [row_to_event(r) for r in rows]
 
     def load(self, positions: Sequence[int]) -> list[StoredEvent]:
         """The stored events at ``positions``, in position order (pruned ones are missing)."""
@@ -539,16 +522,25 @@ class SqlSubscriptionBackend:
             value = conn.execute(sa.select(checkpoints.c.position).where(checkpoints.c.name == name)).scalar()
         return None if value is None else int(value)
 
-    def _advance_checkpoint(self, conn: Connection, name: str, cursor: int | None = None) -> None:
+    def _advance_checkpoint(self, conn: Connection, name: str, cursor: int | None = None, *,
+                            moved: bool = False) -> None:
         """Checkpoint := one below the oldest batch queued or sent, else the cursor; one statement.
 
         Parameters:
             cursor: the cursor when the caller has it (else read in the same statement).
+            moved: also store ``cursor`` as the subscription's read cursor (on PostgreSQL in the same
+                statement).
         """
+        if moved and cursor is not None and self.dialect != "postgresql":
+            conn.execute(sa.update(subscriptions).where(subscriptions.c.name == name)
+                         .values(cursor=cursor, updated_at=_now()))
+        # On PostgreSQL the cursor's update is a CTE: the statement's own reads do not see it (it uses :c).
+        update = ("WITH u AS (UPDATE esf_subscriptions SET cursor = :c, updated_at = :t WHERE name = :n) "
+                  if moved and cursor is not None and self.dialect == "postgresql" else "")
         greatest, least = ("GREATEST", "LEAST") if self.dialect == "postgresql" else ("MAX", "MIN")
         cursor_sql = ":c" if cursor is not None else "s.cursor"
         stmt = sa.text(
-            "INSERT INTO esf_checkpoints (name, position, updated_at) "
+            update + "INSERT INTO esf_checkpoints (name, position, updated_at) "
             f"SELECT s.name, COALESCE({least}({cursor_sql}, (SELECT min(b.first_position) - 1 "
             "FROM esf_subscription_batches b WHERE b.name = s.name AND b.state <> 'dead')), "
             f"{cursor_sql}), :t FROM esf_subscriptions s WHERE s.name = :n "

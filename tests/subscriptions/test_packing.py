@@ -60,3 +60,24 @@ def test_a_read_is_cut_into_batches_of_whole_key_groups_with_ascending_positions
         seen.extend(positions)
     # and every event is in exactly one batch
     assert sorted(seen) == sorted(by_position)
+
+
+def test_a_read_of_more_events_than_it_may_take_reads_batch_size_times_max_in_flight_and_stops_the_cursor_there(
+        db_url: str, tmp_path: Path) -> None:
+    # Given 100 events in 100 streams
+    store = create_event_store(Settings(database_url=db_url, data_dir=str(tmp_path / "data")))
+    try:
+        stored = store.append([Event("t.p", {"i": i}, stream_id=f"s-{i}") for i in range(100)])
+        backend = SqlSubscriptionBackend(store.engine)
+        backend.ensure("peek", start="beginning", spec={})
+        # When one tick may read 80 (80 batches of one event)
+        first = backend.tick("peek", filter=None, partition_by="stream_id", batch_size=1, max_in_flight=80,
+                             make_job=lambda b, p, c: {"job": "x", "job_id": uuid.uuid4().hex})
+        with store.engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(batches)
+                                 .where(batches.c.name == "peek")).scalar_one()
+    finally:
+        store.close()
+    # Then it read 80 events into 80 batches, all sent, and its cursor stops at the 80th
+    assert (first.read, first.sent, count) == (80, 80, 80)
+    assert first.cursor == stored[79].position

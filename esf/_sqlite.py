@@ -5,15 +5,40 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import ServiceUnavailable
 from .lifecycle import track_fork
 
 #: How long a writer waits for another process's write lock, in milliseconds.
 BUSY_TIMEOUT_MS = 30_000
+
+
+def enable_wal(conn: Any, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """``PRAGMA journal_mode=WAL`` on ``conn`` (a connection or cursor), retried while another one holds
+    the lock it needs, for at most ``timeout_s``.
+
+    Processes opening one new file at once switch it to WAL together, and SQLite fails one of them at
+    once with "database is locked" rather than call its busy handler (that wait could deadlock).
+
+    Raises:
+        sqlite3.OperationalError: the lock was not free within ``timeout_s``, or another error.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 class _ForkGuard:
@@ -79,7 +104,7 @@ class SqliteFile:
         if db is None:
             db = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                  check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(db)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._local.db = db
         return db

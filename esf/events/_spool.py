@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._sqlite import enable_wal
 from ..lifecycle import track_fork
 from ._validation import PreparedEvent
 
@@ -120,7 +121,7 @@ class Spool:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
             with self._lock:

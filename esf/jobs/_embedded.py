@@ -13,6 +13,8 @@ from kombu.transport.sqlalchemy import Channel as SqlaChannel
 from kombu.transport.sqlalchemy import Transport as SqlaTransport
 from sqlalchemy import event
 
+from .._sqlite import enable_wal
+
 #: Seconds between two polls of an empty queue.
 POLLING_INTERVAL_S = 0.1
 
@@ -24,7 +26,7 @@ class Channel(SqlaChannel):  # type: ignore[misc]
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            enable_wal(cur)
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()

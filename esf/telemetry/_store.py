@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .._sqlite import fork_guard
+from .._sqlite import enable_wal, fork_guard
 from ..errors import ServiceUnavailable
 from ._aggregate import PushBatch, batch_payload, window_start
 from ._model import MAX_WINDOW_S, WINDOW_BUCKET_S, SeriesState
@@ -246,7 +246,7 @@ class SQLiteSnapshotStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn, self._timeout_s)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
         return conn

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from esf._sqlite import enable_wal
 from esf.errors import ServiceUnavailable, ValidationError
 
 __all__ = ["connect_write", "is_unreachable", "make_engine", "normalize_url", "redact", "unavailable"]
@@ -111,7 +112,7 @@ def _sqlite_listeners(engine: Engine) -> None:
         # BEGIN is deferred and cannot take the write lock up front).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        enable_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # Random UUIDs make the event_id index's inserts random: keep indexes in memory.

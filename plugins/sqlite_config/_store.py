@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from esf._sqlite import fork_guard
+from esf._sqlite import enable_wal, fork_guard
 from esf.config import Commit, HistoryEntry, NodeStatus, NotifyCallback, StoredConfig
 from esf.errors import ConcurrencyConflict, ServiceUnavailable
 
@@ -77,7 +77,7 @@ class SqliteConfigStore:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn, self.timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
             self._conn = conn

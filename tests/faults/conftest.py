@@ -61,7 +61,7 @@ class Cluster:
 
     def close(self) -> None:
         for w in self.workers:
-            w.stop(timeout=20)
+            w.discard()
         for fnd in self.foundations:
             fnd.close()
 

@@ -72,6 +72,6 @@ def saga_env(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Env]:
         yield e
     finally:
         for w in e.workers:
-            w.stop(timeout=20)
+            w.discard()
         for fnd in e.foundations:
             fnd.close()

@@ -32,7 +32,7 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
         w.wait_ready()
         yield w
     finally:
-        w.stop()
+        w.discard()
 
 
 @pytest.fixture

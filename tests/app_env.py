@@ -1,7 +1,7 @@
 """One test's worker subprocesses, Foundations, PostgreSQL database and Redis database around a test app.
 
 A test package subclasses :class:`AppEnv` with its app (``APP``, ``build``) and its own queries, and its
-fixture yields it from :func:`running`, which stops the workers and closes the Foundations afterwards.
+fixture yields it from :func:`running`, which kills the workers and closes the Foundations afterwards.
 """
 
 from __future__ import annotations
@@ -81,6 +81,6 @@ def running(cls: type[E], pg_url: str, redis_url: str, tmp_path: Path, *, ddl: s
         yield e
     finally:
         for w in e.workers:
-            w.stop(timeout=20)
+            w.discard()
         for fnd in e.foundations:
             fnd.close()

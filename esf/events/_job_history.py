@@ -148,6 +148,8 @@ class JobHistoryHooks(JobHooks):
         self._done = 0  # events handed to the store so far, under _lock
         self._drained = threading.Condition(self._lock)
         self._wake = threading.Event()
+        # Set by flush/close: the writer writes what it holds without lingering for more.
+        self._urgent = threading.Event()
         self._stop = threading.Event()
 
     # -- hooks ------------------------------------------------------------
@@ -278,11 +280,15 @@ class JobHistoryHooks(JobHooks):
                 continue
             # Linger up to flush_interval_s for more events: one transaction per batch, not per
             # event, keeps the writer from competing with the job path for the interpreter.
-            if len(buffer) < self.batch_size and not stop.is_set():
+            # A flush that woke the writer while it waited on an empty buffer skips the linger: the
+            # flush waits for these events, not for a full interval more.
+            if len(buffer) < self.batch_size and not stop.is_set() and not self._urgent.is_set():
                 wake.wait(self.flush_interval_s)
                 wake.clear()
             with self._lock:
                 batch = [buffer.popleft() for _ in range(min(len(buffer), self.batch_size))]
+                if not buffer:
+                    self._urgent.clear()
             try:
                 self._write(batch, stop)
             finally:
@@ -342,6 +348,7 @@ class JobHistoryHooks(JobHooks):
             target = self._added
             if self._done >= target:
                 return True
+        self._urgent.set()
         self._wake.set()
         with self._drained:
             while self._done < target:

@@ -10,15 +10,21 @@ import pytest
 import esf
 from tests.cache import worker_app
 from tests.cache.conftest import wait_until
+from tests.conftest import REDIS_HOST, REDIS_PORT, lease_redis_db
 from tests.jobs.harness import Worker, settings_env
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def env(redis_url, data_dir, unique):
-    return settings_env(redis_url, queues=(f"q-{unique}",), data_dir=str(data_dir),
-                        extra={"ESF_CACHE_REDIS_PREFIX": f"t{unique}:", "ESF_CACHE_LOCK_LEASE_S": "2"})
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One Redis database, queue and cache prefix for the module: its tests share one worker (each uses keys of
+    its own, and reads the stats of its own Foundation)."""
+    unique = uuid.uuid4().hex[:10]
+    with lease_redis_db() as db:
+        yield settings_env(f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", queues=(f"q-{unique}",),
+                           data_dir=str(tmp_path_factory.mktemp("esf-data")),
+                           extra={"ESF_CACHE_REDIS_PREFIX": f"t{unique}:", "ESF_CACHE_LOCK_LEASE_S": "2"})
 
 
 @pytest.fixture
@@ -32,14 +38,15 @@ def fnd(env, monkeypatch):
     f.close()
 
 
-@pytest.fixture
-def worker(env, tmp_path):
-    w = Worker(env, tmp_path / "worker.log", concurrency=1, app="tests.cache.worker_app:make")
+@pytest.fixture(scope="module")
+def worker(env, tmp_path_factory):
+    w = Worker(env, tmp_path_factory.mktemp("worker") / "worker.log", concurrency=1,
+               app="tests.cache.worker_app:make")
     try:
         w.wait_ready()
         yield w
     finally:
-        w.stop()
+        w.discard()
 
 
 def _pids(fnd, key):

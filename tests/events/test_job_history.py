@@ -237,6 +237,21 @@ def test_events_emitted_after_close_are_still_written(store):
     assert [e.data["job_id"] for e in store.read_all()] == ["before-close", "after-close"]
 
 
+def test_a_flush_writes_what_is_buffered_without_waiting_for_the_writer_s_linger(store):
+    # Given a writer that lingers an hour for more events, asleep on its empty buffer
+    h = JobHistoryHooks(store, flush_interval_s=3600)
+    try:
+        h.append_later(Event("warm.up", {}))
+        assert h.flush(60)
+        # When one event is buffered and flushed (a Foundation's close does this)
+        h.after_enqueue(_ctx(job_id="flushed"))
+        # Then the flush returns with it written: the wake-up of the flush is not spent on the empty wait
+        assert h.flush(60) and h.pending() == 0
+        assert [e.data["job_id"] for e in store.read_all() if e.event_type == "job.enqueued"] == ["flushed"]
+    finally:
+        h.close(timeout=5)
+
+
 def test_flush_with_nothing_buffered_returns_at_once(store):
     h = JobHistoryHooks(store)
     started = time.monotonic()

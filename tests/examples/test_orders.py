@@ -60,7 +60,7 @@ def _run(env: dict[str, str], log: Path) -> None:
         types = {e.event_type for e in timeline}
         assert {"order.placed", "saga.started", "saga.step_failed", "saga.compensated_step", "job.succeeded"} <= types
     finally:
-        worker.stop(timeout=30)
+        worker.discard()
         fnd.close()
 
 

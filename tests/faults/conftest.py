@@ -62,7 +62,7 @@ class Cluster:
 
     def close(self) -> None:
         for w in self.workers:
-            w.stop(timeout=20)
+            w.discard()
         for fnd in self.foundations:
             fnd.close()
 

@@ -51,7 +51,7 @@ def test_a_job_sees_the_variant_of_the_request_that_enqueued_it_even_after_the_f
         outside = plain.wait(timeout=60)
     finally:
         if worker is not None:
-            worker.stop()
+            worker.discard()
         fnd.close()
         if broker == "amqp":
             delete_amqp_queues(Broker("amqp", env, queue))

@@ -72,7 +72,7 @@ def worker(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         w.wait_ready()
         yield w
     finally:
-        w.stop()
+        w.discard()
 
 
 @pytest.fixture(scope="module")

@@ -40,4 +40,4 @@ def test_an_eta_job_held_through_more_warm_restarts_than_max_deliveries_runs_onc
         assert int(fnd.jobs.coordinator.get(f"exec:{key}") or 0) == 1
         assert [e for e in fnd.jobs.dlq.entries() if e.job_id == handle.id] == []
     finally:
-        worker.stop()
+        worker.discard()

@@ -44,7 +44,7 @@ def test_a_worker_killed_mid_job_loses_nothing_and_the_job_completes_once_elsewh
         assert counter(fnd, f"exec:{key}") == 2
         assert counter(fnd, f"done:{key}") == 1
     finally:
-        second.stop()
+        second.discard()
 
 
 def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drains(
@@ -67,7 +67,7 @@ def test_a_job_that_keeps_killing_its_worker_ends_in_the_dlq_and_the_queue_drain
         # And the worker is still alive and drains other jobs
         assert fnd.jobs.enqueue("t.add", 1, 1).wait(60) == 2
     finally:
-        worker.stop()
+        worker.discard()
 
 
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
@@ -87,7 +87,7 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once_while_its_worker_liv
         assert counter(fnd, f"exec:{key}") == 1
     finally:
         for w in workers:
-            w.stop()
+            w.discard()
 
 
 def test_a_redis_restart_mid_run_loses_no_job_and_workers_reconnect(private_redis: PrivateRedis,
@@ -115,7 +115,7 @@ def test_a_redis_restart_mid_run_loses_no_job_and_workers_reconnect(private_redi
                      message="every job done after the restart")
             assert fnd.jobs.enqueue("t.add", 2, 2).wait(60) == 4
         finally:
-            worker.stop()
+            worker.discard()
             fnd.close()
 
 
@@ -138,17 +138,19 @@ def test_sigterm_lets_the_running_job_finish_then_the_worker_exits(broker: Broke
 def test_a_worker_whose_consumer_stalls_is_restarted_and_drains_its_queue(
     broker: Broker, fnd: Foundation, tmp_path: Path
 ) -> None:
-    # Given a worker whose consumer stops fetching (as after celery#8082), simulated by cancelling it
-    worker = Worker(broker.env, tmp_path / "w.log", concurrency=1)
+    # Given a worker whose consumer stops fetching (as after celery#8082), simulated by cancelling it,
+    # and a stall limit of 3 s (the harness's 10 s would only make the test wait longer)
+    worker = Worker({**broker.env, "ESF_JOBS_STALLED_CONSUMER_RESTART_S": "3"}, tmp_path / "w.log", concurrency=1)
     try:
         worker.wait_ready()
-        replies = fnd.celery.control.cancel_consumer(broker.queue, reply=True, timeout=10)
+        # (limit=1: the one worker's reply ends the broadcast, which otherwise waits out its whole timeout)
+        replies = fnd.celery.control.cancel_consumer(broker.queue, reply=True, timeout=10, limit=1)
         assert replies, "the worker did not answer the cancel_consumer command"
         # When a job waits in its queue while it holds none
         handle = fnd.jobs.enqueue("t.add", 20, 1)
-        # Then the watch restarts the worker in place (stall limit 10 s) and the job runs
+        # Then the watch restarts the worker in place (stall limit 3 s) and the job runs
         assert handle.wait(120) == 21
         assert "consumer is stalled" in worker.log()
         assert worker.proc.poll() is None
     finally:
-        worker.stop()
+        worker.discard()

@@ -34,7 +34,7 @@ def test_a_worker_sigkilled_during_a_gather_leaves_the_callback_to_run_exactly_o
         # When the whole worker is SIGKILLed mid-gather, and another one takes over
         first.kill()
     finally:
-        first.stop()
+        first.discard()
     fnd.jobs.coordinator.claim(f"release:{key}", "1", 600)
     second = Worker(broker.env, tmp_path / "second.log")
     try:
@@ -46,7 +46,7 @@ def test_a_worker_sigkilled_during_a_gather_leaves_the_callback_to_run_exactly_o
         assert _runs(fnd, f"then-runs:{g.id}") == 1
         assert g.status()["state"] == "done"
     finally:
-        second.stop()
+        second.discard()
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_the_deadline_survives_a_sigkilled_worker_and_fires_on_the_next_one(
         # When that worker is SIGKILLed before the deadline and another one starts
         first.kill()
     finally:
-        first.stop()
+        first.discard()
     second = Worker(broker.env, tmp_path / "second.log")
     try:
         second.wait_ready()
@@ -76,7 +76,7 @@ def test_the_deadline_survives_a_sigkilled_worker_and_fires_on_the_next_one(
         assert _runs(fnd, f"then-runs:{g.id}") == 1
     finally:
         fnd.jobs.coordinator.claim(f"release:{key}", "1", 600)
-        second.stop()
+        second.discard()
 
 
 def test_a_gather_runs_on_the_embedded_default(tmp_path: Path) -> None:
@@ -99,5 +99,5 @@ def test_a_gather_runs_on_the_embedded_default(tmp_path: Path) -> None:
         assert _runs(fnd, f"then-runs:{g.id}") == 1
     finally:
         fnd.jobs.coordinator.claim(f"release:{key}", "1", 600)
-        worker.stop()
+        worker.discard()
         fnd.close()

@@ -139,7 +139,7 @@ def test_a_live_worker_keeps_moving_the_lease_of_the_job_it_runs(redis_url: str,
                  message="the lease moving the delivery's score")
         assert handle.wait(60) == 1
     finally:
-        worker.stop()
+        worker.discard()
         fnd.close()
         client.close()
 

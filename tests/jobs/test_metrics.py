@@ -42,5 +42,5 @@ def test_job_counts_add_up_across_two_workers_with_two_pool_processes_each(redis
         assert snap["processes"] >= 3
     finally:
         for w in workers:
-            w.stop()
+            w.discard()
         fnd.close()

@@ -111,7 +111,7 @@ def test_a_job_enqueued_in_a_transaction_is_sent_only_after_commit(setup: Setup)
     try:
         assert handle.wait(60) == 3
     finally:
-        worker.stop()
+        worker.discard()
 
 
 def test_nothing_is_sent_for_a_rolled_back_transaction(setup: Setup) -> None:

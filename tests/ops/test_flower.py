@@ -116,7 +116,7 @@ def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Ite
         w.wait_ready()
         yield w
     finally:
-        w.stop()
+        w.discard()
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def services_worker(redis_url: str, data_dir: Path, tmp_path: Path,
         worker.wait_ready()
         yield worker, env
     finally:
-        worker.stop()
+        worker.discard()
 
 
 def test_the_services_worker_consumes_only_the_esf_queues(services_worker: tuple[Worker, dict[str, str]]) -> None:

@@ -264,16 +264,24 @@ class SqlSubscriptionBackend:
                 lists only the rows it left for a relay. Whatever ``publish`` raised propagates (the rows
                 not published stay in the outbox).
         """
+        hold = publish is not None and self.dialect == "postgresql"
         with self.engine.connect() as base:
             conn = base.execution_options(**{WRITE_OPTION: True})
-            # A catch-up read with a selective filter may scan long: as long as the statement timeout allows.
-            with long_calls(conn), conn.begin():
-                try:
-                    result, held = self._tick(conn, name, filter, partition_by, batch_size, max_in_flight,
-                                              make_job, hold=publish is not None and self.dialect == "postgresql")
-                except BaseException:
-                    invalidate_if_closed(conn)
-                    raise
+            try:
+                # A catch-up read with a selective filter may scan long: as long as the statement timeout allows.
+                with long_calls(conn), conn.begin():
+                    try:
+                        result, held = self._tick(conn, name, filter, partition_by, batch_size, max_in_flight,
+                                                  make_job, hold=hold)
+                    except BaseException:
+                        invalidate_if_closed(conn)
+                        raise
+            except BaseException:
+                # The tick may have taken the relay's session lock, which a rollback keeps: it must not
+                # outlive this call on a pooled connection (ending the session releases it).
+                if hold and not conn.invalidated:
+                    conn.invalidate()
+                raise
             if held is None or publish is None:
                 return result
             left = publish_held(conn, held, publish)

@@ -118,3 +118,31 @@ def test_a_failed_publish_leaves_the_unpublished_jobs_in_the_outbox_and_releases
     relay = OutboxRelay(store.engine, lambda kind, payload: relayed.append(payload), kind="job")
     assert relay.drain(100) == 2
     assert {p["job_id"] for p in relayed} | {published[0]["job_id"]} == set(sent_batches(store).values())
+
+
+def test_a_tick_that_fails_after_taking_the_relays_lock_leaves_it_free(
+        store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a live event, and a tick whose transaction fails after its statement took the relay's lock
+    import esf.plugins.sqlalchemy_events._subscriptions as subs
+
+    store.append(Event("t.live", {"i": 0}, stream_id="s-0"))
+    backend = SqlSubscriptionBackend(store.engine)
+    backend.ensure("live", start="beginning", spec={})
+    real = subs.write_fresh
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise ConnectionError("the commit never came")
+
+    monkeypatch.setattr(subs, "write_fresh", failing)
+    published: list[dict[str, Any]] = []
+    with pytest.raises(ConnectionError):
+        tick(backend, published.append)
+    # Then nothing was published or kept, and the relay's lock is free for every session
+    assert published == [] and outbox_ids(store) == []
+    k1, k2 = relay_lock_key("job")
+    with store.engine.connect() as conn:
+        held = conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                    "AND classid = CAST(:k1 AS oid) AND objid = CAST(:k2 AS oid)"),
+                            {"k1": k1 & 0xFFFFFFFF, "k2": k2 & 0xFFFFFFFF}).scalar()
+    assert held == 0

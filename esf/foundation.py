@@ -648,13 +648,18 @@ class Foundation:
         return overall
 
     def _secret_expiry_health(self, report: dict[str, Any]) -> None:
-        """Degrade the secrets report when a held lease ends within ``health.secret_expiry_warn_s``."""
+        """Degrade the secrets report when a held lease, or the backend's token, ends within
+        ``health.secret_expiry_warn_s``."""
         try:
             leases = self.secrets.leases.describe()
+            token_left = self.secrets.token_expires_in()
         except Exception:
             return
+        warn = self.settings.health.secret_expiry_warn_s
         near = [f"{lease['path']} in {lease['expires_in_s']:g} s" for lease in leases
-                if lease["expires_in_s"] < self.settings.health.secret_expiry_warn_s]
+                if lease["expires_in_s"] < warn]
+        if token_left is not None and token_left < warn:
+            near.append(f"auth/token in {token_left:g} s")
         if near:
             report["status"] = "down" if report.get("status") == "down" else "degraded"
             reason = "secret near expiry: " + ", ".join(near)

@@ -89,6 +89,9 @@ class SecretsService:
         #: Why the backend is unreachable (``None``: it answered last time).
         self._down_reason: str | None = None
         self._down_since: float | None = None
+        #: When the backend's token ends (this service's clock), as the last token upkeep read it; None: unknown
+        #: or a token without an end.
+        self._token_expires_at: float | None = None
         self.breaker = self._new_breaker()
         self.leases = LeaseKeeper(self)
         self.keeper = Keeper(self)
@@ -294,6 +297,16 @@ class SecretsService:
         ttl = auth.get("ttl_s")
         if isinstance(ttl, int | float) and ttl > 0:
             self.gauge("esf.secrets.expires_in_s", {"path": "auth/token"}, float(ttl))
+            self._token_expires_at = self._clock() + float(ttl)
+        elif isinstance(ttl, int | float):
+            self._token_expires_at = None  # a token without an end (a root token)
+
+    def token_expires_in(self) -> float | None:
+        """Seconds until the backend's token ends, as the last token upkeep (``refresh``) read its TTL;
+        ``None`` before any upkeep, or for a token without an end."""
+        if self._token_expires_at is None:
+            return None
+        return round(self._token_expires_at - self._clock(), 3)
 
     # -- calls to the backend --------------------------------------------------
 

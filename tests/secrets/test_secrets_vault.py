@@ -231,3 +231,40 @@ def test_a_forked_child_reads_over_its_own_http_session(bao: Bao) -> None:
     # Then the child used a new session, and the parent still reads with its own
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.read("forked").data["password"].reveal() == "pw"
+
+
+def test_health_is_degraded_while_the_backends_token_is_near_its_end_and_ok_once_a_refresh_reads_more(
+        bao: Bao, tmp_path: Any) -> None:
+    from esf import Foundation, Settings
+    from esf.settings import HealthSettings
+
+    # Given a Foundation on OpenBao with a token of its own (30 s, renewable), warning 20 s before a
+    # secret ends, no keeper thread, and a clock the test moves
+    token = bao.client().auth.token.create(policies=["root"], ttl="30s", renewable=True)["auth"]["client_token"]
+    settings = Settings(data_dir=str(tmp_path / "data"),
+                        secrets=SecretsSettings(backend="vault", vault_url=bao.url, vault_token=Secret(token),
+                                                refresh_thread=False),
+                        health=HealthSettings(secret_expiry_warn_s=20))
+    fnd = Foundation(settings)
+    try:
+        now = [time.time()]
+        fnd.secrets._clock = lambda: now[0]
+        # When a refresh reads the token's TTL
+        assert fnd.secrets.refresh()["auth"]["ttl_s"] > 20
+        # Then with about 30 s left the secrets service is ok
+        assert fnd.health()["services"]["secrets"]["status"] == "ok"
+        # When 15 s pass with no token upkeep
+        now[0] += 15
+        health = fnd.health()
+        # Then secrets is degraded, the reason naming the token and its seconds left, and the process ready
+        report = health["services"]["secrets"]
+        assert report["status"] == "degraded"
+        assert report["reason"].startswith("secret near expiry: auth/token in 1")
+        assert health["status"] == "degraded" and health["ready"] is True
+        # When a refresh reads the token's TTL again (OpenBao's clock has not moved: about 30 s)
+        fnd.secrets.refresh()
+        # Then secrets is ok again, without a reason
+        report = fnd.health()["services"]["secrets"]
+        assert report["status"] == "ok" and "reason" not in report
+    finally:
+        fnd.close()

@@ -60,9 +60,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _esf_recorded: Any = None
     #: Whether the next poll takes at once (the last take found a message) instead of waiting for a token.
     _esf_take_next = True
-    #: The queues of the pending poll, and whether it is a wait for a token.
+    #: The queues of the pending poll, whether it is a wait for a token, and the keys and arguments of its take.
     _esf_polled: list[str] | None = None
     _esf_waiting = False
+    _esf_sent: tuple[list[str], list[Any]] = ([], [])
     #: While ``basic_get`` runs: whether the message it gets is recorded (``not no_ack``).
     _esf_get_records: bool | None = None
     _esf_take = Take()
@@ -190,7 +191,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return None
         connection = self.client.connection
         if self._esf_take_next and not self._closing:
-            command = self._esf_take.command(*self._take_keys(queues))
+            self._esf_sent = self._take_keys(queues)
+            command = self._esf_take.command(*self._esf_sent)
             self._esf_waiting = False
         else:
             command = ["BRPOP", *(self._raw(self.wake_key(queue)) for queue in queues), timeout or 0]
@@ -209,14 +211,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         queues = self._esf_polled or []
         try:
             try:
-                keys, args = self._take_keys(queues)
                 if self._esf_waiting:
                     # A token, or the timeout: either way look, unless the channel is closing.
                     client.parse_response(connection, "BRPOP", **options)
                     if self._closing or not queues:
                         raise _Empty()
+                    keys, args = self._esf_sent = self._take_keys(queues)
                     reply = self._esf_take.run(client, connection, keys, args)
                 else:
+                    keys, args = self._esf_sent
                     reply = self._esf_take.read(client, connection, keys, args, **options)
             except self.connection_errors:
                 # Disconnect, so that the next poll reconnects. A take the server ran is in ``unacked``.

@@ -189,45 +189,35 @@ def test_priorities_and_the_global_key_prefix_are_as_with_kombus_own_channel(
     assert esfs == kombus == ["b", "d", "c", "e", "a", "f"]
 
 
-def test_a_server_that_forgot_the_take_script_loads_it_again(tmp_path: Any) -> None:
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    try:
-        client: redis.Redis[bytes] = redis.Redis.from_url(server.url)
-        with EsfConnection(server.url) as conn:
-            publish(conn, "esf-take-flush", 1, 2, 3)
-            assert [b for b, _ in drain(conn, "esf-take-flush", 1)] == [1]
-            client.script_flush()
-            assert [b for b, _ in drain(conn, "esf-take-flush", 1)] == [2]
-            client.script_flush()
-            got = conn.default_channel.basic_get("esf-take-flush", no_ack=False)
-            assert got is not None and client.hexists("unacked", got.delivery_tag)
-        client.close()
-    finally:
-        server.kill()
+def test_a_server_that_forgot_the_take_script_loads_it_again(private_redis: PrivateRedis) -> None:
+    client: redis.Redis[bytes] = redis.Redis.from_url(private_redis.url)
+    with EsfConnection(private_redis.url) as conn:
+        publish(conn, "esf-take-flush", 1, 2, 3)
+        assert [b for b, _ in drain(conn, "esf-take-flush", 1)] == [1]
+        client.script_flush()
+        assert [b for b, _ in drain(conn, "esf-take-flush", 1)] == [2]
+        client.script_flush()
+        got = conn.default_channel.basic_get("esf-take-flush", no_ack=False)
+        assert got is not None and client.hexists("unacked", got.delivery_tag)
+    client.close()
 
 
-def test_a_full_redis_still_hands_jobs_to_consumers_and_records_them(tmp_path: Any) -> None:
+def test_a_full_redis_still_hands_jobs_to_consumers_and_records_them(private_redis: PrivateRedis) -> None:
     # Given a Redis with jobs queued, then full (noeviction: every write that adds is refused)
-    server = PrivateRedis(tmp_path / "redis")
-    server.start()
-    try:
-        client: redis.Redis[bytes] = redis.Redis.from_url(server.url)
-        with EsfConnection(server.url) as conn:
-            publish(conn, "esf-take-oom", *range(3))
-            client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) // 2))
-            with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
-                client.set("esf-take-oom-probe", "x")
-            # When a consumer takes them (kombu's BRPOP consumer pops each and fails to record it: lost)
-            got = drain(conn, "esf-take-oom", 3, ack=False, declare=False)
-            # Then each was handed over and recorded unacknowledged
-            assert [b for b, _ in got] == [0, 1, 2]
-            assert client.hlen("unacked") == 3
-            # (kombu's acknowledgement is a MULTI transaction, which a full Redis refuses)
-            client.config_set("maxmemory", "0")
-            for _, message in got:
-                message.ack()
-            assert client.hlen("unacked") == 0
-        client.close()
-    finally:
-        server.kill()
+    client: redis.Redis[bytes] = redis.Redis.from_url(private_redis.url)
+    with EsfConnection(private_redis.url) as conn:
+        publish(conn, "esf-take-oom", *range(3))
+        client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) // 2))
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            client.set("esf-take-oom-probe", "x")
+        # When a consumer takes them (kombu's BRPOP consumer pops each and fails to record it: lost)
+        got = drain(conn, "esf-take-oom", 3, ack=False, declare=False)
+        # Then each was handed over and recorded unacknowledged
+        assert [b for b, _ in got] == [0, 1, 2]
+        assert client.hlen("unacked") == 3
+        # (kombu's acknowledgement is a MULTI transaction, which a full Redis refuses)
+        client.config_set("maxmemory", "0")
+        for _, message in got:
+            message.ack()
+        assert client.hlen("unacked") == 0
+    client.close()
